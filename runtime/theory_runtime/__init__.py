@@ -1,0 +1,39 @@
+"""theory_runtime: the server side of theory.run.v1 for processor images.
+
+A processor is a handler plus its registry.yaml:
+
+    from theory_runtime import create_app
+    app = create_app(handler, "/app/registry.yaml")
+
+See `server.py` for the handler contract and `frames.py` for the wire format.
+"""
+
+from __future__ import annotations
+
+__version__ = "1.0.0"
+
+from . import errors, frames  # noqa: E402
+from .errors import (  # noqa: E402
+    InputsError,
+    MissingSecretError,
+    ProviderError,
+    RunError,
+    RunTimeout,
+    RuntimeFailure,
+)
+from .server import RunContext, create_app, env_fingerprint  # noqa: E402
+
+__all__ = [
+    "InputsError",
+    "MissingSecretError",
+    "ProviderError",
+    "RunContext",
+    "RunError",
+    "RunTimeout",
+    "RuntimeFailure",
+    "__version__",
+    "create_app",
+    "env_fingerprint",
+    "errors",
+    "frames",
+]

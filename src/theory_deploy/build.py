@@ -1,0 +1,327 @@
+"""Building a processor's image once per platform with the local Docker engine.
+
+Each platform is its own local image, tagged `theory-local/<slug>:<arch>`. Those tags are local
+only: they never leave this machine and never end up in a pin (pins come from `push`, which
+uploads by digest). Which builder:
+
+1. `docker buildx build --platform linux/<arch> --load` when `docker buildx version` works (GitHub
+   runners, Docker Desktop);
+2. otherwise a client older than 23 with `DOCKER_BUILDKIT=1`, which uses the engine's built-in
+   BuildKit (Debian's `/usr/bin/docker` 20.10 here). Newer clients without buildx refuse BuildKit.
+
+`THEORY_DOCKER` (or `DOCKER`) names the client to use. Platforms are built one at a time; arm64
+on an amd64 host runs its RUN steps under QEMU (binfmt). With more than one platform the build
+passes `--pull`, so the second platform does not reuse the first platform's cached base variant.
+
+If the host has a CA bundle (`/etc/ssl/certs/ca-certificates.crt`, or `THEORY_BUILD_CA_BUNDLE`),
+it is passed as the BuildKit secret `ca_bundle`; a Dockerfile may mount it for pip
+(`RUN --mount=type=secret,id=ca_bundle ...`). Unused secrets are harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import output
+from .errors import DockerUnavailableError, ImageBuildError
+from .refs import ProcessorRef, parse_platform
+
+LOCAL_REPOSITORY = "theory-local"
+REF_LABEL = "dev.theory.processor.ref"
+DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+_LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    image_id: str  # the local engine's id (sha256:...): with the classic store, the config digest
+    local_tag: str  # theory-local/<slug>:<arch>: local only, never pinned
+    platform: str  # "amd64" | "arm64"
+
+
+@dataclass(frozen=True)
+class Builder:
+    client: str  # path of the docker client
+    mode: str  # "buildx" | "buildkit"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.mode == "buildkit":
+            env["DOCKER_BUILDKIT"] = "1"
+        return env
+
+
+def local_tag(slug: str, platform: str) -> str:
+    return f"{LOCAL_REPOSITORY}/{slug}:{parse_platform(platform)}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding a docker client that can build
+# ---------------------------------------------------------------------------------------------------
+
+
+def _run(cmd: Sequence[str], *, timeout: float = 30, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False, env=env)
+
+
+def _client_major(client: str) -> int | None:
+    try:
+        proc = _run([client, "version", "--format", "{{.Client.Version}}"])
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.match(r"(\d+)\.", proc.stdout.strip())
+    return int(match.group(1)) if match else None
+
+
+def _has_buildx(client: str) -> bool:
+    try:
+        return _run([client, "buildx", "version"]).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def docker_client_candidates() -> list[str]:
+    named = os.environ.get("THEORY_DOCKER") or os.environ.get("DOCKER")
+    if named:
+        return [named]
+    found: list[str] = []
+    on_path = shutil.which("docker")
+    for candidate in (on_path, "/usr/bin/docker", "/usr/local/bin/docker"):
+        if candidate and os.path.exists(candidate) and candidate not in found:
+            found.append(candidate)
+    return found
+
+
+def find_builder() -> Builder:
+    """The first docker client that can run a BuildKit build here (see the module docstring)."""
+    candidates = docker_client_candidates()
+    if not candidates:
+        raise DockerUnavailableError("no docker client found (PATH, /usr/bin/docker); set THEORY_DOCKER.")
+    tried = []
+    for client in candidates:
+        if _has_buildx(client):
+            builder = Builder(client, "buildx")
+            break
+        major = _client_major(client)
+        if major is not None and major < 23:
+            builder = Builder(client, "buildkit")
+            break
+        tried.append(f"{client} (client {major or '?'}, no buildx plugin)")
+    else:
+        raise DockerUnavailableError(
+            "no docker client here can build with BuildKit: " + "; ".join(tried) + ".",
+            remedy="Install the buildx plugin, or point THEORY_DOCKER at a client older than 23 (e.g. /usr/bin/docker).",
+        )
+    try:
+        info = _run([builder.client, "version", "--format", "{{.Server.Version}}"], timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        info = None
+    if info is None or info.returncode != 0 or not info.stdout.strip():
+        raise DockerUnavailableError(f"{builder.client} cannot reach a Docker engine.")
+    return builder
+
+
+# ---------------------------------------------------------------------------------------------------
+# Labels
+# ---------------------------------------------------------------------------------------------------
+
+
+def _git_in(cwd: Path, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+def source_url(repo_root: Path, environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    server, repo = env.get("GITHUB_SERVER_URL"), env.get("GITHUB_REPOSITORY")
+    if server and repo:
+        return f"{server.rstrip('/')}/{repo}"
+    remote = _git_in(repo_root, "config", "--get", "remote.origin.url")
+    if not remote:
+        return None
+    # Never put credentials from a remote URL into an image label.
+    remote = re.sub(r"^(https?://)[^@/]+@", r"\1", remote)
+    match = re.match(r"^(?:ssh://)?git@([^:/]+)[:/](.+?)(?:\.git)?$", remote)
+    if match:
+        return f"https://{match.group(1)}/{match.group(2)}"
+    return remote.removesuffix(".git")
+
+
+def source_revision(context: Path) -> str | None:
+    """The last commit that changed the build context, ignoring registry.yaml files.
+
+    Not plain HEAD: pins are committed into registry.yaml, and a revision label that moved with
+    every pin commit would change the image, hence its digest, hence the pin: a bot loop.
+    """
+    return _git_in(context, "log", "-1", "--format=%H", "--", ".", ":(exclude,glob)**/registry.yaml")
+
+
+def image_labels(ref: ProcessorRef, context: Path, repo_root: Path) -> dict[str, str]:
+    labels = {
+        "org.opencontainers.image.title": ref.slug,
+        "org.opencontainers.image.version": str(ref.version),
+        REF_LABEL: str(ref),
+    }
+    url = source_url(repo_root)
+    if url:
+        labels["org.opencontainers.image.source"] = url
+    revision = source_revision(context)
+    if revision:
+        labels["org.opencontainers.image.revision"] = revision
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------------
+
+
+def ca_bundle() -> Path | None:
+    configured = os.environ.get("THEORY_BUILD_CA_BUNDLE")
+    if configured:
+        return Path(configured) if Path(configured).is_file() else None
+    default = Path(DEFAULT_CA_BUNDLE)
+    return default if default.is_file() else None
+
+
+def build_command(
+    builder: Builder,
+    *,
+    platform: str,
+    context: Path,
+    dockerfile: Path,
+    tag: str,
+    iidfile: Path,
+    labels: Mapping[str, str],
+    build_args: Mapping[str, str],
+    pull: bool,
+    ca: Path | None,
+) -> list[str]:
+    cmd = [builder.client]
+    cmd += ["buildx", "build", "--load"] if builder.mode == "buildx" else ["build"]
+    cmd += ["--platform", f"linux/{platform}", "--progress", "plain", "-f", str(dockerfile), "-t", tag]
+    cmd += ["--iidfile", str(iidfile)]
+    if pull:
+        cmd.append("--pull")
+    if builder.mode == "buildx":
+        # No provenance/SBOM attestations: they are what puts unknown/unknown entries in indexes.
+        cmd += ["--provenance=false", "--sbom=false"]
+    for key, value in labels.items():
+        cmd += ["--label", f"{key}={value}"]
+    for key, value in build_args.items():
+        cmd += ["--build-arg", f"{key}={value}"]
+    if ca is not None:
+        cmd += ["--secret", f"id=ca_bundle,src={ca}"]
+    cmd.append(str(context))
+    return cmd
+
+
+def build_platform_images(
+    spec: Any,
+    repo_root: Path,
+    platforms: Sequence[str] | None,
+    build_args: Mapping[str, str] | None = None,
+    *,
+    labels: Mapping[str, str] | None = None,
+    registry_path: Path | None = None,
+    debug: bool = False,
+    pull: bool | None = None,
+    builder: Builder | None = None,
+    progress: Callable[[str], None] = output.progress,
+) -> dict[str, BuiltImage]:
+    """Build `spec` once per platform; return {arch: BuiltImage}.
+
+    `spec` is a registry_file.ProcessorSpec; paths resolve against `registry_path`'s folder (default:
+    processors/<ns>/<name>/ under `repo_root`). `labels` are added to the standard ones.
+    """
+    ref = ProcessorRef.parse(spec.ref, where="registry.yaml ref")
+    folder = registry_path.parent if registry_path is not None else repo_root / "processors" / ref.namespace / ref.name
+    context = (folder / spec.build.context).resolve()
+    dockerfile = (context / spec.build.dockerfile).resolve()
+    if not context.is_dir():
+        raise ImageBuildError(f"{ref}: build.context {spec.build.context!r} is not a folder ({context}).",
+                              remedy="Fix build.context in registry.yaml (it is relative to the file's folder).")
+    if not dockerfile.is_file():
+        raise ImageBuildError(f"{ref}: build.dockerfile {spec.build.dockerfile!r} does not exist ({dockerfile}).",
+                              remedy="Fix build.dockerfile in registry.yaml (it is relative to build.context).")
+    archs = [parse_platform(p) for p in (platforms or spec.build.platforms)]
+    archs = list(dict.fromkeys(archs))
+    builder = builder or find_builder()
+    all_labels = {**image_labels(ref, context, repo_root), **(labels or {})}
+    pull = len(archs) > 1 if pull is None else pull
+    ca = ca_bundle()
+    built: dict[str, BuiltImage] = {}
+    for arch in archs:
+        tag = local_tag(ref.slug, arch)
+        progress(f"building {ref} for linux/{arch} with {builder.client} ({builder.mode}) -> {tag}")
+        with tempfile.TemporaryDirectory(prefix="theory-build-") as tmp:
+            iidfile = Path(tmp) / "iid"
+            cmd = build_command(
+                builder, platform=arch, context=context, dockerfile=dockerfile, tag=tag, iidfile=iidfile,
+                labels=all_labels, build_args=dict(build_args or {}), pull=pull, ca=ca,
+            )
+            _run_build(cmd, builder, arch, ref, debug=debug, progress=progress)
+            image_id = iidfile.read_text().strip() if iidfile.exists() else ""
+        if not image_id:
+            image_id = inspect_image(builder.client, tag)["Id"]
+        actual = inspect_image(builder.client, image_id)
+        if actual.get("Architecture") != arch or actual.get("Os") != "linux":
+            raise ImageBuildError(
+                f"{ref}: the linux/{arch} build produced a {actual.get('Os')}/{actual.get('Architecture')} image ({image_id}).",
+                remedy="Check the Dockerfile's FROM: it must be a multi-arch base (or `FROM --platform=$TARGETPLATFORM`).",
+            )
+        built[arch] = BuiltImage(image_id=image_id, local_tag=tag, platform=arch)
+        progress(f"built {tag} ({image_id})")
+    return built
+
+
+def _run_build(cmd: list[str], builder: Builder, arch: str, ref: ProcessorRef, *, debug: bool,
+               progress: Callable[[str], None]) -> None:
+    tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+            env=builder.env(), stdin=subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        raise DockerUnavailableError(f"cannot run {builder.client}: {exc.strerror}.") from None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        if debug:
+            progress(line)
+    code = proc.wait()
+    if code != 0:
+        log = "\n".join(f"  | {line}" for line in tail)
+        raise ImageBuildError(
+            f"{ref}: docker build for linux/{arch} failed (exit {code}); last {len(tail)} lines:\n{log}",
+            details={"platform": arch, "exit_code": code},
+        )
+
+
+def inspect_image(client: str, name: str) -> dict[str, Any]:
+    try:
+        proc = _run([client, "image", "inspect", name], timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DockerUnavailableError(f"{client} image inspect {name} failed: {exc}.") from None
+    if proc.returncode != 0:
+        raise ImageBuildError(
+            f"no local image {name}: {proc.stderr.strip()[:300]}",
+            remedy="Build it first: `processorctl build --ref R`.",
+        )
+    data = json.loads(proc.stdout)
+    return data[0] if isinstance(data, list) and data else {}

@@ -1,0 +1,130 @@
+"""GitHub Actions I/O: step outputs, masks, annotations, groups and the step summary.
+
+Outside Actions (no GITHUB_ACTIONS=true) every function here is silent, so a person on a laptop
+never sees workflow commands. Inside, they follow GitHub's documented file and command formats:
+multi-line outputs use a random delimiter that cannot occur in the value, annotation data is
+escaped, and the step summary is capped below GitHub's 1 MiB limit.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+SUMMARY_LIMIT_BYTES = 1024 * 1024 - 16 * 1024  # leave headroom below GitHub's 1 MiB per step
+_TRUNCATION_NOTE = "\n\n_(summary truncated to stay under GitHub's 1 MiB limit)_\n"
+
+
+def in_actions() -> bool:
+    return os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+def _command(line: str) -> None:
+    sys.stdout.flush()
+    # Workflow commands are read from stdout; under --json stdout must stay one JSON object, so
+    # commands go to stderr, which the runner also scans.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _escape_data(value: str) -> str:
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(value: str) -> str:
+    return _escape_data(value).replace(":", "%3A").replace(",", "%2C")
+
+
+def add_mask(value: str) -> None:
+    if in_actions() and value:
+        for line in value.splitlines() or [value]:
+            if line.strip():
+                _command(f"::add-mask::{_escape_data(line)}")
+
+
+def annotate(
+    level: Literal["error", "warning", "notice"],
+    message: str,
+    *,
+    file: str | None = None,
+    line: int | None = None,
+    col: int | None = None,
+    title: str | None = None,
+) -> None:
+    if not in_actions():
+        return
+    props = []
+    if file:
+        props.append(f"file={_escape_property(file)}")
+    if line:
+        props.append(f"line={line}")
+    if col:
+        props.append(f"col={col}")
+    if title:
+        props.append(f"title={_escape_property(title)}")
+    prefix = f"::{level} {','.join(props)}::" if props else f"::{level}::"
+    _command(prefix + _escape_data(message))
+
+
+@contextmanager
+def group(title: str) -> Iterator[None]:
+    if in_actions():
+        _command(f"::group::{_escape_data(title)}")
+    try:
+        yield
+    finally:
+        if in_actions():
+            _command("::endgroup::")
+
+
+def _append(path_var: str, text: str) -> bool:
+    target = os.environ.get(path_var)
+    if not target:
+        return False
+    with Path(target).open("a", encoding="utf-8") as handle:
+        handle.write(text)
+    return True
+
+
+def set_output(name: str, value: str) -> None:
+    """Write one step output; multi-line values get a random delimiter that the value cannot contain."""
+    if "\n" in value or "\r" in value:
+        while True:
+            delimiter = f"ghadelimiter_{_random.token_hex(16)}"
+            if delimiter not in value:
+                break
+        _append("GITHUB_OUTPUT", f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+    else:
+        _append("GITHUB_OUTPUT", f"{name}={value}\n")
+
+
+def add_summary(markdown: str) -> None:
+    """Append to the step summary, never letting the file grow past GitHub's limit."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return
+    path = Path(target)
+    used = path.stat().st_size if path.exists() else 0
+    data = markdown.encode("utf-8")
+    room = SUMMARY_LIMIT_BYTES - used
+    if room <= 0:
+        return
+    if len(data) > room:
+        note = _TRUNCATION_NOTE.encode()
+        data = data[: max(0, room - len(note))].decode("utf-8", errors="ignore").encode() + note
+    with path.open("ab") as handle:
+        handle.write(data)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    def cell(value: str) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,803 @@
+"""A Distribution API v2 client over plain httpx: auth, retries, manifests, blobs, indexes.
+
+Why not a library: `oras` cannot push an index and the docker SDK gives no per-platform digests
+(platform-facts.md). This client speaks just enough of the API for theory-deploy:
+
+* **Auth.** Anonymous first. A `401` with `WWW-Authenticate: Basic` makes it send the credentials;
+  a `401` with `WWW-Authenticate: Bearer realm=...,service=...,scope=...` makes it fetch a token from
+  the realm (with Basic credentials when it has them) and retry. Tokens are cached per scope.
+  Credentials are sent only after a challenge, never in a URL, and never appear in a message.
+* **Retries,** as go-containerregistry does them: 3 attempts, backoff about 1 s then 3 s, on
+  408/429/499/500/502/503/504/522 and on connection resets, EOFs and timeouts; `Retry-After` is
+  honoured up to a bound. Each retry prints one progress line on stderr. 401/403/404 are never
+  retried: they fail at once as `RegistryAuthError` / `ImageUnavailableError`. Exhausted retries
+  raise `RegistryUnreachableError`.
+* **Integrity.** A manifest fetched by digest must hash to that digest, and to the registry's
+  `Docker-Content-Digest`; otherwise `DigestIntegrityError`. Blobs fetched by digest likewise.
+* **Platforms.** `resolve_platform` turns an index, a manifest list or an image manifest into the
+  one image manifest for `linux/<arch>`, checking the image config's `os`/`architecture` itself. It
+  skips attestation entries and tells a config digest (which cannot be pulled) from an unknown one.
+
+The client is thread-safe: one instance may serve a thread pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+
+from . import output
+from .errors import (
+    ConfigDigestError,
+    DigestIntegrityError,
+    ImagePullError,
+    ImagePushError,
+    ImageUnavailableError,
+    PlatformMismatchError,
+    RegistryAuthError,
+    RegistryUnreachableError,
+    TheoryDeployError,
+)
+from .refs import DIGEST_RE
+
+# ---------------------------------------------------------------------------------------------------
+# Media types
+# ---------------------------------------------------------------------------------------------------
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+MANIFEST_TYPES = INDEX_TYPES | IMAGE_MANIFEST_TYPES
+IMAGE_CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
+ACCEPT_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
+
+# BuildKit marks provenance/SBOM manifests inside an index with this annotation (and unknown/unknown).
+ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
+
+# Configs are small; a blob bigger than this is a layer, and is never downloaded to be inspected.
+_MAX_CONFIG_BYTES = 4 * 1024 * 1024
+_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Retry policy
+# ---------------------------------------------------------------------------------------------------
+
+RETRY_STATUSES = frozenset({408, 429, 499, 500, 502, 503, 504, 522})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """go-containerregistry's: 3 attempts, waits of `base_delay` then `base_delay * factor` (1 s, 3 s).
+
+    `THEORY_REGISTRY_RETRY_BASE_DELAY` (seconds) scales the waits, so tests of the CLI stay fast.
+    A `Retry-After` header replaces the computed wait, capped at `max_retry_after`.
+    """
+
+    attempts: int = 3
+    base_delay: float = 1.0
+    factor: float = 3.0
+    max_retry_after: float = 30.0
+
+    def delay(self, retry_number: int) -> float:
+        """Wait before retry number `retry_number` (1 = the first retry)."""
+        return self.base_delay * (self.factor ** (retry_number - 1))
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        raw = os.environ.get("THEORY_REGISTRY_RETRY_BASE_DELAY")
+        if raw:
+            try:
+                return cls(base_delay=max(0.0, float(raw)))
+            except ValueError:
+                pass
+        return cls()
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    digest: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+    data: dict[str, Any] = field(repr=False)
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+    @property
+    def is_image(self) -> bool:
+        return self.media_type in IMAGE_MANIFEST_TYPES
+
+
+@dataclass(frozen=True)
+class PlatformResolution:
+    """The image manifest for one platform. `from_index` says the digest asked for was an index."""
+
+    manifest_digest: str
+    from_index: bool
+    media_type: str
+    config_digest: str = ""
+    index_digest: str | None = None
+
+
+def is_loopback(registry: str) -> bool:
+    host = registry
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Auth challenges
+# ---------------------------------------------------------------------------------------------------
+
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="https://x/token",service="x",scope="repository:a:pull"` → ("bearer", {...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)) for m in _CHALLENGE_PARAM.finditer(rest)}
+    return scheme.lower(), params
+
+
+def _pull_scope(repo: str) -> str:
+    return f"repository:{repo}:pull"
+
+
+def _push_scope(repo: str) -> str:
+    return f"repository:{repo}:pull,push"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The client
+# ---------------------------------------------------------------------------------------------------
+
+Body = bytes | Path | Callable[[], IO[bytes]] | None
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        registry: str,
+        *,
+        credentials: tuple[str, str] | None = None,
+        insecure: bool | None = None,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        progress: Callable[[str], None] | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.registry = registry
+        self.insecure = is_loopback(registry) if insecure is None else insecure
+        self.base_url = f"{'http' if self.insecure else 'https'}://{registry}"
+        self._credentials = credentials
+        self.retry = retry or RetryPolicy.from_env()
+        self._progress = progress or output.progress
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
+            transport=transport,
+            follow_redirects=True,  # blob GETs redirect to storage; httpx drops Authorization off-origin
+            trust_env=True,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+        self._lock = threading.Lock()
+        self._tokens: dict[str, str] = {}
+        self._use_basic = False
+        # Counters, for tests and the benchmark: how much work a call really did.
+        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "blob_uploads": 0, "blob_skips": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] = self.stats.get(key, 0) + n
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def _where(self, url: str) -> str:
+        """A URL for messages: host and path only (no query, no userinfo)."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        if ":" in (parts.hostname or "") and not host.startswith("["):
+            host = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+        return f"{host}{parts.path}"
+
+    def _auth_header(self, scope: str | None) -> dict[str, str]:
+        with self._lock:
+            token = self._tokens.get(scope or "")
+            if token is None and scope:
+                # A push token also covers pulls of the same repository.
+                if scope.endswith(":pull"):
+                    token = self._tokens.get(scope + ",push")
+            use_basic = self._use_basic
+        if token:
+            return {"Authorization": f"Bearer {token}"}
+        if use_basic and self._credentials:
+            return {"Authorization": _basic(self._credentials)}
+        return {}
+
+    # -- the request loop -----------------------------------------------------------------------------
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        scope: str | None,
+        headers: dict[str, str] | None = None,
+        body: Body = None,
+        ok: tuple[int, ...] = (200,),
+        not_found_ok: bool = False,
+        write: bool = False,
+        what: str = "",
+        before_retry: Callable[[httpx.Response], None] | None = None,
+    ) -> httpx.Response:
+        """Send with auth and retries. Returns a response whose status is in `ok` (or 404 when
+        `not_found_ok`); raises the right error for anything else."""
+        attempts = max(1, self.retry.attempts)
+        attempt = 1
+        auth_tries = 0
+        while True:
+            req_headers = dict(headers or {})
+            req_headers.update(self._auth_header(scope))
+            try:
+                response = self._send_once(method, url, req_headers, body)
+            except httpx.TransportError as exc:
+                reason = _describe_transport_error(exc)
+                if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError):
+                    raise RegistryUnreachableError(f"{method} {self._where(url)} failed: {reason}.") from None
+                if attempt >= attempts:
+                    raise RegistryUnreachableError(
+                        f"{method} {self._where(url)} failed after {attempts} attempts: {reason}.",
+                        details={"registry": self.registry},
+                    ) from None
+                self._backoff(method, url, reason, attempt, attempts, None)
+                attempt += 1
+                continue
+            status = response.status_code
+            if status == 401 and auth_tries < 2:
+                challenge = response.headers.get("www-authenticate", "")
+                if self._answer_challenge(challenge, scope, had_auth="Authorization" in req_headers):
+                    auth_tries += 1
+                    continue
+            if status in ok or (status == 404 and not_found_ok):
+                return response
+            if status in RETRY_STATUSES:
+                reason = f"{status}{(' ' + response.reason_phrase) if response.reason_phrase else ''}"
+                if attempt >= attempts:
+                    raise RegistryUnreachableError(
+                        f"{method} {self._where(url)} kept failing: {reason} after {attempts} attempts"
+                        f"{_registry_error_suffix(response)}.",
+                        details={"registry": self.registry, "status": status},
+                    )
+                if before_retry is not None:
+                    before_retry(response)  # may raise a better error than retrying would
+                self._backoff(method, url, reason, attempt, attempts, response.headers.get("retry-after"))
+                attempt += 1
+                continue
+            raise self._error_for(method, url, response, write=write, what=what)
+
+    def _send_once(self, method: str, url: str, headers: dict[str, str], body: Body) -> httpx.Response:
+        self._count("requests")
+        if body is None or isinstance(body, bytes):
+            response = self._http.request(method, url, headers=headers, content=body)
+            response.read()
+            return response
+        opener: Callable[[], IO[bytes]] = (lambda: body.open("rb")) if isinstance(body, Path) else body  # type: ignore[assignment,union-attr]
+        with opener() as stream:
+            response = self._http.request(method, url, headers=headers, content=_chunks(stream))
+            response.read()
+            return response
+
+    def _backoff(self, method: str, url: str, reason: str, attempt: int, attempts: int, retry_after: str | None) -> None:
+        wait = self.retry.delay(attempt)
+        hinted = _retry_after_seconds(retry_after)
+        if hinted is not None:
+            wait = min(hinted, self.retry.max_retry_after)
+        self._count("retries")
+        self._progress(
+            f"retrying {method} {self._where(url)} after {reason} (attempt {attempt + 1}/{attempts}, in {wait:.1f}s)"
+        )
+        if wait > 0:
+            time.sleep(wait)
+
+    def _answer_challenge(self, challenge: str, scope: str | None, *, had_auth: bool) -> bool:
+        """Act on a 401's challenge. True when a retry with new auth makes sense."""
+        scheme, params = parse_challenge(challenge)
+        if scheme == "basic":
+            if self._credentials and not self._use_basic:
+                with self._lock:
+                    self._use_basic = True
+                return True
+            return False
+        if scheme == "bearer" and params.get("realm"):
+            token_scope = params.get("scope") or scope or ""
+            token = self._fetch_token(params["realm"], params.get("service"), token_scope)
+            with self._lock:
+                if token_scope:
+                    self._tokens[token_scope] = token
+                if (scope or "") != token_scope:
+                    self._tokens[scope or ""] = token
+            return True
+        return False
+
+    def _fetch_token(self, realm: str, service: str | None, scope: str) -> str:
+        query = []
+        if service:
+            query.append(f"service={quote(service, safe='')}")
+        for item in scope.split(" "):
+            if item:
+                query.append(f"scope={quote(item, safe=':,/')}")
+        url = realm + (("&" if "?" in realm else "?") + "&".join(query) if query else "")
+        if urlsplit(realm).scheme not in ("http", "https"):
+            raise RegistryAuthError(f"{self.registry}: the registry's token realm is not an http(s) URL.")
+        headers = {"Authorization": _basic(self._credentials)} if self._credentials else {}
+        attempts = max(1, self.retry.attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._send_once("GET", url, headers, None)
+            except httpx.TransportError as exc:
+                reason = _describe_transport_error(exc)
+                if attempt >= attempts:
+                    raise RegistryUnreachableError(
+                        f"GET {self._where(realm)} (token) failed after {attempts} attempts: {reason}."
+                    ) from None
+                self._backoff("GET", realm, reason, attempt, attempts, None)
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < attempts:
+                self._backoff("GET", realm, str(response.status_code), attempt, attempts, response.headers.get("retry-after"))
+                continue
+            if response.status_code in (401, 403):
+                who = "the given credentials" if self._credentials else "anonymous access (no REGISTRY_USERNAME/REGISTRY_PASSWORD)"
+                raise RegistryAuthError(
+                    f"{self.registry}: the token service {self._where(realm)} refused {who} for scope {scope!r} "
+                    f"({response.status_code})."
+                )
+            if response.status_code != 200:
+                raise RegistryUnreachableError(
+                    f"{self.registry}: the token service {self._where(realm)} answered {response.status_code}."
+                )
+            try:
+                payload = response.json()
+                token = payload.get("token") or payload.get("access_token")
+            except ValueError:
+                token = None
+            if not isinstance(token, str) or not token:
+                raise RegistryAuthError(f"{self.registry}: the token service {self._where(realm)} returned no token.")
+            return token
+        raise AssertionError("unreachable")
+
+    def _error_for(self, method: str, url: str, response: httpx.Response, *, write: bool, what: str) -> TheoryDeployError:
+        status = response.status_code
+        subject = what or self._where(url)
+        suffix = _registry_error_suffix(response)
+        if status in (401, 403):
+            who = "with the given credentials" if self._credentials else "anonymously (REGISTRY_USERNAME/REGISTRY_PASSWORD unset)"
+            verb = "write" if write else "read"
+            return RegistryAuthError(
+                f"{self.registry} refused to let us {verb} {subject} {who}: {status}{suffix}.",
+                details={"registry": self.registry, "status": status},
+            )
+        if status == 404:
+            return ImageUnavailableError(
+                f"{subject} does not exist on {self.registry} (404{suffix}).",
+                details={"registry": self.registry, "status": status},
+            )
+        cls = ImagePushError if write else ImagePullError
+        return cls(f"{method} {subject} failed: {status}{suffix}.", details={"registry": self.registry, "status": status})
+
+    # -- API: ping ----------------------------------------------------------------------------------------
+    def ping(self) -> None:
+        """GET /v2/: reachable, and (after any challenge) allowed."""
+        self._request("GET", self.url("/v2/"), scope=None, what=f"{self.registry}/v2/")
+
+    # -- API: manifests -----------------------------------------------------------------------------------
+    def head_manifest(self, repo: str, reference: str) -> ManifestHead:
+        url = self.url(f"/v2/{repo}/manifests/{reference}")
+        what = f"{self.registry}/{repo}{_at(reference)}"
+        response = self._request("HEAD", url, scope=_pull_scope(repo), headers={"Accept": ACCEPT_MANIFESTS}, what=what)
+        header_digest = response.headers.get("docker-content-digest", "")
+        if DIGEST_RE.match(reference) and header_digest and header_digest != reference:
+            raise DigestIntegrityError(
+                f"{what}: the registry says its digest is {header_digest}, not the digest asked for."
+            )
+        digest = header_digest or (reference if DIGEST_RE.match(reference) else "")
+        if not digest:
+            # No header on a tag HEAD: fall back to GET, which we can hash ourselves.
+            return self._head_from_get(repo, reference)
+        media_type = _media_type(response.headers.get("content-type", ""))
+        size = int(response.headers.get("content-length") or 0)
+        return ManifestHead(digest, media_type, size)
+
+    def _head_from_get(self, repo: str, reference: str) -> ManifestHead:
+        manifest = self.get_manifest(repo, reference)
+        return ManifestHead(manifest.digest, manifest.media_type, len(manifest.body))
+
+    def get_manifest(self, repo: str, reference: str) -> Manifest:
+        url = self.url(f"/v2/{repo}/manifests/{reference}")
+        what = f"{self.registry}/{repo}{_at(reference)}"
+
+        def config_instead(response: httpx.Response) -> None:
+            # distribution 2.x answers a manifest GET of a *config* digest with 500 (it fails to parse
+            # the blob as a manifest); say what it is instead of retrying something that cannot work.
+            if response.status_code == 500 and DIGEST_RE.match(reference):
+                self._raise_if_config(repo, reference)
+
+        response = self._request(
+            "GET", url, scope=_pull_scope(repo), headers={"Accept": ACCEPT_MANIFESTS}, what=what,
+            before_retry=config_instead,
+        )
+        body = response.content
+        if len(body) > _MAX_MANIFEST_BYTES:
+            raise ImagePullError(f"{what}: the manifest is {len(body)} bytes, larger than any manifest should be.")
+        actual = sha256_digest(body)
+        header_digest = response.headers.get("docker-content-digest", "")
+        if DIGEST_RE.match(reference) and actual != reference:
+            raise DigestIntegrityError(
+                f"{what}: the manifest served hashes to {actual}, not to the digest asked for.",
+                details={"requested": reference, "actual": actual},
+            )
+        if header_digest and header_digest != actual:
+            raise DigestIntegrityError(
+                f"{what}: the manifest served hashes to {actual}, but the registry's Docker-Content-Digest says {header_digest}.",
+                details={"header": header_digest, "actual": actual},
+            )
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ImagePullError(f"{what}: the registry served a manifest that is not JSON.") from None
+        if not isinstance(data, dict):
+            raise ImagePullError(f"{what}: the registry served a manifest that is not a JSON object.")
+        media_type = data.get("mediaType") or _media_type(response.headers.get("content-type", ""))
+        if media_type not in MANIFEST_TYPES:
+            media_type = _guess_media_type(data) or media_type
+        if media_type not in MANIFEST_TYPES:
+            if _looks_like_config(data):
+                raise ConfigDigestError(
+                    f"{what} is an image config, not a manifest; a config cannot be pulled.",
+                    details={"digest": actual},
+                )
+            raise ImagePullError(f"{what}: unsupported manifest type {media_type or '(none)'!r}.")
+        return Manifest(actual, media_type, body, data)
+
+    def put_manifest(self, repo: str, reference: str | None, body: bytes, media_type: str) -> str:
+        """PUT a manifest by its digest (reference None) or under a tag. Returns its digest."""
+        digest = sha256_digest(body)
+        reference = reference or digest
+        url = self.url(f"/v2/{repo}/manifests/{reference}")
+        what = f"{self.registry}/{repo}{_at(reference)}"
+        response = self._request(
+            "PUT", url, scope=_push_scope(repo), headers={"Content-Type": media_type}, body=body,
+            ok=(200, 201, 202), write=True, what=what,
+        )
+        header_digest = response.headers.get("docker-content-digest", "")
+        if header_digest and header_digest != digest:
+            raise DigestIntegrityError(
+                f"{what}: the registry stored the manifest as {header_digest}, but its sha256 is {digest}."
+            )
+        return digest
+
+    def manifest_exists(self, repo: str, reference: str) -> str | None:
+        """The digest under `reference`, or None if there is none (404)."""
+        url = self.url(f"/v2/{repo}/manifests/{reference}")
+        response = self._request(
+            "HEAD", url, scope=_pull_scope(repo), headers={"Accept": ACCEPT_MANIFESTS}, not_found_ok=True,
+            what=f"{self.registry}/{repo}{_at(reference)}",
+        )
+        if response.status_code == 404:
+            return None
+        return response.headers.get("docker-content-digest") or (reference if DIGEST_RE.match(reference) else None)
+
+    # -- API: blobs ---------------------------------------------------------------------------------------
+    def blob_size(self, repo: str, digest: str, *, scope: str | None = None) -> int | None:
+        """HEAD a blob: its size, or None if the repository does not have it."""
+        url = self.url(f"/v2/{repo}/blobs/{digest}")
+        response = self._request(
+            "HEAD", url, scope=scope or _pull_scope(repo), not_found_ok=True, what=f"blob {self.registry}/{repo}@{digest}"
+        )
+        if response.status_code == 404:
+            return None
+        return int(response.headers.get("content-length") or -1)
+
+    def blob_exists(self, repo: str, digest: str) -> bool:
+        return self.blob_size(repo, digest) is not None
+
+    def get_blob(self, repo: str, digest: str, *, max_bytes: int | None = None) -> bytes:
+        url = self.url(f"/v2/{repo}/blobs/{digest}")
+        what = f"blob {self.registry}/{repo}@{digest}"
+        response = self._request("GET", url, scope=_pull_scope(repo), what=what)
+        body = response.content
+        if max_bytes is not None and len(body) > max_bytes:
+            raise ImagePullError(f"{what} is larger than {max_bytes} bytes.")
+        actual = sha256_digest(body)
+        if actual != digest:
+            raise DigestIntegrityError(f"{what}: the blob served hashes to {actual}.", details={"actual": actual})
+        return body
+
+    def upload_blob(self, repo: str, digest: str, data: bytes | Path, *, size: int | None = None, check_exists: bool = True) -> bool:
+        """Upload a blob unless the repository has it. True when bytes were sent.
+
+        POST starts an upload session; a monolithic PUT to its Location with `digest=` appended
+        (by hand: httpx's `params=` would drop the session's `_state` query) completes it. A
+        session that the registry forgot (404 on the PUT) is started again once.
+        """
+        scope = _push_scope(repo)
+        if check_exists and self.blob_size(repo, digest, scope=scope) is not None:
+            self._count("blob_skips")
+            return False
+        if size is None:
+            size = len(data) if isinstance(data, bytes) else data.stat().st_size
+        what = f"blob {self.registry}/{repo}@{digest}"
+        for session in (1, 2):
+            start = self._request(
+                "POST", self.url(f"/v2/{repo}/blobs/uploads/"), scope=scope, ok=(202, 201), write=True,
+                headers={"Content-Length": "0"}, body=b"", what=f"an upload to {self.registry}/{repo}",
+            )
+            if start.status_code == 201:  # the registry mounted/had it already
+                return False
+            location = start.headers.get("location")
+            if not location:
+                raise ImagePushError(f"{self.registry}: the upload session for {repo} has no Location header.")
+            put_url = urljoin(self.url(f"/v2/{repo}/blobs/uploads/"), location)
+            put_url += ("&" if "?" in put_url else "?") + "digest=" + quote(digest, safe="")
+            response = self._request(
+                "PUT", put_url, scope=scope, body=data, ok=(201, 204), not_found_ok=session == 1, write=True,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)}, what=what,
+            )
+            if response.status_code == 404:
+                self._progress(f"restarting the upload of {what}: the registry lost the upload session")
+                continue
+            stored = response.headers.get("docker-content-digest", "")
+            if stored and stored != digest:
+                raise DigestIntegrityError(f"{what}: the registry stored it as {stored}.")
+            self._count("blob_uploads")
+            return True
+        raise ImagePushError(f"{what}: the registry lost the upload session twice.")
+
+    # -- API: platforms ---------------------------------------------------------------------------------
+    def resolve_platform(self, repo: str, digest: str, platform: str) -> PlatformResolution:
+        """The image manifest for `linux/<platform>` that `digest` is or lists.
+
+        Raises ConfigDigestError for an image config digest, PlatformMismatchError for the wrong
+        platform (or an attestation), ImageUnavailableError for a digest the repository lacks.
+        """
+        arch = platform.removeprefix("linux/")
+        what = f"{self.registry}/{repo}@{digest}"
+        try:
+            top = self.get_manifest(repo, digest)
+        except ImageUnavailableError:
+            self._explain_missing_manifest(repo, digest)
+            raise
+        if top.is_index:
+            entry = _pick_index_entry(top.data, arch, what)
+            child = self.get_manifest(repo, entry["digest"])
+            if not child.is_image:
+                raise PlatformMismatchError(
+                    f"{what}: its linux/{arch} entry {entry['digest']} is a {child.media_type}, not an image manifest."
+                )
+            config_digest = self._check_image_config(repo, child, arch, f"{self.registry}/{repo}@{child.digest}")
+            return PlatformResolution(child.digest, True, child.media_type, config_digest, top.digest)
+        config_digest = self._check_image_config(repo, top, arch, what)
+        return PlatformResolution(top.digest, False, top.media_type, config_digest, None)
+
+    def _explain_missing_manifest(self, repo: str, digest: str) -> None:
+        """A digest that is not a manifest: tell a config (or layer) blob from nothing at all."""
+        what = f"{self.registry}/{repo}@{digest}"
+        if not self._raise_if_config(repo, digest):
+            raise ImageUnavailableError(
+                f"{what}: no manifest (or blob) with that digest in {self.registry}/{repo}.",
+                details={"registry": self.registry, "repository": repo, "digest": digest},
+            )
+        raise ImageUnavailableError(
+            f"{what} is a blob (a layer) in {self.registry}/{repo}, not a manifest.",
+            details={"digest": digest},
+        )
+
+    def _raise_if_config(self, repo: str, digest: str) -> bool:
+        """Raise ConfigDigestError if `digest` is an image config blob in `repo`; else say whether
+        any blob has that digest."""
+        what = f"{self.registry}/{repo}@{digest}"
+        size = self.blob_size(repo, digest)
+        if size is None:
+            return False
+        if 0 <= size <= _MAX_CONFIG_BYTES:
+            try:
+                data = json.loads(self.get_blob(repo, digest, max_bytes=_MAX_CONFIG_BYTES))
+            except ValueError:
+                data = None
+            if isinstance(data, dict) and _looks_like_config(data):
+                arch = data.get("architecture", "?")
+                raise ConfigDigestError(
+                    f"{what} is the image config ({data.get('os', '?')}/{arch}), not a manifest; a config cannot be pulled.",
+                    details={"digest": digest},
+                )
+        return True
+
+    def _check_image_config(self, repo: str, manifest: Manifest, arch: str, what: str) -> str:
+        config = manifest.data.get("config") or {}
+        layers = manifest.data.get("layers") or []
+        config_type = config.get("mediaType", "")
+        config_digest = config.get("digest", "")
+        if any("in-toto" in str(layer.get("mediaType", "")) for layer in layers) or config_type not in IMAGE_CONFIG_TYPES:
+            raise PlatformMismatchError(
+                f"{what} is an attestation or non-image artifact (config type {config_type or '(none)'!r}), not a "
+                f"linux/{arch} image manifest.",
+                details={"digest": manifest.digest},
+            )
+        if not DIGEST_RE.match(config_digest):
+            raise ImagePullError(f"{what}: its config digest {config_digest!r} is not a sha256 digest.")
+        try:
+            data = json.loads(self.get_blob(repo, config_digest, max_bytes=_MAX_CONFIG_BYTES))
+        except ValueError:
+            raise ImagePullError(f"{what}: its config {config_digest} is not JSON.") from None
+        os_name, actual_arch = data.get("os"), data.get("architecture")
+        if os_name != "linux" or actual_arch != arch:
+            raise PlatformMismatchError(
+                f"{what} is a {os_name}/{actual_arch} image, not linux/{arch}.",
+                details={"digest": manifest.digest, "os": os_name, "architecture": actual_arch},
+            )
+        return config_digest
+
+    # -- API: tags ----------------------------------------------------------------------------------------
+    def list_tags(self, repo: str) -> list[str]:
+        response = self._request("GET", self.url(f"/v2/{repo}/tags/list"), scope=_pull_scope(repo), what=f"tags of {self.registry}/{repo}")
+        tags = response.json().get("tags") or []
+        return [t for t in tags if isinstance(t, str)]
+
+
+def _pick_index_entry(index: dict[str, Any], arch: str, what: str) -> dict[str, Any]:
+    entries = index.get("manifests") or []
+    candidates = []
+    seen = []
+    for entry in entries:
+        plat = entry.get("platform") or {}
+        os_name, entry_arch = plat.get("os", "unknown"), plat.get("architecture", "unknown")
+        annotations = entry.get("annotations") or {}
+        if ATTESTATION_ANNOTATION in annotations or (os_name, entry_arch) == ("unknown", "unknown"):
+            continue
+        seen.append(f"{os_name}/{entry_arch}" + (f"/{plat['variant']}" if plat.get("variant") else ""))
+        if os_name == "linux" and entry_arch == arch and DIGEST_RE.match(entry.get("digest", "")):
+            candidates.append(entry)
+    if not candidates:
+        listed = ", ".join(seen) or "none (only attestation entries)"
+        raise PlatformMismatchError(
+            f"{what} is an index without a linux/{arch} image; its platforms: {listed}.",
+            details={"platforms": seen},
+        )
+    # arm64 may carry a variant; prefer v8 or none.
+    candidates.sort(key=lambda e: (e.get("platform", {}).get("variant") not in (None, "", "v8")))
+    return candidates[0]
+
+
+def _looks_like_config(data: dict[str, Any]) -> bool:
+    return "rootfs" in data or ("architecture" in data and "os" in data and "layers" not in data and "manifests" not in data)
+
+
+def _guess_media_type(data: dict[str, Any]) -> str | None:
+    if isinstance(data.get("manifests"), list):
+        return OCI_INDEX
+    if isinstance(data.get("layers"), list) and isinstance(data.get("config"), dict):
+        return OCI_MANIFEST
+    return None
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip()
+
+
+def _at(reference: str) -> str:
+    return f"@{reference}" if DIGEST_RE.match(reference) or reference.startswith("sha256:") else f":{reference}"
+
+
+def _basic(credentials: tuple[str, str] | None) -> str:
+    assert credentials is not None
+    user, password = credentials
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def _chunks(stream: IO[bytes], size: int = 1024 * 1024) -> Iterator[bytes]:
+    while True:
+        chunk = stream.read(size)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _describe_transport_error(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "a timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "a connection error (refused or unreachable)"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the connection closing early (EOF)"
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return "a connection reset"
+    return type(exc).__name__
+
+
+def _registry_error_suffix(response: httpx.Response) -> str:
+    """`: MANIFEST_UNKNOWN manifest unknown` from a registry's JSON error body, never its headers."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return ""
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    if not errors or not isinstance(errors, list) or not isinstance(errors[0], dict):
+        return ""
+    first = errors[0]
+    code, message = str(first.get("code", ""))[:60], str(first.get("message", ""))[:200]
+    text = " ".join(part for part in (code, message) if part)
+    return f": {text}" if text else ""

@@ -1,0 +1,50 @@
+"""What a verb prints: exactly one JSON object on stdout under --json, human text otherwise.
+
+Progress and logs always go to stderr, so stdout stays machine-readable. Every string that leaves
+through here passes the secret scrubber first: a value registered with `secrets.register_secret_value`
+is replaced by `***` wherever it appears, even if a bug puts it in a message.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from . import secrets
+
+
+def _dump(obj: Any) -> str:
+    return secrets.scrub(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def emit_result(result: dict[str, Any], *, json_mode: bool, stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    payload = {"status": "success", **result}
+    if json_mode:
+        out.write(_dump(payload) + "\n")
+        return
+    summary = result.get("summary")
+    if summary:
+        out.write(secrets.scrub(str(summary)) + "\n")
+    else:
+        out.write(_dump(payload) + "\n")
+    out.flush()
+
+
+def emit_error(payload: dict[str, Any], human: str, *, json_mode: bool) -> None:
+    if json_mode:
+        sys.stdout.write(_dump(payload) + "\n")
+        sys.stdout.flush()
+    sys.stderr.write(secrets.scrub(human) + "\n")
+    sys.stderr.flush()
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr (never stdout), scrubbed."""
+    sys.stderr.write(secrets.scrub(message) + "\n")
+    sys.stderr.flush()
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()

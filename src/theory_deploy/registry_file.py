@@ -1,0 +1,521 @@
+"""registry.yaml: the model of one processor, its validation, and writing pins into it.
+
+Reading: the file is parsed with ruamel.yaml's round-trip loader, which remembers where every key
+and value stands, and then validated by one pydantic model. Every problem (pydantic's and our own
+cross-field checks) is reported as `file:line:col: message`, all at once.
+
+Writing pins: a pin write changes *only* the characters of the pin values. Instead of re-serialising
+the document (which reflows quoting, spacing and comments, the original's item 13), the new digest
+is spliced into the original text at the position the parser recorded, and the result is re-parsed
+to prove nothing else moved. Writes are atomic (temp file, fsync, rename) and serialised by an
+exclusive lock on the processor's folder, so concurrent pinners never lose an update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ValidationError as PydanticValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from .errors import (
+    ImageUnpinnedError,
+    LockTimeoutError,
+    ProcessorNotFoundError,
+    TheoryDeployError,
+    ValidationError,
+)
+from .refs import PLATFORMS, ImageRef, Platform, ProcessorRef
+
+REGISTRY_FILE = "registry.yaml"
+SCHEMA_RELATIVE_PATH = "schema/registry.schema.json"
+
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+PinText = str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BuildSpec(_Strict):
+    context: str = Field(".", description="Build context, relative to the folder holding registry.yaml.")
+    dockerfile: str = Field("Dockerfile", description="Dockerfile path, relative to the build context.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the processor's server listens on.")
+    platforms: list[Literal["linux/amd64", "linux/arm64"]] = Field(
+        default_factory=lambda: ["linux/amd64", "linux/arm64"], min_length=1
+    )
+
+
+class PlatformPins(_Strict):
+    amd64: PinText | None = Field(None, description="repository@sha256:<64 hex> of the linux/amd64 manifest.")
+    arm64: PinText | None = Field(None, description="repository@sha256:<64 hex> of the linux/arm64 manifest.")
+
+
+class ImageSpec(_Strict):
+    repository: str = Field(description="Image repository without tag or digest, e.g. ghcr.io/org/llm-litellm.")
+    platforms: PlatformPins = Field(default_factory=PlatformPins)
+
+
+class RuntimeSpec(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    memory_gb: float = Field(2.0, gt=0)
+    timeout_s: int = Field(600, gt=0, le=86400)
+    gpu: str | None = None
+
+
+class SecretsSpec(_Strict):
+    required: list[EnvName] = Field(default_factory=list)
+    optional: list[EnvName] = Field(default_factory=list)
+
+
+class ApiSpec(_Strict):
+    protocol: Literal["ws"] = "ws"
+    path: str = Field("/run", pattern=r"^/")
+    healthz: str = Field("/healthz", pattern=r"^/")
+    auth_secret: EnvName | None = Field(
+        None, description="Name of a secret whose value is the bearer token the endpoints require."
+    )
+
+
+class ProcessorSpec(_Strict):
+    ref: str = Field(description="ns/name@N, e.g. llm/litellm@1; must match the folder processors/ns/name.")
+    build: BuildSpec = Field(default_factory=BuildSpec)
+    image: ImageSpec
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    secrets: SecretsSpec = Field(default_factory=SecretsSpec)
+    api: ApiSpec = Field(default_factory=ApiSpec)
+    inputs: dict[str, Any] = Field(description="JSON Schema of the processor's inputs.")
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def processor_ref(self) -> ProcessorRef:
+        return ProcessorRef.parse(self.ref, where="registry.yaml ref")
+
+    def pins(self) -> dict[Platform, str | None]:
+        return {"amd64": self.image.platforms.amd64, "arm64": self.image.platforms.arm64}
+
+    def platform_names(self) -> list[Platform]:
+        return [p.removeprefix("linux/") for p in self.build.platforms]  # type: ignore[misc]
+
+    def all_secret_names(self) -> list[str]:
+        return list(dict.fromkeys([*self.secrets.required, *self.secrets.optional]))
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ProcessorSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "theory-deploy processor registry.yaml"
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Problems and positions
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "col": self.col, "message": self.message}
+
+
+def _position(doc: Any, loc: tuple[Any, ...], *, key: bool = False) -> tuple[int, int]:
+    """1-based (line, col) of the node at `loc`, or of its closest existing ancestor."""
+    node, line, col = doc, 1, 1
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            kl, kc = node.lc.key(part)
+            vl, vc = node.lc.value(part)
+            is_last = part == loc[-1]
+            line, col = (kl, kc) if (key and is_last) else (vl, vc)
+            line, col = line + 1, col + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            il, ic = node.lc.item(part)
+            line, col = il + 1, ic + 1
+            node = node[part]
+        else:
+            break
+    return line, col
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    return yaml
+
+
+def _display(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    return str(path)
+
+
+def _load_document(path: Path, text: str | None = None) -> tuple[Any, list[Problem]]:
+    shown = _display(path)
+    try:
+        if text is None:
+            text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, [Problem(shown, 1, 1, "file not found")]
+    except OSError as exc:
+        return None, [Problem(shown, 1, 1, f"cannot read: {exc.strerror}")]
+    try:
+        doc = _yaml().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return None, [Problem(shown, line, col, f"not valid YAML: {exc.problem or exc.context}")]
+    except Exception as exc:  # ruamel raises a few unmarked errors (e.g. duplicate keys in some versions)
+        return None, [Problem(shown, 1, 1, f"not valid YAML: {exc}")]
+    if not isinstance(doc, CommentedMap):
+        return None, [Problem(shown, 1, 1, "expected a mapping at the top level")]
+    return doc, []
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip containers → plain dicts/lists, for pydantic and jsonschema."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def _pydantic_message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {error['loc'][-1]!r}"
+    if error["type"] == "missing":
+        return f"missing required key {error['loc'][-1]!r}"
+    if error["type"] == "string_pattern_mismatch" and "secrets" in error["loc"]:
+        return f"{error['input']!r} is not a valid environment variable name (letters, digits, '_'; not starting with a digit)"
+    where = ".".join(str(p) for p in error["loc"])
+    return f"{where}: {error['msg']}"
+
+
+def _cross_checks(data: dict[str, Any], doc: Any, path: Path, shown: str) -> list[Problem]:
+    """Checks across fields, run on the raw document so they report even when pydantic also failed."""
+    problems: list[Problem] = []
+
+    def at(loc: tuple[Any, ...], message: str) -> None:
+        line, col = _position(doc, loc)
+        problems.append(Problem(shown, line, col, message))
+
+    def section(name: str) -> dict[str, Any]:
+        value = data.get(name)
+        return value if isinstance(value, dict) else {}
+
+    ref_text = data.get("ref")
+    if isinstance(ref_text, str):
+        try:
+            ref = ProcessorRef.parse(ref_text, where="ref")
+        except TheoryDeployError as err:
+            at(("ref",), err.message)
+        else:
+            folder = path.resolve().parent
+            if folder.parent.parent.name == "processors":
+                actual = f"{folder.parent.name}/{folder.name}"
+                if actual != ref.folder:
+                    at(("ref",), f"ref {ref_text!r} does not match its folder processors/{actual}; expected {actual}@N")
+
+    image = section("image")
+    repository: ImageRef | None = None
+    if isinstance(image.get("repository"), str):
+        try:
+            repository = ImageRef.parse(image["repository"], where="image.repository")
+            if repository.tag or repository.digest:
+                at(("image", "repository"), "image.repository must have no tag and no digest")
+                repository = None
+        except TheoryDeployError as err:
+            at(("image", "repository"), err.message)
+
+    pins = image.get("platforms") if isinstance(image.get("platforms"), dict) else {}
+    for platform in PLATFORMS:
+        pin = pins.get(platform)
+        if not isinstance(pin, str):
+            continue
+        loc = ("image", "platforms", platform)
+        expected_form = f"{image.get('repository')}@sha256:<64 lowercase hex>"
+        match = re.fullmatch(r"(?P<repo>.+)@sha256:(?P<hex>[0-9a-f]{64})", pin)
+        if not match:
+            at(loc, f"pin {pin!r} is not a digest ref; expected exactly {expected_form} (no tags, no placeholders)")
+        elif repository is not None and match["repo"] != repository.repository:
+            at(loc, f"pin names repository {match['repo']!r}, but image.repository is {repository.repository!r}")
+
+    inputs = data.get("inputs")
+    if isinstance(inputs, dict):
+        try:
+            validator_cls = jsonschema.validators.validator_for(inputs, default=jsonschema.Draft202012Validator)
+            validator_cls.check_schema(inputs)
+        except jsonschema.SchemaError as err:
+            pointer = "/".join(str(p) for p in err.absolute_path)
+            at(("inputs", *err.absolute_path), f"inputs is not a valid JSON Schema at /{pointer}: {err.message}")
+
+    secrets = section("secrets")
+    required, optional = secrets.get("required"), secrets.get("optional")
+    if isinstance(required, list) and isinstance(optional, list):
+        for name in sorted(set(map(str, required)) & set(map(str, optional))):
+            at(("secrets", "optional"), f"secret {name!r} is listed as both required and optional")
+    return problems
+
+
+def check_file(path: Path, text: str | None = None) -> tuple[ProcessorSpec | None, list[Problem]]:
+    """Every problem in one registry.yaml, and the spec when there are none. `text`, when given, is
+    checked as if it were the file's content (e.g. the file at an earlier git revision)."""
+    shown = _display(path)
+    doc, problems = _load_document(path, text)
+    if doc is None:
+        return None, problems
+    data = _plain(doc)
+    spec: ProcessorSpec | None = None
+    try:
+        spec = ProcessorSpec.model_validate(data)
+    except PydanticValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            line, col = _position(doc, loc, key=error["type"] == "extra_forbidden")
+            problems.append(Problem(shown, line, col, _pydantic_message(error)))
+    problems += _cross_checks(data, doc, path, shown)
+    return (None if problems else spec), sorted(problems, key=lambda p: (p.line, p.col))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding processors
+# ---------------------------------------------------------------------------------------------------
+
+
+def find_repo_root(start: Path | None = None) -> Path:
+    """THEORY_REPO_ROOT, else the nearest folder upwards that has a `processors/` folder."""
+    configured = os.environ.get("THEORY_REPO_ROOT")
+    if configured:
+        return Path(configured).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "processors").is_dir():
+            return folder
+    raise ProcessorNotFoundError(
+        f"no processors/ folder in {here} or above.",
+        remedy="Run from your repository (it holds processors/<ns>/<name>/registry.yaml) or set THEORY_REPO_ROOT.",
+    )
+
+
+def discover(repo_root: Path) -> list[Path]:
+    return sorted((repo_root / "processors").glob(f"*/*/{REGISTRY_FILE}"))
+
+
+@dataclass(frozen=True)
+class LoadedProcessor:
+    ref: ProcessorRef
+    spec: ProcessorSpec
+    path: Path  # the registry.yaml
+    repo_root: Path
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def pin_for(self, platform: Platform) -> ImageRef:
+        """The pinned digest ref for a platform; ERR_IMAGE_UNPINNED (with file:line) if there is none."""
+        pin = self.spec.pins()[platform]
+        if pin is None:
+            doc, _ = _load_document(self.path)
+            line, _col = _position(doc, ("image", "platforms", platform)) if doc is not None else (1, 1)
+            raise ImageUnpinnedError(
+                f"{_display(self.path)}:{line}: {self.ref} has no {platform} pin (image.platforms.{platform} is null).",
+                details={"file": _display(self.path), "line": line},
+            )
+        return ImageRef.parse_digest_ref(pin, where=f"{_display(self.path)} image.platforms.{platform}")
+
+
+def load_path(path: Path, repo_root: Path | None = None) -> LoadedProcessor:
+    spec, problems = check_file(path)
+    if problems or spec is None:
+        first = problems[0]
+        raise ValidationError(
+            "\n".join(str(p) for p in problems),
+            details={"file": first.file, "line": first.line, "problems": [p.to_json() for p in problems]},
+        )
+    root = repo_root or path.resolve().parent.parent.parent.parent
+    return LoadedProcessor(spec.processor_ref, spec, path, root)
+
+
+def load_processor(ref: ProcessorRef, repo_root: Path | None = None) -> LoadedProcessor:
+    root = repo_root or find_repo_root()
+    path = root / "processors" / ref.namespace / ref.name / REGISTRY_FILE
+    if not path.is_file():
+        raise ProcessorNotFoundError(f"{ref}: no {path}.")
+    loaded = load_path(path, root)
+    if loaded.ref != ref:
+        raise ValidationError(f"{_display(path)}: declares ref {loaded.spec.ref}, not {ref}.")
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing pins
+# ---------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked(folder: Path, timeout_s: float = 60.0) -> Iterator[None]:
+    """An exclusive flock on the folder itself: no lock files left behind, and the lock survives the
+    rename that replaces registry.yaml (locking the file would lock the old inode)."""
+    fd = os.open(folder, os.O_RDONLY)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() > deadline:
+                    raise LockTimeoutError(f"{folder}: still locked by another writer after {timeout_s:.0f}s.") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Temp file in the same folder, fsync, rename over, fsync the folder: old file or new, never half."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _scalar_end(line: str, start: int) -> int:
+    """Where the scalar starting at `start` ends: a quoted one at its closing quote, a plain one
+    before a comment, a flow separator, or trailing space."""
+    if start < len(line) and line[start] in "'\"":
+        quote, i = line[start], start + 1
+        while i < len(line):
+            if line[i] == quote:
+                if quote == "'" and i + 1 < len(line) and line[i + 1] == "'":
+                    i += 2
+                    continue
+                return i + 1
+            i += 2 if (quote == '"' and line[i] == "\\") else 1
+        return len(line)
+    end = len(line)
+    for stop in (" #", ",", "}", "]"):
+        found = line.find(stop, start)
+        if found != -1:
+            end = min(end, found)
+    return len(line[:end].rstrip()) if end > start else start
+
+
+def _render_scalar(value: str | None, old_token: str) -> str:
+    if value is None:
+        return "null"
+    if old_token[:1] in ("'", '"'):
+        return f"{old_token[0]}{value}{old_token[0]}"
+    return value
+
+
+def splice_pins(text: str, pins: dict[Platform, str | None]) -> str:
+    """Return `text` with each `image.platforms.<platform>` value replaced and nothing else changed."""
+    doc = _yaml().load(text)
+    try:
+        platforms_node = doc["image"]["platforms"]
+    except (KeyError, TypeError):
+        platforms_node = None
+    if not isinstance(platforms_node, CommentedMap) or any(p not in platforms_node for p in pins):
+        raise ValidationError(
+            "registry.yaml has no image.platforms.<platform> key to write the pin into.",
+            remedy="Add `platforms: {amd64: null, arm64: null}` under `image:` (as in the sample processor).",
+        )
+    lines = text.splitlines(keepends=True)
+    # Splice from the bottom up so earlier positions stay valid when two pins share a line.
+    edits = sorted(((*platforms_node.lc.value(p), p) for p in pins), reverse=True)
+    for line_no, col, platform in edits:
+        line = lines[line_no]
+        body = line.rstrip("\r\n")
+        ending = line[len(body) :]
+        # An empty value (`amd64:`) is recorded at the next token; treat it as an empty scalar here.
+        end = _scalar_end(body, col) if col < len(body) else col
+        old_token = body[col:end]
+        new_token = _render_scalar(pins[platform], old_token)
+        if col >= len(body):
+            new_token = " " + new_token
+        lines[line_no] = body[:col] + new_token + body[end:] + ending
+    return "".join(lines)
+
+
+def write_pins(path: Path, pins: dict[Platform, str | None]) -> dict[Platform, tuple[str | None, str | None]]:
+    """Write pins; return {platform: (old, new)} for the platforms that changed. Unchanged: no write."""
+    for platform in pins:
+        if platform not in PLATFORMS:
+            raise ValidationError(f"unknown platform {platform!r}; expected one of {', '.join(PLATFORMS)}.")
+    with locked(path.parent):
+        loaded = load_path(path)
+        repository = loaded.spec.image.repository
+        for platform, pin in pins.items():
+            if pin is not None and not re.fullmatch(rf"{re.escape(repository)}@sha256:[0-9a-f]{{64}}", pin):
+                raise ValidationError(
+                    f"refusing to pin {platform} to {pin!r}: a pin must be exactly {repository}@sha256:<64 lowercase hex>."
+                )
+        current = loaded.spec.pins()
+        changed = {p: (current[p], new) for p, new in pins.items() if current[p] != new}
+        if not changed:
+            return {}
+        text = path.read_text(encoding="utf-8")
+        new_text = splice_pins(text, {p: new for p, (_old, new) in changed.items()})
+        _prove_only_pins_moved(path, text, new_text, {p: new for p, (_old, new) in changed.items()})
+        atomic_write_text(path, new_text)
+        return changed
+
+
+def _prove_only_pins_moved(path: Path, old_text: str, new_text: str, pins: dict[Platform, str | None]) -> None:
+    old_doc = _plain(_yaml().load(old_text))
+    new_doc = _plain(_yaml().load(io.StringIO(new_text)))
+    for platform, value in pins.items():
+        old_doc["image"]["platforms"][platform] = value
+    if old_doc != new_doc:
+        raise TheoryDeployError(f"{_display(path)}: pin splice would change more than the pin lines; refusing to write.")

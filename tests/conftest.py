@@ -1,0 +1,200 @@
+"""Session fixtures for the real local services (see scripts/dev-services, README "Local services").
+
+Fixtures: ``repo_root``, ``docker_cli``, ``registry``, ``auth_registry``, ``base_image``,
+``canary_secrets``. Helpers to import: ``tests.helpers`` (``assert_no_canary``, ``AuthRegistry``).
+
+Tests marked ``docker`` are skipped with a reason when no Docker engine answers. With
+``THEORY_REQUIRE_DOCKER=1`` (set by scripts/test, hence CI) such a skip fails the run instead.
+Values come from the environment when set (``eval "$(scripts/dev-services env)"``):
+THEORY_REGISTRY, THEORY_AUTH_REGISTRY, THEORY_AUTH_REGISTRY_USER,
+THEORY_AUTH_REGISTRY_PASSWORD_FILE, DOCKER, THEORY_BASE_IMAGE. Otherwise the fixtures run
+``scripts/dev-services up`` / ``scripts/local-base-image`` themselves, once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # so tests can `from tests.helpers import ...`
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.helpers import AuthRegistry, make_canaries  # noqa: E402
+
+DEV_SERVICES = REPO_ROOT / "scripts" / "dev-services"
+LOCAL_BASE_IMAGE = REPO_ROOT / "scripts" / "local-base-image"
+
+
+def _require_docker() -> bool:
+    return os.environ.get("THEORY_REQUIRE_DOCKER", "") not in ("", "0", "false", "no")
+
+
+# ------------------------------------------------------------------------------------------------
+# Service discovery (cached per process)
+
+_services: dict[str, object] = {}
+
+
+def _http_status(url: str, timeout: float = 3.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0
+
+
+def _docker_works(cli: str) -> bool:
+    try:
+        return subprocess.run([cli, "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _services_env() -> dict[str, str]:
+    """The `scripts/dev-services env` values, running `up` first unless the env already has them."""
+    if "env" in _services:
+        return _services["env"]  # type: ignore[return-value]
+    env: dict[str, str] = {}
+    keys = ("THEORY_REGISTRY", "THEORY_AUTH_REGISTRY", "THEORY_AUTH_REGISTRY_USER",
+            "THEORY_AUTH_REGISTRY_PASSWORD_FILE", "DOCKER")
+    if all(os.environ.get(k) for k in keys[:4]):
+        env = {k: os.environ[k] for k in keys if os.environ.get(k)}
+    else:
+        up = subprocess.run([str(DEV_SERVICES), "up"], capture_output=True, text=True, timeout=900,
+                            stdin=subprocess.DEVNULL)
+        if up.returncode != 0:
+            _services["up_error"] = up.stderr.strip()[-2000:]
+        out = subprocess.run([str(DEV_SERVICES), "env"], capture_output=True, text=True, timeout=60)
+        for line in out.stdout.splitlines():
+            if line.startswith("export ") and "=" in line:
+                k, _, v = line[len("export "):].partition("=")
+                env[k] = shlex.split(v)[0] if v else ""
+        if os.environ.get("DOCKER"):
+            env["DOCKER"] = os.environ["DOCKER"]
+    _services["env"] = env
+    return env
+
+
+def _skip_reason_no_engine() -> str | None:
+    """None if a Docker engine answers; otherwise why docker tests cannot run."""
+    if "engine_reason" not in _services:
+        env = _services_env()
+        cli = env.get("DOCKER") or "/usr/bin/docker"
+        if _docker_works(cli):
+            _services["engine_reason"] = None
+        else:
+            why = _services.get("up_error") or f"'{cli} info' failed"
+            _services["engine_reason"] = (
+                f"no Docker engine reachable ({why}); run `scripts/dev-services up` "
+                f"(as root, or with Docker running) and `eval \"$(scripts/dev-services env)\"`"
+            )
+    return _services["engine_reason"]  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------------
+# Hooks: skip docker tests without an engine; under THEORY_REQUIRE_DOCKER=1 such skips fail the run.
+
+_skipped_docker: list[str] = []
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("docker") is not None:
+        reason = _skip_reason_no_engine()
+        if reason:
+            pytest.skip(reason)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "docker" in report.keywords and not hasattr(report, "wasxfail"):
+        _skipped_docker.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_docker and _require_docker() and exitstatus in (0, 5):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    if _skipped_docker and _require_docker():
+        terminalreporter.section("THEORY_REQUIRE_DOCKER", sep="=", red=True, bold=True)
+        terminalreporter.line(
+            f"{len(_skipped_docker)} docker-marked test(s) were skipped; with THEORY_REQUIRE_DOCKER=1 "
+            "that fails the run:", red=True)
+        for nodeid in _skipped_docker:
+            terminalreporter.line(f"  {nodeid}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def docker_cli() -> str:
+    """Path of the docker client that works with BuildKit (DOCKER_BUILDKIT=1)."""
+    reason = _skip_reason_no_engine()
+    if reason:
+        pytest.skip(reason)
+    return _services_env().get("DOCKER") or "/usr/bin/docker"
+
+
+@pytest.fixture(scope="session")
+def registry() -> str:
+    """host:port of the anonymous loopback registry (e.g. 127.0.0.1:5000)."""
+    host = _services_env().get("THEORY_REGISTRY", "")
+    if not host or _http_status(f"http://{host}/v2/") != 200:
+        pytest.skip(f"anonymous registry {host or '(unset)'} does not answer /v2/; "
+                    f"run `scripts/dev-services up`. {_services.get('up_error', '')}".strip())
+    return host
+
+
+@pytest.fixture(scope="session")
+def auth_registry() -> AuthRegistry:
+    """The basic-auth loopback registry: (host, user, password)."""
+    env = _services_env()
+    host = env.get("THEORY_AUTH_REGISTRY", "")
+    pw_file = env.get("THEORY_AUTH_REGISTRY_PASSWORD_FILE", "")
+    if not host or _http_status(f"http://{host}/v2/") != 401 or not pw_file or not Path(pw_file).is_file():
+        pytest.skip(f"auth registry {host or '(unset)'} not up (or password file missing); "
+                    "run `scripts/dev-services up`")
+    password = Path(pw_file).read_text().strip()
+    return AuthRegistry(host=host, user=env.get("THEORY_AUTH_REGISTRY_USER", "theory"), password=password)
+
+
+@pytest.fixture(scope="session")
+def base_image(registry: str) -> str:
+    """`REGISTRY/theory/python-base@sha256:...`, a linux/amd64+arm64 Python index (BASE_IMAGE build arg)."""
+    ref = os.environ.get("THEORY_BASE_IMAGE", "")
+    if ref:
+        return ref
+    reason = _skip_reason_no_engine()
+    if reason:
+        pytest.skip(reason)
+    res = subprocess.run([str(LOCAL_BASE_IMAGE), registry], capture_output=True, text=True, timeout=1800,
+                         stdin=subprocess.DEVNULL)
+    lines = res.stdout.strip().splitlines()
+    if res.returncode != 0 or len(lines) != 1:
+        pytest.skip(f"scripts/local-base-image failed (exit {res.returncode}): {res.stderr.strip()[-1500:]}")
+    os.environ["THEORY_BASE_IMAGE"] = lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def canary_secrets() -> Iterator[dict[str, str]]:
+    """NAME -> `canary-<uuid4 hex>`; check outputs with `tests.helpers.assert_no_canary`."""
+    yield make_canaries()

@@ -1,0 +1,937 @@
+"""A grpclib servicer for Modal's control plane (``modal.client.ModalClient``), stateful where we care.
+
+Every RPC of ``modal_proto.api_grpc.ModalClientBase`` is answered. The ones the product's Modal
+target uses (deploy, lookup, secrets, stop, logs, ...) have real, stateful implementations in
+``_do_<Method>`` / ``_stream_<Method>``; every other unary RPC gets an empty reply of its type and
+every other streaming RPC an empty stream.
+
+Every call is recorded (``StandInState.calls``) before anything else happens. Then:
+  * the token in the metadata must match (else UNAUTHENTICATED, which the SDK maps to AuthError);
+  * a request that has an ``environment_name`` field must name one of the stand-in's environments:
+    empty -> INVALID_ARGUMENT (``modal.exception.InvalidError``), unknown -> NOT_FOUND
+    (``modal.exception.NotFoundError``). The real server would fall back to the workspace's default
+    environment for an empty name; the stand-in refuses, so tests can prove the product never relies
+    on that fallback. (EnvironmentGetOrCreate carries the name in ``deployment_name``; App lookups by
+    app id ignore the environment, as the SDK documents; objects owned by an app, such as the
+    anonymous mount of the deploy module, are sent with an app_id and no environment: they take the
+    app's, and the call is recorded with ``environment_from_app=True``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+import json
+import shlex
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpclib.const
+from google.protobuf import empty_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from grpclib import GRPCError, Status
+
+from modal_proto import api_grpc, api_pb2
+
+from .ids import content_id, new_id
+from .state import (
+    AppRecord,
+    CallRecord,
+    DeployRecord,
+    FunctionRecord,
+    ImageRecord,
+    ImageSpec,
+    LogRecord,
+    MountRecord,
+    SecretRecord,
+    StandInState,
+)
+
+if TYPE_CHECKING:
+    import grpclib.server
+
+_APP_STATE_TO_PROTO = {
+    "initializing": api_pb2.APP_STATE_INITIALIZING,
+    "ephemeral": api_pb2.APP_STATE_EPHEMERAL,
+    "detached": api_pb2.APP_STATE_DETACHED,
+    "deployed": api_pb2.APP_STATE_DEPLOYED,
+    "stopping": api_pb2.APP_STATE_STOPPING,
+    "stopped": api_pb2.APP_STATE_STOPPED,
+}
+_PROTO_TO_APP_STATE = {
+    api_pb2.APP_STATE_INITIALIZING: "initializing",
+    api_pb2.APP_STATE_EPHEMERAL: "ephemeral",
+    api_pb2.APP_STATE_DETACHED: "detached",
+    api_pb2.APP_STATE_DEPLOYED: "deployed",
+}
+_FD = {"stdout": api_pb2.FILE_DESCRIPTOR_STDOUT, "stderr": api_pb2.FILE_DESCRIPTOR_STDERR,
+       "system": api_pb2.FILE_DESCRIPTOR_INFO}
+
+
+def _is_app_id(s: str) -> bool:
+    return s.startswith("ap-") and len(s) == 25 and s[3:].isalnum()
+
+
+def _is_repeated(f: FieldDescriptor) -> bool:
+    rep = getattr(f, "is_repeated", None)
+    if rep is not None:
+        return bool(rep)
+    return f.label == FieldDescriptor.LABEL_REPEATED  # older protobuf
+
+
+def _is_map(f: FieldDescriptor) -> bool:
+    return f.message_type is not None and f.message_type.GetOptions().map_entry
+
+
+def function_to_data(fn: api_pb2.Function) -> api_pb2.FunctionData:
+    """Build the FunctionData a real server returns for a Function definition (same-named fields)."""
+    fd = api_pb2.FunctionData()
+    src_fields = {f.name: f for f in fn.DESCRIPTOR.fields}
+    for f in fd.DESCRIPTOR.fields:
+        if f.name == "ranked_functions":
+            continue
+        g = src_fields.get(f.name)
+        if g is None or g.type != f.type or _is_repeated(g) != _is_repeated(f):
+            continue
+        if f.message_type is not None and f.message_type.full_name != g.message_type.full_name:
+            continue
+        src, name = getattr(fn, f.name), f.name
+        if _is_map(f):
+            dst = getattr(fd, name)
+            value_field = f.message_type.fields_by_name["value"]
+            for k, v in src.items():
+                if value_field.message_type is not None:
+                    dst[k].CopyFrom(v)
+                else:
+                    dst[k] = v
+        elif _is_repeated(f):
+            getattr(fd, name).extend(src)
+        elif f.message_type is not None:
+            if fn.HasField(name):
+                getattr(fd, name).CopyFrom(src)
+        else:
+            setattr(fd, name, src)
+    fd.ranked_functions.add(rank=0).function.CopyFrom(fn)
+    return fd
+
+
+def _definition_id(fn: api_pb2.Function) -> str:
+    """Content hash of a definition; order-insensitive where the client's ordering is not stable."""
+    norm = api_pb2.Function()
+    norm.CopyFrom(fn)
+    norm.web_url = ""
+    mounts = sorted(norm.mount_ids)
+    del norm.mount_ids[:]
+    norm.mount_ids.extend(mounts)
+    deps = sorted(norm.object_dependencies, key=lambda d: d.SerializeToString(deterministic=True))
+    deps_copy = [type(d)() for d in deps]
+    for dst, src in zip(deps_copy, deps, strict=True):
+        dst.CopyFrom(src)
+    del norm.object_dependencies[:]
+    norm.object_dependencies.extend(deps_copy)
+    return content_id("de", norm.SerializeToString(deterministic=True))
+
+
+class StandInServicer(api_grpc.ModalClientBase):
+    """Answers every ModalClient RPC. Configure through the owning ``ModalStandIn``."""
+
+    def __init__(self, owner: Any, state: StandInState) -> None:
+        self.owner = owner  # ModalStandIn: token, user, web_url_for, image_build_hook, port
+        self.state = state
+        self._handlers = {k.rsplit("/", 1)[1]: h for k, h in self.__mapping__().items()}
+        self._last_created = 0.0
+        self._log_seq = 0
+
+    # ------------------------------------------------------------------ dispatch
+    async def _dispatch(self, name: str, stream: grpclib.server.Stream) -> None:
+        handler = self._handlers[name]
+        req = await stream.recv_message()
+        assert req is not None
+        env, from_app = self._request_environment(name, req)
+        token_id = stream.metadata.get("x-modal-token-id") if stream.metadata else None
+        token_secret = stream.metadata.get("x-modal-token-secret") if stream.metadata else None
+        call = CallRecord(name, env, req, time.time(), token_id, environment_from_app=from_app)
+        with self.state.lock:
+            self.state.calls.append(call)
+        try:
+            if (token_id, token_secret) != (self.owner.token_id, self.owner.token_secret):
+                raise GRPCError(Status.UNAUTHENTICATED, "stand-in: token id/secret do not match")
+            if env is not None:
+                self._check_environment(env)
+            if handler.cardinality == grpclib.const.Cardinality.UNARY_STREAM:
+                impl = getattr(self, f"_stream_{name}", None)
+                if impl is not None:
+                    async for msg in impl(req):
+                        await stream.send_message(msg)
+                return
+            impl = getattr(self, f"_do_{name}", None)
+            if impl is None:
+                reply = handler.reply_type()
+            elif inspect.iscoroutinefunction(impl):
+                reply = await impl(req)
+            else:
+                with self.state.lock:
+                    reply = impl(req)
+            await stream.send_message(reply)
+        except GRPCError as exc:
+            call.status, call.error = exc.status.name, exc.message or ""
+            raise
+
+    def _request_environment(self, name: str, req: Message) -> tuple[str | None, bool]:
+        """(environment name, whether it was taken from the request's app_id)."""
+        if name == "EnvironmentGetOrCreate":
+            return req.deployment_name, False
+        if name == "AppGetOrCreate" and _is_app_id(req.app_name):
+            return None, False  # lookup by app id ignores the environment
+        fields = req.DESCRIPTOR.fields_by_name
+        if "environment_name" not in fields:
+            return None, False
+        if not req.environment_name and "app_id" in fields and req.app_id:
+            # Objects owned by an app (anonymous mounts, ...) are sent without an environment:
+            # they live in the app's.
+            with self.state.lock:
+                app = self.state.apps.get(req.app_id)
+            if app is not None:
+                return app.environment_name, True
+        return req.environment_name, False
+
+    def _check_environment(self, env: str) -> None:
+        if not env:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                "stand-in: environment_name is empty; there is no default environment here",
+            )
+        if env not in self.state.environments:
+            raise GRPCError(Status.NOT_FOUND, f"Environment '{env}' not found")
+
+    # ------------------------------------------------------------------ helpers
+    def _now_created(self) -> float:
+        """A creation time strictly greater than the last one (list pagination relies on order)."""
+        now = time.time()
+        if now <= self._last_created:
+            now = self._last_created + 1e-6
+        self._last_created = now
+        return now
+
+    def _app(self, app_id: str) -> AppRecord:
+        app = self.state.apps.get(app_id)
+        if app is None:
+            raise GRPCError(Status.NOT_FOUND, f"App '{app_id}' not found")
+        return app
+
+    def _lifecycle(self, app: AppRecord) -> api_pb2.AppLifecycle:
+        return api_pb2.AppLifecycle(
+            app_state=_APP_STATE_TO_PROTO.get(app.state, api_pb2.APP_STATE_UNSPECIFIED),
+            created_at=app.created_at,
+            created_by=app.created_by,
+            deployed_at=app.deployed_at,
+            deployed_by=app.deployed_by,
+            version=app.version,
+            stopped_at=app.stopped_at,
+            stopped_by=app.stopped_by,
+        )
+
+    def _handle_metadata(self, app: AppRecord) -> api_pb2.AppHandleMetadata:
+        return api_pb2.AppHandleMetadata(
+            description=app.description,
+            app_id=app.app_id,
+            environment_name=app.environment_name,
+            lifecycle=self._lifecycle(app),
+            functions={n: f.function_id for n, f in app.functions.items()},
+        )
+
+    def web_url(self, app_name: str, env: str, function_name: str) -> str:
+        hook: Callable[..., str] | None = self.owner.web_url_for
+        if hook is None:
+            return f"http://127.0.0.1:{self.owner.port}/{env}/{app_name}"
+        try:
+            params = inspect.signature(hook).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "function_name" in params:
+            return hook(app_name, env, function_name=function_name)
+        return hook(app_name, env)
+
+    def _refresh_web_url(self, app: AppRecord, rec: FunctionRecord) -> None:
+        if rec.webhook_type:
+            rec.web_url = self.web_url(app.name or app.description, app.environment_name, rec.name)
+            rec.function_data.web_url = rec.web_url
+
+    def _function_handle_metadata(self, rec: FunctionRecord) -> api_pb2.FunctionHandleMetadata:
+        fn = rec.proto
+        return api_pb2.FunctionHandleMetadata(
+            function_name=rec.name,
+            function_type=fn.function_type,
+            web_url=rec.web_url,
+            is_method=fn.is_method,
+            definition_id=rec.definition_id,
+            function_schema=fn.function_schema,
+            supported_input_formats=fn.supported_input_formats,
+            supported_output_formats=fn.supported_output_formats,
+            app_id=rec.app_id,
+        )
+
+    def image_spec(self, image_id: str) -> ImageSpec:
+        """Resolve an image chain: registry ref + pull secret of the base, ENV layers merged."""
+        chain: list[ImageRecord] = []
+        cur: str | None = image_id
+        while cur and cur in self.state.images and len(chain) < 100:
+            rec = self.state.images[cur]
+            chain.append(rec)
+            cur = rec.base_image_ids[0] if rec.base_image_ids else None
+        chain.reverse()  # base first
+        registry_ref = secret_id = None
+        env: dict[str, str] = {}
+        for rec in chain:
+            for cmd in rec.dockerfile_commands:
+                word, _, rest = cmd.strip().partition(" ")
+                if word.upper() == "FROM" and rest.strip() != "base":
+                    registry_ref = rest.strip().split()[0]
+                    secret_id = rec.registry_secret_id or None
+                elif word.upper() == "ENV" and "=" in rest:
+                    key, _, raw = rest.partition("=")
+                    parts = shlex.split(raw) if raw.strip() else [""]
+                    env[key.strip()] = parts[0] if parts else ""
+        secret = self.state.secrets_by_id.get(secret_id) if secret_id else None
+        return ImageSpec(
+            image_id=image_id,
+            registry_ref=registry_ref,
+            registry_secret_id=secret_id,
+            registry_secret_name=secret.name if secret else None,
+            registry_secret_environment=secret.environment_name if secret else None,
+            env=env,
+            dockerfile_commands=[list(r.dockerfile_commands) for r in chain],
+            layer_ids=[r.image_id for r in chain],
+        )
+
+    # ------------------------------------------------------------------ client / auth
+    def _do_ClientHello(self, req: empty_pb2.Empty) -> api_pb2.ClientHelloResponse:
+        return api_pb2.ClientHelloResponse(image_builder_version=self.owner.image_builder_version)
+
+    def _do_AuthTokenGet(self, req: api_pb2.AuthTokenGetRequest) -> api_pb2.AuthTokenGetResponse:
+        def b64(d: dict[str, Any]) -> str:
+            return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+        token = f"{b64({'alg': 'none'})}.{b64({'exp': int(time.time()) + 3600})}.standin"
+        return api_pb2.AuthTokenGetResponse(token=token)
+
+    # ------------------------------------------------------------------ environments
+    def _env_metadata(self, name: str) -> api_pb2.EnvironmentMetadata:
+        return api_pb2.EnvironmentMetadata(
+            name=name,
+            settings=api_pb2.EnvironmentSettings(
+                image_builder_version=self.owner.image_builder_version, webhook_suffix="modal.run"
+            ),
+        )
+
+    def _do_EnvironmentGetOrCreate(self, req: api_pb2.EnvironmentGetOrCreateRequest):
+        return api_pb2.EnvironmentGetOrCreateResponse(
+            environment_id=content_id("en", req.deployment_name.encode()),
+            metadata=self._env_metadata(req.deployment_name),
+        )
+
+    def _do_EnvironmentList(self, req: empty_pb2.Empty) -> api_pb2.EnvironmentListResponse:
+        return api_pb2.EnvironmentListResponse(
+            items=[
+                api_pb2.EnvironmentListItem(
+                    name=e,
+                    environment_id=content_id("en", e.encode()),
+                    webhook_suffix="modal.run",
+                    default=False,
+                    image_builder_version=self.owner.image_builder_version,
+                )
+                for e in self.state.environments
+            ]
+        )
+
+    def _do_EnvironmentCreate(self, req: api_pb2.EnvironmentCreateRequest) -> empty_pb2.Empty:
+        if req.name in self.state.environments:
+            raise GRPCError(Status.ALREADY_EXISTS, f"Environment '{req.name}' already exists")
+        self.state.environments.append(req.name)
+        self.state.secrets.setdefault(req.name, {})
+        return empty_pb2.Empty()
+
+    def _do_EnvironmentDelete(self, req: api_pb2.EnvironmentDeleteRequest) -> empty_pb2.Empty:
+        if req.name not in self.state.environments:
+            raise GRPCError(Status.NOT_FOUND, f"Environment '{req.name}' not found")
+        self.state.environments.remove(req.name)
+        return empty_pb2.Empty()
+
+    # ------------------------------------------------------------------ apps
+    def _new_app(self, env: str, name: str, description: str, state: str, tags: dict[str, str]) -> AppRecord:
+        app = AppRecord(
+            app_id=new_id("ap"),
+            environment_name=env,
+            name=name,
+            description=description,
+            state=state,
+            created_at=self._now_created(),
+            created_by=self.owner.user,
+            tags=dict(tags),
+        )
+        self.state.apps[app.app_id] = app
+        return app
+
+    def _do_AppCreate(self, req: api_pb2.AppCreateRequest) -> api_pb2.AppCreateResponse:
+        state = _PROTO_TO_APP_STATE.get(req.app_state, "ephemeral")
+        app = self._new_app(req.environment_name, "", req.description, state, dict(req.tags))
+        return api_pb2.AppCreateResponse(
+            app_id=app.app_id,
+            app_page_url=f"https://modal.com/apps/standin/{app.environment_name}/{app.app_id}",
+            app_logs_url=f"https://modal.com/apps/standin/{app.environment_name}/{app.app_id}/logs",
+        )
+
+    def _do_AppGetByDeploymentName(self, req: api_pb2.AppGetByDeploymentNameRequest):
+        app = self.state.deployed_app(req.environment_name, req.name)
+        if app is None:
+            return api_pb2.AppGetByDeploymentNameResponse()
+        return api_pb2.AppGetByDeploymentNameResponse(
+            app_id=app.app_id, environment_name=app.environment_name, lifecycle=self._lifecycle(app)
+        )
+
+    def _do_AppGetLayout(self, req: api_pb2.AppGetLayoutRequest) -> api_pb2.AppGetLayoutResponse:
+        app = self._app(req.app_id)
+        layout = api_pb2.AppLayout(function_ids={n: f.function_id for n, f in app.functions.items()})
+        for rec in app.functions.values():
+            layout.objects.add(object_id=rec.function_id).function_handle_metadata.CopyFrom(
+                self._function_handle_metadata(rec)
+            )
+        return api_pb2.AppGetLayoutResponse(app_layout=layout)
+
+    def _do_AppGetOrCreate(self, req: api_pb2.AppGetOrCreateRequest) -> api_pb2.AppGetOrCreateResponse:
+        if _is_app_id(req.app_name):
+            app = self._app(req.app_name)
+        else:
+            app = self.state.deployed_app(req.environment_name, req.app_name)
+            if app is None:
+                if req.object_creation_type != api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING:
+                    raise GRPCError(
+                        Status.NOT_FOUND,
+                        f"App '{req.app_name}' not found in environment '{req.environment_name}'",
+                    )
+                app = self._new_app(req.environment_name, req.app_name, req.app_name, "deployed", {})
+        return api_pb2.AppGetOrCreateResponse(app_id=app.app_id, handle_metadata=self._handle_metadata(app))
+
+    def _do_AppGetInfo(self, req: api_pb2.AppGetInfoRequest) -> api_pb2.AppGetInfoResponse:
+        return api_pb2.AppGetInfoResponse(info=self._handle_metadata(self._app(req.app_id)))
+
+    def _do_AppGetLifecycle(self, req: api_pb2.AppGetLifecycleRequest):
+        return api_pb2.AppGetLifecycleResponse(lifecycle=self._lifecycle(self._app(req.app_id)))
+
+    def _do_AppGetTags(self, req: api_pb2.AppGetTagsRequest) -> api_pb2.AppGetTagsResponse:
+        return api_pb2.AppGetTagsResponse(tags=self._app(req.app_id).tags)
+
+    def _do_AppSetTags(self, req: api_pb2.AppSetTagsRequest) -> empty_pb2.Empty:
+        self._app(req.app_id).tags = dict(req.tags)
+        return empty_pb2.Empty()
+
+    def _do_AppHeartbeat(self, req: api_pb2.AppHeartbeatRequest) -> empty_pb2.Empty:
+        self._app(req.app_id)
+        return empty_pb2.Empty()
+
+    def _do_AppClientDisconnect(self, req: api_pb2.AppClientDisconnectRequest) -> empty_pb2.Empty:
+        app = self.state.apps.get(req.app_id)
+        if app is not None and app.state in ("initializing", "ephemeral"):
+            app.state, app.stopped_at, app.stopped_by = "stopped", time.time(), self.owner.user
+            app.pending_functions.clear()
+        return empty_pb2.Empty()
+
+    def _do_AppStop(self, req: api_pb2.AppStopRequest) -> empty_pb2.Empty:
+        app = self._app(req.app_id)
+        if app.state != "stopped":
+            app.state, app.stopped_at, app.stopped_by = "stopped", time.time(), self.owner.user
+        return empty_pb2.Empty()
+
+    def _do_AppList(self, req: api_pb2.AppListRequest) -> api_pb2.AppListResponse:
+        resp = api_pb2.AppListResponse()
+        for app in sorted(self.state.apps_in(req.environment_name), key=lambda a: a.created_at):
+            resp.apps.add(
+                app_id=app.app_id,
+                description=app.description,
+                state=_APP_STATE_TO_PROTO.get(app.state, api_pb2.APP_STATE_UNSPECIFIED),
+                created_at=app.created_at,
+                stopped_at=app.stopped_at,
+                name=app.name,
+                metadata=self._handle_metadata(app),
+            )
+        return resp
+
+    def _do_AppDeploymentHistory(self, req: api_pb2.AppDeploymentHistoryRequest):
+        app = self._app(req.app_id)
+        resp = api_pb2.AppDeploymentHistoryResponse(production_app_version=app.version)
+        for d in app.deploys:
+            if d.noop:
+                continue
+            resp.app_deployment_histories.add(
+                app_id=d.app_id,
+                version=d.version,
+                client_version=d.client_version,
+                deployed_at=d.deployed_at,
+                deployed_by=d.deployed_by,
+                tag=d.deployment_tag,
+                rollback_allowed=False,
+            )
+        return resp
+
+    def _do_AppRollback(self, req: api_pb2.AppRollbackRequest):
+        raise GRPCError(
+            Status.UNIMPLEMENTED, "stand-in: rollback is not supported (it needs a paid plan on Modal)"
+        )
+
+    def _do_AppPublish(self, req: api_pb2.AppPublishRequest) -> api_pb2.AppPublishResponse:
+        app = self._app(req.app_id)
+        env = app.environment_name
+        functions: dict[str, FunctionRecord] = {}
+        for tag, fid in req.function_ids.items():
+            rec = self.state.functions.get(fid)
+            if rec is None:
+                raise GRPCError(Status.NOT_FOUND, f"Function '{fid}' not found")
+            functions[tag] = rec
+        app.pending_functions.clear()
+        url = f"https://modal.com/apps/standin/{env}/deployed/{req.name or app.description}"
+        if req.app_state != api_pb2.APP_STATE_DEPLOYED:
+            app.functions = functions
+            if req.app_state in _PROTO_TO_APP_STATE:
+                app.state = _PROTO_TO_APP_STATE[req.app_state]
+            return api_pb2.AppPublishResponse(url=url)
+
+        name = req.name
+        other = self.state.deployed_app(env, name)
+        if other is not None and other.app_id != app.app_id:  # a second app takes over the name
+            other.state, other.stopped_at, other.stopped_by = "stopped", time.time(), self.owner.user
+        signature = (
+            tuple(sorted((t, f.definition_id) for t, f in functions.items())),
+            tuple(sorted(req.class_ids.items())),
+            tuple(sorted(req.tags.items())),
+            req.deployment_tag,
+        )
+        last = app.last_deploy
+        noop = (
+            self.owner.detect_noop_deploys
+            and app.state == "deployed"
+            and last is not None
+            and app.signature == signature
+        )
+        app.name = name
+        if noop:
+            deployed_at_reply = 0.0
+        else:
+            app.version += 1
+            app.deployed_at = time.time()
+            app.deployed_by = self.owner.user
+            app.deployment_tag = req.deployment_tag
+            app.tags = dict(req.tags)
+            app.functions = functions
+            app.state = "deployed"
+            app.signature = signature
+            deployed_at_reply = app.deployed_at
+        for rec in app.functions.values():
+            self._refresh_web_url(app, rec)
+        commit = req.commit_info
+        app.deploys.append(
+            DeployRecord(
+                app_id=app.app_id,
+                environment_name=env,
+                app_name=name,
+                version=app.version,
+                noop=noop,
+                deployment_tag=req.deployment_tag,
+                app_tags=dict(req.tags),
+                deployed_at=app.deployed_at,
+                deployed_by=app.deployed_by,
+                strategy="rolling",
+                functions=dict(functions),
+                images={t: self.image_spec(f.image_id) for t, f in functions.items()},
+                commit_info={
+                    "vcs": commit.vcs,
+                    "branch": commit.branch,
+                    "commit_hash": commit.commit_hash,
+                    "dirty": commit.dirty,
+                    "repo_url": commit.repo_url,
+                }
+                if req.HasField("commit_info")
+                else {},
+                client_version=req.client_version,
+            )
+        )
+        return api_pb2.AppPublishResponse(url=url, deployed_at=deployed_at_reply)
+
+    def _do_TaskList(self, req: api_pb2.TaskListRequest) -> api_pb2.TaskListResponse:
+        # `strategy="recreate"` is not on the wire: after a (non-noop) publish the client lists the
+        # app's old containers to stop them. That is the only trace it leaves.
+        app = self.state.apps.get(req.app_id)
+        if app is not None and app.last_deploy is not None and not app.last_deploy.noop:
+            app.last_deploy.strategy = "recreate"
+        return api_pb2.TaskListResponse()
+
+    # ------------------------------------------------------------------ functions
+    def _do_FunctionPrecreate(self, req: api_pb2.FunctionPrecreateRequest):
+        app = self._app(req.app_id)
+        fid = req.existing_function_id or new_id("fu")
+        web_url = ""
+        if req.webhook_config.type != api_pb2.WEBHOOK_TYPE_UNSPECIFIED:
+            web_url = self.web_url(app.name or app.description, app.environment_name, req.function_name)
+        return api_pb2.FunctionPrecreateResponse(
+            function_id=fid,
+            handle_metadata=api_pb2.FunctionHandleMetadata(
+                function_name=req.function_name,
+                function_type=req.function_type,
+                web_url=web_url,
+                function_schema=req.function_schema,
+                supported_input_formats=req.supported_input_formats,
+                supported_output_formats=req.supported_output_formats,
+                app_id=app.app_id,
+            ),
+        )
+
+    def _do_FunctionCreate(self, req: api_pb2.FunctionCreateRequest) -> api_pb2.FunctionCreateResponse:
+        app = self._app(req.app_id)
+        if req.HasField("function_data"):
+            data = api_pb2.FunctionData()
+            data.CopyFrom(req.function_data)
+            fn = api_pb2.Function()
+            fn.CopyFrom(data.ranked_functions[0].function)
+        else:
+            fn = api_pb2.Function()
+            fn.CopyFrom(req.function)
+            data = function_to_data(fn)
+        name = fn.function_name
+        fid = req.existing_function_id or new_id("fu")
+        definition_id = _definition_id(fn)
+        res = fn.resources
+        gpus = [
+            rf.function.resources.gpu_config
+            for rf in data.ranked_functions
+            if rf.function.resources.gpu_config.count
+        ]
+        gpu = ",".join(g.gpu_type + (f":{g.count}" if g.count > 1 else "") for g in gpus) or None
+        webhook_type = (
+            api_pb2.WebhookType.Name(fn.webhook_config.type).removeprefix("WEBHOOK_TYPE_")
+            if fn.webhook_config.type != api_pb2.WEBHOOK_TYPE_UNSPECIFIED
+            else None
+        )
+        secret_names = []
+        for sid in fn.secret_ids:
+            s = self.state.secrets_by_id.get(sid)
+            secret_names.append(f"{s.environment_name}/{s.name}" if s and s.name else sid)
+        rec = FunctionRecord(
+            function_id=fid,
+            app_id=app.app_id,
+            environment_name=app.environment_name,
+            name=name,
+            definition_id=definition_id,
+            image_id=fn.image_id,
+            cpu=res.milli_cpu / 1000 if res.milli_cpu else None,
+            memory_mb=res.memory_mb or None,
+            gpu=gpu,
+            timeout_secs=fn.timeout_secs,
+            secret_ids=list(fn.secret_ids),
+            secret_names=secret_names,
+            max_concurrent_inputs=fn.max_concurrent_inputs,
+            target_concurrent_inputs=fn.target_concurrent_inputs,
+            webhook_type=webhook_type,
+            web_url="",
+            mount_ids=list(fn.mount_ids),
+            module_name=fn.module_name,
+            proto=fn,
+            function_data=data,
+        )
+        self._refresh_web_url(app, rec)
+        self.state.functions[fid] = rec
+        app.pending_functions[name] = rec
+        return api_pb2.FunctionCreateResponse(
+            function_id=fid,
+            function=fn,
+            handle_metadata=self._function_handle_metadata(rec),
+            function_data=data,
+        )
+
+    def _do_FunctionGet(self, req: api_pb2.FunctionGetRequest) -> api_pb2.FunctionGetResponse:
+        app = self.state.deployed_app(req.environment_name, req.app_name)
+        if app is None:
+            raise GRPCError(
+                Status.NOT_FOUND, f"App '{req.app_name}' not found in environment '{req.environment_name}'"
+            )
+        functions = app.functions
+        if req.app_version:
+            found = [d for d in app.deploys if d.version == req.app_version and not d.noop]
+            if not found:
+                raise GRPCError(Status.NOT_FOUND, f"App '{req.app_name}' has no version {req.app_version}")
+            functions = found[-1].functions
+        rec = functions.get(req.object_tag)
+        if rec is None:
+            raise GRPCError(
+                Status.NOT_FOUND, f"Function '{req.object_tag}' not found in app '{req.app_name}'"
+            )
+        self._refresh_web_url(app, rec)
+        return api_pb2.FunctionGetResponse(
+            function_id=rec.function_id,
+            handle_metadata=self._function_handle_metadata(rec),
+            function=rec.function_data,
+        )
+
+    def _do_FunctionGetById(self, req: api_pb2.FunctionGetByIdRequest):
+        rec = self.state.functions.get(req.function_id)
+        if rec is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function '{req.function_id}' not found")
+        app = self.state.apps.get(rec.app_id)
+        if app is not None:
+            self._refresh_web_url(app, rec)
+        return api_pb2.FunctionGetByIdResponse(
+            function=rec.function_data, handle_metadata=self._function_handle_metadata(rec)
+        )
+
+    # ------------------------------------------------------------------ images and mounts
+    def _image_metadata(self) -> api_pb2.ImageMetadata:
+        return api_pb2.ImageMetadata(
+            python_version_info="Python 3.11.2 (stand-in)",
+            image_builder_version=self.owner.image_builder_version,
+            workdir="/",
+        )
+
+    def _do_ImageGetOrCreate(self, req: api_pb2.ImageGetOrCreateRequest):
+        image = req.image
+        image_id = content_id("im", image.SerializeToString(deterministic=True))
+        rec = self.state.images.get(image_id)
+        if rec is not None and rec.builds > 0 and not req.force_build:
+            return api_pb2.ImageGetOrCreateResponse(
+                image_id=image_id,
+                result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
+                metadata=self._image_metadata(),
+            )
+        if rec is None:
+            self.state.images[image_id] = ImageRecord(
+                image_id=image_id,
+                app_id=req.app_id,
+                dockerfile_commands=list(image.dockerfile_commands),
+                base_image_ids=[b.image_id for b in image.base_images],
+                registry_auth_type=image.image_registry_config.registry_auth_type,
+                registry_secret_id=image.image_registry_config.secret_id,
+                secret_ids=list(image.secret_ids),
+                proto=image,
+            )
+        return api_pb2.ImageGetOrCreateResponse(image_id=image_id)  # not built yet: client joins
+
+    async def _stream_ImageJoinStreaming(self, req: api_pb2.ImageJoinStreamingRequest) -> AsyncIterator[Message]:
+        with self.state.lock:
+            rec = self.state.images.get(req.image_id)
+            if rec is None:
+                raise GRPCError(Status.NOT_FOUND, f"Image '{req.image_id}' not found")
+            spec = self.image_spec(req.image_id)
+        result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)
+        hook = self.owner.image_build_hook
+        if hook is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, hook, spec)
+            except Exception as exc:
+                result = api_pb2.GenericResult(
+                    status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=f"{exc}"
+                )
+        if result.status == api_pb2.GenericResult.GENERIC_STATUS_SUCCESS:
+            with self.state.lock:
+                rec.builds += 1
+        yield api_pb2.ImageJoinStreamingResponse(
+            result=result, entry_id="1", eof=True, metadata=self._image_metadata()
+        )
+
+    def _do_ImageFromId(self, req: api_pb2.ImageFromIdRequest) -> api_pb2.ImageFromIdResponse:
+        if req.image_id not in self.state.images:
+            raise GRPCError(Status.NOT_FOUND, f"Image '{req.image_id}' not found")
+        return api_pb2.ImageFromIdResponse(image_id=req.image_id, metadata=self._image_metadata())
+
+    def _do_MountGetOrCreate(self, req: api_pb2.MountGetOrCreateRequest):
+        files = {f.filename: f.sha256_hex for f in req.files}
+        key = json.dumps([req.deployment_name, req.namespace, sorted(files.items())]).encode()
+        mount_id = content_id("mo", key)
+        self.state.mounts.setdefault(
+            mount_id, MountRecord(mount_id, req.environment_name, req.deployment_name, files)
+        )
+        checksum = content_id("", key)[1:]
+        return api_pb2.MountGetOrCreateResponse(
+            mount_id=mount_id,
+            handle_metadata=api_pb2.MountHandleMetadata(content_checksum_sha256_hex=checksum),
+        )
+
+    def _do_MountPutFile(self, req: api_pb2.MountPutFileRequest) -> api_pb2.MountPutFileResponse:
+        return api_pb2.MountPutFileResponse(exists=True)
+
+    # ------------------------------------------------------------------ secrets
+    def _secret_metadata(self, rec: SecretRecord) -> api_pb2.SecretMetadata:
+        return api_pb2.SecretMetadata(
+            name=rec.name,
+            creation_info=api_pb2.CreationInfo(created_at=rec.created_at, created_by=rec.created_by),
+            keys=sorted(rec.values),
+            environment_name=rec.environment_name,
+        )
+
+    def _live_secret(self, secret_id: str) -> SecretRecord:
+        rec = self.state.secrets_by_id.get(secret_id)
+        named = rec is not None and rec.name and self.state.secret(rec.environment_name, rec.name) is rec
+        if rec is None or (rec.name and not named):
+            raise GRPCError(Status.NOT_FOUND, f"Secret '{secret_id}' not found")
+        return rec
+
+    def _create_secret(self, env: str, name: str, values: dict[str, str], app_id: str = "") -> SecretRecord:
+        now = self._now_created()
+        rec = SecretRecord(new_id("st"), env, name, dict(values), now, self.owner.user, now, app_id)
+        if name:
+            self.state.secrets.setdefault(env, {})[name] = rec
+        self.state.secrets_by_id[rec.secret_id] = rec
+        return rec
+
+    def _do_SecretGetOrCreate(self, req: api_pb2.SecretGetOrCreateRequest):
+        env, name, kind = req.environment_name, req.deployment_name, req.object_creation_type
+        values = dict(req.env_dict)
+        if kind in (api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP, api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL):
+            rec = self._create_secret(env, "", values, req.app_id)
+        else:
+            rec = self.state.secret(env, name)
+            if kind == api_pb2.OBJECT_CREATION_TYPE_UNSPECIFIED:
+                if rec is None:
+                    raise GRPCError(Status.NOT_FOUND, f"Secret '{name}' not found in environment '{env}'")
+            elif kind == api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING:
+                if rec is None:
+                    rec = self._create_secret(env, name, values)
+            elif kind == api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS:
+                if rec is not None:
+                    raise GRPCError(
+                        Status.ALREADY_EXISTS, f"Secret '{name}' already exists in environment '{env}'"
+                    )
+                rec = self._create_secret(env, name, values)
+            elif kind == api_pb2.OBJECT_CREATION_TYPE_CREATE_OVERWRITE_IF_EXISTS:
+                if rec is None:
+                    rec = self._create_secret(env, name, values)
+                else:
+                    rec.values, rec.updated_at = values, time.time()
+            else:
+                raise GRPCError(Status.INVALID_ARGUMENT, f"unsupported object_creation_type {kind}")
+        missing = [k for k in req.required_keys if k not in rec.values]
+        if missing:
+            raise GRPCError(
+                Status.NOT_FOUND, f"Secret '{name}' is missing required keys: {', '.join(sorted(missing))}"
+            )
+        return api_pb2.SecretGetOrCreateResponse(secret_id=rec.secret_id, metadata=self._secret_metadata(rec))
+
+    def _do_SecretGetInfo(self, req: api_pb2.SecretGetInfoRequest) -> api_pb2.SecretGetInfoResponse:
+        return api_pb2.SecretGetInfoResponse(metadata=self._secret_metadata(self._live_secret(req.secret_id)))
+
+    def _do_SecretUpdate(self, req: api_pb2.SecretUpdateRequest) -> empty_pb2.Empty:
+        rec = self._live_secret(req.secret_id)
+        for u in req.updates:
+            rec.values[u.key] = u.value
+        rec.updated_at = time.time()
+        return empty_pb2.Empty()
+
+    def _do_SecretDelete(self, req: api_pb2.SecretDeleteRequest) -> empty_pb2.Empty:
+        rec = self._live_secret(req.secret_id)
+        if rec.name:
+            del self.state.secrets[rec.environment_name][rec.name]
+        return empty_pb2.Empty()
+
+    def _do_SecretList(self, req: api_pb2.SecretListRequest) -> api_pb2.SecretListResponse:
+        recs = sorted(
+            self.state.secrets.get(req.environment_name, {}).values(), key=lambda r: r.created_at, reverse=True
+        )
+        if req.pagination.created_before:
+            recs = [r for r in recs if r.created_at < req.pagination.created_before]
+        if req.pagination.max_objects:
+            recs = recs[: req.pagination.max_objects]
+        resp = api_pb2.SecretListResponse(environment_name=req.environment_name)
+        for r in recs:
+            resp.items.add(
+                label=r.name,
+                created_at=r.created_at,
+                environment_name=r.environment_name,
+                secret_id=r.secret_id,
+                metadata=self._secret_metadata(r),
+            )
+        return resp
+
+    # ------------------------------------------------------------------ logs
+    def add_log(self, app: AppRecord, data: str, fd: str = "stdout", at: float | None = None) -> LogRecord:
+        self._log_seq += 1
+        rec = LogRecord(f"{self._log_seq:012d}", at if at is not None else time.time(), data, fd)
+        app.logs.append(rec)
+        return rec
+
+    def _log_batch(self, app: AppRecord, recs: list[LogRecord]) -> api_pb2.TaskLogsBatch:
+        batch = api_pb2.TaskLogsBatch(task_id="ta-standin", entry_id=recs[-1].entry_id if recs else "")
+        for r in recs:
+            batch.items.add(
+                data=r.data,
+                timestamp=r.timestamp,
+                file_descriptor=_FD.get(r.fd, api_pb2.FILE_DESCRIPTOR_STDOUT),
+                timestamp_ns=int(r.timestamp * 1e9),
+            )
+        return batch
+
+    @staticmethod
+    def _ts(ts: Any) -> float:
+        return ts.seconds + ts.nanos / 1e9
+
+    def _logs_in(self, app: AppRecord, since: float, until: float, source: int, search: str) -> list[LogRecord]:
+        return [
+            r
+            for r in app.logs
+            if since <= r.timestamp < until
+            and (not source or _FD.get(r.fd) == source)
+            and (not search or search in r.data)
+        ]
+
+    def _do_AppFetchLogs(self, req: api_pb2.AppFetchLogsRequest) -> api_pb2.AppFetchLogsResponse:
+        app = self._app(req.app_id)
+        until = self._ts(req.until) if req.HasField("until") else time.time() + 1
+        recs = self._logs_in(app, self._ts(req.since), until, req.source, req.search_text)
+        if req.limit:
+            recs = recs[-req.limit :]
+        return api_pb2.AppFetchLogsResponse(batches=[self._log_batch(app, recs)] if recs else [])
+
+    def _do_AppCountLogs(self, req: api_pb2.AppCountLogsRequest) -> api_pb2.AppCountLogsResponse:
+        app = self._app(req.app_id)
+        since, until = self._ts(req.since), self._ts(req.until)
+        step = req.bucket_secs or 60
+        resp = api_pb2.AppCountLogsResponse(app_id=app.app_id)
+        start = since - (since % step)
+        while start < until:
+            b = resp.buckets.add()
+            b.bucket_start_at.seconds = int(start)
+            for r in self._logs_in(app, max(start, since), min(start + step, until), req.source, req.search_text):
+                if r.fd == "stderr":
+                    b.stderr_logs += 1
+                elif r.fd == "system":
+                    b.system_logs += 1
+                else:
+                    b.stdout_logs += 1
+            start += step
+        return resp
+
+    async def _stream_AppGetLogs(self, req: api_pb2.AppGetLogsRequest) -> AsyncIterator[Message]:
+        with self.state.lock:
+            app = self._app(req.app_id)
+            recs = [r for r in app.logs if r.entry_id > req.last_entry_id]
+            done = app.state == "stopped"
+        if recs:
+            yield self._log_batch(app, recs)
+        else:
+            await asyncio.sleep(0.2)  # long-poll a little so a streaming client does not spin
+        if done:
+            yield api_pb2.TaskLogsBatch(app_done=True)
+
+
+def _install_handlers() -> None:
+    def make(name: str):
+        async def handler(self: StandInServicer, stream: grpclib.server.Stream) -> None:
+            await self._dispatch(name, stream)
+
+        handler.__name__ = name
+        return handler
+
+    for name in sorted(api_grpc.ModalClientBase.__abstractmethods__):
+        setattr(StandInServicer, name, make(name))
+    StandInServicer.__abstractmethods__ = frozenset()
+
+
+_install_handlers()

@@ -1,0 +1,218 @@
+"""registry.yaml: every problem reported with file:line:col, pins written without moving anything else."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from theory_deploy.errors import ImageUnpinnedError, ValidationError
+from theory_deploy.refs import ProcessorRef
+from theory_deploy.registry_file import (
+    SCHEMA_RELATIVE_PATH,
+    check_file,
+    json_schema_text,
+    load_processor,
+    write_pins,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "processors/llm/litellm/registry.yaml"
+REPOSITORY = "ghcr.io/theory-deploy/llm-litellm"
+D1 = f"{REPOSITORY}@sha256:{'1' * 64}"
+D2 = f"{REPOSITORY}@sha256:{'2' * 64}"
+D3 = f"{REPOSITORY}@sha256:{'3' * 64}"
+
+
+@pytest.fixture
+def repo(tmp_path):
+    folder = tmp_path / "processors/llm/litellm"
+    folder.mkdir(parents=True)
+    shutil.copy(SAMPLE, folder / "registry.yaml")
+    return tmp_path
+
+
+def registry(repo: Path) -> Path:
+    return repo / "processors/llm/litellm/registry.yaml"
+
+
+def test_the_sample_processor_is_valid_and_unpinned(monkeypatch):
+    spec, problems = check_file(SAMPLE)
+    assert problems == []
+    assert spec.pins() == {"amd64": None, "arm64": None}
+    monkeypatch.setenv("THEORY_REPO_ROOT", str(REPO))
+    loaded = load_processor(ProcessorRef.parse("llm/litellm@1"))
+    with pytest.raises(ImageUnpinnedError) as info:
+        loaded.pin_for("amd64")
+    assert "registry.yaml:17" in info.value.message  # the line of `amd64: null`
+
+
+def test_committed_schema_is_in_sync_with_the_model():
+    assert (REPO / SCHEMA_RELATIVE_PATH).read_text() == json_schema_text(), (
+        "schema/registry.schema.json is stale: run `processorctl schema --write`"
+    )
+    assert SAMPLE.read_text().startswith("# yaml-language-server: $schema=../../../schema/registry.schema.json")
+
+
+BROKEN = textwrap.dedent(
+    """\
+    ref: llm/other@1
+    build:
+      port: 8000
+      colour: blue
+    image:
+      repository: ghcr.io/theory-deploy/llm-litellm
+      platforms:
+        amd64: ghcr.io/theory-deploy/llm-litellm:latest
+        arm64: REPLACE_ARM64
+    secrets:
+      required: [OPENAI_API_KEY, 1BAD-NAME]
+    inputs:
+      type: objekt
+    """
+)
+
+
+def test_every_problem_is_reported_with_its_position(repo):
+    path = registry(repo)
+    path.write_text(BROKEN)
+    spec, problems = check_file(path)
+    assert spec is None
+    found = {(p.line, p.col): p.message for p in problems}
+    # pydantic finds field problems first; cross-field checks (ref vs folder, pins) need a valid model
+    assert any(line == 4 and "unknown key 'colour'" in msg for (line, _), msg in found.items())
+    assert any(line == 11 and "1BAD-NAME" in msg for (line, _), msg in found.items())
+    path.write_text(BROKEN.replace("  colour: blue\n", "").replace(", 1BAD-NAME", ""))
+    _, problems = check_file(path)
+    rendered = [str(p) for p in problems]
+    assert any(":1:6: ref 'llm/other@1' does not match its folder" in r for r in rendered), rendered
+    assert any(":7:12:" in r and "not a digest ref" in r for r in rendered), rendered
+    assert any(":8:12:" in r and "REPLACE_ARM64" in r for r in rendered), rendered
+    assert any(":12:9:" in r and "not a valid JSON Schema" in r for r in rendered), rendered
+
+
+def test_pin_to_another_repository_and_config_like_values_are_refused(repo):
+    path = registry(repo)
+    text = path.read_text().replace("amd64: null", f"amd64: ghcr.io/else/where@sha256:{'a' * 64}")
+    path.write_text(text)
+    _, problems = check_file(path)
+    assert len(problems) == 1 and "image.repository is" in problems[0].message
+    assert problems[0].line == 17
+
+
+def test_yaml_syntax_error_has_a_position(repo):
+    path = registry(repo)
+    path.write_text("ref: llm/litellm@1\nimage: [unclosed\n")
+    _, problems = check_file(path)
+    assert problems and problems[0].line >= 2 and "not valid YAML" in problems[0].message
+
+
+def _diff(repo: Path) -> list[str]:
+    out = subprocess.run(["git", "diff", "-U0", "--no-color"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+
+def test_pin_writes_change_exactly_the_pin_lines(repo):
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=repo, check=True)
+    changed = write_pins(registry(repo), {"amd64": D1, "arm64": D2})
+    assert changed == {"amd64": (None, D1), "arm64": (None, D2)}
+    assert _diff(repo) == [
+        "-    amd64: null  # linux/amd64 manifest: what Modal runs",
+        "-    arm64: null  # linux/arm64 manifest: for local runs on Apple silicon",
+        f"+    amd64: {D1}  # linux/amd64 manifest: what Modal runs",
+        f"+    arm64: {D2}  # linux/arm64 manifest: for local runs on Apple silicon",
+    ]
+    before = registry(repo).read_bytes()
+    assert write_pins(registry(repo), {"amd64": D1}) == {}  # unchanged: no write at all
+    assert registry(repo).read_bytes() == before
+
+
+def test_quoting_and_flow_style_survive(repo):
+    path = registry(repo)
+    text = path.read_text().replace(
+        "  platforms:\n    amd64: null  # linux/amd64 manifest: what Modal runs\n    arm64: null  # linux/arm64 manifest: for local runs on Apple silicon\n",
+        f"  platforms: {{amd64: \"{D1}\", arm64: ~}}   # flow\n",
+    )
+    path.write_text(text)
+    write_pins(path, {"amd64": D2, "arm64": D3})
+    assert f'  platforms: {{amd64: "{D2}", arm64: {D3}}}   # flow\n' in path.read_text()
+    assert path.read_text().replace(D2, D1).replace(D3, "~") == text
+
+
+def test_a_malformed_pin_is_never_written(repo):
+    path = registry(repo)
+    before = path.read_bytes()
+    for bad in [f"{REPOSITORY}:latest", "REPLACE_ARM64", f"ghcr.io/else/where@sha256:{'a' * 64}"]:
+        with pytest.raises(ValidationError):
+            write_pins(path, {"arm64": bad})
+    assert path.read_bytes() == before
+
+
+def _pin_worker(path: str, platform: str, digest: str) -> None:
+    write_pins(Path(path), {platform: digest})
+
+
+def test_concurrent_writers_lose_no_update(repo):
+    path = registry(repo)
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_pin_worker, args=(str(path), p, d)) for p, d in (("amd64", D1), ("arm64", D2))] * 1
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    spec, problems = check_file(path)
+    assert problems == [] and spec.pins() == {"amd64": D1, "arm64": D2}
+
+
+KILL_LOOP = """
+import sys
+from pathlib import Path
+from theory_deploy.registry_file import write_pins
+path = Path(sys.argv[1]); a, b = sys.argv[2], sys.argv[3]
+i = 0
+while True:
+    write_pins(path, {"amd64": a if i % 2 else b}); i += 1
+"""
+
+
+def test_a_kill_at_any_moment_leaves_the_old_file_or_the_new(repo):
+    path = registry(repo)
+    for attempt in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_LOOP, str(path), D1, D2])
+        time.sleep(0.4 + attempt * 0.07)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        spec, problems = check_file(path)
+        assert problems == [], problems
+        assert spec.pins()["amd64"] in (D1, D2)
+    leftovers = [p.name for p in path.parent.iterdir() if p.name != "registry.yaml"]
+    assert all(name.endswith(".tmp") for name in leftovers)  # only abandoned temp files, never a half file
+
+
+def test_validate_cli_lists_every_problem_and_annotates(repo, tmp_path):
+    path = registry(repo)
+    path.write_text(BROKEN.replace("  colour: blue\n", ""))
+    env = {**os.environ, "THEORY_REPO_ROOT": str(repo), "GITHUB_ACTIONS": "true"}
+    proc = subprocess.run([sys.executable, "-m", "theory_deploy.cli.processorctl", "validate"], cwd=repo,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stderr.count("registry.yaml:") >= 4
+    assert "::error file=processors/llm/litellm/registry.yaml,line=" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "theory_deploy.cli.processorctl", "validate", "--json"], cwd=repo,
+                          capture_output=True, text=True, env={**env, "GITHUB_ACTIONS": ""})
+    payload = json.loads(proc.stdout)
+    assert payload["status"] == "error" and payload["error"]["code"] == "ERR_VALIDATION"
+    assert len(payload["error"]["details"]["problems"]) >= 4

@@ -216,3 +216,22 @@ def test_validate_cli_lists_every_problem_and_annotates(repo, tmp_path):
     payload = json.loads(proc.stdout)
     assert payload["status"] == "error" and payload["error"]["code"] == "ERR_VALIDATION"
     assert len(payload["error"]["details"]["problems"]) >= 4
+
+
+def test_set_repository_moves_the_processor_and_clears_foreign_pins(repo):
+    path = registry(repo)
+    write_pins(path, {"amd64": D1})
+    env = {**os.environ, "THEORY_REPO_ROOT": str(repo)}
+    new = "127.0.0.1:5000/theory/llm-litellm"
+    proc = subprocess.run([sys.executable, "-m", "theory_deploy.cli.processorctl", "set-repository", "--ref",
+                           "llm/litellm@1", "--repository", new, "--json"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cleared_pins"] == ["amd64"]
+    spec, problems = check_file(path)
+    assert problems == [] and spec.image.repository == new and spec.pins() == {"amd64": None, "arm64": None}
+    text = path.read_text()
+    assert "    amd64: null  # linux/amd64 manifest: what Modal runs\n" in text
+    assert f"  repository: {new}\n" in text
+    proc = subprocess.run([sys.executable, "-m", "theory_deploy.cli.processorctl", "set-repository", "--ref",
+                           "llm/litellm@1", "--repository", f"{new}:tag"], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr

@@ -66,23 +66,36 @@ class Scrubber:
 
 
 class ScrubFilter(logging.Filter):
-    """A logging filter that formats the record and masks secrets in the result."""
+    """A logging filter that masks secrets in a record's message, string arguments and traceback.
+
+    The record keeps its shape (formatters such as uvicorn's access log unpack `record.args`).
+    """
 
     def __init__(self, scrubber: Scrubber):
         super().__init__()
         self.scrubber = scrubber
 
+    def _arg(self, a: object) -> object:
+        if isinstance(a, str):
+            return self.scrubber.message(a, limit=4000)
+        if isinstance(a, BaseException):
+            return self.scrubber.message(str(a), limit=4000)
+        return a
+
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            msg = record.getMessage()
-        except Exception:  # a bad format string must not break logging
-            msg = str(record.msg)
-        record.msg = self.scrubber.message(msg, limit=4000)
-        record.args = None
-        if record.exc_info:
+        if isinstance(record.msg, str):
+            record.msg = self.scrubber.message(record.msg, limit=4000)
+        elif isinstance(record.msg, BaseException):
+            record.msg = self.scrubber.message(str(record.msg), limit=4000)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._arg(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self._arg(v) for k, v in record.args.items()}
+        if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
             import traceback
 
-            record.msg += "\n" + self.scrubber.message("".join(traceback.format_exception(*record.exc_info)), 8000)
-            record.exc_info = None
-            record.exc_text = None
+            record.exc_text = self.scrubber.message(
+                "".join(traceback.format_exception(*record.exc_info)).rstrip("\n"), limit=20000)
+        elif record.exc_text:
+            record.exc_text = self.scrubber.message(record.exc_text, limit=20000)
         return True

@@ -290,7 +290,18 @@ def _bearer_ok(header: str | None, expected: str) -> bool:
     return hmac.compare_digest(value.strip().encode(), expected.encode())
 
 
+class _DenialNoiseFilter(logging.Filter):
+    """uvicorn's websockets-sansio protocol logs an ERROR after every WebSocket Denial Response (it never
+    marks the handshake complete). Refusals are deliberate here, so drop that one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "ASGI callable returned without completing handshake."
+
+
 def _setup_logging(scrubber: Scrubber) -> None:
+    uv = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DenialNoiseFilter) for f in uv.filters):
+        uv.addFilter(_DenialNoiseFilter())
     if not any(isinstance(f, ScrubFilter) for f in log.filters):
         log.addFilter(ScrubFilter(scrubber))
     if not log.handlers:
@@ -299,12 +310,14 @@ def _setup_logging(scrubber: Scrubber) -> None:
         log.addHandler(h)
         log.setLevel(logging.INFO)
         log.propagate = False
-    # Third-party loggers (uvicorn, litellm, httpx) go through root/their handlers: mask there too.
-    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "LiteLLM", "litellm", "httpx", "openai"):
+    # Third-party loggers (uvicorn, LiteLLM, httpx, openai): mask on the logger (survives uvicorn's
+    # dictConfig, which replaces handlers) and on the handlers present now (catches propagated records).
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "LiteLLM", "LiteLLM Router",
+                 "LiteLLM Proxy", "litellm", "httpx", "httpcore", "openai"):
         lg = logging.getLogger(name)
-        for h in lg.handlers:
-            if not any(isinstance(f, ScrubFilter) for f in h.filters):
-                h.addFilter(ScrubFilter(scrubber))
+        for target in (lg, *lg.handlers):
+            if not any(isinstance(f, ScrubFilter) for f in target.filters):
+                target.addFilter(ScrubFilter(scrubber))
 
 
 def create_app(handler: Handler, registry_yaml_path: str | os.PathLike[str], *,

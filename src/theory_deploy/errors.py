@@ -151,6 +151,12 @@ class DigestIntegrityError(TheoryDeployError):
     remedy = "The registry served a body whose sha256 is not the digest asked for: do not trust it; check the registry or proxy."
 
 
+class RepositoryMismatchError(TheoryDeployError):
+    code = "ERR_REPOSITORY_MISMATCH"
+    exit_code = 28
+    remedy = "Pin a digest from the processor's image.repository, or pass --repository REPO to allow another one on purpose."
+
+
 class RegistryMismatchError(TheoryDeployError):
     code = "ERR_REGISTRY_MISMATCH"
     exit_code = 21
@@ -231,6 +237,15 @@ class NotRunningError(TheoryDeployError):
     remedy = "Start it: `start --ref R --env E`."
 
 
+class SecretStoreError(TheoryDeployError):
+    code = "ERR_SECRET_STORE"
+    exit_code = 36
+    remedy = (
+        "The local secret store ($THEORY_STATE_DIR/secrets/<env>, default ~/.local/state/theory-deploy) must be "
+        "a private folder (0700, yours) outside the repository: fix its permissions or point THEORY_STATE_DIR elsewhere."
+    )
+
+
 # --- Git and GitHub -----------------------------------------------------------------------------------
 class GitError(TheoryDeployError):
     code = "ERR_GIT"
@@ -282,6 +297,7 @@ ALL_ERRORS: tuple[type[TheoryDeployError], ...] = (
     ConfigDigestError,
     PlatformMismatchError,
     DigestIntegrityError,
+    RepositoryMismatchError,
     RegistryMismatchError,
     MissingSecretError,
     ProviderError,
@@ -295,6 +311,7 @@ ALL_ERRORS: tuple[type[TheoryDeployError], ...] = (
     DeployError,
     DockerUnavailableError,
     NotRunningError,
+    SecretStoreError,
     GitError,
     PushConflictError,
     GitHubError,
@@ -312,3 +329,11 @@ def error_for_code(code: str, message: str) -> TheoryDeployError:
     if cls is RuntimeFailureError and code != RuntimeFailureError.code:
         err.details = {"processor_code": code}
     return err
+
+
+def markdown_table() -> str:
+    """The README's table of every code, its exit code and remedy (kept in sync by a test)."""
+    rows = ["| code | exit | what to do |", "|---|---|---|"]
+    for cls in sorted(ALL_ERRORS, key=lambda c: c.exit_code):
+        rows.append(f"| `{cls.code}` | {cls.exit_code} | {cls.remedy.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"

@@ -384,7 +384,7 @@ class RegistryClient:
                 return True
             return False
         if scheme == "bearer" and params.get("realm"):
-            token_scope = params.get("scope") or scope or ""
+            token_scope = _merge_scopes(scope, params.get("scope"))
             token = self._fetch_token(params["realm"], params.get("service"), token_scope)
             with self._lock:
                 if token_scope:
@@ -494,7 +494,11 @@ class RegistryClient:
             # distribution 2.x answers a manifest GET of a *config* digest with 500 (it fails to parse
             # the blob as a manifest); say what it is instead of retrying something that cannot work.
             if response.status_code == 500 and DIGEST_RE.match(reference):
-                self._raise_if_config(repo, reference)
+                if self._blob_kind(repo, reference) == "other":
+                    raise ImageUnavailableError(
+                        f"{what} is a blob (a layer) in {self.registry}/{repo}, not a manifest.",
+                        details={"digest": reference},
+                    )
 
         response = self._request(
             "GET", url, scope=_pull_scope(repo), headers={"Accept": ACCEPT_MANIFESTS}, what=what,
@@ -656,35 +660,42 @@ class RegistryClient:
     def _explain_missing_manifest(self, repo: str, digest: str) -> None:
         """A digest that is not a manifest: tell a config (or layer) blob from nothing at all."""
         what = f"{self.registry}/{repo}@{digest}"
-        if not self._raise_if_config(repo, digest):
+        kind = self._blob_kind(repo, digest)
+        if kind == "missing":
             raise ImageUnavailableError(
                 f"{what}: no manifest (or blob) with that digest in {self.registry}/{repo}.",
                 details={"registry": self.registry, "repository": repo, "digest": digest},
             )
-        raise ImageUnavailableError(
-            f"{what} is a blob (a layer) in {self.registry}/{repo}, not a manifest.",
-            details={"digest": digest},
-        )
+        if kind == "other":
+            raise ImageUnavailableError(
+                f"{what} is a blob (a layer) in {self.registry}/{repo}, not a manifest.",
+                details={"digest": digest},
+            )
 
-    def _raise_if_config(self, repo: str, digest: str) -> bool:
-        """Raise ConfigDigestError if `digest` is an image config blob in `repo`; else say whether
-        any blob has that digest."""
+    def _blob_kind(self, repo: str, digest: str) -> str:
+        """What a blob with this digest is: "missing", "manifest" or "other". Raises
+        ConfigDigestError if it is an image config."""
         what = f"{self.registry}/{repo}@{digest}"
         size = self.blob_size(repo, digest)
         if size is None:
-            return False
-        if 0 <= size <= _MAX_CONFIG_BYTES:
-            try:
-                data = json.loads(self.get_blob(repo, digest, max_bytes=_MAX_CONFIG_BYTES))
-            except ValueError:
-                data = None
-            if isinstance(data, dict) and _looks_like_config(data):
-                arch = data.get("architecture", "?")
-                raise ConfigDigestError(
-                    f"{what} is the image config ({data.get('os', '?')}/{arch}), not a manifest; a config cannot be pulled.",
-                    details={"digest": digest},
-                )
-        return True
+            return "missing"
+        if not 0 <= size <= _MAX_CONFIG_BYTES:
+            return "other"
+        try:
+            data = json.loads(self.get_blob(repo, digest, max_bytes=_MAX_CONFIG_BYTES))
+        except ValueError:
+            return "other"
+        if not isinstance(data, dict):
+            return "other"
+        if data.get("mediaType") in MANIFEST_TYPES or _guess_media_type(data):
+            return "manifest"
+        if _looks_like_config(data):
+            raise ConfigDigestError(
+                f"{what} is the image config ({data.get('os', '?')}/{data.get('architecture', '?')}), not a manifest; "
+                "a config cannot be pulled.",
+                details={"digest": digest},
+            )
+        return "other"
 
     def _check_image_config(self, repo: str, manifest: Manifest, arch: str, what: str) -> str:
         config = manifest.data.get("config") or {}
@@ -716,6 +727,22 @@ class RegistryClient:
         response = self._request("GET", self.url(f"/v2/{repo}/tags/list"), scope=_pull_scope(repo), what=f"tags of {self.registry}/{repo}")
         tags = response.json().get("tags") or []
         return [t for t in tags if isinstance(t, str)]
+
+
+def _merge_scopes(ours: str | None, challenged: str | None) -> str:
+    """The scope to ask a token for: ours, widened by the challenge's actions on the same
+    repository (a HEAD before a push is challenged for `pull`; the token must also allow `push`)."""
+    if not ours:
+        return challenged or ""
+    if not challenged or challenged == ours:
+        return ours
+    ours_prefix, _, ours_actions = ours.rpartition(":")
+    ch_prefix, _, ch_actions = challenged.rpartition(":")
+    if " " not in challenged and ours_prefix == ch_prefix:
+        actions = list(dict.fromkeys([*ours_actions.split(","), *ch_actions.split(",")]))
+        order = {"pull": 0, "push": 1}
+        return f"{ours_prefix}:{','.join(sorted(actions, key=lambda a: (order.get(a, 2), a)))}"
+    return f"{ours} {challenged}"
 
 
 def _pick_index_entry(index: dict[str, Any], arch: str, what: str) -> dict[str, Any]:

@@ -459,29 +459,29 @@ def _render_scalar(value: str | None, old_token: str) -> str:
     return value
 
 
-def splice_pins(text: str, pins: dict[Platform, str | None]) -> str:
-    """Return `text` with each `image.platforms.<platform>` value replaced and nothing else changed."""
+def splice_values(text: str, values: dict[tuple[str, ...], str | None]) -> str:
+    """Return `text` with the scalar at each key path replaced, and nothing else changed."""
     doc = _yaml().load(text)
-    try:
-        platforms_node = doc["image"]["platforms"]
-    except (KeyError, TypeError):
-        platforms_node = None
-    if not isinstance(platforms_node, CommentedMap) or any(p not in platforms_node for p in pins):
-        raise ValidationError(
-            "registry.yaml has no image.platforms.<platform> key to write the pin into.",
-            remedy="Add `platforms: {amd64: null, arm64: null}` under `image:` (as in the sample processor).",
-        )
+    edits = []
+    for loc, value in values.items():
+        parent: Any = doc
+        for part in loc[:-1]:
+            parent = parent.get(part) if isinstance(parent, CommentedMap) else None
+        if not isinstance(parent, CommentedMap) or loc[-1] not in parent:
+            raise ValidationError(
+                f"registry.yaml has no {'.'.join(loc)} key to write into.",
+                remedy="Add `platforms: {amd64: null, arm64: null}` under `image:` (as in the sample processor).",
+            )
+        edits.append((*parent.lc.value(loc[-1]), value))
     lines = text.splitlines(keepends=True)
-    # Splice from the bottom up so earlier positions stay valid when two pins share a line.
-    edits = sorted(((*platforms_node.lc.value(p), p) for p in pins), reverse=True)
-    for line_no, col, platform in edits:
+    # Splice from the bottom up so earlier positions stay valid when two values share a line.
+    for line_no, col, value in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
         line = lines[line_no]
         body = line.rstrip("\r\n")
         ending = line[len(body) :]
-        # An empty value (`amd64:`) is recorded at the next token; treat it as an empty scalar here.
+        # An empty value (`amd64:`) is recorded past the end of its line; treat it as an empty scalar.
         end = _scalar_end(body, col) if col < len(body) else col
-        old_token = body[col:end]
-        new_token = _render_scalar(pins[platform], old_token)
+        new_token = _render_scalar(value, body[col:end])
         if col >= len(body):
             new_token = " " + new_token
         lines[line_no] = body[:col] + new_token + body[end:] + ending
@@ -506,16 +506,44 @@ def write_pins(path: Path, pins: dict[Platform, str | None]) -> dict[Platform, t
         if not changed:
             return {}
         text = path.read_text(encoding="utf-8")
-        new_text = splice_pins(text, {p: new for p, (_old, new) in changed.items()})
-        _prove_only_pins_moved(path, text, new_text, {p: new for p, (_old, new) in changed.items()})
-        atomic_write_text(path, new_text)
+        edits = {("image", "platforms", p): new for p, (_old, new) in changed.items()}
+        _write_edits(path, text, edits)
         return changed
 
 
-def _prove_only_pins_moved(path: Path, old_text: str, new_text: str, pins: dict[Platform, str | None]) -> None:
-    old_doc = _plain(_yaml().load(old_text))
-    new_doc = _plain(_yaml().load(io.StringIO(new_text)))
-    for platform, value in pins.items():
-        old_doc["image"]["platforms"][platform] = value
-    if old_doc != new_doc:
-        raise TheoryDeployError(f"{_display(path)}: pin splice would change more than the pin lines; refusing to write.")
+def set_repository(path: Path, repository: str) -> dict[str, Any]:
+    """Move a processor to another image repository. Its pins name the old repository, so they are
+    cleared in the same atomic write: a pin never names a repository the file does not declare."""
+    new_repo = ImageRef.parse(repository, where="--repository")
+    if new_repo.tag or new_repo.digest:
+        raise ValidationError(f"--repository {repository!r} must have no tag and no digest.")
+    with locked(path.parent):
+        loaded = load_path(path)
+        old = loaded.spec.image.repository
+        if old == new_repo.repository:
+            return {"old": old, "new": old, "changed": False, "cleared_pins": []}
+        cleared = [p for p, pin in loaded.spec.pins().items() if pin is not None]
+        edits: dict[tuple[str, ...], str | None] = {("image", "repository"): new_repo.repository}
+        edits.update({("image", "platforms", p): None for p in cleared})
+        _write_edits(path, path.read_text(encoding="utf-8"), edits)
+        return {"old": old, "new": new_repo.repository, "changed": True, "cleared_pins": cleared}
+
+
+def _write_edits(path: Path, text: str, edits: dict[tuple[str, ...], str | None]) -> None:
+    new_text = splice_values(text, edits)
+    _prove_only_these_moved(path, text, new_text, edits)
+    atomic_write_text(path, new_text)
+
+
+def _prove_only_these_moved(
+    path: Path, old_text: str, new_text: str, edits: dict[tuple[str, ...], str | None]
+) -> None:
+    """Re-parse the spliced text: it must equal the old document with exactly these values changed."""
+    expected = _plain(_yaml().load(old_text))
+    for loc, value in edits.items():
+        node = expected
+        for part in loc[:-1]:
+            node = node[part]
+        node[loc[-1]] = value
+    if _plain(_yaml().load(io.StringIO(new_text))) != expected:
+        raise TheoryDeployError(f"{_display(path)}: the splice would change more than {len(edits)} value(s); refusing to write.")

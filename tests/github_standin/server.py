@@ -162,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
     standin_state: StandInState
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # silence stderr
+    def log_message(self, format: str, *args: Any) -> None:  # silence stderr
         pass
 
     # --- plumbing --------------------------------------------------------------------------------
@@ -367,7 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {}
         if page * per_page < len(found):
             headers["Link"] = (
-                f'<{self._base()}/repos/{st.owner}/{st.repo}/pulls?state={state}&per_page={per_page}'
+                f"<{self._base()}/repos/{st.owner}/{st.repo}/pulls?state={state}&per_page={per_page}"
                 f'&page={page + 1}>; rel="next"'
             )
         self._send(200, [self._pull_json(p) for p in chunk], headers)
@@ -376,23 +376,41 @@ class _Handler(BaseHTTPRequestHandler):
         st = self.standin_state
         missing = [k for k in ("head", "base") if not body.get(k)]
         if missing or not body.get("title"):
-            return self._error(422, "Validation Failed", errors=[{"resource": "PullRequest", "code": "missing_field"}])
+            return self._error(
+                422, "Validation Failed", errors=[{"resource": "PullRequest", "code": "missing_field"}]
+            )
         head = str(body["head"]).split(":", 1)[-1]
         base = str(body["base"])
         if any(p["state"] == "open" and p["head"] == head and p["base"] == base for p in st.pulls):
             return self._error(
                 422,
                 "Validation Failed",
-                errors=[{"resource": "PullRequest", "code": "custom", "message": f"A pull request already exists for {st.owner}:{head}."}],
+                errors=[
+                    {
+                        "resource": "PullRequest",
+                        "code": "custom",
+                        "message": f"A pull request already exists for {st.owner}:{head}.",
+                    }
+                ],
             )
         head_sha, base_sha = self._branch_sha(head), self._branch_sha(base)
         if head_sha is None or base_sha is None:
-            return self._error(422, "Validation Failed", errors=[{"resource": "PullRequest", "field": "head", "code": "invalid"}])
+            return self._error(
+                422,
+                "Validation Failed",
+                errors=[{"resource": "PullRequest", "field": "head", "code": "invalid"}],
+            )
         if st.git_remote is not None and head_sha == base_sha:
             return self._error(
                 422,
                 "Validation Failed",
-                errors=[{"resource": "PullRequest", "code": "custom", "message": f"No commits between {base} and {head}"}],
+                errors=[
+                    {
+                        "resource": "PullRequest",
+                        "code": "custom",
+                        "message": f"No commits between {base} and {head}",
+                    }
+                ],
             )
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         pr = {

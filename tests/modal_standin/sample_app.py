@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TEMPLATE = '''\
+TEMPLATE = """\
 import modal
 
 ENV = {env!r}
@@ -37,7 +37,7 @@ def {function_name}():
     from fastapi import FastAPI
 
     return FastAPI()
-'''
+"""
 
 
 def load_app(

@@ -33,7 +33,6 @@ from google.protobuf import empty_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from grpclib import GRPCError, Status
-
 from modal_proto import api_grpc, api_pb2
 
 from .ids import content_id, new_id
@@ -67,8 +66,11 @@ _PROTO_TO_APP_STATE = {
     api_pb2.APP_STATE_DETACHED: "detached",
     api_pb2.APP_STATE_DEPLOYED: "deployed",
 }
-_FD = {"stdout": api_pb2.FILE_DESCRIPTOR_STDOUT, "stderr": api_pb2.FILE_DESCRIPTOR_STDERR,
-       "system": api_pb2.FILE_DESCRIPTOR_INFO}
+_FD = {
+    "stdout": api_pb2.FILE_DESCRIPTOR_STDOUT,
+    "stderr": api_pb2.FILE_DESCRIPTOR_STDERR,
+    "system": api_pb2.FILE_DESCRIPTOR_INFO,
+}
 
 
 def _is_app_id(s: str) -> bool:
@@ -144,6 +146,7 @@ class StandInServicer(api_grpc.ModalClientBase):
         self._handlers = {k.rsplit("/", 1)[1]: h for k, h in self.__mapping__().items()}
         self._last_created = 0.0
         self._log_seq = 0
+        self._current_client_version = ""  # of the call being handled (handlers run one at a time)
 
     # ------------------------------------------------------------------ dispatch
     async def _dispatch(self, name: str, stream: grpclib.server.Stream) -> None:
@@ -153,7 +156,17 @@ class StandInServicer(api_grpc.ModalClientBase):
         env, from_app = self._request_environment(name, req)
         token_id = stream.metadata.get("x-modal-token-id") if stream.metadata else None
         token_secret = stream.metadata.get("x-modal-token-secret") if stream.metadata else None
-        call = CallRecord(name, env, req, time.time(), token_id, environment_from_app=from_app)
+        client_version = (stream.metadata.get("x-modal-client-version") if stream.metadata else None) or ""
+        call = CallRecord(
+            name,
+            env,
+            req,
+            time.time(),
+            token_id,
+            environment_from_app=from_app,
+            client_version=client_version,
+        )
+        self._current_client_version = client_version
         with self.state.lock:
             self.state.calls.append(call)
         try:
@@ -243,7 +256,11 @@ class StandInServicer(api_grpc.ModalClientBase):
             functions={n: f.function_id for n, f in app.functions.items()},
         )
 
-    def web_url(self, app_name: str, env: str, function_name: str) -> str:
+    def web_url(
+        self, app_name: str, env: str, function_name: str, function: FunctionRecord | None = None
+    ) -> str:
+        """Ask ``owner.web_url_for`` (if set). Keywords ``function_name`` and ``function`` (the
+        FunctionRecord, None at precreate) are passed when the hook's signature takes them."""
         hook: Callable[..., str] | None = self.owner.web_url_for
         if hook is None:
             return f"http://127.0.0.1:{self.owner.port}/{env}/{app_name}"
@@ -251,13 +268,17 @@ class StandInServicer(api_grpc.ModalClientBase):
             params = inspect.signature(hook).parameters
         except (TypeError, ValueError):
             params = {}
-        if "function_name" in params:
-            return hook(app_name, env, function_name=function_name)
-        return hook(app_name, env)
+        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        extra = {
+            k: v
+            for k, v in (("function_name", function_name), ("function", function))
+            if var_kw or k in params
+        }
+        return hook(app_name, env, **extra)
 
     def _refresh_web_url(self, app: AppRecord, rec: FunctionRecord) -> None:
         if rec.webhook_type:
-            rec.web_url = self.web_url(app.name or app.description, app.environment_name, rec.name)
+            rec.web_url = self.web_url(app.name or app.description, app.environment_name, rec.name, rec)
             rec.function_data.web_url = rec.web_url
 
     def _function_handle_metadata(self, rec: FunctionRecord) -> api_pb2.FunctionHandleMetadata:
@@ -554,7 +575,7 @@ class StandInServicer(api_grpc.ModalClientBase):
                 }
                 if req.HasField("commit_info")
                 else {},
-                client_version=req.client_version,
+                client_version=req.client_version or self._current_client_version,
             )
         )
         return api_pb2.AppPublishResponse(url=url, deployed_at=deployed_at_reply)
@@ -715,7 +736,9 @@ class StandInServicer(api_grpc.ModalClientBase):
             )
         return api_pb2.ImageGetOrCreateResponse(image_id=image_id)  # not built yet: client joins
 
-    async def _stream_ImageJoinStreaming(self, req: api_pb2.ImageJoinStreamingRequest) -> AsyncIterator[Message]:
+    async def _stream_ImageJoinStreaming(
+        self, req: api_pb2.ImageJoinStreamingRequest
+    ) -> AsyncIterator[Message]:
         with self.state.lock:
             rec = self.state.images.get(req.image_id)
             if rec is None:
@@ -785,7 +808,10 @@ class StandInServicer(api_grpc.ModalClientBase):
     def _do_SecretGetOrCreate(self, req: api_pb2.SecretGetOrCreateRequest):
         env, name, kind = req.environment_name, req.deployment_name, req.object_creation_type
         values = dict(req.env_dict)
-        if kind in (api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP, api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL):
+        if kind in (
+            api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP,
+            api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL,
+        ):
             rec = self._create_secret(env, "", values, req.app_id)
         else:
             rec = self.state.secret(env, name)
@@ -833,7 +859,9 @@ class StandInServicer(api_grpc.ModalClientBase):
 
     def _do_SecretList(self, req: api_pb2.SecretListRequest) -> api_pb2.SecretListResponse:
         recs = sorted(
-            self.state.secrets.get(req.environment_name, {}).values(), key=lambda r: r.created_at, reverse=True
+            self.state.secrets.get(req.environment_name, {}).values(),
+            key=lambda r: r.created_at,
+            reverse=True,
         )
         if req.pagination.created_before:
             recs = [r for r in recs if r.created_at < req.pagination.created_before]
@@ -872,7 +900,9 @@ class StandInServicer(api_grpc.ModalClientBase):
     def _ts(ts: Any) -> float:
         return ts.seconds + ts.nanos / 1e9
 
-    def _logs_in(self, app: AppRecord, since: float, until: float, source: int, search: str) -> list[LogRecord]:
+    def _logs_in(
+        self, app: AppRecord, since: float, until: float, source: int, search: str
+    ) -> list[LogRecord]:
         return [
             r
             for r in app.logs
@@ -898,7 +928,9 @@ class StandInServicer(api_grpc.ModalClientBase):
         while start < until:
             b = resp.buckets.add()
             b.bucket_start_at.seconds = int(start)
-            for r in self._logs_in(app, max(start, since), min(start + step, until), req.source, req.search_text):
+            for r in self._logs_in(
+                app, max(start, since), min(start + step, until), req.source, req.search_text
+            ):
                 if r.fd == "stderr":
                     b.stderr_logs += 1
                 elif r.fd == "system":

@@ -47,8 +47,10 @@ class ModalStandIn:
         self.token_id = token_id
         self.token_secret = token_secret
         self.user = user  # created_by / deployed_by / stopped_by
-        # web_url_for(app_name, env) -> str, or web_url_for(app_name, env, function_name=...) -> str.
-        # Consulted when a web function is created AND on every lookup, so it may be set after deploy.
+        # web_url_for(app_name, env) -> str; it also gets function_name= and function= (the
+        # FunctionRecord: image_id, resources, ...) if its signature names them or takes **kwargs.
+        # Consulted when a web function is created, on publish AND on every lookup, so it may be set
+        # after a deploy. It runs on the server thread under state.lock: keep it quick (cache).
         self.web_url_for = web_url_for
         # image_build_hook(spec) runs (in a worker thread) when the SDK waits for an image build;
         # raising fails the build with that message. None: every build succeeds at once.
@@ -198,8 +200,12 @@ class ModalStandIn:
 def reset_sdk_client() -> None:
     """Forget the SDK's process-wide ``Client.from_env()`` client so the next call re-reads the env."""
     try:
+        import modal
         from modal.client import _Client
     except ImportError:  # pragma: no cover
         return
+    if _Client._client_from_env is not None:
+        with contextlib.suppress(Exception):
+            modal.Client.from_env().close()  # returns the cached client; closing drops its sockets
     _Client._client_from_env = None
     _Client._client_from_env_lock = None

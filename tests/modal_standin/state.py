@@ -30,6 +30,7 @@ class CallRecord:
     at: float
     token_id: str | None
     environment_from_app: bool = False  # the request had no environment_name but an app_id
+    client_version: str = ""  # x-modal-client-version metadata
     status: str = "OK"  # grpclib Status name, e.g. "NOT_FOUND", when the stand-in failed the call
     error: str = ""
 
@@ -183,11 +184,7 @@ class StandInState:
         """The live (deployed, not stopped) app of that name in that environment."""
         with self.lock:
             for app in self.apps.values():
-                if (
-                    app.environment_name == environment_name
-                    and app.name == name
-                    and app.state == "deployed"
-                ):
+                if app.environment_name == environment_name and app.name == name and app.state == "deployed":
                     return app
             return None
 

@@ -1,10 +1,286 @@
-"""processorctl verbs for images: build, push, pin, publish (being written)."""
+"""processorctl verbs for images: `build`, `push`, `pin`, and `publish` (all three in one).
+
+    processorctl build   --ref llm/litellm@1 [--platforms linux/amd64,linux/arm64] [--build-arg K=V ...]
+    processorctl push    --ref llm/litellm@1 [--platforms ...] [--repository REPO] [--json]
+    processorctl pin     --ref llm/litellm@1 --platform amd64 --oci REPO@sha256:... [--repository REPO]
+    processorctl pin     --ref llm/litellm@1 --from-push push.json
+    processorctl publish --ref llm/litellm@1 [--platforms ...] [--build-arg K=V ...] [--repository REPO]
+
+`push --json` prints {"index": "<repo>@sha256:...", "platforms": {"amd64": ..., "arm64": ...}}, which
+`pin --from-push` reads back. Registry credentials come from REGISTRY_USERNAME/REGISTRY_PASSWORD.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
+
+from .. import build as build_mod
+from .. import output, pin, push, registry_file, secrets
+from ..errors import ImageBuildError, TheoryDeployError, UsageError
+from ..oci import RegistryClient
+from ..refs import ImageRef, ProcessorRef, parse_platform, parse_platforms, parse_repository
+
+
+def _load(args: argparse.Namespace) -> registry_file.LoadedProcessor:
+    return registry_file.load_processor(ProcessorRef.parse(args.ref))
+
+
+def _platforms(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -> list[str]:
+    if getattr(args, "platforms", None):
+        return list(parse_platforms(args.platforms))
+    return list(loaded.spec.platform_names())
+
+
+def _build_args(values: list[str] | None) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--build-arg {item!r}: expected KEY=VALUE.")
+        result[key] = value
+    return result
+
+
+class _Clients:
+    """One RegistryClient per registry host, with REGISTRY_USERNAME/REGISTRY_PASSWORD if set."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, RegistryClient] = {}
+        self._credentials = secrets.registry_credentials()
+
+    def __call__(self, registry: str) -> RegistryClient:
+        if registry not in self._clients:
+            self._clients[registry] = RegistryClient(registry, credentials=self._credentials)
+        return self._clients[registry]
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# build
+# ---------------------------------------------------------------------------------------------------
+
+
+def _do_build(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -> dict[str, build_mod.BuiltImage]:
+    return build_mod.build_platform_images(
+        loaded.spec, loaded.repo_root, _platforms(args, loaded), _build_args(args.build_arg),
+        registry_path=loaded.path, debug=bool(args.debug),
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
+    loaded = _load(args)
+    built = _do_build(args, loaded)
+    images = {arch: {"image_id": b.image_id, "local_tag": b.local_tag} for arch, b in built.items()}
+    lines = [f"built {loaded.ref} (local only; `processorctl push` uploads them):"]
+    lines += [f"  {arch}: {b.local_tag} {b.image_id}" for arch, b in built.items()]
+    return {"ref": str(loaded.ref), "images": images, "summary": "\n".join(lines)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# push
+# ---------------------------------------------------------------------------------------------------
+
+
+def _local_images(loaded: registry_file.LoadedProcessor, platforms: list[str]) -> dict[str, build_mod.BuiltImage]:
+    client = push.docker_client_default()
+    built: dict[str, build_mod.BuiltImage] = {}
+    context = (loaded.folder / loaded.spec.build.context).resolve()
+    revision = build_mod.source_revision(context)
+    for arch in platforms:
+        tag = build_mod.local_tag(loaded.ref.slug, arch)
+        try:
+            info = build_mod.inspect_image(client, tag)
+        except ImageBuildError:
+            raise ImageBuildError(
+                f"no local image {tag} for {loaded.ref} ({arch}).",
+                remedy=f"Build it first: `processorctl build --ref {loaded.ref}` (or use `processorctl publish`).",
+            ) from None
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get(build_mod.REF_LABEL) != str(loaded.ref):
+            raise ImageBuildError(
+                f"{tag} was not built from {loaded.ref} (its {build_mod.REF_LABEL} label is {labels.get(build_mod.REF_LABEL)!r}).",
+                remedy=f"Rebuild it: `processorctl build --ref {loaded.ref}`.",
+            )
+        built_rev = labels.get("org.opencontainers.image.revision")
+        if revision and built_rev and built_rev != revision:
+            output.progress(
+                f"warning: {tag} was built from revision {built_rev[:12]}, but the build context is now at "
+                f"{revision[:12]}; rebuild if that matters"
+            )
+        built[arch] = build_mod.BuiltImage(image_id=info["Id"], local_tag=tag, platform=arch)
+    return built
+
+
+def _repository(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -> ImageRef:
+    return parse_repository(args.repository or loaded.spec.image.repository,
+                            where="--repository" if args.repository else "image.repository")
+
+
+def _do_push(args: argparse.Namespace, loaded: registry_file.LoadedProcessor, built: dict[str, build_mod.BuiltImage],
+             clients: _Clients) -> push.PushResult:
+    repository = _repository(args, loaded)
+    return push.push_platform_images(built, repository, clients(repository.registry), tag=loaded.ref.slug)
+
+
+def _push_summary(result: push.PushResult) -> list[str]:
+    lines = [f"index: {result.index}"]
+    lines += [f"  {arch}: {ref}" for arch, ref in result.platforms.items()]
+    lines.append(f"uploaded {result.uploaded_blobs} blob(s), {result.skipped_blobs} already in the registry")
+    return lines
+
+
+def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
+    loaded = _load(args)
+    built = _local_images(loaded, _platforms(args, loaded))
+    clients = _Clients()
+    try:
+        result = _do_push(args, loaded, built, clients)
+    finally:
+        clients.close()
+    return {
+        "ref": str(loaded.ref), **result.to_json(), "uploaded_blobs": result.uploaded_blobs,
+        "skipped_blobs": result.skipped_blobs, "tags": result.tags,
+        "summary": "\n".join([f"pushed {loaded.ref}:", *_push_summary(result)]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# pin
+# ---------------------------------------------------------------------------------------------------
+
+
+def _read_push_file(path: str) -> dict[str, str]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--from-push {path}: cannot read: {exc.strerror}.") from None
+    except ValueError:
+        raise UsageError(f"--from-push {path}: not JSON (expected the output of `processorctl push --json`).") from None
+    platforms = data.get("platforms") if isinstance(data, dict) else None
+    if not isinstance(platforms, dict) or not platforms:
+        raise UsageError(f"--from-push {path}: no \"platforms\" object (expected `processorctl push --json` output).")
+    return {str(parse_platform(k, where=f"--from-push {path}")): str(v) for k, v in platforms.items()}
+
+
+def _verify_and_pin(args: argparse.Namespace, loaded: registry_file.LoadedProcessor, wanted: dict[str, str],
+                    clients: _Clients) -> dict[str, Any]:
+    candidates: dict[str, pin.PinCandidate] = {}
+    for arch, text in wanted.items():
+        candidates[arch] = pin.verify_pin_candidate(
+            text, arch, clients, expected_repository=loaded.spec.image.repository,
+            allowed_repository=getattr(args, "repository", None), where=f"{arch} digest",
+        )
+        note = " (resolved from its index)" if candidates[arch].resolved_from_index else ""
+        output.progress(f"verified {arch}: {candidates[arch].pin} is a linux/{arch} image manifest{note}")
+    results = pin.pin_digests(loaded.path, candidates)
+    lines = []
+    for arch, outcome in results.items():
+        if outcome["changed"]:
+            lines.append(f"  {arch}: {outcome['old'] or '(none)'} -> {outcome['new']}")
+        else:
+            lines.append(f"  {arch}: unchanged ({outcome['new']})")
+    changed = [a for a, o in results.items() if o["changed"]]
+    head = f"pinned {', '.join(changed)} in {loaded.path}" if changed else f"{loaded.path}: pins unchanged"
+    return {
+        "ref": str(loaded.ref), "file": str(loaded.path),
+        "pins": results, "changed": changed,
+        "candidates": {arch: c.to_json() for arch, c in candidates.items()},
+        "summary": "\n".join([head, *lines]),
+    }
+
+
+def cmd_pin(args: argparse.Namespace) -> dict[str, Any]:
+    loaded = _load(args)
+    if args.from_push:
+        wanted = _read_push_file(args.from_push)
+        if args.platform:
+            arch = parse_platform(args.platform)
+            if arch not in wanted:
+                raise UsageError(f"--from-push {args.from_push} has no {arch} digest.")
+            wanted = {arch: wanted[arch]}
+    else:
+        if not args.oci or not args.platform:
+            raise UsageError("pin needs --platform and --oci (or --from-push FILE).")
+        wanted = {parse_platform(args.platform): args.oci}
+    clients = _Clients()
+    try:
+        return _verify_and_pin(args, loaded, wanted, clients)
+    finally:
+        clients.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# publish
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_publish(args: argparse.Namespace) -> dict[str, Any]:
+    loaded = _load(args)
+    built = _do_build(args, loaded)
+    clients = _Clients()
+    try:
+        pushed = _do_push(args, loaded, built, clients)
+        pinned = _verify_and_pin(args, loaded, {a: str(r) for a, r in pushed.platforms.items()}, clients)
+    except TheoryDeployError:
+        raise
+    finally:
+        clients.close()
+    return {
+        "ref": str(loaded.ref), **pushed.to_json(), "uploaded_blobs": pushed.uploaded_blobs,
+        "pins": pinned["pins"], "changed": pinned["changed"], "file": pinned["file"],
+        "summary": "\n".join([f"published {loaded.ref}:", *_push_summary(pushed), pinned["summary"]]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# registration
+# ---------------------------------------------------------------------------------------------------
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
-    return None
+    from .framework import add_verb
+
+    def ref_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ref", required=True, help="processor ref ns/name@N, e.g. llm/litellm@1")
+
+    def platforms_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--platforms", help="comma-separated, e.g. linux/amd64,linux/arm64 (default: build.platforms)")
+
+    def build_arg_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--build-arg", action="append", metavar="KEY=VALUE", help="docker build argument (repeatable)")
+
+    def repository_flag(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--repository", metavar="REPO", help=what)
+
+    b = add_verb(subparsers, parent, "build", cmd_build,
+                 "build the processor's image once per platform into local tags theory-local/<slug>:<arch>")
+    ref_flag(b)
+    platforms_flag(b)
+    build_arg_flag(b)
+
+    p = add_verb(subparsers, parent, "push", cmd_push,
+                 "upload the locally built images by digest and join them into one index; print per-platform manifest digests")
+    ref_flag(p)
+    platforms_flag(p)
+    repository_flag(p, "push here instead of image.repository (e.g. 127.0.0.1:5000/org/name)")
+
+    pn = add_verb(subparsers, parent, "pin", cmd_pin,
+                  "verify a digest is the platform's image manifest, then write it into registry.yaml")
+    ref_flag(pn)
+    pn.add_argument("--platform", help="amd64 or arm64 (linux/... accepted)")
+    source = pn.add_mutually_exclusive_group()
+    source.add_argument("--oci", metavar="REPO@sha256:...", help="the digest ref to pin (an index is resolved to the platform's manifest)")
+    source.add_argument("--from-push", metavar="FILE", help="pin every platform listed in `processorctl push --json` output")
+    repository_flag(pn, "also accept digests from this repository (not image.repository); for loopback registries")
+
+    pb = add_verb(subparsers, parent, "publish", cmd_publish, "build, push and pin every platform in one go")
+    ref_flag(pb)
+    platforms_flag(pb)
+    build_arg_flag(pb)
+    repository_flag(pb, "push to (and pin from) this repository instead of image.repository")

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import gha, output
 from ..errors import ValidationError
+from ..refs import ProcessorRef
 from ..registry_file import (
     SCHEMA_RELATIVE_PATH,
     Problem,
@@ -17,6 +18,8 @@ from ..registry_file import (
     discover,
     find_repo_root,
     json_schema_text,
+    load_processor,
+    set_repository,
 )
 
 
@@ -52,6 +55,18 @@ def cmd_schema(args: argparse.Namespace) -> dict[str, Any]:
     return {"schema": json.loads(text), "summary": text.rstrip()}
 
 
+def cmd_set_repository(args: argparse.Namespace) -> dict[str, Any]:
+    processor = load_processor(ProcessorRef.parse(args.ref))
+    result = set_repository(processor.path, args.repository)
+    result["file"] = str(processor.path)
+    if not result["changed"]:
+        result["summary"] = f"unchanged: {processor.ref} already uses {result['new']}"
+    else:
+        cleared = ", ".join(result["cleared_pins"]) or "none"
+        result["summary"] = f"{processor.ref}: image.repository {result['old']} -> {result['new']} (pins cleared: {cleared})"
+    return result
+
+
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     from .framework import add_verb
 
@@ -59,4 +74,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                         "check every processors/*/*/registry.yaml (or the given files); list every problem as file:line:col")
     validate.add_argument("paths", nargs="*", metavar="PATH", help="registry.yaml files (default: every processor)")
     schema = add_verb(subparsers, parent, "schema", cmd_schema, "print the JSON Schema of registry.yaml")
+    move = add_verb(subparsers, parent, "set-repository", cmd_set_repository,
+                    "point a processor at another image repository (clears its pins, which named the old one)")
+    move.add_argument("--ref", required=True, help="processor ref, e.g. llm/litellm@1")
+    move.add_argument("--repository", required=True, help="bare repository, e.g. 127.0.0.1:5000/theory/llm-litellm")
     schema.add_argument("--write", action="store_true", help=f"write it to {SCHEMA_RELATIVE_PATH} in the repository")

@@ -1,0 +1,289 @@
+"""Which processors a change touches: the build and deploy matrices the workflows run.
+
+`processorctl plan --base REV` diffs REV (its merge base with HEAD, so a pull request's base that
+moved on does not count) against HEAD and maps every changed file to a processor:
+
+- a file under `processors/<ns>/<name>/` belongs to that processor;
+- a change to the shared runtime (`runtime/`) or to the product itself (`src/`, the lock files, the
+  actions, the deploy workflows) touches every processor, since every image or every deploy may
+  change with it;
+- anything else (docs, tests, other workflows) touches none.
+
+Loops (original item 11): a change whose only edits are `image.platforms` pin lines in registry.yaml
+files, which is exactly what the pin bot commits, builds nothing. `gitpr.is_pin_only_change` decides
+that for the whole change; per processor, a registry.yaml that differs only in its pins is likewise
+"pinned, not changed". Such processors are still listed for *deploy* (in staging and main a pin
+change is a promotion), never for *build*.
+
+The result is plain data: `builds` (processors to build), `deploys` (processors to deploy), and two
+GitHub matrices: `build_matrix` (processor × platform, with the runner and whether QEMU is needed)
+and `deploy_matrix` (processor).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from .errors import GitError, InvalidEnvError, ProcessorNotFoundError, UsageError
+from .refs import ENVIRONMENTS, Environment, ProcessorRef, parse_platforms
+from .registry_file import REGISTRY_FILE, LoadedProcessor, discover, load_path
+
+# Paths whose change touches every processor. Directories end with '/'.
+SHARED_PATHS: tuple[str, ...] = ("runtime/",)
+PRODUCT_PATHS: tuple[str, ...] = (
+    "src/",
+    "pyproject.toml",
+    "requirements/",
+    "action.yml",
+    "actions/",
+    "scripts/action-entrypoint",
+    ".github/workflows/deploy.yml",
+    ".github/workflows/pr-smoke.yml",
+)
+DEFAULT_RUNNER = "ubuntu-latest"
+_ZERO_SHA = re.compile(r"^0+$")
+_GIT_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class _Git:
+    root: Path
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        try:
+            proc = subprocess.run(
+                ["git", "-C", str(self.root), *args],
+                capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise GitError(f"git {' '.join(args)} failed in {self.root}: {exc}") from None
+        if check and proc.returncode != 0:
+            raise GitError(f"git {' '.join(args)} failed in {self.root}: {proc.stderr.strip()}")
+        return proc
+
+    def rev(self, rev: str) -> str | None:
+        proc = self.run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+        return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
+
+    def show(self, rev: str, path: str) -> str | None:
+        proc = self.run("show", f"{rev}:{path}", check=False)
+        return proc.stdout if proc.returncode == 0 else None
+
+
+def _touches(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p.rstrip("/") or (p.endswith("/") and path.startswith(p)) for p in prefixes)
+
+
+def _processor_folder(path: str) -> str | None:
+    parts = path.split("/")
+    if len(parts) >= 4 and parts[0] == "processors":
+        return f"{parts[1]}/{parts[2]}"
+    return None
+
+
+def _without_pins(text: str | None) -> Any:
+    """The registry.yaml document with `image.platforms` set aside, or None if it cannot be read."""
+    if text is None:
+        return None
+    try:
+        doc = YAML(typ="safe").load(text)
+    except Exception:  # noqa: BLE001 - unreadable YAML is "not pin-only", never a crash here
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("image"), dict):
+        doc["image"].pop("platforms", None)
+    return doc
+
+
+def _pin_only_in_file(git: _Git, base: str, head: str, path: str) -> bool:
+    old, new = git.show(base, path), git.show(head, path)
+    if old is None or new is None:
+        return False
+    before, after = _without_pins(old), _without_pins(new)
+    return before is not None and before == after
+
+
+def _pin_only_change(root: Path, base: str, head: str) -> bool | None:
+    """gitpr's whole-change verdict when that module is there; None when it is not."""
+    try:
+        from .gitpr import is_pin_only_change
+    except ImportError:  # pragma: no cover - gitpr ships with the product; kept optional on purpose
+        return None
+    return bool(is_pin_only_change(root, base, head))
+
+
+def deploy_env(requested: str | None, branch: str | None) -> Environment:
+    """The environment a run deploys to: the one asked for, else main/staging by branch, else dev.
+
+    Staging and main deploy what that branch pins, so they only deploy from that branch: a dispatch
+    of `env: main` from a feature branch would otherwise promote the feature branch's pins.
+    """
+    branch = (branch or "").removeprefix("refs/heads/")
+    if requested:
+        if requested not in ENVIRONMENTS:
+            raise InvalidEnvError(f"env {requested!r} is not an environment; expected one of dev, staging, main.")
+        if requested in ("staging", "main") and branch and branch != requested:
+            raise InvalidEnvError(
+                f"env {requested} deploys what branch {requested!r} pins, but this run is on branch {branch!r}.",
+                remedy=f"Run the {requested} deploy from branch {requested} (promote by merging the pins into it).",
+            )
+        return requested  # type: ignore[return-value]  # checked against ENVIRONMENTS above
+    if branch in ("staging", "main"):
+        return branch  # type: ignore[return-value]
+    return "dev"
+
+
+def _processors(root: Path) -> dict[str, LoadedProcessor]:
+    """folder ('ns/name') → processor, for every registry.yaml in the work tree (validated)."""
+    found: dict[str, LoadedProcessor] = {}
+    for path in discover(root):
+        loaded = load_path(path, root)
+        found[loaded.ref.folder] = loaded
+    return found
+
+
+def _matrices(
+    processors: list[LoadedProcessor],
+    builds: list[LoadedProcessor],
+    *,
+    platforms: list[str] | None,
+    runner: str,
+    arm_runner: str | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    deploy_rows = [
+        {"ref": str(p.ref), "slug": p.ref.slug, "folder": f"processors/{p.ref.folder}",
+         "registry": f"processors/{p.ref.folder}/{REGISTRY_FILE}"}
+        for p in processors
+    ]
+    build_rows: list[dict[str, Any]] = []
+    for p in builds:
+        for arch in p.spec.platform_names():
+            if platforms is not None and arch not in platforms:
+                continue
+            native = arch == "amd64" or (arch == "arm64" and bool(arm_runner))
+            build_rows.append({
+                "ref": str(p.ref), "slug": p.ref.slug, "platform": f"linux/{arch}", "arch": arch,
+                "runner": (arm_runner if arch == "arm64" and arm_runner else runner),
+                "qemu": not native,
+            })
+    return deploy_rows, build_rows
+
+
+def compute_plan(
+    repo_root: Path,
+    *,
+    base: str | None = None,
+    head: str = "HEAD",
+    refs: list[str] | None = None,
+    all_processors: bool = False,
+    platforms: str | None = None,
+    runner: str = DEFAULT_RUNNER,
+    arm_runner: str | None = None,
+) -> dict[str, Any]:
+    """The plan as plain data (see the module docstring). Exactly one of base / refs / all."""
+    chosen = sum(bool(x) for x in (base, refs, all_processors))
+    if chosen != 1:
+        raise UsageError("plan needs exactly one of --base REV, --refs REFS or --all.")
+    root = repo_root.resolve()
+    wanted_platforms = [str(p) for p in parse_platforms(platforms)] if platforms else None
+    by_folder = _processors(root)
+    everything = sorted(by_folder.values(), key=lambda p: p.ref)
+    changed: list[str] = []
+    pin_only = False
+    resolved_base: str | None = None
+
+    if refs:
+        picked: list[LoadedProcessor] = []
+        for text in refs:
+            ref = ProcessorRef.parse(text, where="--refs")
+            loaded = by_folder.get(ref.folder)
+            if loaded is None or loaded.ref != ref:
+                raise ProcessorNotFoundError(f"--refs: no processor {ref} (no processors/{ref.folder}/{REGISTRY_FILE} declaring it).")
+            picked.append(loaded)
+        deploys = builds = sorted({p.ref: p for p in picked}.values(), key=lambda p: p.ref)
+        reason = "the processors asked for"
+    elif all_processors:
+        deploys = builds = everything
+        reason = "all processors (asked for)"
+    else:
+        assert base is not None
+        git = _Git(root)
+        head_sha = git.rev(head)
+        if head_sha is None:
+            raise GitError(f"{head!r} is not a commit in {root}.")
+        if _ZERO_SHA.match(base):
+            deploys = builds = everything
+            reason = "a new branch (no earlier commit to compare with): all processors"
+        else:
+            base_sha = git.rev(base)
+            if base_sha is None:
+                raise GitError(
+                    f"--base {base!r} is not a commit in {root}.",
+                    remedy="Fetch enough history (actions/checkout with `fetch-depth: 0`), or pass --all.",
+                )
+            merge_base = git.run("merge-base", base_sha, head_sha, check=False).stdout.strip() or base_sha
+            resolved_base = merge_base
+            listing = git.run("diff", "--name-only", "--no-renames", "-z", merge_base, head_sha).stdout
+            changed = sorted(f for f in listing.split("\0") if f)
+            whole = _pin_only_change(root, merge_base, head_sha) if changed else False
+            pin_only = bool(whole)
+            if any(_touches(f, SHARED_PATHS) for f in changed) and not pin_only:
+                deploys = builds = everything
+                reason = "the shared runtime (runtime/) changed: all processors"
+            elif any(_touches(f, PRODUCT_PATHS) for f in changed) and not pin_only:
+                deploys = builds = everything
+                reason = "theory-deploy itself changed: all processors"
+            else:
+                touched: dict[str, list[str]] = {}
+                for f in changed:
+                    folder = _processor_folder(f)
+                    if folder is not None and folder in by_folder:
+                        touched.setdefault(folder, []).append(f)
+                deploys, builds = [], []
+                for folder, files in sorted(touched.items()):
+                    loaded = by_folder[folder]
+                    deploys.append(loaded)
+                    only_pins = pin_only or all(
+                        Path(f).name == REGISTRY_FILE and _pin_only_in_file(git, merge_base, head_sha, f) for f in files
+                    )
+                    if not only_pins:
+                        builds.append(loaded)
+                deploys.sort(key=lambda p: p.ref)
+                builds.sort(key=lambda p: p.ref)
+                if pin_only:
+                    reason = "only pin lines changed (the pin bot's commits): nothing to build"
+                elif not deploys:
+                    reason = "no processor's files changed"
+                else:
+                    reason = "the processors whose files changed"
+
+    deploy_rows, build_rows = _matrices(
+        deploys, builds, platforms=wanted_platforms, runner=runner, arm_runner=arm_runner
+    )
+    deploy_refs = [str(p.ref) for p in deploys]
+    build_refs = sorted({row["ref"] for row in build_rows})
+    return {
+        "base": resolved_base or base,
+        "reason": reason,
+        "pin_only": pin_only,
+        "changed_files": changed,
+        "deploys": deploy_refs,
+        "builds": build_refs,
+        "deploy_matrix": {"include": deploy_rows},
+        "build_matrix": {"include": build_rows},
+        "summary": (
+            f"plan: {reason}. build: {', '.join(build_refs) or 'nothing'}; "
+            f"deploy: {', '.join(deploy_refs) or 'nothing'}"
+        ),
+    }
+
+
+def split_refs(text: str | None) -> list[str]:
+    """`a@1, b@2` / one per line / space separated → ['a@1', 'b@2'] (order kept, no duplicates)."""
+    items = [item for item in re.split(r"[\s,]+", text or "") if item]
+    return list(dict.fromkeys(items))

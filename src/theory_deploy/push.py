@@ -1,0 +1,475 @@
+"""Uploading built images by digest, then joining them into one multi-arch index.
+
+Docker's recipe for multi-runner builds, done with our own registry client so that every
+per-platform *manifest* digest is known (docker/build-push-action only reports the index):
+
+1. `docker save` the local image. Engine 20.10 writes the legacy layout (`manifest.json`,
+   `<id>.json` config, `<layer>/layer.tar`); newer engines write an OCI layout with the same
+   `manifest.json`. Either way the config blob is uploaded as-is (its digest is the image id).
+2. Each uncompressed layer is gzipped deterministically (mtime 0, no file name), so the same
+   layer always gives the same blob digest. A blob the registry already has is not uploaded.
+3. An OCI image manifest per platform is PUT by digest, then an OCI image index listing exactly
+   those manifests with `{os: linux, architecture}`.
+
+Same image in, same digests out: that is what makes a warm pipeline re-run pin nothing new.
+
+A local cache (`$THEORY_STATE_DIR/blobs`, else `~/.cache/theory-deploy/blobs`) remembers, per
+uncompressed layer (diff_id), the compressed digest and size, and per image its config digest.
+A warm push therefore neither saves nor gzips nor uploads: `docker image inspect`, a HEAD per
+blob, and HEADs of the manifests are all it does.
+
+Tags (moving, for people browsing the registry; pins never use them): the index is tagged
+`<slug>` (e.g. `llm-litellm-v1`) and each platform manifest `<slug>-<arch>`. Never `latest`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from . import output
+from .build import BuiltImage, docker_client_candidates, find_builder, inspect_image
+from .errors import DockerUnavailableError, ImagePushError, TheoryDeployError
+from .oci import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    RegistryClient,
+    sha256_digest,
+)
+from .refs import PLATFORMS, ImageRef
+
+GZIP_LEVEL = 6
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PushResult:
+    index: ImageRef
+    platforms: dict[str, ImageRef]
+    uploaded_blobs: int = 0
+    skipped_blobs: int = 0
+    uploaded_bytes: int = 0
+    tags: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": str(self.index), "platforms": {arch: str(ref) for arch, ref in self.platforms.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The blob cache
+# ---------------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    state = os.environ.get("THEORY_STATE_DIR")
+    if state:
+        return Path(state) / "blobs"
+    return Path.home() / ".cache" / "theory-deploy" / "blobs"
+
+
+class BlobCache:
+    """diff_id → (compressed digest, size); image id → (config digest, size). Small JSON files,
+    written atomically, so concurrent pushes never see half a record."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, kind: str, digest: str) -> Path:
+        return self.root / kind / (digest.replace(":", "-") + ".json")
+
+    def get(self, kind: str, digest: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self._path(kind, digest).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def put(self, kind: str, digest: str, record: dict[str, Any]) -> None:
+        path = self._path(kind, digest)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "w") as handle:
+                json.dump(record, handle)
+            os.replace(tmp, path)
+        except OSError as exc:  # a cache that cannot be written only costs speed
+            output.progress(f"warning: cannot write the blob cache {self.root}: {exc.strerror}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Manifests
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
+
+def _dumps(obj: Any) -> bytes:
+    # Fixed key order (insertion) and separators: the same content always hashes the same.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def image_manifest_bytes(config: Descriptor, layers: list[Descriptor]) -> bytes:
+    return _dumps({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config.to_json(),
+        "layers": [layer.to_json() for layer in layers],
+    })
+
+
+def index_bytes(entries: list[tuple[str, str | None, Descriptor]]) -> bytes:
+    """entries: (architecture, variant, manifest descriptor), in platform order."""
+    manifests = []
+    for arch, variant, desc in entries:
+        platform: dict[str, str] = {"architecture": arch, "os": "linux"}
+        if variant:
+            platform["variant"] = variant
+        manifests.append({**desc.to_json(), "platform": platform})
+    return _dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compressing layers
+# ---------------------------------------------------------------------------------------------------
+
+
+def gzip_layer(source: IO[bytes], dest: Path) -> tuple[str, str, int]:
+    """Deterministic gzip of `source` into `dest`: (diff_id, compressed digest, compressed size)."""
+    raw_hash = hashlib.sha256()
+    gz_hash = hashlib.sha256()
+
+    class _HashingWriter:
+        def __init__(self, handle: IO[bytes]) -> None:
+            self.handle = handle
+            self.size = 0
+
+        def write(self, data: bytes) -> int:
+            gz_hash.update(data)
+            self.size += len(data)
+            return self.handle.write(data)
+
+        def flush(self) -> None:
+            self.handle.flush()
+
+    with dest.open("wb") as out:
+        writer = _HashingWriter(out)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=writer, mtime=0, compresslevel=GZIP_LEVEL) as gz:  # type: ignore[arg-type]
+            while chunk := source.read(_CHUNK):
+                raw_hash.update(chunk)
+                gz.write(chunk)
+    return "sha256:" + raw_hash.hexdigest(), "sha256:" + gz_hash.hexdigest(), writer.size
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pushing
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PlatformManifest:
+    arch: str
+    variant: str | None
+    descriptor: Descriptor
+    body: bytes
+
+
+class Pusher:
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository: ImageRef,
+        *,
+        docker_client: str | None = None,
+        cache: BlobCache | None = None,
+        progress: Callable[[str], None] = output.progress,
+    ) -> None:
+        if repository.registry != client.registry:
+            raise ImagePushError(f"internal: client for {client.registry} cannot push to {repository.repository}.")
+        self.client = client
+        self.repo = repository.path
+        self.repository = repository
+        self.docker = docker_client or docker_client_default()
+        self.cache = cache or BlobCache(default_cache_dir())
+        self.progress = progress
+        self.uploaded = 0
+        self.skipped = 0
+        self.uploaded_bytes = 0
+        self._known_present: set[str] = set()
+
+    # -- blobs --------------------------------------------------------------------------------------
+    def _has_blob(self, digest: str, size: int | None = None) -> bool:
+        if digest in self._known_present:
+            return True
+        found = self.client.blob_size(self.repo, digest, scope=f"repository:{self.repo}:pull,push")
+        if found is not None and (size is None or found < 0 or found == size):
+            self._known_present.add(digest)
+            return True
+        return False
+
+    def _upload(self, digest: str, data: bytes | Path, size: int, what: str) -> None:
+        self.progress(f"uploading {what} {digest[:19]} ({_human(size)}) to {self.repository.repository}")
+        self.client.upload_blob(self.repo, digest, data, size=size, check_exists=False)
+        self._known_present.add(digest)
+        self.uploaded += 1
+        self.uploaded_bytes += size
+
+    # -- one platform ------------------------------------------------------------------------------
+    def push_platform(self, image: BuiltImage) -> _PlatformManifest:
+        info = inspect_image(self.docker, image.image_id)
+        arch, os_name = info.get("Architecture"), info.get("Os")
+        if arch != image.platform or os_name != "linux":
+            raise ImagePushError(
+                f"{image.local_tag} ({image.image_id}) is {os_name}/{arch}, not linux/{image.platform}; refusing to push it as {image.platform}.",
+                remedy="Rebuild it: `processorctl build --ref R`.",
+            )
+        variant = info.get("Variant") or None
+        warm = self._warm(image, info)
+        if warm is not None:
+            config, layers = warm
+            self.skipped += 1 + len(layers)
+            self.progress(f"{image.platform}: every blob is already in {self.repository.repository} (warm cache)")
+        else:
+            config, layers, variant = self._cold(image, variant)
+        body = image_manifest_bytes(config, layers)
+        desc = Descriptor(OCI_MANIFEST, sha256_digest(body), len(body))
+        return _PlatformManifest(image.platform, variant if image.platform == "arm64" else None, desc, body)
+
+    def _warm(self, image: BuiltImage, info: dict[str, Any]) -> tuple[Descriptor, list[Descriptor]] | None:
+        """From the cache and HEADs only; None as soon as anything is unknown or missing."""
+        record = self.cache.get("images", image.image_id)
+        diff_ids = (info.get("RootFS") or {}).get("Layers") or []
+        if not record or record.get("diff_ids") != diff_ids:
+            return None
+        config = Descriptor(OCI_CONFIG, record["config_digest"], int(record["config_size"]))
+        layers = []
+        for diff_id in diff_ids:
+            layer = self.cache.get("layers", diff_id)
+            if not layer:
+                return None
+            layers.append(Descriptor(OCI_LAYER_GZIP, layer["digest"], int(layer["size"])))
+        for desc in (config, *layers):
+            if not self._has_blob(desc.digest, desc.size):
+                return None
+        return config, layers
+
+    def _cold(self, image: BuiltImage, variant: str | None) -> tuple[Descriptor, list[Descriptor], str | None]:
+        with tempfile.TemporaryDirectory(prefix="theory-push-") as tmp:
+            archive = Path(tmp) / "image.tar"
+            self.progress(f"{image.platform}: docker save {image.local_tag}")
+            _docker_save(self.docker, image.image_id, archive)
+            with tarfile.open(archive, "r:") as tar:
+                manifest = json.loads(_member_bytes(tar, "manifest.json"))
+                if not isinstance(manifest, list) or len(manifest) != 1:
+                    raise ImagePushError(f"docker save of {image.local_tag} holds {len(manifest)} images, expected 1.")
+                entry = manifest[0]
+                config_bytes = _member_bytes(tar, entry["Config"])
+                config_digest = sha256_digest(config_bytes)
+                config_json = json.loads(config_bytes)
+                if config_json.get("architecture") != image.platform or config_json.get("os") != "linux":
+                    raise ImagePushError(
+                        f"{image.local_tag}: its config says {config_json.get('os')}/{config_json.get('architecture')}, "
+                        f"not linux/{image.platform}."
+                    )
+                variant = config_json.get("variant") or variant
+                diff_ids = (config_json.get("rootfs") or {}).get("diff_ids") or []
+                layer_paths = entry.get("Layers") or []
+                if len(diff_ids) != len(layer_paths):
+                    raise ImagePushError(
+                        f"{image.local_tag}: its config lists {len(diff_ids)} layers but the export has {len(layer_paths)}."
+                    )
+                layers = [self._layer(tar, path, diff_id, Path(tmp), image) for path, diff_id in zip(layer_paths, diff_ids, strict=True)]
+            config = Descriptor(OCI_CONFIG, config_digest, len(config_bytes))
+            if self._has_blob(config_digest, len(config_bytes)):
+                self.skipped += 1
+            else:
+                self._upload(config_digest, config_bytes, len(config_bytes), f"{image.platform} config")
+        self.cache.put("images", image.image_id, {
+            "config_digest": config_digest, "config_size": len(config_bytes), "diff_ids": diff_ids,
+        })
+        return config, layers, variant
+
+    def _layer(self, tar: tarfile.TarFile, member: str, diff_id: str, tmp: Path, image: BuiltImage) -> Descriptor:
+        known = self.cache.get("layers", diff_id)
+        if known and self._has_blob(known["digest"], int(known["size"])):
+            self.skipped += 1
+            return Descriptor(OCI_LAYER_GZIP, known["digest"], int(known["size"]))
+        source = tar.extractfile(member)
+        if source is None:
+            raise ImagePushError(f"{image.local_tag}: layer {member} is missing from the docker save export.")
+        head = source.read(2)
+        blob = tmp / "layer.gz"
+        if head == b"\x1f\x8b":
+            # Already compressed (an engine with the containerd image store exports blobs as stored).
+            with blob.open("wb") as out:
+                out.write(head)
+                shutil.copyfileobj(source, out, _CHUNK)
+            digest, size = _file_digest(blob), blob.stat().st_size
+        else:
+            stream = _Prefixed(head, source)
+            actual_diff_id, digest, size = gzip_layer(stream, blob)  # type: ignore[arg-type]
+            if actual_diff_id != diff_id:
+                raise ImagePushError(
+                    f"{image.local_tag}: layer {member} hashes to {actual_diff_id}, but the config says {diff_id}."
+                )
+        if self._has_blob(digest, size):
+            self.skipped += 1
+        else:
+            self._upload(digest, blob, size, f"{image.platform} layer")
+        self.cache.put("layers", diff_id, {"digest": digest, "size": size})
+        blob.unlink()
+        return Descriptor(OCI_LAYER_GZIP, digest, size)
+
+    # -- manifests ------------------------------------------------------------------------------------
+    def put_manifest(self, body: bytes, media_type: str, tag: str | None) -> str:
+        digest = sha256_digest(body)
+        if self.client.manifest_exists(self.repo, digest) != digest:
+            self.client.put_manifest(self.repo, None, body, media_type)
+        if tag and self.client.manifest_exists(self.repo, tag) != digest:
+            self.client.put_manifest(self.repo, tag, body, media_type)
+        return digest
+
+
+def push_platform_images(
+    built: Mapping[str, BuiltImage],
+    repository: ImageRef,
+    client: RegistryClient,
+    *,
+    tag: str | None = None,
+    docker_client: str | None = None,
+    cache_dir: Path | None = None,
+    progress: Callable[[str], None] = output.progress,
+) -> PushResult:
+    """Push each built image by digest and join them into an index; return the manifest digests.
+
+    `repository` is a bare repository (registry/path). `tag`, if given, tags the index `<tag>` and
+    each platform manifest `<tag>-<arch>` (the CLI passes the processor's slug).
+    """
+    if repository.tag or repository.digest:
+        raise ImagePushError(f"push to a bare repository, not {repository}.")
+    if not built:
+        raise ImagePushError("nothing to push: no built images.")
+    pusher = Pusher(client, repository, docker_client=docker_client,
+                    cache=BlobCache(cache_dir) if cache_dir else None, progress=progress)
+    order = [p for p in PLATFORMS if p in built] + sorted(p for p in built if p not in PLATFORMS)
+    manifests: list[_PlatformManifest] = []
+    platforms: dict[str, ImageRef] = {}
+    tags: list[str] = []
+    try:
+        for arch in order:
+            image = built[arch]
+            if image.platform != arch:
+                raise ImagePushError(f"internal: image for {arch} was built for {image.platform}.")
+            pm = pusher.push_platform(image)
+            platform_tag = f"{tag}-{arch}" if tag else None
+            digest = pusher.put_manifest(pm.body, OCI_MANIFEST, platform_tag)
+            if platform_tag:
+                tags.append(platform_tag)
+            manifests.append(pm)
+            platforms[arch] = repository.with_digest(digest)
+            progress(f"{arch}: {repository.with_digest(digest)}")
+        body = index_bytes([(m.arch, m.variant, m.descriptor) for m in manifests])
+        index_digest = pusher.put_manifest(body, OCI_INDEX, tag)
+        if tag:
+            tags.append(tag)
+    except TheoryDeployError:
+        raise
+    except OSError as exc:
+        raise ImagePushError(f"pushing to {repository.repository} failed: {exc}.") from None
+    progress(
+        f"pushed {repository.with_digest(index_digest)}: {pusher.uploaded} blob(s) uploaded "
+        f"({_human(pusher.uploaded_bytes)}), {pusher.skipped} already there"
+    )
+    return PushResult(
+        index=repository.with_digest(index_digest), platforms=platforms, uploaded_blobs=pusher.uploaded,
+        skipped_blobs=pusher.skipped, uploaded_bytes=pusher.uploaded_bytes, tags=tags,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# docker helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+def docker_client_default() -> str:
+    with contextlib.suppress(TheoryDeployError):
+        return find_builder().client
+    candidates = docker_client_candidates()
+    if not candidates:
+        raise DockerUnavailableError("no docker client found (PATH, /usr/bin/docker); set THEORY_DOCKER.")
+    return candidates[0]
+
+
+def _docker_save(client: str, image_id: str, dest: Path) -> None:
+    try:
+        proc = subprocess.run(
+            [client, "save", "-o", str(dest), image_id], capture_output=True, text=True, timeout=3600, check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DockerUnavailableError(f"{client} save {image_id} failed: {exc}.") from None
+    if proc.returncode != 0:
+        raise ImagePushError(f"docker save {image_id} failed: {proc.stderr.strip()[-500:]}",
+                             remedy="Build it first: `processorctl build --ref R`.")
+
+
+def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
+    try:
+        handle = tar.extractfile(name)
+    except KeyError:
+        handle = None
+    if handle is None:
+        raise ImagePushError(f"the docker save export has no {name}.")
+    return handle.read()
+
+
+class _Prefixed:
+    """A stream that first returns `head`, then the rest of `stream` (we peeked at 2 bytes)."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self.head = head
+        self.stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            head, self.head = self.head, b""
+            rest = self.stream.read(size - len(head) if size > 0 else -1) if size != len(head) else b""
+            return head + rest
+        return self.stream.read(size)
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

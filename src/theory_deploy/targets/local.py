@@ -1,0 +1,956 @@
+"""The local target: one container per app on the local Docker engine, pulled by digest from the registry.
+
+`localctl` takes exactly `modalctl`'s verbs; this module is what they do here.
+
+**The engine.** Driven through the `docker` CLI with a timeout on every call, not the Engine API:
+the CLI already honours everything a user may have configured (DOCKER_HOST, TLS, ssh://), it
+passes registry credentials to the daemon for us, and `docker run -e NAME` copies a value from
+*its own* environment, so no secret value is ever on a command line (where `ps` would show it).
+The client is `$THEORY_DOCKER`, else `$DOCKER`, else Debian's `/usr/bin/docker`, else `docker` on
+PATH. A client that cannot reach a daemon is `ERR_DOCKER`.
+
+**What runs.** `start` verifies the pin (or `--oci`) in the registry as this host's platform
+manifest, `docker pull`s exactly `repo@sha256:...` (with REGISTRY_USERNAME/REGISTRY_PASSWORD, when
+set, in a throw-away 0600 DOCKER_CONFIG), and runs it as a container named after the app, labelled
+`theory.managed=true`, `theory.ref`, `theory.env`, `theory.branch`/`theory.user` (dev),
+`theory.digest`, `theory.image`, `theory.secrets` (a keyed fingerprint of the injected values) and
+`theory.config` (a hash of the run arguments). It publishes `build.port` on 127.0.0.1 at an
+ephemeral port, sets IMAGE_DIGEST and PORT, and waits for /healthz.
+
+Re-running `start`: same digest, same secrets, same arguments, still running → `unchanged`
+(nothing restarts); another digest → `replaced`; same digest with changed secrets or arguments (or
+an exited container) → `restarted`. A container with the app's name that theory-deploy did not
+create is never touched.
+
+**Secrets, and the order start → sync-secrets** (the guide's order, which the original broke).
+Containers get values only from the local secret store (`secret_store.py`), never straight from
+the shell, exactly as a Modal function only sees Modal secrets. So, mirroring Modal, where deploying
+binds secrets by name and `sync-secrets` sets their values:
+  * `start` declares each required secret that has no value yet (an empty placeholder entry), starts
+    the container without it, and says which names are pending. Mock mode needs no secrets, so the
+    app is usable at once; real mode answers ERR_MISSING_SECRET until the values arrive.
+  * `sync-secrets` writes the values from this process's environment into the store and, when the
+    values a running container was given differ from the store's, recreates that container at the
+    *same digest* with the new values. An unchanged sync restarts nothing.
+Either order therefore ends in the same state: sync first, and `start` injects the values at once.
+
+**Verifying.** `read_running_digests` gives two independent readings: `engine`, the registry
+digest the Docker engine recorded for the container's image (its RepoDigests, written by the pull
+that verified the manifest's hash), and `healthz`, what the processor reports. Labels are never a
+reading: a container can carry any label.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform as _platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+
+from .. import output, secrets
+from ..errors import (
+    DeployError,
+    DockerUnavailableError,
+    FunctionNotFoundError,
+    ImagePullError,
+    ImageUnavailableError,
+    MissingSecretError,
+    NotRunningError,
+    PlatformMismatchError,
+    RegistryAuthError,
+    TheoryDeployError,
+)
+from ..refs import DIGEST_RE, ImageRef, Platform
+from ..secret_store import SecretStore, state_dir
+from .base import AppContext, DigestReadings, Endpoint, Target, digest_of
+
+MANAGED_LABEL = "theory.managed"
+START_TIMEOUT_ENV = "THEORY_LOCAL_START_TIMEOUT"
+DEFAULT_START_TIMEOUT_S = 120.0
+PULL_TIMEOUT_S = 900.0
+DOCKER_TIMEOUT_S = 60.0
+HEALTH_REQUEST_TIMEOUT_S = 5.0
+LOG_LINES_ON_FAILURE = 25
+
+_DAEMON_DOWN_MARKERS = (
+    "cannot connect to the docker daemon",
+    "is the docker daemon running",
+    "error during connect",
+    "permission denied while trying to connect to the docker daemon",
+    "docker daemon is not running",
+)
+
+
+def host_platform() -> Platform:
+    machine = _platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return "amd64"
+    if machine in ("aarch64", "arm64"):
+        return "arm64"
+    raise DeployError(
+        f"this host is {machine!r}; the local target runs linux/amd64 or linux/arm64 images only.",
+        remedy="Run on an amd64 or arm64 host, or deploy to Modal (`modalctl`).",
+    )
+
+
+def _tail_text(text: str, limit: int = 600) -> str:
+    text = secrets.scrub(text.strip())
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The docker CLI
+# ---------------------------------------------------------------------------------------------------
+
+
+def docker_binary() -> str:
+    for candidate in (os.environ.get("THEORY_DOCKER"), os.environ.get("DOCKER")):
+        if candidate:
+            return candidate
+    if os.access("/usr/bin/docker", os.X_OK):
+        return "/usr/bin/docker"
+    return shutil.which("docker") or "docker"
+
+
+class Docker:
+    """The docker CLI: every call has a timeout; an unreachable daemon is DockerUnavailableError."""
+
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or docker_binary()
+
+    def run(
+        self,
+        args: list[str],
+        *,
+        timeout: float = DOCKER_TIMEOUT_S,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        what: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        what = what or f"docker {args[0]}"
+        try:
+            proc = subprocess.run(
+                [self.binary, *args],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise DockerUnavailableError(
+                f"no docker client at {self.binary!r}.",
+                remedy="Install the docker CLI, or set THEORY_DOCKER to its path.",
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise DockerUnavailableError(
+                f"{what}: the Docker engine did not answer within {timeout:.0f}s."
+            ) from None
+        if proc.returncode != 0:
+            self.raise_if_daemon_down(proc.stderr)
+            if check:
+                raise DeployError(f"{what} failed (exit {proc.returncode}): {_tail_text(proc.stderr)}")
+        return proc
+
+    @staticmethod
+    def raise_if_daemon_down(stderr: str) -> None:
+        lowered = stderr.lower()
+        if any(marker in lowered for marker in _DAEMON_DOWN_MARKERS):
+            raise DockerUnavailableError(f"the Docker engine is not reachable: {_tail_text(stderr, 300)}")
+
+    def inspect_container(self, name: str) -> dict[str, Any] | None:
+        proc = self.run(["container", "inspect", "--", name], check=False, what=f"docker inspect {name}")
+        if proc.returncode != 0:
+            if "no such" in proc.stderr.lower():
+                return None
+            raise DeployError(f"docker inspect {name} failed: {_tail_text(proc.stderr)}")
+        data = json.loads(proc.stdout or "[]")
+        return data[0] if data else None
+
+    def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        proc = self.run(["image", "inspect", "--", ref], check=False, what=f"docker image inspect {ref}")
+        if proc.returncode != 0:
+            if "no such" in proc.stderr.lower():
+                return None
+            raise DeployError(f"docker image inspect {ref} failed: {_tail_text(proc.stderr)}")
+        data = json.loads(proc.stdout or "[]")
+        return data[0] if data else None
+
+
+@contextlib.contextmanager
+def registry_auth_env(registry: str, base_env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """The environment for a docker call that must authenticate to `registry`.
+
+    With REGISTRY_USERNAME/REGISTRY_PASSWORD set: a fresh 0700 DOCKER_CONFIG holding one 0600
+    config.json with an `auths` entry for that registry, removed afterwards. The password is never an
+    argument (nothing like `docker login -p`). Without them: the caller's own docker config.
+    """
+    env = dict(os.environ if base_env is None else base_env)
+    credentials = secrets.registry_credentials()
+    if credentials is None:
+        yield env
+        return
+    user, password = credentials
+    folder = tempfile.mkdtemp(prefix="theory-docker-config-")  # 0700
+    try:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        secrets.register_secret_value(token)
+        path = os.path.join(folder, "config.json")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"auths": {registry: {"auth": token}}}, handle)
+        env["DOCKER_CONFIG"] = folder
+        yield env
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plans
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SecretPlan:
+    """Which of the app's secrets a container gets. `values` maps name → {key: value}; never printed."""
+
+    names: list[str]  # every name the processor declares (required, optional, api.auth_secret)
+    required: list[str]
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)  # required, no value in the store yet
+    unset_optional: list[str] = field(default_factory=list)
+    fingerprint: str | None = None
+
+    @property
+    def injected(self) -> list[str]:
+        return [n for n in self.names if n in self.values]
+
+    def env_keys(self) -> list[str]:
+        return [key for name in self.injected for key in self.values[name]]
+
+    def env_values(self) -> dict[str, str]:
+        return {key: value for name in self.injected for key, value in self.values[name].items()}
+
+
+def secret_names(app: AppContext) -> tuple[list[str], list[str]]:
+    """(all names, required names): required + optional + api.auth_secret (which counts as required)."""
+    spec = app.processor.spec
+    required = list(
+        dict.fromkeys([*spec.secrets.required, *([spec.api.auth_secret] if spec.api.auth_secret else [])])
+    )
+    names = list(dict.fromkeys([*required, *spec.secrets.optional]))
+    return names, required
+
+
+def _short(container_id: str | None) -> str | None:
+    return container_id[:12] if container_id else None
+
+
+def _labels(container: dict[str, Any]) -> dict[str, str]:
+    return dict((container.get("Config") or {}).get("Labels") or {})
+
+
+def _state(container: dict[str, Any] | None) -> str:
+    if container is None:
+        return "missing"
+    return str((container.get("State") or {}).get("Status") or "unknown")
+
+
+def _host_port(container: dict[str, Any], port: int) -> int | None:
+    bindings = ((container.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
+    for binding in bindings:
+        host_port = binding.get("HostPort")
+        if host_port and str(host_port).isdigit():
+            return int(host_port)
+    return None
+
+
+class LocalTarget(Target):
+    kind: ClassVar[str] = "local"
+
+    def __init__(self, docker: Docker | None = None, *, store_root: Path | None = None) -> None:
+        self.docker = docker or Docker()
+        self._store_root = store_root
+
+    # --- identity --------------------------------------------------------------------------------------
+    @property
+    def platform(self) -> Platform:
+        return host_platform()
+
+    def _store(self, app: AppContext) -> SecretStore:
+        return SecretStore(app.env, root=self._store_root, repo_root=app.processor.repo_root)
+
+    def _ctl(self, app: AppContext) -> str:
+        return f"--ref {app.processor.ref} --env {app.env}"
+
+    @contextlib.contextmanager
+    def _locked(self, app: AppContext, timeout_s: float = 600.0) -> Iterator[None]:
+        """One start/sync at a time per app on this machine (two would race for the container name)."""
+        folder = state_dir() / "locks"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(folder / f"local-{app.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise DeployError(
+                            f"{app.name}: another start or sync-secrets is still running."
+                        ) from None
+                    time.sleep(0.2)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- images ----------------------------------------------------------------------------------------
+    def verify_image(self, oci: ImageRef) -> ImageRef:
+        """Prove `oci` is (or, for an index, lists) this host's platform manifest; return the manifest ref."""
+        if oci.digest is None:
+            raise ImagePullError(f"{oci}: not a digest ref.")
+        from ..oci import RegistryClient
+
+        with RegistryClient(oci.registry, credentials=secrets.registry_credentials()) as client:
+            resolution = client.resolve_platform(oci.path, oci.digest, self.platform)
+        return oci.with_digest(resolution.manifest_digest)
+
+    def _pull(self, image: ImageRef) -> None:
+        output.progress(f"pulling {image}")
+        with registry_auth_env(image.registry) as env:
+            proc = self.docker.run(
+                ["pull", str(image)],
+                timeout=PULL_TIMEOUT_S,
+                env=env,
+                check=False,
+                what=f"docker pull {image}",
+            )
+        if proc.returncode == 0:
+            return
+        message = _tail_text(proc.stderr or proc.stdout)
+        lowered = message.lower()
+        if "unauthorized" in lowered or "denied" in lowered or "authentication required" in lowered:
+            raise RegistryAuthError(f"docker pull {image}: {message}")
+        if "manifest unknown" in lowered or "not found" in lowered:
+            raise ImageUnavailableError(f"docker pull {image}: {message}")
+        raise ImagePullError(f"docker pull {image} failed: {message}")
+
+    def _ensure_local(self, image: ImageRef) -> None:
+        if self.docker.inspect_image(str(image)) is None:
+            self._pull(image)
+
+    # --- secrets ---------------------------------------------------------------------------------------
+    def _secret_plan(
+        self,
+        app: AppContext,
+        store: SecretStore,
+        *,
+        overlay: dict[str, dict[str, str]] | None = None,
+        create_key: bool = True,
+    ) -> SecretPlan:
+        names, required = secret_names(app)
+        plan = SecretPlan(names=names, required=required)
+        for name in names:
+            value = (overlay or {}).get(name) or store.value(name)
+            if value is not None:
+                plan.values[name] = value
+            elif name in required:
+                plan.pending.append(name)
+            else:
+                plan.unset_optional.append(name)
+        if create_key or (store.dir / ".fingerprint-key").exists():
+            plan.fingerprint = store.fingerprint(plan.values, names)
+        return plan
+
+    # --- docker run ------------------------------------------------------------------------------------
+    def _run_args(self, app: AppContext, image: ImageRef, plan: SecretPlan) -> tuple[list[str], str]:
+        """`docker run` arguments (no secret values: `-e NAME` takes the value from docker's own env)
+        and the config hash that says whether two starts would run the same thing."""
+        spec = app.processor.spec
+        port = spec.build.port
+        cpus = min(float(spec.runtime.cpu), float(os.cpu_count() or 1))
+        memory_mb = int(spec.runtime.memory_gb * 1024)
+        labels = {
+            MANAGED_LABEL: "true",
+            **app.labels(),
+            "theory.target": "local",
+            "theory.image": str(image),
+            "theory.digest": str(image.digest),
+            "theory.port": str(port),
+        }
+        body = [
+            "--detach",
+            "--name",
+            app.name,
+            "--env",
+            f"IMAGE_DIGEST={image.digest}",
+            "--env",
+            f"PORT={port}",
+            "--env",
+            f"THEORY_REF={app.processor.ref}",
+            "--env",
+            f"THEORY_ENV={app.env}",
+        ]
+        for key in plan.env_keys():
+            body += ["--env", key]  # value from the docker client's environment, never argv
+        body += [
+            "--publish",
+            f"127.0.0.1::{port}",
+            "--add-host",
+            "host.docker.internal:host-gateway",
+            "--cpus",
+            f"{cpus:g}",
+            "--memory",
+            f"{memory_mb}m",
+        ]
+        for key, value in sorted(labels.items()):
+            body += ["--label", f"{key}={value}"]
+        config = hashlib.sha256(json.dumps([body, str(image)]).encode()).hexdigest()[:16]
+        args = ["run", *body, "--label", f"theory.config={config}"]
+        if plan.fingerprint:
+            args += ["--label", f"theory.secrets={plan.fingerprint}"]
+        return [*args, str(image)], config
+
+    def _decide(
+        self, app: AppContext, image: ImageRef, existing: dict[str, Any] | None, config: str, plan: SecretPlan
+    ) -> tuple[str, str]:
+        if existing is None:
+            return "started", "no container was running"
+        labels = _labels(existing)
+        if labels.get(MANAGED_LABEL) != "true":
+            raise DeployError(
+                f"a container named {app.name} exists that theory-deploy did not start "
+                f"(no {MANAGED_LABEL}=true label); "
+                "refusing to touch it.",
+                remedy=f"Remove it yourself (`docker rm -f {app.name}`) if it is not needed, "
+                "then re-run start.",
+            )
+        engine, _note = self._engine_digest(app, existing)
+        state = _state(existing)
+        previous = labels.get("theory.digest")
+        if engine != image.digest or previous != image.digest:
+            return "replaced", f"it ran {engine or previous or 'an unknown digest'}"
+        if state != "running":
+            return "restarted", f"the container was {state}"
+        if labels.get("theory.config") != config:
+            return "restarted", "its run settings changed"
+        if plan.fingerprint is None or labels.get("theory.secrets") != plan.fingerprint:
+            return "restarted", "its secret values changed"
+        return "unchanged", "already running that digest with the same secrets"
+
+    def _launch(
+        self,
+        app: AppContext,
+        image: ImageRef,
+        plan: SecretPlan,
+        args: list[str],
+        existing: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        if existing is not None:
+            output.progress(f"removing the old container {app.name} ({_short(existing.get('Id'))})")
+            self._remove(app.name)
+        env = dict(os.environ)
+        for key in [k for name in plan.names for k in secrets.keys_for(name)]:
+            env.pop(key, None)  # only the store's values reach the container
+        env.update(plan.env_values())
+        proc = self.docker.run(args, env=env, check=False, what=f"docker run {app.name}")
+        if proc.returncode != 0:
+            raise DeployError(f"docker run {app.name} failed: {_tail_text(proc.stderr)}")
+        container = self.docker.inspect_container(app.name)
+        if container is None:
+            raise DeployError(f"{app.name}: the container vanished right after docker run.")
+        return self._wait_healthy(app, container)
+
+    def _remove(self, name: str) -> None:
+        self.docker.run(
+            ["stop", "--time", "10", name], check=False, timeout=DOCKER_TIMEOUT_S, what=f"docker stop {name}"
+        )
+        proc = self.docker.run(["rm", "--force", name], check=False, what=f"docker rm {name}")
+        if proc.returncode != 0 and "no such" not in proc.stderr.lower():
+            raise DeployError(f"docker rm {name} failed: {_tail_text(proc.stderr)}")
+
+    def _wait_healthy(self, app: AppContext, container: dict[str, Any]) -> dict[str, Any]:
+        spec = app.processor.spec
+        port = _host_port(container, spec.build.port)
+        timeout = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_S)
+        deadline = time.monotonic() + timeout
+        output.progress(f"waiting up to {timeout:.0f}s for {spec.api.healthz} of {app.name}")
+        last = "no answer yet"
+        while True:
+            if port is not None:
+                health = self._healthz(f"http://127.0.0.1:{port}", spec.api.healthz)
+                if health.get("ok") is True:
+                    return container
+                last = str(health.get("error") or health)
+            current = self.docker.inspect_container(app.name)
+            if current is None or _state(current) != "running":
+                code = ((current or {}).get("State") or {}).get("ExitCode")
+                raise DeployError(
+                    f"{app.name} stopped before it became healthy "
+                    f"(state {_state(current)}, exit code {code}). "
+                    f"Last log lines:\n{self._last_logs(app)}",
+                    remedy=f"Fix the processor (see the lines above or `localctl logs {self._ctl(app)}`), "
+                    "then re-run start.",
+                )
+            container = current
+            port = port or _host_port(current, spec.build.port)
+            if time.monotonic() > deadline:
+                raise DeployError(
+                    f"{app.name} did not answer {spec.api.healthz} within {timeout:.0f}s ({last}). "
+                    f"Last log lines:\n{self._last_logs(app)}",
+                    remedy=f"Read `localctl logs {self._ctl(app)}`; "
+                    f"if it is only slow to boot, raise {START_TIMEOUT_ENV}.",
+                )
+            time.sleep(0.5)
+
+    def _last_logs(self, app: AppContext) -> str:
+        with contextlib.suppress(TheoryDeployError):
+            self._store(app).register_all()
+        proc = self.docker.run(
+            ["logs", "--tail", str(LOG_LINES_ON_FAILURE), app.name], check=False, what="docker logs"
+        )
+        text = (proc.stdout or "") + (proc.stderr or "")
+        lines = [secrets.scrub(line) for line in text.splitlines()[-LOG_LINES_ON_FAILURE:]]
+        return "\n".join(f"  | {line}" for line in lines) or "  | (no output)"
+
+    def _healthz(self, base_url: str, path: str) -> dict[str, Any]:
+        try:
+            with httpx.Client(timeout=HEALTH_REQUEST_TIMEOUT_S, trust_env=False) as client:
+                response = client.get(base_url + path)
+        except httpx.HTTPError as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if response.status_code != 200:
+            return {"ok": False, "error": f"HTTP {response.status_code}"}
+        try:
+            body = response.json()
+        except ValueError:
+            return {"ok": False, "error": "not JSON"}
+        if not isinstance(body, dict):
+            return {"ok": False, "error": "not a JSON object"}
+        return body
+
+    def _result(
+        self,
+        app: AppContext,
+        image: ImageRef,
+        container: dict[str, Any],
+        action: str,
+        reason: str,
+        plan: SecretPlan,
+    ) -> dict[str, Any]:
+        spec = app.processor.spec
+        port = _host_port(container, spec.build.port)
+        url = f"http://127.0.0.1:{port}" if port else None
+        result: dict[str, Any] = {
+            "app": app.name,
+            "env": app.env,
+            "image": str(image),
+            "digest": image.digest,
+            "url": url,
+            "ws_url": f"ws://127.0.0.1:{port}{spec.api.path}" if port else None,
+            "action": action,
+            "reason": reason,
+            "container_id": _short(container.get("Id")),
+            "secrets": {
+                "injected": plan.injected,
+                "pending": plan.pending,
+                "unset_optional": plan.unset_optional,
+            },
+        }
+        lines = [f"{action}: {app.name} ({app.env}) runs {image} at {url} ({reason})."]
+        if plan.pending:
+            lines.append(
+                f"secret(s) {', '.join(plan.pending)} have no value yet: export them and run "
+                f"`localctl sync-secrets {self._ctl(app)}` "
+                "(the container is then recreated with them; mock mode works meanwhile)."
+            )
+        result["summary"] = "\n".join(lines)
+        return result
+
+    # --- verbs -----------------------------------------------------------------------------------------
+    def start(self, app: AppContext, image: ImageRef, *, dry_run: bool = False) -> dict[str, Any]:
+        if image.digest is None:
+            raise ImagePullError(f"{image}: start deploys digests only.")
+        store = self._store(app)
+        if dry_run:
+            return self._plan(app, image, store)
+        with self._locked(app):
+            verified = self.verify_image(image)
+            if verified.digest != image.digest:
+                raise PlatformMismatchError(
+                    f"{image} is an index, not the linux/{self.platform} manifest ({verified.digest}); "
+                    "a pin must name the platform manifest.",
+                    remedy=f"Pin {verified} instead (`processorctl pin ... --oci {verified}`).",
+                )
+            _names, required = secret_names(app)
+            for name in required:
+                if store.value(name) is None:
+                    store.ensure_placeholder(name)
+            plan = self._secret_plan(app, store)
+            args, config = self._run_args(app, image, plan)
+            existing = self.docker.inspect_container(app.name)
+            action, reason = self._decide(app, image, existing, config, plan)
+            if action == "unchanged":
+                assert existing is not None
+                return self._result(app, image, existing, action, reason, plan)
+            if action == "restarted":
+                self._ensure_local(image)
+            else:
+                self._pull(image)
+            container = self._launch(app, image, plan, args, existing)
+            return self._result(app, image, container, action, reason, plan)
+
+    def _plan(self, app: AppContext, image: ImageRef, store: SecretStore) -> dict[str, Any]:
+        plan = self._secret_plan(app, store, create_key=False)
+        args, config = self._run_args(app, image, plan)
+        note = None
+        try:
+            existing = self.docker.inspect_container(app.name)
+            action, reason = self._decide(app, image, existing, config, plan)
+        except DockerUnavailableError as err:
+            action, reason, note = "start", "the engine could not be asked what runs", err.message
+        plan_result: dict[str, Any] = {
+            "app": app.name,
+            "env": app.env,
+            "image": str(image),
+            "digest": image.digest,
+            "url": None,
+            "action": action,
+            "reason": reason,
+            "dry_run": True,
+            "secrets": {
+                "injected": plan.injected,
+                "pending": plan.pending,
+                "unset_optional": plan.unset_optional,
+            },
+            "docker": [self.docker.binary, *args],
+        }
+        if note:
+            plan_result["note"] = note
+        steps = [f"dry run: {app.name} ({app.env}) would be {action} ({reason}); nothing was changed."]
+        steps.append(f"image: {image}")
+        if plan.injected:
+            steps.append(f"secrets injected by name (values from the store): {', '.join(plan.injected)}")
+        if plan.pending:
+            steps.append(
+                f"secrets declared without a value (run sync-secrets after start): {', '.join(plan.pending)}"
+            )
+        steps.append("docker " + " ".join(args))
+        plan_result["summary"] = "\n".join(steps)
+        return plan_result
+
+    def stop(self, app: AppContext) -> dict[str, Any]:
+        existing = self.docker.inspect_container(app.name)
+        if existing is None:
+            raise FunctionNotFoundError(
+                f"no app {app.name} in {app.env} on the local engine (no container by that name)."
+            )
+        if _labels(existing).get(MANAGED_LABEL) != "true":
+            raise DeployError(
+                f"the container {app.name} was not started by theory-deploy; refusing to stop it.",
+                remedy=f"Remove it yourself with `docker rm -f {app.name}` if it is yours.",
+            )
+        self._remove(app.name)
+        return {
+            "app": app.name,
+            "env": app.env,
+            "action": "stopped",
+            "container_id": _short(existing.get("Id")),
+            "digest": _labels(existing).get("theory.digest"),
+            "summary": f"stopped {app.name} ({app.env}) and removed its container.",
+        }
+
+    def status(self, app: AppContext) -> dict[str, Any]:
+        spec = app.processor.spec
+        existing = self.docker.inspect_container(app.name)
+        pinned = spec.pins().get(self.platform)
+        result: dict[str, Any] = {
+            "app": app.name,
+            "env": app.env,
+            "ref": str(app.processor.ref),
+            "pinned": pinned,
+        }
+        if existing is None:
+            result.update(state="missing", digest=None, url=None, health=None, labels={})
+            result["summary"] = f"{app.name} ({app.env}): missing (not started on the local engine)."
+            return result
+        state = _state(existing)
+        labels = _labels(existing)
+        engine, note = self._engine_digest(app, existing)
+        port = _host_port(existing, spec.build.port)
+        url = f"http://127.0.0.1:{port}" if port and state == "running" else None
+        health: dict[str, Any] | None = self._healthz(url, spec.api.healthz) if url else None
+        result.update(
+            state=state,
+            digest=engine,
+            digest_note=note,
+            deployed_digest=labels.get("theory.digest"),
+            matches_pin=(digest_of(pinned) == engine) if pinned and engine else False,
+            url=url,
+            ws_url=f"ws://127.0.0.1:{port}{spec.api.path}" if url else None,
+            health=health,
+            container_id=_short(existing.get("Id")),
+            started_at=(existing.get("State") or {}).get("StartedAt"),
+            labels={k: v for k, v in labels.items() if k.startswith("theory.")},
+        )
+        healthy = "healthy" if health and health.get("ok") is True else ("unhealthy" if health else "-")
+        result["summary"] = "\n".join(
+            [
+                f"{app.name} ({app.env}): {state}, {healthy}",
+                f"  digest:  {engine or '(unreadable: ' + str(note) + ')'}",
+                f"  pinned:  {pinned or '(none for ' + self.platform + ')'}",
+                f"  url:     {url or '-'}",
+                f"  started: {result['started_at']}",
+            ]
+        )
+        return result
+
+    def logs(self, app: AppContext, *, follow: bool, tail: int) -> dict[str, Any]:
+        existing = self.docker.inspect_container(app.name)
+        if existing is None:
+            raise FunctionNotFoundError(f"no app {app.name} in {app.env} on the local engine.")
+        # Every value the container could know is registered before a single line is printed.
+        self._store(app).register_all()
+        names, _required = secret_names(app)
+        secrets.read_from_environment(names)
+        args = [
+            self.docker.binary,
+            "logs",
+            "--tail",
+            str(max(tail, 0)),
+            *(["--follow"] if follow else []),
+            app.name,
+        ]
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+            )
+        except FileNotFoundError:
+            raise DockerUnavailableError(f"no docker client at {self.docker.binary!r}.") from None
+        lines: list[str] = []
+        count = 0
+        try:
+            assert proc.stdout is not None
+            if follow:
+                for raw in proc.stdout:
+                    sys.stdout.write(secrets.scrub(raw.rstrip("\n")) + "\n")
+                    sys.stdout.flush()
+                    count += 1
+            else:
+                try:
+                    text, _ = proc.communicate(timeout=DOCKER_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    raise DockerUnavailableError(
+                        f"docker logs {app.name}: no answer within {DOCKER_TIMEOUT_S:.0f}s."
+                    ) from None
+                lines = [secrets.scrub(line) for line in (text or "").splitlines()]
+                count = len(lines)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        if proc.returncode not in (0, None, -9) and not follow:
+            Docker.raise_if_daemon_down("\n".join(lines))
+        result: dict[str, Any] = {"app": app.name, "env": app.env, "follow": follow, "line_count": count}
+        if follow:
+            result["summary"] = f"(end of logs of {app.name})"
+        else:
+            result["lines"] = lines
+            result["summary"] = "\n".join(lines) if lines else f"(no log lines from {app.name})"
+        return result
+
+    def sync_secrets(
+        self, app: AppContext, *, check: bool, fail_on_missing: bool, dry_run: bool = False
+    ) -> dict[str, Any]:
+        check = check or dry_run
+        names, required = secret_names(app)
+        found = secrets.read_from_environment(names)
+        missing_required = [n for n in required if n in found.missing]
+        if fail_on_missing and missing_required:
+            raise MissingSecretError(
+                f"{app.name} ({app.env}): required secret(s) {', '.join(missing_required)} "
+                "have no value in this "
+                "process's environment; nothing was written.",
+                remedy=f"Export {', '.join(missing_required)} and run "
+                f"`localctl sync-secrets {self._ctl(app)}`.",
+                details={"missing": missing_required},
+            )
+        store = self._store(app)
+        changes = {name: store.compare(name, pairs) for name, pairs in found.values.items()}
+        if not check:
+            for name, pairs in found.values.items():
+                if changes[name] != "unchanged":
+                    store.write(name, pairs)
+        by = {
+            kind: [n for n in names if changes.get(n) == kind] for kind in ("created", "updated", "unchanged")
+        }
+        kept = [n for n in found.missing if store.value(n) is not None]
+        result: dict[str, Any] = {
+            "app": app.name,
+            "env": app.env,
+            "store": str(store.dir),
+            **by,
+            "missing": found.missing,
+            "missing_required": missing_required,
+            "present": [n for n in names if n in found.values],
+            "kept": kept,
+            "check": check,
+            "restarted": False,
+        }
+        container_note = self._apply_to_container(app, store, found.values if check else None, check, result)
+        lines = [
+            f"sync-secrets {app.name} ({app.env}){' (check: nothing written)' if check else ''}:",
+            *(f"  {kind}: {', '.join(by[kind]) or '-'}" for kind in ("created", "updated", "unchanged")),
+            f"  missing: {', '.join(found.missing) or '-'}",
+        ]
+        if kept:
+            lines.append(f"  kept (not in this environment, stored value left as is): {', '.join(kept)}")
+        if missing_required:
+            lines.append(
+                f"  required without a value: {', '.join(missing_required)}: "
+                "export them and re-run sync-secrets."
+            )
+        lines.append(f"  container: {container_note}")
+        result["summary"] = "\n".join(lines)
+        return result
+
+    def _apply_to_container(
+        self,
+        app: AppContext,
+        store: SecretStore,
+        overlay: dict[str, dict[str, str]] | None,
+        check: bool,
+        result: dict[str, Any],
+    ) -> str:
+        """Recreate the app's container (same digest) when its secret values differ from the store's."""
+        try:
+            existing = self.docker.inspect_container(app.name)
+        except DockerUnavailableError as err:
+            result["container"] = None
+            return f"not checked ({err.message}); values apply at the next start."
+        if existing is None:
+            result["container"] = None
+            return "none running; values apply at the next start."
+        labels = _labels(existing)
+        if labels.get(MANAGED_LABEL) != "true":
+            result["container"] = None
+            return f"a container named {app.name} exists that theory-deploy did not start; left alone."
+        plan = self._secret_plan(app, store, overlay=overlay, create_key=not check)
+        stale = plan.fingerprint is None or labels.get("theory.secrets") != plan.fingerprint
+        result["container"] = {"id": _short(existing.get("Id")), "state": _state(existing), "stale": stale}
+        if not stale:
+            return f"{app.name} already runs with these values; not restarted."
+        if check:
+            result["would_restart"] = True
+            return f"{app.name} would be recreated (same digest) to pick up the new values."
+        image_text = labels.get("theory.image", "")
+        try:
+            image = ImageRef.parse_digest_ref(image_text, where=f"label theory.image of {app.name}")
+        except TheoryDeployError:
+            return (
+                f"its theory.image label {image_text!r} is not a digest ref; run start to apply the values."
+            )
+        with self._locked(app):
+            self._ensure_local(image)
+            args, _config = self._run_args(app, image, plan)
+            container = self._launch(app, image, plan, args, existing)
+        result["restarted"] = True
+        result["container"]["id"] = _short(container.get("Id"))
+        return f"{app.name} recreated at the same digest {image.digest} with the new values."
+
+    # --- readings --------------------------------------------------------------------------------------
+    def _engine_digest(self, app: AppContext, container: dict[str, Any]) -> tuple[str | None, str]:
+        """The registry digest the engine recorded for the container's image (RepoDigests), by repository."""
+        image_id = container.get("Image")
+        if not image_id:
+            return None, "the engine reports no image for the container"
+        image = self.docker.inspect_image(str(image_id))
+        if image is None:
+            return None, f"the container's image {image_id[:19]} is no longer in the engine"
+        labels = _labels(container)
+        repositories = {app.processor.spec.image.repository}
+        with contextlib.suppress(TheoryDeployError):
+            repositories.add(ImageRef.parse(labels.get("theory.image", "")).repository)
+        repo_digests = [str(d) for d in image.get("RepoDigests") or []]
+        digests = sorted(
+            {d.rsplit("@", 1)[1] for d in repo_digests if "@" in d and d.rsplit("@", 1)[0] in repositories}
+        )
+        digests = [d for d in digests if DIGEST_RE.match(d)]
+        if not digests:
+            seen = ", ".join(repo_digests) or "none"
+            return None, (
+                f"image {image_id[:19]} has no registry digest for {', '.join(sorted(repositories))} "
+                f"(RepoDigests: {seen}); it was not pulled from that registry (e.g. built locally)"
+            )
+        if len(digests) == 1:
+            return digests[0], "from the engine's RepoDigests"
+        # The same image content is known under several manifests of the repository: each is true.
+        chosen = labels.get("theory.digest") if labels.get("theory.digest") in digests else digests[0]
+        return chosen, f"the image is known under several digests: {', '.join(digests)}"
+
+    def read_running_digests(self, app: AppContext) -> DigestReadings:
+        readings = DigestReadings(readings={"engine": None, "healthz": None})
+        container = self.docker.inspect_container(app.name)
+        if container is None:
+            why = f"no container named {app.name}"
+            readings.notes = {"engine": why, "healthz": why}
+            return readings
+        engine, note = self._engine_digest(app, container)
+        readings.readings["engine"] = engine
+        if engine is None:
+            readings.notes["engine"] = note
+        spec = app.processor.spec
+        port = _host_port(container, spec.build.port)
+        if _state(container) != "running" or port is None:
+            readings.notes["healthz"] = f"container is {_state(container)}" + (
+                "" if port else ", no published port"
+            )
+            return readings
+        health = self._healthz(f"http://127.0.0.1:{port}", spec.api.healthz)
+        reported = health.get("digest")
+        if isinstance(reported, str) and DIGEST_RE.match(reported):
+            readings.readings["healthz"] = reported
+        else:
+            readings.notes["healthz"] = str(
+                health.get("error") or f"{spec.api.healthz} reported no digest ({reported!r})"
+            )
+        return readings
+
+    def endpoint(self, app: AppContext) -> Endpoint:
+        spec = app.processor.spec
+        container = self.docker.inspect_container(app.name)
+        if container is None:
+            raise FunctionNotFoundError(f"no app {app.name} in {app.env} on the local engine.")
+        if _state(container) != "running":
+            raise NotRunningError(f"{app.name} ({app.env}) is {_state(container)}.")
+        port = _host_port(container, spec.build.port)
+        if port is None:
+            raise NotRunningError(f"{app.name} ({app.env}) publishes no port for {spec.build.port}/tcp.")
+        token = None
+        if spec.api.auth_secret:
+            value = self._store(app).value(spec.api.auth_secret)
+            token = value[spec.api.auth_secret] if value else None
+        base = f"http://127.0.0.1:{port}"
+        return Endpoint(base_url=base, ws_url=f"ws://127.0.0.1:{port}{spec.api.path}", token=token)

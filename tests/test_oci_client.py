@@ -1,0 +1,169 @@
+"""The Distribution v2 client against the real loopback registry (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.registry_faults import FaultProxy, push_attestation, push_index, push_synthetic_image
+from theory_deploy import oci
+from theory_deploy.errors import (
+    ConfigDigestError,
+    ImageUnavailableError,
+    PlatformMismatchError,
+)
+from theory_deploy.oci import RegistryClient, RetryPolicy, parse_challenge
+
+FAST = RetryPolicy(base_delay=0.01)
+
+
+@pytest.fixture
+def client(registry: str):
+    with RegistryClient(registry, retry=FAST, progress=lambda _m: None) as c:
+        yield c
+
+
+@pytest.fixture
+def repo() -> str:
+    return f"test/oci-{uuid.uuid4().hex[:10]}"
+
+
+def test_loopback_hosts_are_plain_http() -> None:
+    for host in ("127.0.0.1:5000", "localhost:5000", "localhost", "127.0.0.2", "[::1]:5000"):
+        assert oci.is_loopback(host), host
+        assert RegistryClient(host).base_url.startswith("http://")
+    for host in ("ghcr.io", "registry.example.com:443", "10.0.0.1:5000"):
+        assert not oci.is_loopback(host), host
+        assert RegistryClient(host).base_url.startswith("https://")
+
+
+def test_parse_bearer_challenge() -> None:
+    scheme, params = parse_challenge(
+        'Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:org/x:pull"'
+    )
+    assert scheme == "bearer"
+    assert params == {"realm": "https://ghcr.io/token", "service": "ghcr.io", "scope": "repository:org/x:pull"}
+    assert parse_challenge('Basic realm="Registry Realm"') == ("basic", {"realm": "Registry Realm"})
+
+
+def test_retry_policy_matches_go_containerregistry() -> None:
+    policy = RetryPolicy()
+    assert policy.attempts == 3
+    assert [policy.delay(1), policy.delay(2)] == [1.0, 3.0]
+    assert oci.RETRY_STATUSES == {408, 429, 499, 500, 502, 503, 504, 522}
+
+
+def test_blob_upload_is_idempotent_and_verified(client: RegistryClient, repo: str) -> None:
+    data = b"some bytes " + uuid.uuid4().bytes
+    digest = oci.sha256_digest(data)
+    assert not client.blob_exists(repo, digest)
+    assert client.upload_blob(repo, digest, data) is True
+    assert client.blob_exists(repo, digest)
+    assert client.upload_blob(repo, digest, data) is False  # HEAD first: not sent again
+    assert client.get_blob(repo, digest) == data
+
+
+def test_upload_keeps_the_state_query_and_handles_relative_location(registry: str, repo: str) -> None:
+    # distribution's Location carries `?_state=...`; the proxy makes it relative too.
+    with FaultProxy(registry, relative_location=True) as proxy:
+        with RegistryClient(proxy.host, retry=FAST, progress=lambda _m: None) as c:
+            data = uuid.uuid4().bytes * 100
+            digest = oci.sha256_digest(data)
+            assert c.upload_blob(repo, digest, data)
+        puts = [r for r in proxy.requests if r.method == "PUT"]
+        assert len(puts) == 1
+    with RegistryClient(registry) as direct:
+        assert direct.get_blob(repo, digest) == data
+
+
+def test_manifest_roundtrip_and_digest_checks(client: RegistryClient, repo: str) -> None:
+    image = push_synthetic_image(client, repo, "amd64")
+    got = client.get_manifest(repo, image.manifest_digest)
+    assert got.digest == image.manifest_digest and got.is_image
+    head = client.head_manifest(repo, image.manifest_digest)
+    assert head.digest == image.manifest_digest
+    assert head.media_type == oci.OCI_MANIFEST
+
+
+def test_resolve_image_manifest(client: RegistryClient, repo: str) -> None:
+    image = push_synthetic_image(client, repo, "arm64")
+    res = client.resolve_platform(repo, image.manifest_digest, "arm64")
+    assert res.manifest_digest == image.manifest_digest
+    assert res.from_index is False
+    assert res.config_digest == image.config_digest
+    with pytest.raises(PlatformMismatchError, match="linux/arm64 image, not linux/amd64"):
+        client.resolve_platform(repo, image.manifest_digest, "amd64")
+
+
+@pytest.mark.parametrize("index_type", [oci.OCI_INDEX, oci.DOCKER_MANIFEST_LIST])
+def test_resolve_index_skips_attestations(client: RegistryClient, repo: str, index_type: str) -> None:
+    amd = push_synthetic_image(client, repo, "amd64", "a")
+    arm = push_synthetic_image(client, repo, "arm64", "b")
+    att = push_attestation(client, repo, amd.manifest_digest)
+    index = push_index(client, repo, [amd, arm], attestations={amd.manifest_digest: att}, media_type=index_type)
+    for image in (amd, arm):
+        res = client.resolve_platform(repo, index, image.arch)
+        assert res.manifest_digest == image.manifest_digest
+        assert res.from_index is True
+        assert res.index_digest == index
+
+
+def test_resolve_docker_v2_manifest(client: RegistryClient, repo: str) -> None:
+    image = push_synthetic_image(client, repo, "amd64", media_type=oci.DOCKER_MANIFEST)
+    res = client.resolve_platform(repo, image.manifest_digest, "amd64")
+    assert res.media_type == oci.DOCKER_MANIFEST
+
+
+def test_index_without_the_platform(client: RegistryClient, repo: str) -> None:
+    amd = push_synthetic_image(client, repo, "amd64")
+    index = push_index(client, repo, [amd])
+    with pytest.raises(PlatformMismatchError, match="without a linux/arm64 image; its platforms: linux/amd64"):
+        client.resolve_platform(repo, index, "arm64")
+
+
+def test_attestation_only_index_and_attestation_manifest(client: RegistryClient, repo: str) -> None:
+    amd = push_synthetic_image(client, repo, "amd64")
+    att = push_attestation(client, repo, amd.manifest_digest)
+    only_att = push_index(client, repo, [], attestations={amd.manifest_digest: att})
+    with pytest.raises(PlatformMismatchError, match="only attestation entries"):
+        client.resolve_platform(repo, only_att, "amd64")
+    with pytest.raises(PlatformMismatchError, match="attestation"):
+        client.resolve_platform(repo, att.manifest_digest, "amd64")
+
+
+def test_config_digest_is_named_as_such(client: RegistryClient, repo: str) -> None:
+    image = push_synthetic_image(client, repo, "amd64")
+    with pytest.raises(ConfigDigestError, match="image config"):
+        client.resolve_platform(repo, image.config_digest, "amd64")
+    # No retries wasted on distribution's 500 for a config digest: one GET, then the blob check.
+    assert client.stats["retries"] == 0
+
+
+def test_unknown_digest_and_layer_digest(client: RegistryClient, repo: str) -> None:
+    image = push_synthetic_image(client, repo, "amd64")
+    with pytest.raises(ImageUnavailableError, match="no manifest"):
+        client.resolve_platform(repo, "sha256:" + "0" * 64, "amd64")
+    with pytest.raises(ImageUnavailableError):
+        client.resolve_platform(repo, image.layer_digest, "amd64")
+
+
+def test_put_manifest_by_tag_and_head_by_tag(client: RegistryClient, repo: str) -> None:
+    image = push_synthetic_image(client, repo, "amd64")
+    body = client.get_manifest(repo, image.manifest_digest).body
+    assert client.put_manifest(repo, "t1", body, oci.OCI_MANIFEST) == image.manifest_digest
+    assert client.head_manifest(repo, "t1").digest == image.manifest_digest
+    assert client.manifest_exists(repo, "t1") == image.manifest_digest
+    assert client.manifest_exists(repo, "nope") is None
+    assert "t1" in client.list_tags(repo)
+
+
+def test_index_bytes_are_deterministic() -> None:
+    from theory_deploy import push
+
+    desc = push.Descriptor(oci.OCI_MANIFEST, "sha256:" + "1" * 64, 10)
+    one = push.index_bytes([("amd64", None, desc)])
+    two = push.index_bytes([("amd64", None, desc)])
+    assert one == two
+    assert json.loads(one)["manifests"][0]["platform"] == {"architecture": "amd64", "os": "linux"}

@@ -33,8 +33,18 @@ from typing import Any
 
 import httpx
 
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
-              "proxy-authenticate", "host", "content-length"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "host",
+    "content-length",
+}
 
 
 @dataclass
@@ -69,8 +79,14 @@ class Recorded:
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, faults: list[Fault] | None = None, token_auth: TokenAuth | None = None,
-                 relative_location: bool = False) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        faults: list[Fault] | None = None,
+        token_auth: TokenAuth | None = None,
+        relative_location: bool = False,
+    ) -> None:
         self.upstream = upstream
         self.faults = list(faults or [])
         self.token_auth = token_auth
@@ -94,7 +110,9 @@ class FaultProxy:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> FaultProxy:
@@ -115,8 +133,11 @@ class FaultProxy:
     # -- inspection -------------------------------------------------------------------------------------
     def count(self, *, path: str | None = None, method: str | None = None) -> int:
         with self._lock:
-            return sum(1 for r in self.requests
-                       if (path is None or re.search(path, r.path)) and (method is None or r.method == method))
+            return sum(
+                1
+                for r in self.requests
+                if (path is None or re.search(path, r.path)) and (method is None or r.method == method)
+            )
 
     def add_fault(self, fault: Fault) -> None:
         with self._lock:
@@ -137,8 +158,15 @@ class FaultProxy:
         length = int(handler.headers.get("Content-Length") or 0)
         return handler.rfile.read(length) if length else b""
 
-    def _reply(self, handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], body: bytes,
-               *, head: bool) -> None:
+    def _reply(
+        self,
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        head: bool,
+    ) -> None:
         handler.send_response(status)
         for key, value in headers.items():
             handler.send_header(key, value)
@@ -183,14 +211,24 @@ class FaultProxy:
             challenge = f'Bearer realm="http://{self.host}/token",service="fault-proxy"'
             if scope:
                 challenge += f',scope="{scope}"'
-            payload = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}).encode()
-            self._reply(handler, 401, {"WWW-Authenticate": challenge, "Content-Type": "application/json"}, payload, head=head)
+            payload = json.dumps(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+            ).encode()
+            self._reply(
+                handler,
+                401,
+                {"WWW-Authenticate": challenge, "Content-Type": "application/json"},
+                payload,
+                head=head,
+            )
             return
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_BY_HOP}
         if self.token_auth is not None:
             headers.pop("Authorization", None)
         try:
-            upstream = self._http.request(method, f"http://{self.upstream}{raw_path}", headers=headers, content=body)
+            upstream = self._http.request(
+                method, f"http://{self.upstream}{raw_path}", headers=headers, content=body
+            )
         except httpx.HTTPError:
             self._reply(handler, 502, {}, b"", head=head)
             return
@@ -220,7 +258,7 @@ class FaultProxy:
 
     def _token_ok(self, auth: str) -> bool:
         assert self.token_auth is not None
-        return auth.startswith("Bearer ") and auth[len("Bearer "):] in self.token_auth.issued
+        return auth.startswith("Bearer ") and auth[len("Bearer ") :] in self.token_auth.issued
 
     def _token(self, handler: BaseHTTPRequestHandler, raw_path: str, auth: str) -> None:
         assert self.token_auth is not None
@@ -228,14 +266,29 @@ class FaultProxy:
         scope = " ".join(query.get_list("scope"))
         with self._lock:
             self.token_auth.token_requests.append(scope)
-        expected = "Basic " + base64.b64encode(f"{self.token_auth.user}:{self.token_auth.password}".encode()).decode()
+        expected = (
+            "Basic "
+            + base64.b64encode(f"{self.token_auth.user}:{self.token_auth.password}".encode()).decode()
+        )
         if auth != expected:
-            self._reply(handler, 401, {"Content-Type": "application/json"}, b'{"errors":[{"code":"DENIED"}]}', head=False)
+            self._reply(
+                handler,
+                401,
+                {"Content-Type": "application/json"},
+                b'{"errors":[{"code":"DENIED"}]}',
+                head=False,
+            )
             return
         token = secrets.token_hex(16)
         with self._lock:
             self.token_auth.issued[token] = scope
-        self._reply(handler, 200, {"Content-Type": "application/json"}, json.dumps({"token": token}).encode(), head=False)
+        self._reply(
+            handler,
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps({"token": token}).encode(),
+            head=False,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,8 +305,15 @@ class SyntheticImage:
     arch: str
 
 
-def push_synthetic_image(client: Any, repo: str, arch: str, payload: str = "hello", *, os_name: str = "linux",
-                         media_type: str | None = None) -> SyntheticImage:
+def push_synthetic_image(
+    client: Any,
+    repo: str,
+    arch: str,
+    payload: str = "hello",
+    *,
+    os_name: str = "linux",
+    media_type: str | None = None,
+) -> SyntheticImage:
     import gzip
     import hashlib
     import io
@@ -270,10 +330,15 @@ def push_synthetic_image(client: Any, repo: str, arch: str, payload: str = "hell
     raw_bytes = raw.getvalue()
     layer = gzip.compress(raw_bytes, mtime=0)
     diff_id = "sha256:" + hashlib.sha256(raw_bytes).hexdigest()
-    config = json.dumps({
-        "architecture": arch, "os": os_name, "config": {"Labels": {"payload": payload}},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    }, sort_keys=True).encode()
+    config = json.dumps(
+        {
+            "architecture": arch,
+            "os": os_name,
+            "config": {"Labels": {"payload": payload}},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        },
+        sort_keys=True,
+    ).encode()
     layer_digest, config_digest = oci.sha256_digest(layer), oci.sha256_digest(config)
     client.upload_blob(repo, layer_digest, layer)
     client.upload_blob(repo, config_digest, config)
@@ -295,35 +360,69 @@ def push_attestation(client: Any, repo: str, subject: str) -> SyntheticImage:
     """A BuildKit-style provenance manifest: unknown/unknown config, one in-toto layer."""
     from theory_deploy import oci
 
-    statement = json.dumps({"_type": "https://in-toto.io/Statement/v0.1", "subject": [{"digest": subject}]}).encode()
-    config = json.dumps({"architecture": "unknown", "os": "unknown", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    statement = json.dumps(
+        {"_type": "https://in-toto.io/Statement/v0.1", "subject": [{"digest": subject}]}
+    ).encode()
+    config = json.dumps(
+        {"architecture": "unknown", "os": "unknown", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
     s_digest, c_digest = oci.sha256_digest(statement), oci.sha256_digest(config)
     client.upload_blob(repo, s_digest, statement)
     client.upload_blob(repo, c_digest, config)
-    body = json.dumps({
-        "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
-        "config": {"mediaType": oci.OCI_CONFIG, "digest": c_digest, "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.in-toto+json", "digest": s_digest, "size": len(statement),
-                    "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"}}],
-    }).encode()
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_MANIFEST,
+            "config": {"mediaType": oci.OCI_CONFIG, "digest": c_digest, "size": len(config)},
+            "layers": [
+                {
+                    "mediaType": "application/vnd.in-toto+json",
+                    "digest": s_digest,
+                    "size": len(statement),
+                    "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"},
+                }
+            ],
+        }
+    ).encode()
     digest = client.put_manifest(repo, None, body, oci.OCI_MANIFEST)
     return SyntheticImage(digest, c_digest, s_digest, len(body), "unknown")
 
 
-def push_index(client: Any, repo: str, images: list[SyntheticImage], *, attestations: dict[str, SyntheticImage] | None = None,
-               media_type: str | None = None, tag: str | None = None) -> str:
+def push_index(
+    client: Any,
+    repo: str,
+    images: list[SyntheticImage],
+    *,
+    attestations: dict[str, SyntheticImage] | None = None,
+    media_type: str | None = None,
+    tag: str | None = None,
+) -> str:
     """An index over `images`; `attestations` maps an image's manifest digest to its attestation."""
     from theory_deploy import oci
 
     entries: list[dict[str, Any]] = []
     for image in images:
-        entries.append({"mediaType": oci.OCI_MANIFEST, "digest": image.manifest_digest, "size": image.manifest_size,
-                        "platform": {"architecture": image.arch, "os": "linux"}})
+        entries.append(
+            {
+                "mediaType": oci.OCI_MANIFEST,
+                "digest": image.manifest_digest,
+                "size": image.manifest_size,
+                "platform": {"architecture": image.arch, "os": "linux"},
+            }
+        )
     for subject, att in (attestations or {}).items():
-        entries.append({"mediaType": oci.OCI_MANIFEST, "digest": att.manifest_digest, "size": att.manifest_size,
-                        "platform": {"architecture": "unknown", "os": "unknown"},
-                        "annotations": {"vnd.docker.reference.digest": subject,
-                                        "vnd.docker.reference.type": "attestation-manifest"}})
+        entries.append(
+            {
+                "mediaType": oci.OCI_MANIFEST,
+                "digest": att.manifest_digest,
+                "size": att.manifest_size,
+                "platform": {"architecture": "unknown", "os": "unknown"},
+                "annotations": {
+                    "vnd.docker.reference.digest": subject,
+                    "vnd.docker.reference.type": "attestation-manifest",
+                },
+            }
+        )
     mt = media_type or oci.OCI_INDEX
     body = json.dumps({"schemaVersion": 2, "mediaType": mt, "manifests": entries}).encode()
     return client.put_manifest(repo, tag, body, mt)

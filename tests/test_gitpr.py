@@ -62,6 +62,7 @@ inputs:
 def git(cwd: Path, *args: str, check: bool = True) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env["GIT_TERMINAL_PROMPT"] = "0"
+    env["GIT_EDITOR"] = "true"
     proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
@@ -539,8 +540,9 @@ def test_is_pin_only_change_files(world: World) -> None:
     head2 = _commit_text(work, FIXTURE, "processors/img/resize/registry.yaml")
     assert not is_pin_only_change(work, base2, head2)  # a new registry.yaml is not a pin
     assert not is_pin_only_change(work, "0" * 40, head2)  # a new branch (before = zeros)
-    with pytest.raises(GitError, match="fetch-depth"):
+    with pytest.raises(GitError, match="not a commit") as info:
         is_pin_only_change(work, "1" * 40, head2)
+    assert "fetch-depth" in info.value.remedy
 
 
 def test_rerun_is_loop_free(world: World, gh: GitHubStandIn) -> None:
@@ -615,7 +617,6 @@ def test_unreachable_api_is_a_github_error() -> None:
 def test_create_race_turns_into_update(world: World, gh: GitHubStandIn) -> None:
     """Another job opened the PR between our lookup and our create: update it, never a second PR."""
     git(world.work, "push", "--quiet", "origin", f"main:refs/heads/{BRANCH}")
-    git(world.work, "commit", "--quiet", "--allow-empty", *[], check=False)
     c = client(gh)
     original = c.find_open_prs
 
@@ -636,11 +637,15 @@ def test_create_race_turns_into_update(world: World, gh: GitHubStandIn) -> None:
     assert [(p["number"], p["title"]) for p in gh.pulls] == [(7, "ours")]
 
 
-def test_client_from_env(gh: GitHubStandIn) -> None:
-    env = {"GITHUB_REPOSITORY": "acme/processors", "GITHUB_API_URL": gh.url, "GITHUB_TOKEN": TOKEN}
-    c = GitHubClient.from_env(env, retries=0, seconds_between_requests=0, seconds_between_writes=0)
-    assert c.auth_kind == "token" and c.base_url == gh.url
-    assert c.open_or_update_pr("x", "main", "t", "b")[1] == "created"
+def test_client_from_env() -> None:
+    with GitHubStandIn(tokens={TOKEN}) as gh:
+        env = {"GITHUB_REPOSITORY": "acme/processors", "GITHUB_API_URL": gh.url + "/", "GH_TOKEN": TOKEN}
+        c = GitHubClient.from_env(env, retries=0, seconds_between_requests=0, seconds_between_writes=0)
+        assert c.auth_kind == "token" and c.base_url == gh.url
+        assert c.open_or_update_pr("x", "main", "t", "b")[1] == "created"
+        assert c.open_or_update_pr("x", "main", "t", "b\r\n")[1] == "unchanged"
+        assert c.open_or_update_pr("x", "main", "t2", "b")[1] == "updated"
+        assert len(gh.pulls) == 1
     with pytest.raises(GitHubError, match="GITHUB_REPOSITORY"):
         GitHubClient.from_env({"GITHUB_TOKEN": TOKEN})
     with pytest.raises(GitHubError, match="No GitHub credentials"):

@@ -44,7 +44,11 @@ def test_parse_bearer_challenge() -> None:
         'Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:org/x:pull"'
     )
     assert scheme == "bearer"
-    assert params == {"realm": "https://ghcr.io/token", "service": "ghcr.io", "scope": "repository:org/x:pull"}
+    assert params == {
+        "realm": "https://ghcr.io/token",
+        "service": "ghcr.io",
+        "scope": "repository:org/x:pull",
+    }
     assert parse_challenge('Basic realm="Registry Realm"') == ("basic", {"realm": "Registry Realm"})
 
 
@@ -102,7 +106,9 @@ def test_resolve_index_skips_attestations(client: RegistryClient, repo: str, ind
     amd = push_synthetic_image(client, repo, "amd64", "a")
     arm = push_synthetic_image(client, repo, "arm64", "b")
     att = push_attestation(client, repo, amd.manifest_digest)
-    index = push_index(client, repo, [amd, arm], attestations={amd.manifest_digest: att}, media_type=index_type)
+    index = push_index(
+        client, repo, [amd, arm], attestations={amd.manifest_digest: att}, media_type=index_type
+    )
     for image in (amd, arm):
         res = client.resolve_platform(repo, index, image.arch)
         assert res.manifest_digest == image.manifest_digest
@@ -119,7 +125,9 @@ def test_resolve_docker_v2_manifest(client: RegistryClient, repo: str) -> None:
 def test_index_without_the_platform(client: RegistryClient, repo: str) -> None:
     amd = push_synthetic_image(client, repo, "amd64")
     index = push_index(client, repo, [amd])
-    with pytest.raises(PlatformMismatchError, match="without a linux/arm64 image; its platforms: linux/amd64"):
+    with pytest.raises(
+        PlatformMismatchError, match="without a linux/arm64 image; its platforms: linux/amd64"
+    ):
         client.resolve_platform(repo, index, "arm64")
 
 
@@ -167,3 +175,16 @@ def test_index_bytes_are_deterministic() -> None:
     two = push.index_bytes([("amd64", None, desc)])
     assert one == two
     assert json.loads(one)["manifests"][0]["platform"] == {"architecture": "amd64", "os": "linux"}
+
+
+def test_resolve_platforms_fetches_the_index_once(client: RegistryClient, repo: str) -> None:
+    amd = push_synthetic_image(client, repo, "amd64", "a")
+    arm = push_synthetic_image(client, repo, "arm64", "b")
+    push_index(client, repo, [amd, arm], tag="v1")
+    before = client.stats["requests"]
+    found = client.resolve_platforms(repo, "v1", ["linux/amd64", "arm64"])
+    assert found["linux/amd64"].manifest_digest == amd.manifest_digest
+    assert found["arm64"].manifest_digest == arm.manifest_digest
+    assert client.stats["requests"] - before == 5  # index + 2 x (manifest + config)
+    with pytest.raises(ImageUnavailableError):
+        client.resolve_platforms(repo, "nope", ["amd64"])

@@ -70,7 +70,10 @@ def test_exhausted_retries_raise_unreachable(registry: str, repo: str, image) ->
     _amd, _arm, index = image
     lines: list[str] = []
     with FaultProxy(registry, faults=[Fault(r"/manifests/", "503", times=10)]) as proxy:
-        with _client(proxy.host, lines) as c, pytest.raises(RegistryUnreachableError, match="after 3 attempts"):
+        with (
+            _client(proxy.host, lines) as c,
+            pytest.raises(RegistryUnreachableError, match="after 3 attempts"),
+        ):
             c.get_manifest(repo, index)
         assert proxy.count(path=r"/manifests/") == 3
     assert len(lines) == 2
@@ -83,8 +86,10 @@ def test_connection_refused_is_unreachable() -> None:
     assert len(lines) == 2
 
 
-@pytest.mark.parametrize(("kind", "error"), [("401", RegistryAuthError), ("403", RegistryAuthError),
-                                             ("404", ImageUnavailableError)])
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [("401", RegistryAuthError), ("403", RegistryAuthError), ("404", ImageUnavailableError)],
+)
 def test_auth_and_not_found_fail_fast(registry: str, repo: str, image, kind: str, error: type) -> None:
     amd, _arm, _index = image
     lines: list[str] = []

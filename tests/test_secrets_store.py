@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import assert_no_canary, make_canary
 from theory_deploy import secrets
 from theory_deploy.errors import SecretStoreError
 from theory_deploy.secret_store import SecretStore, state_dir
-from tests.helpers import assert_no_canary, make_canary
 
 
 def _mode(path: Path) -> int:

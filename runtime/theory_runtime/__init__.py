@@ -12,16 +12,16 @@ from __future__ import annotations
 
 __version__ = "1.0.0"
 
-from . import errors, frames  # noqa: E402
-from .errors import (  # noqa: E402
+from . import errors, frames
+from .errors import (
     InputsError,
     MissingSecretError,
     ProviderError,
     RunError,
-    RunTimeout,
     RuntimeFailure,
+    RunTimeout,
 )
-from .server import RunContext, create_app, env_fingerprint  # noqa: E402
+from .server import RunContext, create_app, env_fingerprint
 
 __all__ = [
     "InputsError",

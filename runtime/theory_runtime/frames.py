@@ -35,7 +35,7 @@ PROTOCOL = "theory.run.v1"
 
 RUN_OPEN = "RunOpen"
 ACK = "Ack"
-TOKEN = "Token"
+TOKEN = "Token"  # noqa: S105 (a frame kind, not a credential)
 LOG = "Log"
 EVENT = "Event"
 HEARTBEAT = "Heartbeat"

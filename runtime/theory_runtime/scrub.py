@@ -95,7 +95,8 @@ class ScrubFilter(logging.Filter):
             import traceback
 
             record.exc_text = self.scrubber.message(
-                "".join(traceback.format_exception(*record.exc_info)).rstrip("\n"), limit=20000)
+                "".join(traceback.format_exception(*record.exc_info)).rstrip("\n"), limit=20000
+            )
         elif record.exc_text:
             record.exc_text = self.scrubber.message(record.exc_text, limit=20000)
         return True

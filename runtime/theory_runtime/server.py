@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from . import __version__, frames
@@ -125,7 +125,9 @@ class RunContext:
 
     def log(self, message: str, level: str = "info") -> None:
         level = level if level in _LOG_LEVELS else "info"
-        self._emit({"kind": frames.LOG, "content": {"level": level, "message": self._scrubber.message(str(message))}})
+        self._emit(
+            {"kind": frames.LOG, "content": {"level": level, "message": self._scrubber.message(str(message))}}
+        )
 
     def event(self, name: str, data: Any = None) -> None:
         self._emit({"kind": frames.EVENT, "content": {"name": str(name), "data": data}})
@@ -162,10 +164,14 @@ class OpenRequest:
 def parse_run_open(raw: Any) -> OpenRequest:
     """Validate a RunOpen frame (already JSON-decoded); ProtocolViolation says what is wrong."""
     if not isinstance(raw, dict):
-        raise ProtocolViolation("The first frame must be a JSON object {\"kind\": \"RunOpen\", \"content\": {...}}.")
+        raise ProtocolViolation(
+            'The first frame must be a JSON object {"kind": "RunOpen", "content": {...}}.'
+        )
     kind = raw.get("kind")
     if kind != frames.RUN_OPEN:
-        raise ProtocolViolation(f"The first frame must have kind {frames.RUN_OPEN!r}, got {str(kind)[:40]!r}.")
+        raise ProtocolViolation(
+            f"The first frame must have kind {frames.RUN_OPEN!r}, got {str(kind)[:40]!r}."
+        )
     content = raw.get("content")
     if not isinstance(content, dict):
         raise ProtocolViolation("RunOpen.content is missing or not an object.")
@@ -197,11 +203,12 @@ class Runner:
         self.validator = InputsValidator(registry.inputs_schema)
         self.fingerprint = env_fingerprint(registry.ref, digest)
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None)
+            type(handler).__call__
         )
 
-    def envelope(self, execution_id: str | None, started: float, *, outputs: Any = None,
-                 error: RunError | None = None) -> dict[str, Any]:
+    def envelope(
+        self, execution_id: str | None, started: float, *, outputs: Any = None, error: RunError | None = None
+    ) -> dict[str, Any]:
         env: dict[str, Any] = {
             "status": frames.STATUS_ERROR if error else frames.STATUS_SUCCESS,
             "execution_id": execution_id,
@@ -209,7 +216,7 @@ class Runner:
             "meta": {
                 "image_digest": self.digest,
                 "env_fingerprint": self.fingerprint,
-                "duration_ms": int(round((time.monotonic() - started) * 1000)),
+                "duration_ms": round((time.monotonic() - started) * 1000),
                 "ref": self.registry.ref,
             },
         }
@@ -233,18 +240,27 @@ class Runner:
         except TimeoutError:
             limit = self.registry.timeout_s
             why = f"runtime.timeout_s={limit:g} in registry.yaml" if limit else "the handler timed out"
-            env = self.envelope(req.execution_id, started, error=_err("ERR_TIMEOUT", f"The run did not finish in time ({why})."))
+            env = self.envelope(
+                req.execution_id,
+                started,
+                error=_err("ERR_TIMEOUT", f"The run did not finish in time ({why})."),
+            )
         except Exception as e:
             log.debug("handler raised", exc_info=True)
             env = self.envelope(
-                req.execution_id, started,
+                req.execution_id,
+                started,
                 error=_err("ERR_RUNTIME", f"{type(e).__name__}: {self.scrubber.message(str(e))}"),
             )
         err = env.get("error") or {}
         log.info(
             "run %s ref=%s mode=%s status=%s%s duration_ms=%d",
-            req.execution_id, self.registry.ref, req.mode, env["status"],
-            f" code={err['code']} message={err['message']!r}" if err else "", env["meta"]["duration_ms"],
+            req.execution_id,
+            self.registry.ref,
+            req.mode,
+            env["status"],
+            f" code={err['code']} message={err['message']!r}" if err else "",
+            env["meta"]["duration_ms"],
         )
         return env
 
@@ -254,14 +270,21 @@ class Runner:
             missing = [n for n in self.registry.required_secrets if not os.environ.get(n)]
             if missing:
                 raise MissingSecretError(
-                    f"Missing required secret(s) for real mode: {', '.join(missing)}. Set them as environment "
+                    f"Missing required secret(s) for real mode: {', '.join(missing)}. "
+                    f"Set them as environment "
                     f"variables of the processor (mock mode needs none)."
                 )
         timeout = self.registry.timeout_s
         deadline = started + timeout if timeout else None
         ctx = RunContext(
-            execution_id=req.execution_id, mode=req.mode, inputs=req.inputs, registry=self.registry,
-            image_digest=self.digest, scrubber=self.scrubber, emit=emit, deadline=deadline,
+            execution_id=req.execution_id,
+            mode=req.mode,
+            inputs=req.inputs,
+            registry=self.registry,
+            image_digest=self.digest,
+            scrubber=self.scrubber,
+            emit=emit,
+            deadline=deadline,
         )
         async with asyncio.timeout(timeout):
             if self._is_async:
@@ -312,16 +335,32 @@ def _setup_logging(scrubber: Scrubber) -> None:
         log.propagate = False
     # Third-party loggers (uvicorn, LiteLLM, httpx, openai): mask on the logger (survives uvicorn's
     # dictConfig, which replaces handlers) and on the handlers present now (catches propagated records).
-    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "LiteLLM", "LiteLLM Router",
-                 "LiteLLM Proxy", "litellm", "httpx", "httpcore", "openai"):
+    for name in (
+        "",
+        "uvicorn",
+        "uvicorn.error",
+        "uvicorn.access",
+        "LiteLLM",
+        "LiteLLM Router",
+        "LiteLLM Proxy",
+        "litellm",
+        "httpx",
+        "httpcore",
+        "openai",
+    ):
         lg = logging.getLogger(name)
         for target in (lg, *lg.handlers):
             if not any(isinstance(f, ScrubFilter) for f in target.filters):
                 target.addFilter(ScrubFilter(scrubber))
 
 
-def create_app(handler: Handler, registry_yaml_path: str | os.PathLike[str], *,
-               heartbeat_s: float | None = None, open_timeout_s: float | None = None) -> FastAPI:
+def create_app(
+    handler: Handler,
+    registry_yaml_path: str | os.PathLike[str],
+    *,
+    heartbeat_s: float | None = None,
+    open_timeout_s: float | None = None,
+) -> FastAPI:
     registry = load_registry(Path(registry_yaml_path))
     digest = os.environ.get("IMAGE_DIGEST") or None
     hb = heartbeat_s if heartbeat_s is not None else _env_float("THEORY_HEARTBEAT_S", 10.0)
@@ -332,8 +371,13 @@ def create_app(handler: Handler, registry_yaml_path: str | os.PathLike[str], *,
     _setup_logging(scrubber)
     runner = Runner(handler, registry, digest, scrubber)
 
-    app = FastAPI(title=f"theory processor {registry.ref}", version=__version__,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title=f"theory processor {registry.ref}",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.registry = registry
     app.state.runner = runner
 
@@ -351,14 +395,16 @@ def create_app(handler: Handler, registry_yaml_path: str | os.PathLike[str], *,
     async def invoke(request: Request) -> Response:
         started = time.monotonic()
         if auth_token and not _bearer_ok(request.headers.get("authorization"), auth_token):
-            env = runner.envelope(None, started, error=Unauthorized("A valid `Authorization: Bearer` token is required."))
+            env = runner.envelope(
+                None, started, error=Unauthorized("A valid `Authorization: Bearer` token is required.")
+            )
             return json_response(env, 401)
         try:
             body = json.loads(await request.body())
             if isinstance(body, dict) and body.get("kind") == frames.RUN_OPEN:
                 body = body.get("content")
             if not isinstance(body, dict):
-                raise ProtocolViolation("The body must be a JSON object {\"mode\", \"inputs\", \"execution_id\"?}.")
+                raise ProtocolViolation('The body must be a JSON object {"mode", "inputs", "execution_id"?}.')
             req = parse_open_content(body, require_execution_id=False, what="body")
         except ValueError:
             env = runner.envelope(None, started, error=ProtocolViolation("The body is not valid JSON."))
@@ -366,7 +412,9 @@ def create_app(handler: Handler, registry_yaml_path: str | os.PathLike[str], *,
         except ProtocolViolation as e:
             return json_response(runner.envelope(None, started, error=e), 400)
         env = await runner.execute(req, lambda frame: None)
-        status = 200 if env["status"] == frames.STATUS_SUCCESS else _HTTP_STATUS.get(env["error"]["code"], 500)
+        status = (
+            200 if env["status"] == frames.STATUS_SUCCESS else _HTTP_STATUS.get(env["error"]["code"], 500)
+        )
         return json_response(env, status)
 
     async def refuse(ws: WebSocket, status: int, err: RunError, close_code: int) -> None:
@@ -393,13 +441,23 @@ def create_app(handler: Handler, registry_yaml_path: str | os.PathLike[str], *,
     async def run_ws(ws: WebSocket) -> None:
         offered = ws.scope.get("subprotocols") or []
         if frames.PROTOCOL not in offered:
-            await refuse(ws, 400, ProtocolViolation(
-                f"The WebSocket subprotocol {frames.PROTOCOL!r} is required (offered: {offered or 'none'})."
-            ), frames.CLOSE_PROTOCOL)
+            await refuse(
+                ws,
+                400,
+                ProtocolViolation(
+                    f"The WebSocket subprotocol {frames.PROTOCOL!r} is required "
+                    f"(offered: {offered or 'none'})."
+                ),
+                frames.CLOSE_PROTOCOL,
+            )
             return
         if auth_token and not _bearer_ok(ws.headers.get("authorization"), auth_token):
-            await refuse(ws, 401, Unauthorized("A valid `Authorization: Bearer` token is required."),
-                         frames.CLOSE_UNAUTHORIZED)
+            await refuse(
+                ws,
+                401,
+                Unauthorized("A valid `Authorization: Bearer` token is required."),
+                frames.CLOSE_UNAUTHORIZED,
+            )
             return
         await ws.accept(subprotocol=frames.PROTOCOL)
         started = time.monotonic()
@@ -408,8 +466,13 @@ def create_app(handler: Handler, registry_yaml_path: str | os.PathLike[str], *,
         try:
             msg = await asyncio.wait_for(ws.receive(), timeout=open_timeout if open_timeout > 0 else None)
         except TimeoutError:
-            await send_result_and_close(ws, runner.envelope(None, started, error=ProtocolViolation(
-                f"No RunOpen frame within {open_timeout:g}s.")), frames.CLOSE_PROTOCOL)
+            await send_result_and_close(
+                ws,
+                runner.envelope(
+                    None, started, error=ProtocolViolation(f"No RunOpen frame within {open_timeout:g}s.")
+                ),
+                frames.CLOSE_PROTOCOL,
+            )
             return
         if msg.get("type") == "websocket.disconnect":
             return
@@ -423,7 +486,9 @@ def create_app(handler: Handler, registry_yaml_path: str | os.PathLike[str], *,
             req = parse_run_open(raw)
         except ProtocolViolation as e:
             execution_id = None
-            await send_result_and_close(ws, runner.envelope(execution_id, started, error=e), frames.CLOSE_PROTOCOL)
+            await send_result_and_close(
+                ws, runner.envelope(execution_id, started, error=e), frames.CLOSE_PROTOCOL
+            )
             return
 
         # 2. Ack, then stream the handler's frames with heartbeats while it is quiet
@@ -438,7 +503,11 @@ def create_app(handler: Handler, registry_yaml_path: str | os.PathLike[str], *,
                 loop.call_soon_threadsafe(queue.put_nowait, frame)
 
         async def run() -> None:
-            env = await runner.execute(req, emit)
+            try:
+                env = await runner.execute(req, emit)
+            except Exception as e:  # a runtime bug must still end the run, never hang it
+                log.exception("runtime failure in run %s", req.execution_id)
+                env = runner.envelope(req.execution_id, started, error=_err("ERR_RUNTIME", type(e).__name__))
             queue.put_nowait({"kind": frames.RUN_RESULT, "content": env})
 
         async def watch_client() -> None:
@@ -452,10 +521,16 @@ def create_app(handler: Handler, registry_yaml_path: str | os.PathLike[str], *,
                 pass
             queue.put_nowait(None)
 
-        ack = {"kind": frames.ACK, "content": {
-            "execution_id": req.execution_id, "ref": registry.ref, "image_digest": digest,
-            "protocol": frames.PROTOCOL, "heartbeat_s": hb,
-        }}
+        ack = {
+            "kind": frames.ACK,
+            "content": {
+                "execution_id": req.execution_id,
+                "ref": registry.ref,
+                "image_digest": digest,
+                "protocol": frames.PROTOCOL,
+                "heartbeat_s": hb,
+            },
+        }
         try:
             await ws.send_text(dumps(ack))
         except (WebSocketDisconnect, RuntimeError, OSError):

@@ -70,7 +70,9 @@ def local_tag(slug: str, platform: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _run(cmd: Sequence[str], *, timeout: float = 30, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: Sequence[str], *, timeout: float = 30, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False, env=env)
 
 
@@ -120,7 +122,8 @@ def find_builder() -> Builder:
     else:
         raise DockerUnavailableError(
             "no docker client here can build with BuildKit: " + "; ".join(tried) + ".",
-            remedy="Install the buildx plugin, or point THEORY_DOCKER at a client older than 23 (e.g. /usr/bin/docker).",
+            remedy="Install the buildx plugin, or point THEORY_DOCKER at a client older than 23 "
+            "(e.g. /usr/bin/docker).",
         )
     try:
         info = _run([builder.client, "version", "--format", "{{.Server.Version}}"], timeout=30)
@@ -138,7 +141,9 @@ def find_builder() -> Builder:
 
 def _git_in(cwd: Path, *args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=15, check=False)
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=15, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (proc.stdout.strip() or None) if proc.returncode == 0 else None
@@ -248,15 +253,23 @@ def build_platform_images(
     processors/<ns>/<name>/ under `repo_root`). `labels` are added to the standard ones.
     """
     ref = ProcessorRef.parse(spec.ref, where="registry.yaml ref")
-    folder = registry_path.parent if registry_path is not None else repo_root / "processors" / ref.namespace / ref.name
+    folder = (
+        registry_path.parent
+        if registry_path is not None
+        else repo_root / "processors" / ref.namespace / ref.name
+    )
     context = (folder / spec.build.context).resolve()
     dockerfile = (context / spec.build.dockerfile).resolve()
     if not context.is_dir():
-        raise ImageBuildError(f"{ref}: build.context {spec.build.context!r} is not a folder ({context}).",
-                              remedy="Fix build.context in registry.yaml (it is relative to the file's folder).")
+        raise ImageBuildError(
+            f"{ref}: build.context {spec.build.context!r} is not a folder ({context}).",
+            remedy="Fix build.context in registry.yaml (it is relative to the file's folder).",
+        )
     if not dockerfile.is_file():
-        raise ImageBuildError(f"{ref}: build.dockerfile {spec.build.dockerfile!r} does not exist ({dockerfile}).",
-                              remedy="Fix build.dockerfile in registry.yaml (it is relative to build.context).")
+        raise ImageBuildError(
+            f"{ref}: build.dockerfile {spec.build.dockerfile!r} does not exist ({dockerfile}).",
+            remedy="Fix build.dockerfile in registry.yaml (it is relative to build.context).",
+        )
     archs = [parse_platform(p) for p in (platforms or spec.build.platforms)]
     archs = list(dict.fromkeys(archs))
     builder = builder or find_builder()
@@ -270,8 +283,16 @@ def build_platform_images(
         with tempfile.TemporaryDirectory(prefix="theory-build-") as tmp:
             iidfile = Path(tmp) / "iid"
             cmd = build_command(
-                builder, platform=arch, context=context, dockerfile=dockerfile, tag=tag, iidfile=iidfile,
-                labels=all_labels, build_args=dict(build_args or {}), pull=pull, ca=ca,
+                builder,
+                platform=arch,
+                context=context,
+                dockerfile=dockerfile,
+                tag=tag,
+                iidfile=iidfile,
+                labels=all_labels,
+                build_args=dict(build_args or {}),
+                pull=pull,
+                ca=ca,
             )
             _run_build(cmd, builder, arch, ref, debug=debug, progress=progress)
             image_id = iidfile.read_text().strip() if iidfile.exists() else ""
@@ -280,21 +301,35 @@ def build_platform_images(
         actual = inspect_image(builder.client, image_id)
         if actual.get("Architecture") != arch or actual.get("Os") != "linux":
             raise ImageBuildError(
-                f"{ref}: the linux/{arch} build produced a {actual.get('Os')}/{actual.get('Architecture')} image ({image_id}).",
-                remedy="Check the Dockerfile's FROM: it must be a multi-arch base (or `FROM --platform=$TARGETPLATFORM`).",
+                f"{ref}: the linux/{arch} build produced a "
+                f"{actual.get('Os')}/{actual.get('Architecture')} image ({image_id}).",
+                remedy="Check the Dockerfile's FROM: it must be a multi-arch base "
+                "(or `FROM --platform=$TARGETPLATFORM`).",
             )
         built[arch] = BuiltImage(image_id=image_id, local_tag=tag, platform=arch)
         progress(f"built {tag} ({image_id})")
     return built
 
 
-def _run_build(cmd: list[str], builder: Builder, arch: str, ref: ProcessorRef, *, debug: bool,
-               progress: Callable[[str], None]) -> None:
+def _run_build(
+    cmd: list[str],
+    builder: Builder,
+    arch: str,
+    ref: ProcessorRef,
+    *,
+    debug: bool,
+    progress: Callable[[str], None],
+) -> None:
     tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
     try:
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            env=builder.env(), stdin=subprocess.DEVNULL,
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=builder.env(),
+            stdin=subprocess.DEVNULL,
         )
     except OSError as exc:
         raise DockerUnavailableError(f"cannot run {builder.client}: {exc.strerror}.") from None

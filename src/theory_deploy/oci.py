@@ -197,7 +197,10 @@ _CHALLENGE_PARAM = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """`Bearer realm="https://x/token",service="x",scope="repository:a:pull"` → ("bearer", {...})."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)) for m in _CHALLENGE_PARAM.finditer(rest)}
+    params = {
+        m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
+        for m in _CHALLENGE_PARAM.finditer(rest)
+    }
     return scheme.lower(), params
 
 
@@ -356,20 +359,29 @@ class RegistryClient:
             response = self._http.request(method, url, headers=headers, content=body)
             response.read()
             return response
-        opener: Callable[[], IO[bytes]] = (lambda: body.open("rb")) if isinstance(body, Path) else body  # type: ignore[assignment,union-attr]
+        if isinstance(body, Path):
+            path = body
+
+            def opener() -> IO[bytes]:
+                return path.open("rb")
+        else:
+            opener = body
         with opener() as stream:
             response = self._http.request(method, url, headers=headers, content=_chunks(stream))
             response.read()
             return response
 
-    def _backoff(self, method: str, url: str, reason: str, attempt: int, attempts: int, retry_after: str | None) -> None:
+    def _backoff(
+        self, method: str, url: str, reason: str, attempt: int, attempts: int, retry_after: str | None
+    ) -> None:
         wait = self.retry.delay(attempt)
         hinted = _retry_after_seconds(retry_after)
         if hinted is not None:
             wait = min(hinted, self.retry.max_retry_after)
         self._count("retries")
         self._progress(
-            f"retrying {method} {self._where(url)} after {reason} (attempt {attempt + 1}/{attempts}, in {wait:.1f}s)"
+            f"retrying {method} {self._where(url)} after {reason} "
+            f"(attempt {attempt + 1}/{attempts}, in {wait:.1f}s)"
         )
         if wait > 0:
             time.sleep(wait)
@@ -418,17 +430,30 @@ class RegistryClient:
                 self._backoff("GET", realm, reason, attempt, attempts, None)
                 continue
             if response.status_code in RETRY_STATUSES and attempt < attempts:
-                self._backoff("GET", realm, str(response.status_code), attempt, attempts, response.headers.get("retry-after"))
+                self._backoff(
+                    "GET",
+                    realm,
+                    str(response.status_code),
+                    attempt,
+                    attempts,
+                    response.headers.get("retry-after"),
+                )
                 continue
             if response.status_code in (401, 403):
-                who = "the given credentials" if self._credentials else "anonymous access (no REGISTRY_USERNAME/REGISTRY_PASSWORD)"
+                who = (
+                    "the given credentials"
+                    if self._credentials
+                    else "anonymous access (no REGISTRY_USERNAME/REGISTRY_PASSWORD)"
+                )
                 raise RegistryAuthError(
-                    f"{self.registry}: the token service {self._where(realm)} refused {who} for scope {scope!r} "
+                    f"{self.registry}: the token service {self._where(realm)} refused {who} "
+                    f"for scope {scope!r} "
                     f"({response.status_code})."
                 )
             if response.status_code != 200:
                 raise RegistryUnreachableError(
-                    f"{self.registry}: the token service {self._where(realm)} answered {response.status_code}."
+                    f"{self.registry}: the token service {self._where(realm)} "
+                    f"answered {response.status_code}."
                 )
             try:
                 payload = response.json()
@@ -436,16 +461,24 @@ class RegistryClient:
             except ValueError:
                 token = None
             if not isinstance(token, str) or not token:
-                raise RegistryAuthError(f"{self.registry}: the token service {self._where(realm)} returned no token.")
+                raise RegistryAuthError(
+                    f"{self.registry}: the token service {self._where(realm)} returned no token."
+                )
             return token
         raise AssertionError("unreachable")
 
-    def _error_for(self, method: str, url: str, response: httpx.Response, *, write: bool, what: str) -> TheoryDeployError:
+    def _error_for(
+        self, method: str, url: str, response: httpx.Response, *, write: bool, what: str
+    ) -> TheoryDeployError:
         status = response.status_code
         subject = what or self._where(url)
         suffix = _registry_error_suffix(response)
         if status in (401, 403):
-            who = "with the given credentials" if self._credentials else "anonymously (REGISTRY_USERNAME/REGISTRY_PASSWORD unset)"
+            who = (
+                "with the given credentials"
+                if self._credentials
+                else "anonymously (REGISTRY_USERNAME/REGISTRY_PASSWORD unset)"
+            )
             verb = "write" if write else "read"
             return RegistryAuthError(
                 f"{self.registry} refused to let us {verb} {subject} {who}: {status}{suffix}.",
@@ -457,7 +490,10 @@ class RegistryClient:
                 details={"registry": self.registry, "status": status},
             )
         cls = ImagePushError if write else ImagePullError
-        return cls(f"{method} {subject} failed: {status}{suffix}.", details={"registry": self.registry, "status": status})
+        return cls(
+            f"{method} {subject} failed: {status}{suffix}.",
+            details={"registry": self.registry, "status": status},
+        )
 
     # -- API: ping ----------------------------------------------------------------------------------------
     def ping(self) -> None:
@@ -468,7 +504,9 @@ class RegistryClient:
     def head_manifest(self, repo: str, reference: str) -> ManifestHead:
         url = self.url(f"/v2/{repo}/manifests/{reference}")
         what = f"{self.registry}/{repo}{_at(reference)}"
-        response = self._request("HEAD", url, scope=_pull_scope(repo), headers={"Accept": ACCEPT_MANIFESTS}, what=what)
+        response = self._request(
+            "HEAD", url, scope=_pull_scope(repo), headers={"Accept": ACCEPT_MANIFESTS}, what=what
+        )
         header_digest = response.headers.get("docker-content-digest", "")
         if DIGEST_RE.match(reference) and header_digest and header_digest != reference:
             raise DigestIntegrityError(
@@ -501,12 +539,18 @@ class RegistryClient:
                     )
 
         response = self._request(
-            "GET", url, scope=_pull_scope(repo), headers={"Accept": ACCEPT_MANIFESTS}, what=what,
+            "GET",
+            url,
+            scope=_pull_scope(repo),
+            headers={"Accept": ACCEPT_MANIFESTS},
+            what=what,
             before_retry=config_instead,
         )
         body = response.content
         if len(body) > _MAX_MANIFEST_BYTES:
-            raise ImagePullError(f"{what}: the manifest is {len(body)} bytes, larger than any manifest should be.")
+            raise ImagePullError(
+                f"{what}: the manifest is {len(body)} bytes, larger than any manifest should be."
+            )
         actual = sha256_digest(body)
         header_digest = response.headers.get("docker-content-digest", "")
         if DIGEST_RE.match(reference) and actual != reference:
@@ -516,7 +560,8 @@ class RegistryClient:
             )
         if header_digest and header_digest != actual:
             raise DigestIntegrityError(
-                f"{what}: the manifest served hashes to {actual}, but the registry's Docker-Content-Digest says {header_digest}.",
+                f"{what}: the manifest served hashes to {actual}, but the registry's "
+                f"Docker-Content-Digest says {header_digest}.",
                 details={"header": header_digest, "actual": actual},
             )
         try:
@@ -544,8 +589,14 @@ class RegistryClient:
         url = self.url(f"/v2/{repo}/manifests/{reference}")
         what = f"{self.registry}/{repo}{_at(reference)}"
         response = self._request(
-            "PUT", url, scope=_push_scope(repo), headers={"Content-Type": media_type}, body=body,
-            ok=(200, 201, 202), write=True, what=what,
+            "PUT",
+            url,
+            scope=_push_scope(repo),
+            headers={"Content-Type": media_type},
+            body=body,
+            ok=(200, 201, 202),
+            write=True,
+            what=what,
         )
         header_digest = response.headers.get("docker-content-digest", "")
         if header_digest and header_digest != digest:
@@ -558,19 +609,29 @@ class RegistryClient:
         """The digest under `reference`, or None if there is none (404)."""
         url = self.url(f"/v2/{repo}/manifests/{reference}")
         response = self._request(
-            "HEAD", url, scope=_pull_scope(repo), headers={"Accept": ACCEPT_MANIFESTS}, not_found_ok=True,
+            "HEAD",
+            url,
+            scope=_pull_scope(repo),
+            headers={"Accept": ACCEPT_MANIFESTS},
+            not_found_ok=True,
             what=f"{self.registry}/{repo}{_at(reference)}",
         )
         if response.status_code == 404:
             return None
-        return response.headers.get("docker-content-digest") or (reference if DIGEST_RE.match(reference) else None)
+        return response.headers.get("docker-content-digest") or (
+            reference if DIGEST_RE.match(reference) else None
+        )
 
     # -- API: blobs ---------------------------------------------------------------------------------------
     def blob_size(self, repo: str, digest: str, *, scope: str | None = None) -> int | None:
         """HEAD a blob: its size, or None if the repository does not have it."""
         url = self.url(f"/v2/{repo}/blobs/{digest}")
         response = self._request(
-            "HEAD", url, scope=scope or _pull_scope(repo), not_found_ok=True, what=f"blob {self.registry}/{repo}@{digest}"
+            "HEAD",
+            url,
+            scope=scope or _pull_scope(repo),
+            not_found_ok=True,
+            what=f"blob {self.registry}/{repo}@{digest}",
         )
         if response.status_code == 404:
             return None
@@ -588,10 +649,20 @@ class RegistryClient:
             raise ImagePullError(f"{what} is larger than {max_bytes} bytes.")
         actual = sha256_digest(body)
         if actual != digest:
-            raise DigestIntegrityError(f"{what}: the blob served hashes to {actual}.", details={"actual": actual})
+            raise DigestIntegrityError(
+                f"{what}: the blob served hashes to {actual}.", details={"actual": actual}
+            )
         return body
 
-    def upload_blob(self, repo: str, digest: str, data: bytes | Path, *, size: int | None = None, check_exists: bool = True) -> bool:
+    def upload_blob(
+        self,
+        repo: str,
+        digest: str,
+        data: bytes | Path,
+        *,
+        size: int | None = None,
+        check_exists: bool = True,
+    ) -> bool:
         """Upload a blob unless the repository has it. True when bytes were sent.
 
         POST starts an upload session; a monolithic PUT to its Location with `digest=` appended
@@ -607,19 +678,34 @@ class RegistryClient:
         what = f"blob {self.registry}/{repo}@{digest}"
         for session in (1, 2):
             start = self._request(
-                "POST", self.url(f"/v2/{repo}/blobs/uploads/"), scope=scope, ok=(202, 201), write=True,
-                headers={"Content-Length": "0"}, body=b"", what=f"an upload to {self.registry}/{repo}",
+                "POST",
+                self.url(f"/v2/{repo}/blobs/uploads/"),
+                scope=scope,
+                ok=(202, 201),
+                write=True,
+                headers={"Content-Length": "0"},
+                body=b"",
+                what=f"an upload to {self.registry}/{repo}",
             )
             if start.status_code == 201:  # the registry mounted/had it already
                 return False
             location = start.headers.get("location")
             if not location:
-                raise ImagePushError(f"{self.registry}: the upload session for {repo} has no Location header.")
+                raise ImagePushError(
+                    f"{self.registry}: the upload session for {repo} has no Location header."
+                )
             put_url = urljoin(self.url(f"/v2/{repo}/blobs/uploads/"), location)
             put_url += ("&" if "?" in put_url else "?") + "digest=" + quote(digest, safe="")
             response = self._request(
-                "PUT", put_url, scope=scope, body=data, ok=(201, 204), not_found_ok=session == 1, write=True,
-                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)}, what=what,
+                "PUT",
+                put_url,
+                scope=scope,
+                body=data,
+                ok=(201, 204),
+                not_found_ok=session == 1,
+                write=True,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                what=what,
             )
             if response.status_code == 404:
                 self._progress(f"restarting the upload of {what}: the registry lost the upload session")
@@ -632,6 +718,19 @@ class RegistryClient:
         raise ImagePushError(f"{what}: the registry lost the upload session twice.")
 
     # -- API: platforms ---------------------------------------------------------------------------------
+    def resolve_platforms(
+        self, repo: str, reference: str, platforms: list[str]
+    ) -> dict[str, PlatformResolution]:
+        """`resolve_platform` for several platforms, fetching the index (or tag) only once."""
+        what = f"{self.registry}/{repo}{_at(reference)}"
+        try:
+            top = self.get_manifest(repo, reference)
+        except ImageUnavailableError:
+            if DIGEST_RE.match(reference):
+                self._explain_missing_manifest(repo, reference)
+            raise
+        return {p: self._resolve_from(repo, top, p.removeprefix("linux/"), what) for p in platforms}
+
     def resolve_platform(self, repo: str, digest: str, platform: str) -> PlatformResolution:
         """The image manifest for `linux/<platform>` that `digest` is or lists.
 
@@ -645,14 +744,20 @@ class RegistryClient:
         except ImageUnavailableError:
             self._explain_missing_manifest(repo, digest)
             raise
+        return self._resolve_from(repo, top, arch, what)
+
+    def _resolve_from(self, repo: str, top: Manifest, arch: str, what: str) -> PlatformResolution:
         if top.is_index:
             entry = _pick_index_entry(top.data, arch, what)
             child = self.get_manifest(repo, entry["digest"])
             if not child.is_image:
                 raise PlatformMismatchError(
-                    f"{what}: its linux/{arch} entry {entry['digest']} is a {child.media_type}, not an image manifest."
+                    f"{what}: its linux/{arch} entry {entry['digest']} is a {child.media_type}, "
+                    "not an image manifest."
                 )
-            config_digest = self._check_image_config(repo, child, arch, f"{self.registry}/{repo}@{child.digest}")
+            config_digest = self._check_image_config(
+                repo, child, arch, f"{self.registry}/{repo}@{child.digest}"
+            )
             return PlatformResolution(child.digest, True, child.media_type, config_digest, top.digest)
         config_digest = self._check_image_config(repo, top, arch, what)
         return PlatformResolution(top.digest, False, top.media_type, config_digest, None)
@@ -691,7 +796,8 @@ class RegistryClient:
             return "manifest"
         if _looks_like_config(data):
             raise ConfigDigestError(
-                f"{what} is the image config ({data.get('os', '?')}/{data.get('architecture', '?')}), not a manifest; "
+                f"{what} is the image config ({data.get('os', '?')}/{data.get('architecture', '?')}), "
+                "not a manifest; "
                 "a config cannot be pulled.",
                 details={"digest": digest},
             )
@@ -702,9 +808,13 @@ class RegistryClient:
         layers = manifest.data.get("layers") or []
         config_type = config.get("mediaType", "")
         config_digest = config.get("digest", "")
-        if any("in-toto" in str(layer.get("mediaType", "")) for layer in layers) or config_type not in IMAGE_CONFIG_TYPES:
+        if (
+            any("in-toto" in str(layer.get("mediaType", "")) for layer in layers)
+            or config_type not in IMAGE_CONFIG_TYPES
+        ):
             raise PlatformMismatchError(
-                f"{what} is an attestation or non-image artifact (config type {config_type or '(none)'!r}), not a "
+                f"{what} is an attestation or non-image artifact "
+                f"(config type {config_type or '(none)'!r}), not a "
                 f"linux/{arch} image manifest.",
                 details={"digest": manifest.digest},
             )
@@ -724,7 +834,12 @@ class RegistryClient:
 
     # -- API: tags ----------------------------------------------------------------------------------------
     def list_tags(self, repo: str) -> list[str]:
-        response = self._request("GET", self.url(f"/v2/{repo}/tags/list"), scope=_pull_scope(repo), what=f"tags of {self.registry}/{repo}")
+        response = self._request(
+            "GET",
+            self.url(f"/v2/{repo}/tags/list"),
+            scope=_pull_scope(repo),
+            what=f"tags of {self.registry}/{repo}",
+        )
         tags = response.json().get("tags") or []
         return [t for t in tags if isinstance(t, str)]
 
@@ -765,12 +880,14 @@ def _pick_index_entry(index: dict[str, Any], arch: str, what: str) -> dict[str, 
             details={"platforms": seen},
         )
     # arm64 may carry a variant; prefer v8 or none.
-    candidates.sort(key=lambda e: (e.get("platform", {}).get("variant") not in (None, "", "v8")))
+    candidates.sort(key=lambda e: e.get("platform", {}).get("variant") not in (None, "", "v8"))
     return candidates[0]
 
 
 def _looks_like_config(data: dict[str, Any]) -> bool:
-    return "rootfs" in data or ("architecture" in data and "os" in data and "layers" not in data and "manifests" not in data)
+    return "rootfs" in data or (
+        "architecture" in data and "os" in data and "layers" not in data and "manifests" not in data
+    )
 
 
 def _guess_media_type(data: dict[str, Any]) -> str | None:
@@ -786,7 +903,9 @@ def _media_type(content_type: str) -> str:
 
 
 def _at(reference: str) -> str:
-    return f"@{reference}" if DIGEST_RE.match(reference) or reference.startswith("sha256:") else f":{reference}"
+    return (
+        f"@{reference}" if DIGEST_RE.match(reference) or reference.startswith("sha256:") else f":{reference}"
+    )
 
 
 def _basic(credentials: tuple[str, str] | None) -> str:

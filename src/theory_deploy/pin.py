@@ -46,8 +46,12 @@ class PinCandidate:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "pin": self.pin, "platform": self.platform, "resolved_from_index": self.resolved_from_index,
-            "given": self.given, "media_type": self.media_type, "config_digest": self.config_digest,
+            "pin": self.pin,
+            "platform": self.platform,
+            "resolved_from_index": self.resolved_from_index,
+            "given": self.given,
+            "media_type": self.media_type,
+            "config_digest": self.config_digest,
         }
 
 

@@ -15,9 +15,9 @@ that for the whole change; per processor, a registry.yaml that differs only in i
 "pinned, not changed". Such processors are still listed for *deploy* (in staging and main a pin
 change is a promotion), never for *build*.
 
-The result is plain data: `builds` (processors to build), `deploys` (processors to deploy), and two
-GitHub matrices: `build_matrix` (processor × platform, with the runner and whether QEMU is needed)
-and `deploy_matrix` (processor).
+The result is plain data: `builds` (processors to build), `deploys` (processors to deploy), and
+GitHub matrices: `build_matrix` (processor by platform, with the runner and whether QEMU is needed),
+`build_processors_matrix` (the processors being built, one row each) and `deploy_matrix`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ class _Git:
         try:
             proc = subprocess.run(
                 ["git", "-C", str(self.root), *args],
-                capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=False,
+                capture_output=True,
+                text=True,
+                timeout=_GIT_TIMEOUT_S,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise GitError(f"git {' '.join(args)} failed in {self.root}: {exc}") from None
@@ -126,13 +129,17 @@ def deploy_env(requested: str | None, branch: str | None) -> Environment:
     branch = (branch or "").removeprefix("refs/heads/")
     if requested:
         if requested not in ENVIRONMENTS:
-            raise InvalidEnvError(f"env {requested!r} is not an environment; expected one of dev, staging, main.")
+            raise InvalidEnvError(
+                f"env {requested!r} is not an environment; expected one of dev, staging, main."
+            )
         if requested in ("staging", "main") and branch and branch != requested:
             raise InvalidEnvError(
-                f"env {requested} deploys what branch {requested!r} pins, but this run is on branch {branch!r}.",
-                remedy=f"Run the {requested} deploy from branch {requested} (promote by merging the pins into it).",
+                f"env {requested} deploys what branch {requested!r} pins, "
+                f"but this run is on branch {branch!r}.",
+                remedy=f"Run the {requested} deploy from branch {requested} "
+                "(promote by merging the pins into it).",
             )
-        return requested  # type: ignore[return-value]  # checked against ENVIRONMENTS above
+        return requested
     if branch in ("staging", "main"):
         return branch  # type: ignore[return-value]
     return "dev"
@@ -156,8 +163,12 @@ def _matrices(
     arm_runner: str | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     deploy_rows = [
-        {"ref": str(p.ref), "slug": p.ref.slug, "folder": f"processors/{p.ref.folder}",
-         "registry": f"processors/{p.ref.folder}/{REGISTRY_FILE}"}
+        {
+            "ref": str(p.ref),
+            "slug": p.ref.slug,
+            "folder": f"processors/{p.ref.folder}",
+            "registry": f"processors/{p.ref.folder}/{REGISTRY_FILE}",
+        }
         for p in processors
     ]
     build_rows: list[dict[str, Any]] = []
@@ -166,11 +177,16 @@ def _matrices(
             if platforms is not None and arch not in platforms:
                 continue
             native = arch == "amd64" or (arch == "arm64" and bool(arm_runner))
-            build_rows.append({
-                "ref": str(p.ref), "slug": p.ref.slug, "platform": f"linux/{arch}", "arch": arch,
-                "runner": (arm_runner if arch == "arm64" and arm_runner else runner),
-                "qemu": not native,
-            })
+            build_rows.append(
+                {
+                    "ref": str(p.ref),
+                    "slug": p.ref.slug,
+                    "platform": f"linux/{arch}",
+                    "arch": arch,
+                    "runner": (arm_runner if arch == "arm64" and arm_runner else runner),
+                    "qemu": not native,
+                }
+            )
     return deploy_rows, build_rows
 
 
@@ -203,7 +219,9 @@ def compute_plan(
             ref = ProcessorRef.parse(text, where="--refs")
             loaded = by_folder.get(ref.folder)
             if loaded is None or loaded.ref != ref:
-                raise ProcessorNotFoundError(f"--refs: no processor {ref} (no processors/{ref.folder}/{REGISTRY_FILE} declaring it).")
+                raise ProcessorNotFoundError(
+                    f"--refs: no processor {ref} (no processors/{ref.folder}/{REGISTRY_FILE} declaring it)."
+                )
             picked.append(loaded)
         deploys = builds = sorted({p.ref: p for p in picked}.values(), key=lambda p: p.ref)
         reason = "the processors asked for"
@@ -249,7 +267,8 @@ def compute_plan(
                     loaded = by_folder[folder]
                     deploys.append(loaded)
                     only_pins = pin_only or all(
-                        Path(f).name == REGISTRY_FILE and _pin_only_in_file(git, merge_base, head_sha, f) for f in files
+                        Path(f).name == REGISTRY_FILE and _pin_only_in_file(git, merge_base, head_sha, f)
+                        for f in files
                     )
                     if not only_pins:
                         builds.append(loaded)
@@ -267,6 +286,11 @@ def compute_plan(
     )
     deploy_refs = [str(p.ref) for p in deploys]
     build_refs = sorted({row["ref"] for row in build_rows})
+    built_rows = [
+        row
+        for row in _matrices(builds, [], platforms=None, runner=runner, arm_runner=None)[0]
+        if row["ref"] in build_refs
+    ]
     return {
         "base": resolved_base or base,
         "reason": reason,
@@ -276,6 +300,7 @@ def compute_plan(
         "builds": build_refs,
         "deploy_matrix": {"include": deploy_rows},
         "build_matrix": {"include": build_rows},
+        "build_processors_matrix": {"include": built_rows},
         "summary": (
             f"plan: {reason}. build: {', '.join(build_refs) or 'nothing'}; "
             f"deploy: {', '.join(deploy_refs) or 'nothing'}"

@@ -49,7 +49,7 @@ PROTOCOL = "theory.run.v1"
 # Frame kinds
 RUN_OPEN = "RunOpen"
 ACK = "Ack"
-TOKEN = "Token"
+TOKEN = "Token"  # noqa: S105 (a frame kind, not a credential)
 LOG = "Log"
 EVENT = "Event"
 HEARTBEAT = "Heartbeat"
@@ -85,7 +85,7 @@ def _http_base(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def _body_error(body: bytes | str | None) -> str:
+def _body_error(body: bytes | bytearray | str | None) -> str:
     """The `error.message` of a JSON error envelope in a refusal body, if there is one."""
     if not body:
         return ""
@@ -99,7 +99,9 @@ def _body_error(body: bytes | str | None) -> str:
 
 def _check_envelope(env: Any, url: str) -> dict[str, Any]:
     if not isinstance(env, dict) or env.get("status") not in ("success", "error"):
-        raise ProtocolError(f"{url} sent a RunResult without a valid envelope (status must be success|error).")
+        raise ProtocolError(
+            f"{url} sent a RunResult without a valid envelope (status must be success|error)."
+        )
     if "meta" not in env or not isinstance(env.get("meta"), dict):
         raise ProtocolError(f"{url} sent a RunResult envelope without `meta`.")
     if env["status"] == "error":
@@ -159,8 +161,13 @@ async def run_processor(
 
 
 async def _run(
-    url: str, mode: str, inputs: Any, execution_id: str, token: str | None,
-    on_frame: OnFrame | None, progress: _Progress,
+    url: str,
+    mode: str,
+    inputs: Any,
+    execution_id: str,
+    token: str | None,
+    on_frame: OnFrame | None,
+    progress: _Progress,
 ) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
@@ -194,7 +201,10 @@ async def _run(
         if ws.subprotocol != PROTOCOL:
             raise ProtocolError(f"{url} accepted the WebSocket without the {PROTOCOL} subprotocol.")
         progress.phase = "waiting for Ack"
-        open_frame = {"kind": RUN_OPEN, "content": {"execution_id": execution_id, "mode": mode, "inputs": inputs}}
+        open_frame = {
+            "kind": RUN_OPEN,
+            "content": {"execution_id": execution_id, "mode": mode, "inputs": inputs},
+        }
         try:
             await ws.send(json.dumps(open_frame, ensure_ascii=False, separators=(",", ":")))
             async for raw in ws:
@@ -242,14 +252,19 @@ def _decode(raw: str | bytes, url: str) -> dict[str, Any]:
     return frame
 
 
-async def fetch_health(base_url: str, token: str | None = None, *, path: str = "/healthz",
-                       timeout_s: float = 10.0) -> dict[str, Any]:
-    """GET the processor's health endpoint: `{"ok": true, "ref", "digest", ...}`."""
+def fetch_health(
+    base_url: str, token: str | None = None, *, path: str = "/healthz", timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """GET the processor's health endpoint (synchronous): `{"ok": true, "ref", "digest", ...}`."""
     url = _http_base(base_url) + path
-    headers = {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT} if token else {"User-Agent": USER_AGENT}
+    headers = (
+        {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT}
+        if token
+        else {"User-Agent": USER_AGENT}
+    )
     try:
-        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
-            resp = await client.get(url, headers=headers)
+        with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
+            resp = client.get(url, headers=headers)
     except httpx.TimeoutException:
         raise RunTimeoutError(f"{url} did not answer within {timeout_s:g}s.") from None
     except httpx.HTTPError as e:
@@ -270,7 +285,21 @@ async def fetch_health(base_url: str, token: str | None = None, *, path: str = "
 
 
 __all__ = [
-    "ACK", "CLOSE_NORMAL", "CLOSE_PROTOCOL", "CLOSE_UNAUTHORIZED", "EVENT", "HEARTBEAT", "LOG", "MODES",
-    "PROTOCOL", "RUN_OPEN", "RUN_RESULT", "SERVER_KINDS", "STREAM_KINDS", "TOKEN",
-    "fetch_health", "run_processor", "ws_url_for",
+    "ACK",
+    "CLOSE_NORMAL",
+    "CLOSE_PROTOCOL",
+    "CLOSE_UNAUTHORIZED",
+    "EVENT",
+    "HEARTBEAT",
+    "LOG",
+    "MODES",
+    "PROTOCOL",
+    "RUN_OPEN",
+    "RUN_RESULT",
+    "SERVER_KINDS",
+    "STREAM_KINDS",
+    "TOKEN",
+    "fetch_health",
+    "run_processor",
+    "ws_url_for",
 ]

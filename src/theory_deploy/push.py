@@ -65,7 +65,10 @@ class PushResult:
     tags: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": str(self.index), "platforms": {arch: str(ref) for arch, ref in self.platforms.items()}}
+        return {
+            "index": str(self.index),
+            "platforms": {arch: str(ref) for arch, ref in self.platforms.items()},
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,12 +133,14 @@ def _dumps(obj: Any) -> bytes:
 
 
 def image_manifest_bytes(config: Descriptor, layers: list[Descriptor]) -> bytes:
-    return _dumps({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config.to_json(),
-        "layers": [layer.to_json() for layer in layers],
-    })
+    return _dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config.to_json(),
+            "layers": [layer.to_json() for layer in layers],
+        }
+    )
 
 
 def index_bytes(entries: list[tuple[str, str | None, Descriptor]]) -> bytes:
@@ -174,7 +179,7 @@ def gzip_layer(source: IO[bytes], dest: Path) -> tuple[str, str, int]:
 
     with dest.open("wb") as out:
         writer = _HashingWriter(out)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=writer, mtime=0, compresslevel=GZIP_LEVEL) as gz:  # type: ignore[arg-type]
+        with gzip.GzipFile(filename="", mode="wb", fileobj=writer, mtime=0, compresslevel=GZIP_LEVEL) as gz:
             while chunk := source.read(_CHUNK):
                 raw_hash.update(chunk)
                 gz.write(chunk)
@@ -213,7 +218,9 @@ class Pusher:
         progress: Callable[[str], None] = output.progress,
     ) -> None:
         if repository.registry != client.registry:
-            raise ImagePushError(f"internal: client for {client.registry} cannot push to {repository.repository}.")
+            raise ImagePushError(
+                f"internal: client for {client.registry} cannot push to {repository.repository}."
+            )
         self.client = client
         self.repo = repository.path
         self.repository = repository
@@ -248,7 +255,8 @@ class Pusher:
         arch, os_name = info.get("Architecture"), info.get("Os")
         if arch != image.platform or os_name != "linux":
             raise ImagePushError(
-                f"{image.local_tag} ({image.image_id}) is {os_name}/{arch}, not linux/{image.platform}; refusing to push it as {image.platform}.",
+                f"{image.local_tag} ({image.image_id}) is {os_name}/{arch}, not linux/{image.platform}; "
+                f"refusing to push it as {image.platform}.",
                 remedy="Rebuild it: `processorctl build --ref R`.",
             )
         variant = info.get("Variant") or None
@@ -256,7 +264,9 @@ class Pusher:
         if warm is not None:
             config, layers = warm
             self.skipped += 1 + len(layers)
-            self.progress(f"{image.platform}: every blob is already in {self.repository.repository} (warm cache)")
+            self.progress(
+                f"{image.platform}: every blob is already in {self.repository.repository} (warm cache)"
+            )
         else:
             config, layers, variant = self._cold(image, variant)
         body = image_manifest_bytes(config, layers)
@@ -281,7 +291,9 @@ class Pusher:
                 return None
         return config, layers
 
-    def _cold(self, image: BuiltImage, variant: str | None) -> tuple[Descriptor, list[Descriptor], str | None]:
+    def _cold(
+        self, image: BuiltImage, variant: str | None
+    ) -> tuple[Descriptor, list[Descriptor], str | None]:
         with tempfile.TemporaryDirectory(prefix="theory-push-") as tmp:
             archive = Path(tmp) / "image.tar"
             self.progress(f"{image.platform}: docker save {image.local_tag}")
@@ -289,14 +301,17 @@ class Pusher:
             with tarfile.open(archive, "r:") as tar:
                 manifest = json.loads(_member_bytes(tar, "manifest.json"))
                 if not isinstance(manifest, list) or len(manifest) != 1:
-                    raise ImagePushError(f"docker save of {image.local_tag} holds {len(manifest)} images, expected 1.")
+                    raise ImagePushError(
+                        f"docker save of {image.local_tag} holds {len(manifest)} images, expected 1."
+                    )
                 entry = manifest[0]
                 config_bytes = _member_bytes(tar, entry["Config"])
                 config_digest = sha256_digest(config_bytes)
                 config_json = json.loads(config_bytes)
                 if config_json.get("architecture") != image.platform or config_json.get("os") != "linux":
                     raise ImagePushError(
-                        f"{image.local_tag}: its config says {config_json.get('os')}/{config_json.get('architecture')}, "
+                        f"{image.local_tag}: its config says "
+                        f"{config_json.get('os')}/{config_json.get('architecture')}, "
                         f"not linux/{image.platform}."
                     )
                 variant = config_json.get("variant") or variant
@@ -304,20 +319,32 @@ class Pusher:
                 layer_paths = entry.get("Layers") or []
                 if len(diff_ids) != len(layer_paths):
                     raise ImagePushError(
-                        f"{image.local_tag}: its config lists {len(diff_ids)} layers but the export has {len(layer_paths)}."
+                        f"{image.local_tag}: its config lists {len(diff_ids)} layers "
+                        f"but the export has {len(layer_paths)}."
                     )
-                layers = [self._layer(tar, path, diff_id, Path(tmp), image) for path, diff_id in zip(layer_paths, diff_ids, strict=True)]
+                layers = [
+                    self._layer(tar, path, diff_id, Path(tmp), image)
+                    for path, diff_id in zip(layer_paths, diff_ids, strict=True)
+                ]
             config = Descriptor(OCI_CONFIG, config_digest, len(config_bytes))
             if self._has_blob(config_digest, len(config_bytes)):
                 self.skipped += 1
             else:
                 self._upload(config_digest, config_bytes, len(config_bytes), f"{image.platform} config")
-        self.cache.put("images", image.image_id, {
-            "config_digest": config_digest, "config_size": len(config_bytes), "diff_ids": diff_ids,
-        })
+        self.cache.put(
+            "images",
+            image.image_id,
+            {
+                "config_digest": config_digest,
+                "config_size": len(config_bytes),
+                "diff_ids": diff_ids,
+            },
+        )
         return config, layers, variant
 
-    def _layer(self, tar: tarfile.TarFile, member: str, diff_id: str, tmp: Path, image: BuiltImage) -> Descriptor:
+    def _layer(
+        self, tar: tarfile.TarFile, member: str, diff_id: str, tmp: Path, image: BuiltImage
+    ) -> Descriptor:
         known = self.cache.get("layers", diff_id)
         if known and self._has_blob(known["digest"], int(known["size"])):
             self.skipped += 1
@@ -338,7 +365,8 @@ class Pusher:
             actual_diff_id, digest, size = gzip_layer(stream, blob)  # type: ignore[arg-type]
             if actual_diff_id != diff_id:
                 raise ImagePushError(
-                    f"{image.local_tag}: layer {member} hashes to {actual_diff_id}, but the config says {diff_id}."
+                    f"{image.local_tag}: layer {member} hashes to {actual_diff_id}, "
+                    f"but the config says {diff_id}."
                 )
         if self._has_blob(digest, size):
             self.skipped += 1
@@ -377,8 +405,13 @@ def push_platform_images(
         raise ImagePushError(f"push to a bare repository, not {repository}.")
     if not built:
         raise ImagePushError("nothing to push: no built images.")
-    pusher = Pusher(client, repository, docker_client=docker_client,
-                    cache=BlobCache(cache_dir) if cache_dir else None, progress=progress)
+    pusher = Pusher(
+        client,
+        repository,
+        docker_client=docker_client,
+        cache=BlobCache(cache_dir) if cache_dir else None,
+        progress=progress,
+    )
     order = [p for p in PLATFORMS if p in built] + sorted(p for p in built if p not in PLATFORMS)
     manifests: list[_PlatformManifest] = []
     platforms: dict[str, ImageRef] = {}
@@ -409,8 +442,12 @@ def push_platform_images(
         f"({_human(pusher.uploaded_bytes)}), {pusher.skipped} already there"
     )
     return PushResult(
-        index=repository.with_digest(index_digest), platforms=platforms, uploaded_blobs=pusher.uploaded,
-        skipped_blobs=pusher.skipped, uploaded_bytes=pusher.uploaded_bytes, tags=tags,
+        index=repository.with_digest(index_digest),
+        platforms=platforms,
+        uploaded_blobs=pusher.uploaded,
+        skipped_blobs=pusher.skipped,
+        uploaded_bytes=pusher.uploaded_bytes,
+        tags=tags,
     )
 
 
@@ -431,14 +468,20 @@ def docker_client_default() -> str:
 def _docker_save(client: str, image_id: str, dest: Path) -> None:
     try:
         proc = subprocess.run(
-            [client, "save", "-o", str(dest), image_id], capture_output=True, text=True, timeout=3600, check=False,
+            [client, "save", "-o", str(dest), image_id],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            check=False,
             stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DockerUnavailableError(f"{client} save {image_id} failed: {exc}.") from None
     if proc.returncode != 0:
-        raise ImagePushError(f"docker save {image_id} failed: {proc.stderr.strip()[-500:]}",
-                             remedy="Build it first: `processorctl build --ref R`.")
+        raise ImagePushError(
+            f"docker save {image_id} failed: {proc.stderr.strip()[-500:]}",
+            remedy="Build it first: `processorctl build --ref R`.",
+        )
 
 
 def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:

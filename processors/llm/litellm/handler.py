@@ -82,7 +82,11 @@ async def handler(ctx: RunContext) -> dict[str, Any]:
     tokens: list[str] = []
     try:
         stream = await litellm.acompletion(
-            model=model, messages=messages, api_base=api_base, api_key=api_key, stream=True,
+            model=model,
+            messages=messages,
+            api_base=api_base,
+            api_key=api_key,
+            stream=True,
             timeout=remaining if remaining else None,
         )
         async for chunk in stream:
@@ -91,7 +95,7 @@ async def handler(ctx: RunContext) -> dict[str, Any]:
             if delta:
                 tokens.append(delta)
                 ctx.token(delta)
-    except Exception as e:  # every provider/transport failure is ERR_PROVIDER, scrubbed
+    except Exception as e:  # noqa: BLE001 (every provider/transport failure is ERR_PROVIDER, scrubbed)
         raise ProviderError(_provider_message(ctx, e)) from None
     ctx.event("completion", {"chunks": len(tokens)})
     return {"text": "".join(tokens), "model": model, "tokens": tokens}

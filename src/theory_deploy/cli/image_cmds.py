@@ -66,10 +66,16 @@ class _Clients:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _do_build(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -> dict[str, build_mod.BuiltImage]:
+def _do_build(
+    args: argparse.Namespace, loaded: registry_file.LoadedProcessor
+) -> dict[str, build_mod.BuiltImage]:
     return build_mod.build_platform_images(
-        loaded.spec, loaded.repo_root, _platforms(args, loaded), _build_args(args.build_arg),
-        registry_path=loaded.path, debug=bool(args.debug),
+        loaded.spec,
+        loaded.repo_root,
+        _platforms(args, loaded),
+        _build_args(args.build_arg),
+        registry_path=loaded.path,
+        debug=bool(args.debug),
     )
 
 
@@ -87,7 +93,9 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _local_images(loaded: registry_file.LoadedProcessor, platforms: list[str]) -> dict[str, build_mod.BuiltImage]:
+def _local_images(
+    loaded: registry_file.LoadedProcessor, platforms: list[str]
+) -> dict[str, build_mod.BuiltImage]:
     client = push.docker_client_default()
     built: dict[str, build_mod.BuiltImage] = {}
     context = (loaded.folder / loaded.spec.build.context).resolve()
@@ -99,12 +107,14 @@ def _local_images(loaded: registry_file.LoadedProcessor, platforms: list[str]) -
         except ImageBuildError:
             raise ImageBuildError(
                 f"no local image {tag} for {loaded.ref} ({arch}).",
-                remedy=f"Build it first: `processorctl build --ref {loaded.ref}` (or use `processorctl publish`).",
+                remedy=f"Build it first: `processorctl build --ref {loaded.ref}` "
+                "(or use `processorctl publish`).",
             ) from None
         labels = (info.get("Config") or {}).get("Labels") or {}
         if labels.get(build_mod.REF_LABEL) != str(loaded.ref):
             raise ImageBuildError(
-                f"{tag} was not built from {loaded.ref} (its {build_mod.REF_LABEL} label is {labels.get(build_mod.REF_LABEL)!r}).",
+                f"{tag} was not built from {loaded.ref} "
+                f"(its {build_mod.REF_LABEL} label is {labels.get(build_mod.REF_LABEL)!r}).",
                 remedy=f"Rebuild it: `processorctl build --ref {loaded.ref}`.",
             )
         built_rev = labels.get("org.opencontainers.image.revision")
@@ -118,12 +128,18 @@ def _local_images(loaded: registry_file.LoadedProcessor, platforms: list[str]) -
 
 
 def _repository(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -> ImageRef:
-    return parse_repository(args.repository or loaded.spec.image.repository,
-                            where="--repository" if args.repository else "image.repository")
+    return parse_repository(
+        args.repository or loaded.spec.image.repository,
+        where="--repository" if args.repository else "image.repository",
+    )
 
 
-def _do_push(args: argparse.Namespace, loaded: registry_file.LoadedProcessor, built: dict[str, build_mod.BuiltImage],
-             clients: _Clients) -> push.PushResult:
+def _do_push(
+    args: argparse.Namespace,
+    loaded: registry_file.LoadedProcessor,
+    built: dict[str, build_mod.BuiltImage],
+    clients: _Clients,
+) -> push.PushResult:
     repository = _repository(args, loaded)
     return push.push_platform_images(built, repository, clients(repository.registry), tag=loaded.ref.slug)
 
@@ -144,8 +160,11 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         clients.close()
     return {
-        "ref": str(loaded.ref), **result.to_json(), "uploaded_blobs": result.uploaded_blobs,
-        "skipped_blobs": result.skipped_blobs, "tags": result.tags,
+        "ref": str(loaded.ref),
+        **result.to_json(),
+        "uploaded_blobs": result.uploaded_blobs,
+        "skipped_blobs": result.skipped_blobs,
+        "tags": result.tags,
         "summary": "\n".join([f"pushed {loaded.ref}:", *_push_summary(result)]),
     }
 
@@ -161,20 +180,29 @@ def _read_push_file(path: str) -> dict[str, str]:
     except OSError as exc:
         raise UsageError(f"--from-push {path}: cannot read: {exc.strerror}.") from None
     except ValueError:
-        raise UsageError(f"--from-push {path}: not JSON (expected the output of `processorctl push --json`).") from None
+        raise UsageError(
+            f"--from-push {path}: not JSON (expected the output of `processorctl push --json`)."
+        ) from None
     platforms = data.get("platforms") if isinstance(data, dict) else None
     if not isinstance(platforms, dict) or not platforms:
-        raise UsageError(f"--from-push {path}: no \"platforms\" object (expected `processorctl push --json` output).")
+        raise UsageError(
+            f'--from-push {path}: no "platforms" object (expected `processorctl push --json` output).'
+        )
     return {str(parse_platform(k, where=f"--from-push {path}")): str(v) for k, v in platforms.items()}
 
 
-def _verify_and_pin(args: argparse.Namespace, loaded: registry_file.LoadedProcessor, wanted: dict[str, str],
-                    clients: _Clients) -> dict[str, Any]:
+def _verify_and_pin(
+    args: argparse.Namespace, loaded: registry_file.LoadedProcessor, wanted: dict[str, str], clients: _Clients
+) -> dict[str, Any]:
     candidates: dict[str, pin.PinCandidate] = {}
     for arch, text in wanted.items():
         candidates[arch] = pin.verify_pin_candidate(
-            text, arch, clients, expected_repository=loaded.spec.image.repository,
-            allowed_repository=getattr(args, "repository", None), where=f"{arch} digest",
+            text,
+            arch,
+            clients,
+            expected_repository=loaded.spec.image.repository,
+            allowed_repository=getattr(args, "repository", None),
+            where=f"{arch} digest",
         )
         note = " (resolved from its index)" if candidates[arch].resolved_from_index else ""
         output.progress(f"verified {arch}: {candidates[arch].pin} is a linux/{arch} image manifest{note}")
@@ -188,8 +216,10 @@ def _verify_and_pin(args: argparse.Namespace, loaded: registry_file.LoadedProces
     changed = [a for a, o in results.items() if o["changed"]]
     head = f"pinned {', '.join(changed)} in {loaded.path}" if changed else f"{loaded.path}: pins unchanged"
     return {
-        "ref": str(loaded.ref), "file": str(loaded.path),
-        "pins": results, "changed": changed,
+        "ref": str(loaded.ref),
+        "file": str(loaded.path),
+        "pins": results,
+        "changed": changed,
         "candidates": {arch: c.to_json() for arch, c in candidates.items()},
         "summary": "\n".join([head, *lines]),
     }
@@ -232,8 +262,12 @@ def cmd_publish(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         clients.close()
     return {
-        "ref": str(loaded.ref), **pushed.to_json(), "uploaded_blobs": pushed.uploaded_blobs,
-        "pins": pinned["pins"], "changed": pinned["changed"], "file": pinned["file"],
+        "ref": str(loaded.ref),
+        **pushed.to_json(),
+        "uploaded_blobs": pushed.uploaded_blobs,
+        "pins": pinned["pins"],
+        "changed": pinned["changed"],
+        "file": pinned["file"],
         "summary": "\n".join([f"published {loaded.ref}:", *_push_summary(pushed), pinned["summary"]]),
     }
 
@@ -250,34 +284,62 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         p.add_argument("--ref", required=True, help="processor ref ns/name@N, e.g. llm/litellm@1")
 
     def platforms_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--platforms", help="comma-separated, e.g. linux/amd64,linux/arm64 (default: build.platforms)")
+        p.add_argument(
+            "--platforms", help="comma-separated, e.g. linux/amd64,linux/arm64 (default: build.platforms)"
+        )
 
     def build_arg_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--build-arg", action="append", metavar="KEY=VALUE", help="docker build argument (repeatable)")
+        p.add_argument(
+            "--build-arg", action="append", metavar="KEY=VALUE", help="docker build argument (repeatable)"
+        )
 
     def repository_flag(p: argparse.ArgumentParser, what: str) -> None:
         p.add_argument("--repository", metavar="REPO", help=what)
 
-    b = add_verb(subparsers, parent, "build", cmd_build,
-                 "build the processor's image once per platform into local tags theory-local/<slug>:<arch>")
+    b = add_verb(
+        subparsers,
+        parent,
+        "build",
+        cmd_build,
+        "build the processor's image once per platform into local tags theory-local/<slug>:<arch>",
+    )
     ref_flag(b)
     platforms_flag(b)
     build_arg_flag(b)
 
-    p = add_verb(subparsers, parent, "push", cmd_push,
-                 "upload the locally built images by digest and join them into one index; print per-platform manifest digests")
+    p = add_verb(
+        subparsers,
+        parent,
+        "push",
+        cmd_push,
+        "upload the locally built images by digest and join them into one index; "
+        "print per-platform manifest digests",
+    )
     ref_flag(p)
     platforms_flag(p)
     repository_flag(p, "push here instead of image.repository (e.g. 127.0.0.1:5000/org/name)")
 
-    pn = add_verb(subparsers, parent, "pin", cmd_pin,
-                  "verify a digest is the platform's image manifest, then write it into registry.yaml")
+    pn = add_verb(
+        subparsers,
+        parent,
+        "pin",
+        cmd_pin,
+        "verify a digest is the platform's image manifest, then write it into registry.yaml",
+    )
     ref_flag(pn)
     pn.add_argument("--platform", help="amd64 or arm64 (linux/... accepted)")
     source = pn.add_mutually_exclusive_group()
-    source.add_argument("--oci", metavar="REPO@sha256:...", help="the digest ref to pin (an index is resolved to the platform's manifest)")
-    source.add_argument("--from-push", metavar="FILE", help="pin every platform listed in `processorctl push --json` output")
-    repository_flag(pn, "also accept digests from this repository (not image.repository); for loopback registries")
+    source.add_argument(
+        "--oci",
+        metavar="REPO@sha256:...",
+        help="the digest ref to pin (an index is resolved to the platform's manifest)",
+    )
+    source.add_argument(
+        "--from-push", metavar="FILE", help="pin every platform listed in `processorctl push --json` output"
+    )
+    repository_flag(
+        pn, "also accept digests from this repository (not image.repository); for loopback registries"
+    )
 
     pb = add_verb(subparsers, parent, "publish", cmd_publish, "build, push and pin every platform in one go")
     ref_flag(pb)

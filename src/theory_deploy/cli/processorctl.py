@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import framework, image_cmds, registry_cmds
+from . import framework, image_cmds, plan_cmds, registry_cmds
 
 
 def parser() -> argparse.ArgumentParser:
@@ -13,6 +13,7 @@ def parser() -> argparse.ArgumentParser:
     )
     registry_cmds.register(subparsers, parent)
     image_cmds.register(subparsers, parent)
+    plan_cmds.register(subparsers, parent)
     return parser
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import UsageError
 from ..refs import ProcessorRef, parse_env
 from ..registry_file import load_processor
 from ..targets import get_target
@@ -50,6 +51,9 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_logs(args: argparse.Namespace) -> dict[str, Any]:
+    if args.follow and args.json:
+        # --json promises exactly one JSON object; a stream that never ends cannot be one.
+        raise UsageError("logs: --follow streams lines and cannot be combined with --json; drop one of them.")
     target, app = _app(args)
     return target.logs(app, follow=args.follow, tail=args.tail)
 

@@ -327,10 +327,19 @@ class LocalTarget(Target):
         if oci.digest is None:
             raise ImagePullError(f"{oci}: not a digest ref.")
         from ..oci import RegistryClient
+        from ..pin import verify_pin_candidate
 
-        with RegistryClient(oci.registry, credentials=secrets.registry_credentials()) as client:
-            resolution = client.resolve_platform(oci.path, oci.digest, self.platform)
-        return oci.with_digest(resolution.manifest_digest)
+        clients: list[RegistryClient] = []
+
+        def client_for(registry: str) -> RegistryClient:
+            clients.append(RegistryClient(registry, credentials=secrets.registry_credentials()))
+            return clients[-1]
+
+        try:
+            return verify_pin_candidate(str(oci), self.platform, client_for).ref
+        finally:
+            for client in clients:
+                client.close()
 
     def _pull(self, image: ImageRef) -> None:
         output.progress(f"pulling {image}")
@@ -463,15 +472,28 @@ class LocalTarget(Target):
         args: list[str],
         existing: dict[str, Any] | None,
     ) -> dict[str, Any]:
+        port = app.processor.spec.build.port
+        previous_port = None
         if existing is not None:
+            previous_port = _host_port(existing, port)
             output.progress(f"removing the old container {app.name} ({_short(existing.get('Id'))})")
             self._remove(app.name)
         env = dict(os.environ)
         for key in [k for name in plan.names for k in secrets.keys_for(name)]:
             env.pop(key, None)  # only the store's values reach the container
         env.update(plan.env_values())
-        proc = self.docker.run(args, env=env, check=False, what=f"docker run {app.name}")
-        if proc.returncode != 0:
+        attempts = [args]
+        if previous_port:
+            # Keep the app's URL across restarts when that port is still free; else a new ephemeral one.
+            publish = f"127.0.0.1::{port}"
+            attempts.insert(0, [f"127.0.0.1:{previous_port}:{port}" if a == publish else a for a in args])
+        for attempt in attempts:
+            proc = self.docker.run(attempt, env=env, check=False, what=f"docker run {app.name}")
+            if proc.returncode == 0:
+                break
+            if attempt is not args:
+                self.docker.run(["rm", "--force", app.name], check=False, what=f"docker rm {app.name}")
+                continue
             raise DeployError(f"docker run {app.name} failed: {_tail_text(proc.stderr)}")
         container = self.docker.inspect_container(app.name)
         if container is None:
@@ -592,13 +614,6 @@ class LocalTarget(Target):
         if dry_run:
             return self._plan(app, image, store)
         with self._locked(app):
-            verified = self.verify_image(image)
-            if verified.digest != image.digest:
-                raise PlatformMismatchError(
-                    f"{image} is an index, not the linux/{self.platform} manifest ({verified.digest}); "
-                    "a pin must name the platform manifest.",
-                    remedy=f"Pin {verified} instead (`processorctl pin ... --oci {verified}`).",
-                )
             _names, required = secret_names(app)
             for name in required:
                 if store.value(name) is None:
@@ -611,11 +626,22 @@ class LocalTarget(Target):
                 assert existing is not None
                 return self._result(app, image, existing, action, reason, plan)
             if action == "restarted":
+                # The engine already holds this digest, recorded by the pull that verified it.
                 self._ensure_local(image)
             else:
+                self._verify_platform_manifest(image)
                 self._pull(image)
             container = self._launch(app, image, plan, args, existing)
             return self._result(app, image, container, action, reason, plan)
+
+    def _verify_platform_manifest(self, image: ImageRef) -> None:
+        verified = self.verify_image(image)
+        if verified.digest != image.digest:
+            raise PlatformMismatchError(
+                f"{image} is an index, not the linux/{self.platform} manifest ({verified.digest}); "
+                "a pin must name the platform manifest.",
+                remedy=f"Pin {verified} instead (`processorctl pin ... --oci {verified}`).",
+            )
 
     def _plan(self, app: AppContext, image: ImageRef, store: SecretStore) -> dict[str, Any]:
         plan = self._secret_plan(app, store, create_key=False)
@@ -707,6 +733,7 @@ class LocalTarget(Target):
             ws_url=f"ws://127.0.0.1:{port}{spec.api.path}" if url else None,
             health=health,
             container_id=_short(existing.get("Id")),
+            managed=labels.get(MANAGED_LABEL) == "true",
             started_at=(existing.get("State") or {}).get("StartedAt"),
             labels={k: v for k, v in labels.items() if k.startswith("theory.")},
         )

@@ -1,0 +1,252 @@
+"""`processorctl plan`: which processors a change touches, in real git repositories made per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.action_runner import parse_output_file
+from theory_deploy.cli import framework, plan_cmds
+from theory_deploy.errors import GitError, InvalidEnvError, ProcessorNotFoundError, UsageError
+from theory_deploy.plan import compute_plan, deploy_env, split_refs
+
+SAMPLE = Path(__file__).resolve().parents[1] / "processors" / "llm" / "litellm" / "registry.yaml"
+PIN_A = "ghcr.io/theory-deploy/llm-{name}@sha256:" + "a" * 64
+PIN_B = "ghcr.io/theory-deploy/llm-{name}@sha256:" + "b" * 64
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
+
+
+def registry_text(name: str) -> str:
+    return (
+        SAMPLE.read_text()
+        .replace("llm/litellm@1", f"llm/{name}@1")
+        .replace("ghcr.io/theory-deploy/llm-litellm", f"ghcr.io/theory-deploy/llm-{name}")
+    )
+
+
+def commit(repo: Path, files: dict[str, str], message: str = "change") -> str:
+    for rel, text in files.items():
+        path = repo / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    commit(
+        root,
+        {
+            "processors/llm/litellm/registry.yaml": registry_text("litellm"),
+            "processors/llm/litellm/Dockerfile": "FROM scratch\n",
+            "processors/llm/echo/registry.yaml": registry_text("echo"),
+            "processors/llm/echo/Dockerfile": "FROM scratch\n",
+            "runtime/theory_runtime/__init__.py": "",
+            "src/theory_deploy/__init__.py": "",
+            "docs/index.md": "docs\n",
+        },
+        "initial",
+    )
+    return root
+
+
+def plan(repo: Path, base: str, **kw) -> dict:
+    return compute_plan(repo, base=base, **kw)
+
+
+def test_a_processor_change_plans_that_processor_only(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    commit(repo, {"processors/llm/echo/Dockerfile": "FROM scratch\nLABEL x=1\n"})
+    result = plan(repo, base)
+    assert result["builds"] == ["llm/echo@1"] and result["deploys"] == ["llm/echo@1"]
+    assert [r["platform"] for r in result["build_matrix"]["include"]] == ["linux/amd64", "linux/arm64"]
+    assert result["changed_files"] == ["processors/llm/echo/Dockerfile"]
+    assert result["build_processors_matrix"]["include"] == [
+        {
+            "ref": "llm/echo@1",
+            "slug": "llm-echo-v1",
+            "folder": "processors/llm/echo",
+            "registry": "processors/llm/echo/registry.yaml",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "runtime/theory_runtime/server.py",
+        "src/theory_deploy/push.py",
+        "pyproject.toml",
+        "requirements/lock.txt",
+        "action.yml",
+        "actions/pin/action.yml",
+    ],
+)
+def test_a_shared_runtime_or_product_change_plans_every_processor(repo: Path, path: str) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    commit(repo, {path: "changed\n"})
+    result = plan(repo, base)
+    assert result["builds"] == ["llm/echo@1", "llm/litellm@1"]
+
+
+def test_docs_and_tests_plan_nothing(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    commit(
+        repo, {"docs/index.md": "more docs\n", "tests/test_x.py": "", ".github/workflows/drift.yml": "x: 1\n"}
+    )
+    result = plan(repo, base)
+    assert result["builds"] == [] and result["deploys"] == []
+    assert result["build_matrix"] == {"include": []}
+
+
+def test_a_pin_only_commit_builds_nothing_but_deploys(repo: Path) -> None:
+    """The pin bot's commit (and the merge of its PR) must not rebuild: no loop."""
+    base = git(repo, "rev-parse", "HEAD")
+    path = repo / "processors/llm/litellm/registry.yaml"
+    pinned = path.read_text().replace("amd64: null", "amd64: " + PIN_A.format(name="litellm"))
+    commit(repo, {"processors/llm/litellm/registry.yaml": pinned}, "pin")
+    result = plan(repo, base)
+    assert result["pin_only"] is True
+    assert result["builds"] == [] and result["build_matrix"] == {"include": []}
+    assert result["deploys"] == ["llm/litellm@1"]  # in staging/main a new pin is a promotion to deploy
+    assert "nothing to build" in result["reason"]
+
+
+def test_pin_lines_next_to_a_real_change_still_build_that_processor(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    echo = (
+        (repo / "processors/llm/echo/registry.yaml")
+        .read_text()
+        .replace("amd64: null", "amd64: " + PIN_B.format(name="echo"))
+    )
+    litellm = (
+        (repo / "processors/llm/litellm/registry.yaml").read_text().replace("memory_gb: 2", "memory_gb: 4")
+    )
+    commit(repo, {"processors/llm/echo/registry.yaml": echo, "processors/llm/litellm/registry.yaml": litellm})
+    result = plan(repo, base)
+    assert result["pin_only"] is False
+    assert result["builds"] == ["llm/litellm@1"]  # echo's change is its pin alone
+    assert result["deploys"] == ["llm/echo@1", "llm/litellm@1"]
+
+
+def test_a_new_branch_plans_everything(repo: Path) -> None:
+    result = plan(repo, "0" * 40)
+    assert result["builds"] == ["llm/echo@1", "llm/litellm@1"]
+
+
+def test_the_merge_base_is_used_so_a_moved_base_branch_does_not_count(repo: Path) -> None:
+    git(repo, "checkout", "-q", "-b", "feature")
+    commit(repo, {"processors/llm/echo/Dockerfile": "FROM scratch\n# feature\n"})
+    git(repo, "checkout", "-q", "main")
+    main_tip = commit(repo, {"processors/llm/litellm/Dockerfile": "FROM scratch\n# main moved on\n"})
+    git(repo, "checkout", "-q", "feature")
+    result = plan(repo, main_tip)
+    assert result["builds"] == ["llm/echo@1"]
+
+
+def test_a_missing_base_is_a_clear_error(repo: Path) -> None:
+    with pytest.raises(GitError, match="not a commit"):
+        plan(repo, "f" * 40)
+
+
+def test_a_deleted_processor_is_not_planned(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    git(repo, "rm", "-q", "-r", "processors/llm/echo")
+    git(repo, "commit", "-q", "-m", "drop echo")
+    assert plan(repo, base)["builds"] == []
+
+
+def test_refs_all_platforms_and_runners(repo: Path) -> None:
+    result = compute_plan(
+        repo, refs=["llm/litellm@1"], platforms="linux/arm64", arm_runner="ubuntu-24.04-arm"
+    )
+    assert result["build_matrix"]["include"] == [
+        {
+            "ref": "llm/litellm@1",
+            "slug": "llm-litellm-v1",
+            "platform": "linux/arm64",
+            "arch": "arm64",
+            "runner": "ubuntu-24.04-arm",
+            "qemu": False,
+        }
+    ]
+    qemu = compute_plan(repo, all_processors=True)["build_matrix"]["include"]
+    assert {(r["arch"], r["runner"], r["qemu"]) for r in qemu} == {
+        ("amd64", "ubuntu-latest", False),
+        ("arm64", "ubuntu-latest", True),
+    }
+    with pytest.raises(ProcessorNotFoundError):
+        compute_plan(repo, refs=["llm/nope@1"])
+    with pytest.raises(UsageError):
+        compute_plan(repo, refs=["llm/litellm@1"], all_processors=True)
+
+
+def test_split_refs() -> None:
+    assert split_refs("a/b@1, c/d@2\nc/d@2  e/f@3") == ["a/b@1", "c/d@2", "e/f@3"]
+    assert split_refs("") == []
+
+
+def test_deploy_env_by_branch_and_the_promotion_guard() -> None:
+    assert deploy_env(None, "main") == "main"
+    assert deploy_env("", "refs/heads/staging") == "staging"
+    assert deploy_env(None, "feat/x") == "dev"
+    assert deploy_env("dev", "main") == "dev"
+    assert deploy_env("main", "main") == "main"
+    with pytest.raises(InvalidEnvError, match="deploys what branch 'main' pins"):
+        deploy_env("main", "feat/x")
+    with pytest.raises(InvalidEnvError):
+        deploy_env("prod", "main")
+
+
+def test_the_cli_writes_github_outputs(repo: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    commit(repo, {"processors/llm/echo/Dockerfile": "FROM scratch\n# 2\n"})
+    out, summary = tmp_path / "out", tmp_path / "summary"
+    out.write_text("")
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("THEORY_REPO_ROOT", raising=False)
+    monkeypatch.setenv("GITHUB_OUTPUT", str(out))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_REF_NAME", "feat/y")
+    parser, subparsers, parent = framework.new_tool("processorctl", "test")
+    plan_cmds.register(subparsers, parent)
+    code = framework.run_tool(parser, ["plan", "--base", base, "--env", "", "--github-output", "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["builds"] == ["llm/echo@1"] and printed["env"] == "dev"
+    outputs = parse_output_file(out.read_text())
+    assert json.loads(outputs["build-matrix"])["include"][0]["slug"] == "llm-echo-v1"
+    assert outputs["has-builds"] == "true" and outputs["has-deploys"] == "true" and outputs["env"] == "dev"
+    assert outputs["pin-only"] == "false"
+    assert "| llm/echo@1 | linux/arm64 | ubuntu-latest | QEMU |" in summary.read_text()
+
+
+def test_the_cli_reports_a_bad_env_as_an_error(repo: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("THEORY_REPO_ROOT", raising=False)
+    parser, subparsers, parent = framework.new_tool("processorctl", "test")
+    plan_cmds.register(subparsers, parent)
+    code = framework.run_tool(parser, ["plan", "--all", "--env", "main", "--branch", "feat/x", "--json"])
+    assert code == InvalidEnvError.exit_code
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "ERR_INVALID_ENV"

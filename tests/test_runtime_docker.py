@@ -1,0 +1,198 @@
+"""The llm/litellm@1 image, built with the real Docker engine (BuildKit) and run as a container.
+
+Builds processors/llm/litellm/Dockerfile for linux/amd64 from the repository root (the registry.yaml
+build context) on the local multi-arch Python base (`base_image` fixture, scripts/local-base-image),
+then checks /healthz, a mock run and a real run (LiteLLM in the container -> the OpenAI stand-in on
+the Docker bridge) through the product client, and that the canary key never reaches any frame or
+the container's logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import assert_no_canary, make_canary
+from tests.test_runtime_openai_standin import OpenAIStandIn
+from theory_deploy.protocol import fetch_health, run_processor
+
+pytestmark = pytest.mark.docker
+
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+DIGEST = "sha256:" + "e" * 64
+INPUTS = {
+    "schema": "v1",
+    "params": {"messages": [{"role": "user", "content": "Say hello to the container."}]},
+}
+
+
+def _docker(
+    cli: str, *args: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(
+        [cli, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "DOCKER_BUILDKIT": "1", **(env or {})},
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])} failed ({res.returncode}): {res.stderr[-3000:]}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def image(docker_cli: str, base_image: str, repo_root: Path) -> Iterator[dict[str, Any]]:
+    tag = f"theory-test/llm-litellm:pytest-{uuid.uuid4().hex[:8]}"
+    args = [
+        "build",
+        "--platform",
+        "linux/amd64",
+        "-f",
+        "processors/llm/litellm/Dockerfile",
+        "--build-arg",
+        f"BASE_IMAGE={base_image}",
+        "-t",
+        tag,
+    ]
+    if CA_BUNDLE.is_file():  # lets pip in the build trust this machine's TLS-intercepting proxy
+        args += ["--secret", f"id=ca_bundle,src={CA_BUNDLE}"]
+    t0 = time.monotonic()
+    _docker(docker_cli, *args, str(repo_root), timeout=1800)
+    info = {"tag": tag, "build_s": time.monotonic() - t0}
+    print(f"\nbuilt {tag} (linux/amd64) in {info['build_s']:.1f}s")
+    yield info
+    _docker(docker_cli, "rmi", "-f", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def bridge_ip(docker_cli: str) -> str:
+    """The host's address on the default bridge (containers reach host services there)."""
+    out = _docker(docker_cli, "network", "inspect", "bridge", "-f", "{{json .IPAM.Config}}")
+    config = json.loads(out.stdout or "[]") or [{}]
+    gateway = config[0].get("Gateway")
+    if not gateway and config[0].get("Subnet"):  # dockerd often omits it: the first host is docker0's address
+        gateway = str(next(ipaddress.ip_network(config[0]["Subnet"]).hosts()))
+    if not gateway:
+        pytest.skip(f"cannot tell the bridge gateway from {out.stdout.strip()!r}")
+    return gateway
+
+
+@pytest.fixture(scope="module")
+def standin(bridge_ip: str) -> Iterator[OpenAIStandIn]:
+    s = OpenAIStandIn(reply="Hello from inside the container.", host=bridge_ip)  # reachable from containers
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def container(docker_cli: str, image: dict[str, Any], standin: OpenAIStandIn) -> Iterator[dict[str, Any]]:
+    key = make_canary()
+    name = f"theory-test-litellm-{uuid.uuid4().hex[:8]}"
+    # `-e NAME` without a value: docker copies it from its own environment, so the key is not in argv.
+    _docker(
+        docker_cli,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-p",
+        "127.0.0.1::8000",
+        "-e",
+        f"IMAGE_DIGEST={DIGEST}",
+        "-e",
+        "OPENAI_API_KEY",
+        "-e",
+        f"LITELLM_API_BASE={standin.base_url()}",
+        "-e",
+        "THEORY_HEARTBEAT_S=1",
+        image["tag"],
+        env={"OPENAI_API_KEY": key},
+    )
+    try:
+        port = _docker(docker_cli, "port", name, "8000/tcp").stdout.strip().splitlines()[0].rsplit(":", 1)[1]
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            state = _docker(docker_cli, "inspect", "-f", "{{.State.Running}}", name).stdout.strip()
+            assert state == "true", f"container exited:\n{_logs(docker_cli, name)[-3000:]}"
+            assert time.monotonic() < deadline, f"no /healthz in 90s:\n{_logs(docker_cli, name)[-3000:]}"
+            time.sleep(0.5)
+        yield {"name": name, "base": base, "ws": f"ws://127.0.0.1:{port}/run", "key": key}
+    finally:
+        _docker(docker_cli, "rm", "-f", name, check=False)
+
+
+def _logs(cli: str, name: str) -> str:
+    res = _docker(cli, "logs", name, check=False)
+    return res.stdout + res.stderr
+
+
+def test_image_metadata_and_contents(
+    docker_cli: str, image: dict[str, Any], container: dict[str, Any], repo_root: Path
+) -> None:
+    cfg = json.loads(_docker(docker_cli, "image", "inspect", image["tag"]).stdout)[0]
+    assert cfg["Os"] == "linux" and cfg["Architecture"] == "amd64"
+    assert "8000/tcp" in cfg["Config"]["ExposedPorts"]
+    assert cfg["Config"]["Cmd"][:2] == ["uvicorn", "app:app"]
+    inside = _docker(docker_cli, "exec", container["name"], "cat", "/app/registry.yaml").stdout
+    assert inside == (repo_root / "processors/llm/litellm/registry.yaml").read_text()
+    files = set(_docker(docker_cli, "exec", container["name"], "ls", "/app").stdout.split())
+    assert files - {"__pycache__"} == {"app.py", "handler.py", "registry.yaml", "requirements.txt"}
+    # the runtime is installed as a package, and the build context was cut down to what the image needs
+    _docker(docker_cli, "exec", container["name"], "python", "-c", "import theory_runtime, litellm")
+
+
+def test_healthz_reports_the_digest(container: dict[str, Any]) -> None:
+    h = fetch_health(container["base"])
+    assert h == {"ok": True, "ref": "llm/litellm@1", "digest": DIGEST, "protocol": "theory.run.v1"}
+
+
+def test_mock_run_in_the_container(container: dict[str, Any]) -> None:
+    frames: list[dict[str, Any]] = []
+    a = asyncio.run(
+        run_processor(container["ws"], mode="mock", inputs=INPUTS, timeout_s=60, on_frame=frames.append)
+    )
+    b = asyncio.run(run_processor(container["ws"], mode="mock", inputs=INPUTS, timeout_s=60))
+    assert a["status"] == "success", a
+    assert a["outputs"]["text"] == "Mock response: Say hello to the container."
+    assert json.dumps(a["outputs"]) == json.dumps(b["outputs"])
+    assert a["meta"]["image_digest"] == DIGEST and a["meta"]["env_fingerprint"].startswith("sha256:")
+    assert a["meta"]["env_fingerprint"] == b["meta"]["env_fingerprint"]
+    assert [f["content"]["text"] for f in frames if f["kind"] == "Token"] == a["outputs"]["tokens"]
+
+
+def test_real_run_in_the_container(container: dict[str, Any], standin: OpenAIStandIn) -> None:
+    frames: list[dict[str, Any]] = []
+    env = asyncio.run(
+        run_processor(container["ws"], mode="real", inputs=INPUTS, timeout_s=120, on_frame=frames.append)
+    )
+    assert env["status"] == "success", env
+    assert env["outputs"]["text"] == "Hello from inside the container."
+    assert standin.requests[-1]["body"]["messages"] == INPUTS["params"]["messages"]
+    assert standin.requests[-1]["body"]["model"] == "gpt-4o-mini"
+    assert_no_canary(json.dumps([env, frames]), [container["key"]])
+
+
+def test_container_logs_hold_no_secret(docker_cli: str, container: dict[str, Any]) -> None:
+    asyncio.run(run_processor(container["ws"], mode="mock", inputs=INPUTS, timeout_s=60))
+    logs = _logs(docker_cli, container["name"])
+    assert "theory_runtime: run" in logs
+    assert "Traceback" not in logs and "Logging error" not in logs, logs[-3000:]
+    assert_no_canary(logs, [container["key"]])

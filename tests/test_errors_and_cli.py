@@ -15,8 +15,14 @@ BIN = Path(sys.executable).parent
 
 
 def cli(tool: str, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [str(BIN / tool), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_codes_and_exit_codes_are_unique_and_stable():
@@ -27,9 +33,22 @@ def test_codes_and_exit_codes_are_unique_and_stable():
     assert all(code.startswith("ERR_") for code in codes)
     assert all(cls.remedy for cls in errors.ALL_ERRORS)
     # kept from the original system, meaning the same thing
-    for kept in ["ERR_IMAGE_UNPINNED", "ERR_IMAGE_PULL", "ERR_IMAGE_UNAVAILABLE", "ERR_REGISTRY_MISMATCH",
-                 "ERR_IMAGE_BUILD", "ERR_IMAGE_PUSH", "ERR_MISSING_SECRET", "ERR_INPUTS", "ERR_VALIDATION",
-                 "ERR_PROVIDER", "ERR_RUNTIME", "ERR_TIMEOUT", "ERR_WS_PROTOCOL", "ERR_FUNCTION_NOT_FOUND"]:
+    for kept in [
+        "ERR_IMAGE_UNPINNED",
+        "ERR_IMAGE_PULL",
+        "ERR_IMAGE_UNAVAILABLE",
+        "ERR_REGISTRY_MISMATCH",
+        "ERR_IMAGE_BUILD",
+        "ERR_IMAGE_PUSH",
+        "ERR_MISSING_SECRET",
+        "ERR_INPUTS",
+        "ERR_VALIDATION",
+        "ERR_PROVIDER",
+        "ERR_RUNTIME",
+        "ERR_TIMEOUT",
+        "ERR_WS_PROTOCOL",
+        "ERR_FUNCTION_NOT_FOUND",
+    ]:
         assert kept in errors.BY_CODE
 
 
@@ -71,8 +90,14 @@ def test_name_verb_guide_cases():
 
 
 def test_dev_name_without_branch_is_a_clear_error(tmp_path):
-    env = {"GIT_BRANCH": "", "GIT_USER": "", "GITHUB_ACTOR": "", "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1",
-           "GITHUB_ACTIONS": ""}
+    env = {
+        "GIT_BRANCH": "",
+        "GIT_USER": "",
+        "GITHUB_ACTOR": "",
+        "HOME": str(tmp_path),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GITHUB_ACTIONS": "",
+    }
     proc = cli("modalctl", "name", "--ref", "llm/litellm@1", "--env", "dev", "--json", env=env, cwd=tmp_path)
     assert proc.returncode == errors.GitContextError.exit_code
     assert "GIT_BRANCH" in json.loads(proc.stdout)["error"]["message"]

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from github_standin import GitHubStandIn
 
+from tests.github_standin import GitHubStandIn
 from theory_deploy import gitpr, registry_file
 from theory_deploy.errors import GitError, GitHubError, PushConflictError
 from theory_deploy.gitpr import GitHubClient, PinChange, is_bot_commit, is_pin_only_change, publish_pin_pr
@@ -160,9 +160,7 @@ def writes(gh: GitHubStandIn) -> list[tuple[str, str]]:
 
 def changed_lines(repo: Path, rev: str) -> list[str]:
     diff = git(repo, "show", "--format=", "-U0", rev)
-    return [
-        line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))
-    ]
+    return [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,7 +235,10 @@ def test_second_pin_updates_the_same_pr(world: World, gh: GitHubStandIn) -> None
     assert f"`sha256:{'a' * 64}` → `sha256:{'d' * 64}`" in pr["body"]
     assert "b" * 64 not in pr["body"]
     assert pr["title"] == f"pin({REF}): amd64, arm64"
-    assert writes(gh) == [("POST", "/repos/acme/processors/pulls"), ("PATCH", "/repos/acme/processors/pulls/1")]
+    assert writes(gh) == [
+        ("POST", "/repos/acme/processors/pulls"),
+        ("PATCH", "/repos/acme/processors/pulls/1"),
+    ]
 
 
 def test_rerun_without_change_writes_nothing(world: World, gh: GitHubStandIn) -> None:
@@ -306,6 +307,7 @@ def test_dirty_work_tree_is_left_alone(world: World, gh: GitHubStandIn) -> None:
     assert (work / REG).read_text() == text
     assert git(work, "stash", "list") == ""
     assert len(git(work, "worktree", "list").splitlines()) == 1
+    assert git(work, "for-each-ref", "refs/theory-deploy") == ""  # no private refs left behind
     # Only the pin reached the bot commit: not the local note, not app.py, README.md or notes.txt.
     assert git(world.remote, "show", "--name-only", "--format=", BRANCH) == REG
     assert "local note" not in world.remote_file(BRANCH)
@@ -416,6 +418,22 @@ def test_human_commit_on_bot_branch_is_never_overwritten(world: World, gh: GitHu
     assert gh.requests == []
 
 
+def test_human_commit_with_pins_already_there_is_unchanged_not_an_error(world: World, gh: GitHubStandIn) -> None:
+    changes = world.pin(world.work, amd64=digest("b"))
+    publish(world, changes, gh)
+    human = world.clone("human")
+    git(human, "checkout", "--quiet", BRANCH)
+    (human / "README.md").write_text("a human fix on the bot branch\n")
+    git(human, *HUMAN, "commit", "--quiet", "-am", "fix readme")
+    git(human, "push", "--quiet", "origin", BRANCH)
+    human_sha = world.remote_sha(BRANCH)
+    gh.clear_requests()
+    # Nothing to write: nothing is overwritten, so a re-run of the same pin is not a failure.
+    result = publish(world, changes, gh)
+    assert result["processors"][0]["status"] == "unchanged"
+    assert world.remote_sha(BRANCH) == human_sha and writes(gh) == []
+
+
 def test_commit_by_bot_identity_without_trailer_counts_as_foreign(world: World, gh: GitHubStandIn) -> None:
     publish(world, world.pin(world.work, amd64=digest("b")), gh)
     human = world.clone("human")
@@ -462,6 +480,36 @@ def test_base_changed_the_same_pin_line_supersedes_stale_bot_commit(world: World
     assert "amd64" not in pr["title"] and f"`sha256:{'f' * 64}`" not in pr["body"]
 
 
+def test_one_branch_and_pr_per_processor(world: World, gh: GitHubStandIn) -> None:
+    other_reg = "processors/img/resize/registry.yaml"
+    other_repo = "ghcr.io/acme/img-resize"
+    text = FIXTURE.replace("llm/litellm@1", "img/resize@2").replace(REPO, other_repo)
+    seed = world.clone("seed2")
+    (seed / other_reg).parent.mkdir(parents=True)
+    (seed / other_reg).write_text(text)
+    git(seed, "add", ".")
+    git(seed, *HUMAN, "commit", "--quiet", "-m", "add img/resize")
+    git(seed, "push", "--quiet", "origin", "main")
+    git(world.work, "pull", "--quiet", "--ff-only")
+
+    new = f"{other_repo}@sha256:{'e' * 64}"
+    changed = registry_file.write_pins(world.work / other_reg, {"arm64": new})
+    changes = [
+        *world.pin(world.work, amd64=digest("b")),
+        PinChange("img/resize@2", other_reg, other_repo, dict(changed)),
+    ]
+    result = publish(world, changes, gh)
+    branches = [e["branch"] for e in result["processors"]]
+    assert branches == [BRANCH, "theory-deploy/pin/img-resize-v2"]
+    assert sorted((p["head"], p["title"]) for p in gh.pulls) == [
+        ("theory-deploy/pin/img-resize-v2", "pin(img/resize@2): arm64"),
+        (BRANCH, f"pin({REF}): amd64"),
+    ]
+    assert git(world.remote, "show", "--name-only", "--format=", "theory-deploy/pin/img-resize-v2") == other_reg
+    assert git(world.remote, "show", "--name-only", "--format=", BRANCH) == REG
+    assert "img/resize@2: pushed" in result["summary"]
+
+
 def test_processor_missing_on_base(world: World) -> None:
     from theory_deploy.errors import ProcessorNotFoundError
 
@@ -481,7 +529,7 @@ def test_reapply_that_touches_more_than_pins_is_refused(world: World) -> None:
         path.write_text(path.read_text().replace(digest("a"), digest("b")).replace("# one vCPU", "# 1 vCPU"))
         return [PinChange(REF, REG, REPO, {"amd64": (digest("a"), digest("b"))})]
 
-    with pytest.raises(GitError, match="more than image.platforms"):
+    with pytest.raises(GitError, match=r"more than image\.platforms"):
         publish_pin_pr(world.work, [PinChange(REF, REG, REPO, {})], base_branch="main", github=None, reapply=sloppy)
     assert world.remote_sha(BRANCH) is None
 
@@ -513,10 +561,16 @@ def _commit_text(repo: Path, text: str, path: str = REG) -> str:
         (lambda t: t.replace(digest("a"), digest("b")), True),
         (lambda t: t.replace("arm64: null", f"arm64: {digest('c')}"), True),
         (lambda t: t.replace(digest("a"), digest("b")).replace("arm64: null", "arm64: 'x'"), True),
-        (lambda t: t.replace(f"    arm64: null    # linux/arm64: not built yet\n", ""), True),  # platform dropped
+        (
+            lambda t: t.replace("    arm64: null    # linux/arm64: not built yet\n", ""),
+            True,
+        ),  # platform dropped
         (lambda t: t, True),  # empty diff: nothing to build
         (lambda t: t.replace("# one vCPU", "# 1 vCPU"), False),  # comment outside the pins
-        (lambda t: t.replace("# The two lines below", "# The lines below"), False),  # comment inside platforms
+        (
+            lambda t: t.replace("# The two lines below", "# The lines below"),
+            False,
+        ),  # comment inside platforms
         (lambda t: t.replace("memory_gb: 2", "memory_gb: 4"), False),
         (lambda t: t.replace(digest("a"), digest("b")).replace("port: 8000", "port: 9000"), False),
         (lambda t: t.replace(f"repository: {REPO}", "repository: ghcr.io/acme/other"), False),
@@ -625,8 +679,16 @@ def test_create_race_turns_into_update(world: World, gh: GitHubStandIn) -> None:
         if not found and not gh.pulls:
             with gh.state.lock:
                 gh.state.pulls.append(
-                    {"number": 7, "state": "open", "title": "theirs", "body": "", "head": branch, "base": "main",
-                     "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z"}
+                    {
+                        "number": 7,
+                        "state": "open",
+                        "title": "theirs",
+                        "body": "",
+                        "head": branch,
+                        "base": "main",
+                        "created_at": "2024-01-01T00:00:00Z",
+                        "updated_at": "2024-01-01T00:00:00Z",
+                    }
                 )
         return found
 
@@ -673,7 +735,7 @@ def test_github_app_installation_token(tmp_path: Path) -> None:
         }
         c = GitHubClient.from_env(env, retries=0, seconds_between_requests=0, seconds_between_writes=0)
         assert c.auth_kind == "app"
-        url, outcome = c.open_or_update_pr("theory-deploy/pin/x-y-v1", "main", "t", "b")
+        _url, outcome = c.open_or_update_pr("theory-deploy/pin/x-y-v1", "main", "t", "b")
         assert outcome == "created"
         reqs = standin.requests
         assert (reqs[0].method, reqs[0].path) == ("POST", "/app/installations/99/access_tokens")
@@ -684,7 +746,8 @@ def test_github_app_installation_token(tmp_path: Path) -> None:
 def test_mask_tokens() -> None:
     text = (
         f"token {TOKEN} github_pat_{'A' * 30} https://x-access-token:ghs_{'b' * 36}@github.com/a/b "
-        "https://user:hunter22@example.com Authorization: Bearer abc.def eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOjF9.c2ln"
+        "https://user:hunter22@example.com Authorization: Bearer abc.def "
+        "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOjF9.c2ln"
     )
     masked = gitpr.mask_tokens(text, "hunter22")
     for secret in (TOKEN, "github_pat_", "ghs_", "hunter22", "abc.def", "eyJhbGci"):
@@ -696,7 +759,11 @@ def test_commit_message_and_branch_names() -> None:
     assert gitpr.pin_branch("my_ns/img_tool@12") == "theory-deploy/pin/my-ns-img-tool-v12"
     msg = gitpr.commit_message(
         REF,
-        {"arm64": (None, digest("c")), "amd64": (digest("a"), digest("b")), "x": ("r/o@sha256:1", "r/n@sha256:2")},
+        {
+            "arm64": (None, digest("c")),
+            "amd64": (digest("a"), digest("b")),
+            "x": ("r/o@sha256:1", "r/n@sha256:2"),
+        },
     )
     lines = msg.splitlines()
     assert lines[0] == f"pin({REF}): amd64, arm64, x"

@@ -234,9 +234,7 @@ class World:
         try:
             out = json.loads(proc.stdout)
         except ValueError:
-            raise AssertionError(
-                f"stdout is not one JSON object: {proc.stdout!r}\nstderr: {proc.stderr}"
-            ) from None
+            raise AssertionError(f"stdout is not one JSON object: {proc.stdout!r}\nstderr: {proc.stderr}") from None
         return Run(proc.returncode, out, proc.stdout, proc.stderr, time.monotonic() - t0)
 
     def ok(self, *args: str, **kwargs: Any) -> dict[str, Any]:
@@ -447,11 +445,7 @@ def test_start_records_everything_then_is_unchanged(dev_world: World) -> None:
     labels = modal_app.decode_tags(rec.tags)
     assert labels["theory.digest"] == D_A and labels["theory.image"] == FAKE_REPO
     assert labels["theory.branch"] == "feat/modal_target" and labels["theory.user"] == "Test.User"
-    assert (
-        labels["theory.ref"] == str(w.ref)
-        and labels["theory.env"] == "dev"
-        and labels["theory.managed"] == "true"
-    )
+    assert labels["theory.ref"] == str(w.ref) and labels["theory.env"] == "dev" and labels["theory.managed"] == "true"
     fn = rec.functions["web"]
     assert (fn.cpu, fn.memory_mb, fn.timeout_secs, fn.gpu) == (0.5, 512, 120, None)
     assert fn.max_concurrent_inputs == 100 and fn.webhook_type == "ASGI_APP"
@@ -478,9 +472,7 @@ def test_start_records_everything_then_is_unchanged(dev_world: World) -> None:
     again = w.ok("start", extra=w.secrets_env(OPENAI_API_KEY=w.canaries["OPENAI_API_KEY"]))
     assert again["action"] == "unchanged" and again["version"] == 1
     assert len(w.cp.state.calls_to("AppPublish")) == publishes  # nothing deployed
-    assert w.cp.state.secret_values("dev", "OPENAI_API_KEY") == {
-        "OPENAI_API_KEY": ""
-    }  # start never sends values
+    assert w.cp.state.secret_values("dev", "OPENAI_API_KEY") == {"OPENAI_API_KEY": ""}  # start never sends values
 
     w.write(amd64=f"{FAKE_REPO}@{D_A}", cpu=1.5)  # same digest, changed spec
     changed = w.ok("start", extra=w.secrets_env())
@@ -525,8 +517,7 @@ def test_registry_auth_with_wrong_keys(world: World) -> None:
     run = world.ctl("start")
     assert (
         run.code == 22
-        and "REGISTRY_AUTH lacks the keys REGISTRY_USERNAME and REGISTRY_PASSWORD"
-        in run.out["error"]["message"]
+        and "REGISTRY_AUTH lacks the keys REGISTRY_USERNAME and REGISTRY_PASSWORD" in run.out["error"]["message"]
     )
     fixed = world.ok("start", extra=world.secrets_env())  # with the values exported, start adds the keys
     assert fixed["secrets"]["registry_auth"] == "updated" and fixed["action"] == "deployed"
@@ -536,9 +527,7 @@ def test_existing_secrets_are_never_overwritten_by_start(world: World) -> None:
     world.cp.state.put_secret("staging", "OPENAI_API_KEY", {"OPENAI_API_KEY": "set-on-the-dashboard"})
     out = world.ok("start", extra=world.secrets_env(OPENAI_API_KEY=world.canaries["OPENAI_API_KEY"]))
     assert "OPENAI_API_KEY" not in out["secrets"]["declared"]
-    assert world.cp.state.secret_values("staging", "OPENAI_API_KEY") == {
-        "OPENAI_API_KEY": "set-on-the-dashboard"
-    }
+    assert world.cp.state.secret_values("staging", "OPENAI_API_KEY") == {"OPENAI_API_KEY": "set-on-the-dashboard"}
 
 
 def test_a_bound_secret_without_its_key_is_reported(world: World) -> None:
@@ -589,13 +578,9 @@ def test_secrets_land_in_the_target_environment_only(world: World) -> None:
         THEORY_CANARY_SECRET=world.canaries["THEORY_CANARY_SECRET"],
     )
     out = world.ok("sync-secrets", extra=env)
-    assert (
-        out["created"] == ["OPENAI_API_KEY", "THEORY_CANARY_SECRET", "REGISTRY_AUTH"] and out["updated"] == []
-    )
+    assert out["created"] == ["OPENAI_API_KEY", "THEORY_CANARY_SECRET", "REGISTRY_AUTH"] and out["updated"] == []
     st = world.cp.state
-    assert st.secret_values("staging", "OPENAI_API_KEY") == {
-        "OPENAI_API_KEY": world.canaries["OPENAI_API_KEY"]
-    }
+    assert st.secret_values("staging", "OPENAI_API_KEY") == {"OPENAI_API_KEY": world.canaries["OPENAI_API_KEY"]}
     assert st.secret_names("staging") == ["OPENAI_API_KEY", "REGISTRY_AUTH", "THEORY_CANARY_SECRET"]
     assert st.secret_names("dev") == [] and st.secret_names("main") == []
     assert {c.environment_name for c in world.calls_with_env()} == {"staging"}
@@ -629,9 +614,7 @@ def test_rotated_value_reaches_modal(world: World) -> None:
     assert "OPENAI_API_KEY" in out["updated"] and out["unchanged"] == []
     assert world.cp.state.secret_values("staging", "OPENAI_API_KEY") == {"OPENAI_API_KEY": rotated}
     creations = [
-        c.request.object_creation_type
-        for c in world.cp.state.calls_to("SecretGetOrCreate")
-        if c.request.env_dict
+        c.request.object_creation_type for c in world.cp.state.calls_to("SecretGetOrCreate") if c.request.env_dict
     ]
     from modal_proto import api_pb2
 
@@ -672,9 +655,7 @@ def test_sync_report_check_and_fail_on_missing(world: World) -> None:
 def test_dry_run_sync_reads_but_writes_nothing(world: World) -> None:
     world.cp.state.put_secret("staging", "OPENAI_API_KEY", {"OPENAI_API_KEY": "old"})
     out = world.ok("sync-secrets", "--dry-run", extra=world.secrets_env(OPENAI_API_KEY="new-value-2222"))
-    assert (
-        out["check"] is True and out["updated"] == ["OPENAI_API_KEY"] and out["created"] == ["REGISTRY_AUTH"]
-    )
+    assert out["check"] is True and out["updated"] == ["OPENAI_API_KEY"] and out["created"] == ["REGISTRY_AUTH"]
     assert world.cp.state.secret_values("staging", "OPENAI_API_KEY") == {"OPENAI_API_KEY": "old"}
     assert world.cp.state.secret_names("staging") == ["OPENAI_API_KEY"]
 
@@ -711,9 +692,7 @@ def test_verify_passes_when_right_and_fails_when_wrong(world: World, tmp_path: P
     bad = world.ctl("verify-digest")
     assert bad.code == 21 and bad.out["error"]["code"] == "ERR_REGISTRY_MISMATCH"
     message = bad.out["error"]["message"]
-    assert (
-        f"expected {D_A}" in message and f"deploy_record: {D_B}" in message and f"healthz: {D_B}" in message
-    )
+    assert f"expected {D_A}" in message and f"deploy_record: {D_B}" in message and f"healthz: {D_B}" in message
     assert bad.out["error"]["details"]["readings"] == {"deploy_record": D_B, "healthz": D_B}
     assert world.ok("verify-digest", "--oci", f"{FAKE_REPO}@{D_B}")["verified"] is True
 
@@ -767,7 +746,7 @@ def test_status_logs_stop_lifecycle(world: World) -> None:
     )
     assert status["image"] == f"{FAKE_REPO}@{D_A}" and status["deployed_by"] == "standin-user"
     assert status["url"].endswith(
-        f"/staging/{world.name}/{world.cp.state.deployed_app('staging', world.name).functions['web'].image_id}"  # noqa: E501
+        f"/staging/{world.name}/{world.cp.state.deployed_app('staging', world.name).functions['web'].image_id}"
     )
 
     secret = world.canaries["OPENAI_API_KEY"]
@@ -794,9 +773,7 @@ def test_status_logs_stop_lifecycle(world: World) -> None:
 
 
 def test_stop_refuses_an_app_theory_deploy_did_not_deploy(world: World, tmp_path: Path) -> None:
-    world.cp.state.put_secret(
-        "staging", "REGISTRY_AUTH", {"REGISTRY_USERNAME": "u", "REGISTRY_PASSWORD": "p"}
-    )
+    world.cp.state.put_secret("staging", "REGISTRY_AUTH", {"REGISTRY_USERNAME": "u", "REGISTRY_PASSWORD": "p"})
     world.cp.state.put_secret("staging", "OPENAI_API_KEY", {"OPENAI_API_KEY": "x"})
     _hand_deploy(world, tmp_path, image_ref=f"{FAKE_REPO}@{D_A}", digest=D_A, tags={})
     run = world.ctl("stop")

@@ -100,9 +100,7 @@ class DockerWorkers:
     def __init__(self, docker_cli: str) -> None:
         self.docker = docker_cli
         self.standin: ModalStandIn | None = None
-        self.live: dict[
-            tuple[str, str], tuple[str, str, str]
-        ] = {}  # (env, app) -> (image_id, container, url)
+        self.live: dict[tuple[str, str], tuple[str, str, str]] = {}  # (env, app) -> (image_id, container, url)
         self.started: list[str] = []
         self.pulled: list[str] = []
         self.lock = threading.Lock()
@@ -142,12 +140,7 @@ class DockerWorkers:
                 args += ["-e", key]
             _docker(self.docker, *args, spec.registry_ref, env=run_env, timeout=120)
             self.started.append(name)
-            port = (
-                _docker(self.docker, "port", name, "8000/tcp", timeout=30)
-                .strip()
-                .splitlines()[0]
-                .rsplit(":", 1)[1]
-            )
+            port = _docker(self.docker, "port", name, "8000/tcp", timeout=30).strip().splitlines()[0].rsplit(":", 1)[1]
             url = f"http://127.0.0.1:{port}"
             if current:  # the new version replaces the old one (a rolling deploy)
                 subprocess.run([self.docker, "rm", "-f", current[1]], capture_output=True, timeout=60)
@@ -198,9 +191,7 @@ def test_start_sync_verify_run_rollback_with_the_real_processor(
         # The real processor's registry.yaml, pinned in two commits: B first (the earlier release), then A.
         w.path.parent.mkdir(parents=True)
         original = (REPO / "processors/llm/litellm/registry.yaml").read_text()
-        template = original.replace(
-            "repository: ghcr.io/theory-deploy/llm-litellm", f"repository: {a.repository}"
-        )
+        template = original.replace("repository: ghcr.io/theory-deploy/llm-litellm", f"repository: {a.repository}")
         root.joinpath(".gitignore").write_text("")
         _git(root, "init", "-q")
         w.path.write_text(template.replace("amd64: null", f"amd64: {b}", 1))
@@ -210,9 +201,7 @@ def test_start_sync_verify_run_rollback_with_the_real_processor(
         _git(root, "commit", "-q", "-am", "pin A")
         creds = w.secrets_env()
 
-        def step(
-            label: str, *args: str, extra: dict[str, str] | None = None, code: int = 0
-        ) -> dict[str, Any]:
+        def step(label: str, *args: str, extra: dict[str, str] | None = None, code: int = 0) -> dict[str, Any]:
             run = w.ctl(*args, extra={**creds, **(extra or {})}, timeout=600)
             assert run.code == code, f"{label}: exit {run.code}: {run.stdout}\n{run.stderr}"
             sequence.append((label, run.out))
@@ -225,13 +214,12 @@ def test_start_sync_verify_run_rollback_with_the_real_processor(
 
         # Real mode before sync-secrets: the placeholder is empty, so the processor says which secret.
         real = step("run real (before sync)", "run", "--mode", "real", "--inputs-json", INPUTS, code=22)
-        assert real["envelope"]["error"]["code"] == "ERR_MISSING_SECRET"
+        assert real["status"] == "error" and real["error"]["code"] == "ERR_MISSING_SECRET"
+        assert real["error"]["details"]["envelope"]["status"] == "error"
 
         synced = step("sync-secrets", "sync-secrets", extra={"OPENAI_API_KEY": canaries["OPENAI_API_KEY"]})
         assert synced["updated"] == ["OPENAI_API_KEY", "REGISTRY_AUTH"]
-        assert cp.state.secret_values("staging", "OPENAI_API_KEY") == {
-            "OPENAI_API_KEY": canaries["OPENAI_API_KEY"]
-        }
+        assert cp.state.secret_values("staging", "OPENAI_API_KEY") == {"OPENAI_API_KEY": canaries["OPENAI_API_KEY"]}
 
         verified = step("verify-digest", "verify-digest")
         assert verified["readings"] == {"deploy_record": a.digest, "healthz": a.digest}

@@ -32,8 +32,23 @@ def test_slug():
 
 
 @pytest.mark.parametrize(
-    "bad", ["llm/litellm@v1", "litellm@1", "/litellm@1", "llm/@1", "llm/litellm@", "../x@1", "llm/lite llm@1",
-            "llm/litellm@1;rm -rf /", "llm/litellm@0", "LLM/litellm@1", "llm/litellm@1 ", "", "llm/a/b@1", "llm/..@1"],
+    "bad",
+    [
+        "llm/litellm@v1",
+        "litellm@1",
+        "/litellm@1",
+        "llm/@1",
+        "llm/litellm@",
+        "../x@1",
+        "llm/lite llm@1",
+        "llm/litellm@1;rm -rf /",
+        "llm/litellm@0",
+        "LLM/litellm@1",
+        "llm/litellm@1 ",
+        "",
+        "llm/a/b@1",
+        "llm/..@1",
+    ],
 )
 def test_bad_refs_are_refused_with_the_expected_form(bad):
     with pytest.raises(InvalidRefError) as info:
@@ -95,8 +110,14 @@ def test_different_branches_never_share_an_app(a, b, user):
 
 
 def test_identity_precedence():
-    env = {"GIT_BRANCH": "b1", "GIT_USER": "u1", "GITHUB_ACTIONS": "true", "GITHUB_HEAD_REF": "b2",
-           "GITHUB_REF_NAME": "b3", "GITHUB_ACTOR": "u2"}
+    env = {
+        "GIT_BRANCH": "b1",
+        "GIT_USER": "u1",
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_HEAD_REF": "b2",
+        "GITHUB_REF_NAME": "b3",
+        "GITHUB_ACTOR": "u2",
+    }
     assert resolve_dev_identity(env) == DevIdentity("b1", "u1")
     del env["GIT_BRANCH"], env["GIT_USER"]
     assert resolve_dev_identity(env) == DevIdentity("b2", "u2")

@@ -117,7 +117,9 @@ def test_yaml_syntax_error_has_a_position(repo):
 
 
 def _diff(repo: Path) -> list[str]:
-    out = subprocess.run(["git", "diff", "-U0", "--no-color"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "diff", "-U0", "--no-color"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
     return [line for line in out.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
 
 
@@ -142,7 +144,7 @@ def test_quoting_and_flow_style_survive(repo):
     path = registry(repo)
     text = path.read_text().replace(
         "  platforms:\n    amd64: null  # linux/amd64 manifest: what Modal runs\n    arm64: null  # linux/arm64 manifest: for local runs on Apple silicon\n",
-        f"  platforms: {{amd64: \"{D1}\", arm64: ~}}   # flow\n",
+        f'  platforms: {{amd64: "{D1}", arm64: ~}}   # flow\n',
     )
     path.write_text(text)
     write_pins(path, {"amd64": D2, "arm64": D3})
@@ -205,14 +207,24 @@ def test_validate_cli_lists_every_problem_and_annotates(repo, tmp_path):
     path = registry(repo)
     path.write_text(BROKEN.replace("  colour: blue\n", ""))
     env = {**os.environ, "THEORY_REPO_ROOT": str(repo), "GITHUB_ACTIONS": "true"}
-    proc = subprocess.run([sys.executable, "-m", "theory_deploy.cli.processorctl", "validate"], cwd=repo,
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "theory_deploy.cli.processorctl", "validate"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 5, proc.stderr
     assert proc.stderr.count("registry.yaml:") >= 4
     assert "::error file=processors/llm/litellm/registry.yaml,line=" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "theory_deploy.cli.processorctl", "validate", "--json"], cwd=repo,
-                          capture_output=True, text=True, env={**env, "GITHUB_ACTIONS": ""})
+    proc = subprocess.run(
+        [sys.executable, "-m", "theory_deploy.cli.processorctl", "validate", "--json"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**env, "GITHUB_ACTIONS": ""},
+    )
     payload = json.loads(proc.stdout)
     assert payload["status"] == "error" and payload["error"]["code"] == "ERR_VALIDATION"
     assert len(payload["error"]["details"]["problems"]) >= 4
@@ -223,8 +235,22 @@ def test_set_repository_moves_the_processor_and_clears_foreign_pins(repo):
     write_pins(path, {"amd64": D1})
     env = {**os.environ, "THEORY_REPO_ROOT": str(repo)}
     new = "127.0.0.1:5000/theory/llm-litellm"
-    proc = subprocess.run([sys.executable, "-m", "theory_deploy.cli.processorctl", "set-repository", "--ref",
-                           "llm/litellm@1", "--repository", new, "--json"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "theory_deploy.cli.processorctl",
+            "set-repository",
+            "--ref",
+            "llm/litellm@1",
+            "--repository",
+            new,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["cleared_pins"] == ["amd64"]
     spec, problems = check_file(path)
@@ -232,6 +258,19 @@ def test_set_repository_moves_the_processor_and_clears_foreign_pins(repo):
     text = path.read_text()
     assert "    amd64: null  # linux/amd64 manifest: what Modal runs\n" in text
     assert f"  repository: {new}\n" in text
-    proc = subprocess.run([sys.executable, "-m", "theory_deploy.cli.processorctl", "set-repository", "--ref",
-                           "llm/litellm@1", "--repository", f"{new}:tag"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "theory_deploy.cli.processorctl",
+            "set-repository",
+            "--ref",
+            "llm/litellm@1",
+            "--repository",
+            f"{new}:tag",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

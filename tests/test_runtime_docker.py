@@ -10,10 +10,13 @@ the container's logs.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import ipaddress
 import json
 import os
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +29,11 @@ import pytest
 from tests.helpers import assert_no_canary, make_canary
 from tests.test_runtime_openai_standin import OpenAIStandIn
 from theory_deploy.protocol import fetch_health, run_processor
+
+if importlib.util.find_spec("theory_runtime") is None:  # not pip-installed: use the source tree
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+
+from theory_runtime.spec import export as spec_export
 
 pytestmark = pytest.mark.docker
 
@@ -151,10 +159,14 @@ def test_image_metadata_and_contents(
     assert cfg["Os"] == "linux" and cfg["Architecture"] == "amd64"
     assert "8000/tcp" in cfg["Config"]["ExposedPorts"]
     assert cfg["Config"]["Cmd"][:2] == ["uvicorn", "app:app"]
-    inside = _docker(docker_cli, "exec", container["name"], "cat", "/app/registry.yaml").stdout
-    assert inside == (repo_root / "processors/llm/litellm/registry.yaml").read_text()
+    # registry.yaml minus its pins (and build section), exported canonically: see the Dockerfile
+    inside = _docker(docker_cli, "exec", container["name"], "cat", "/app/processor.json").stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        expected = spec_export(repo_root / "processors/llm/litellm/registry.yaml", Path(tmp) / "p.json")
+    assert inside.encode() == expected
+    assert "image" not in json.loads(inside) and "build" not in json.loads(inside)
     files = set(_docker(docker_cli, "exec", container["name"], "ls", "/app").stdout.split())
-    assert files - {"__pycache__"} == {"app.py", "handler.py", "registry.yaml", "requirements.txt"}
+    assert files - {"__pycache__"} == {"app.py", "handler.py", "processor.json", "requirements.txt"}
     # the runtime is installed as a package, and the build context was cut down to what the image needs
     _docker(docker_cli, "exec", container["name"], "python", "-c", "import theory_runtime, litellm")
 

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -43,7 +44,7 @@ REGISTRY = """\
 ref: test/echo@1
 runtime: {cpu: 1, memory_gb: 1, timeout_s: %(timeout_s)s, gpu: null}
 secrets: {required: [ECHO_SECRET], optional: [ECHO_OPTIONAL]}
-api: {protocol: ws, path: /run, healthz: /healthz, auth_secret: ECHO_AUTH}
+api: {protocol: ws, path: /run, healthz: /healthz, auth_secret: %(auth)s}
 inputs:
   $schema: "http://json-schema.org/draft-07/schema#"
   type: object
@@ -123,14 +124,20 @@ def make_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
     servers: list[ServerThread] = []
 
     def _make(
-        handler: Any = echo_handler, *, env: dict[str, str] | None = None, timeout_s: float = 5, **kw: Any
+        handler: Any = echo_handler,
+        *,
+        env: dict[str, str] | None = None,
+        timeout_s: float = 5,
+        auth: str | None = None,
+        **kw: Any,
     ) -> ServerThread:
+        """auth: the registry's api.auth_secret (None: no auth declared)."""
         for name in ("ECHO_AUTH", "ECHO_SECRET", "IMAGE_DIGEST", "THEORY_HEARTBEAT_S", "THEORY_WS_DENIAL"):
             monkeypatch.delenv(name, raising=False)
         for k, v in (env or {}).items():
             monkeypatch.setenv(k, v)
         reg = tmp_path / f"registry-{len(servers)}.yaml"
-        reg.write_text(REGISTRY % {"timeout_s": timeout_s})
+        reg.write_text(REGISTRY % {"timeout_s": timeout_s, "auth": auth or "null"})
         s = ServerThread(create_app(handler, reg, **kw)).start()
         servers.append(s)
         return s
@@ -162,7 +169,7 @@ async def collect(
 
 
 def test_healthz_reports_ref_and_digest(make_server: Any) -> None:
-    s = make_server(env={"IMAGE_DIGEST": "sha256:" + "a" * 64, "ECHO_AUTH": "tok-123456"})
+    s = make_server(env={"IMAGE_DIGEST": "sha256:" + "a" * 64, "ECHO_AUTH": "tok-123456"}, auth="ECHO_AUTH")
     r = httpx.get(s.http_url + "/healthz")
     assert r.status_code == 200  # health stays open even when runs need a token
     assert r.json() == {"ok": True, "ref": "test/echo@1", "digest": "sha256:" + "a" * 64, "protocol": PROTO}
@@ -425,7 +432,7 @@ def test_client_disconnect_cancels_the_handler(make_server: Any) -> None:
 
 def test_bearer_auth_required_and_accepted(make_server: Any) -> None:
     token = make_canary()
-    s = make_server(env={"ECHO_AUTH": token})
+    s = make_server(env={"ECHO_AUTH": token}, auth="ECHO_AUTH")
 
     async def go() -> None:
         for headers in (None, {"Authorization": "Bearer wrong-token"}, {"Authorization": token}):
@@ -455,7 +462,7 @@ def test_bearer_auth_required_and_accepted(make_server: Any) -> None:
 
 def test_auth_without_denial_extension_closes_4401(make_server: Any) -> None:
     token = make_canary()
-    s = make_server(env={"ECHO_AUTH": token, "THEORY_WS_DENIAL": "0"})
+    s = make_server(env={"ECHO_AUTH": token, "THEORY_WS_DENIAL": "0"}, auth="ECHO_AUTH")
     frames, code = asyncio.run(collect(s.ws_url(), None))
     assert code == 4401
     assert frames[-1]["content"]["error"]["code"] == "ERR_UNAUTHORIZED"
@@ -463,6 +470,87 @@ def test_auth_without_denial_extension_closes_4401(make_server: Any) -> None:
         asyncio.run(run_processor(s.ws_url(), mode="mock", inputs=inputs(), timeout_s=5))
     env = asyncio.run(run_processor(s.ws_url(), mode="mock", inputs=inputs(), timeout_s=5, token=token))
     assert env["status"] == "success"
+
+
+calls: list[str] = []
+
+
+def counting_handler(ctx: theory_runtime.RunContext) -> dict[str, Any]:
+    calls.append(ctx.execution_id)
+    return {"ran": True}
+
+
+@pytest.mark.parametrize("value", [None, "", "   "], ids=["unset", "empty", "blank"])
+def test_declared_auth_without_its_value_refuses_every_run(make_server: Any, value: str | None) -> None:
+    """api.auth_secret declared but its value missing (an empty placeholder before sync-secrets):
+    locked, never open. Every /run and /invoke is refused, whatever token is sent; /healthz answers."""
+    calls.clear()
+    env = {} if value is None else {"ECHO_AUTH": value}
+    s = make_server(counting_handler, env=env, auth="ECHO_AUTH")
+    no_deny = make_server(counting_handler, env={**env, "THEORY_WS_DENIAL": "0"}, auth="ECHO_AUTH")
+    tokens = [None, "", "anything", value or ""]
+
+    def check_error(err: dict[str, Any]) -> None:
+        assert err["code"] == "ERR_UNAUTHORIZED"
+        assert "ECHO_AUTH" in err["message"] and "not set" in err["message"]
+        assert "sync-secrets" in err["message"]
+
+    def headers(tok: str | None) -> dict[str, str] | None:  # "" sends a bare `Bearer` (HTTP trims values)
+        return None if tok is None else {"Authorization": f"Bearer {tok}".strip()}
+
+    r = httpx.get(s.http_url + "/healthz")
+    assert r.status_code == 200 and r.json()["ok"] is True
+
+    async def go() -> None:
+        for tok in tokens:
+            with pytest.raises(InvalidStatus) as ei:
+                await websockets.connect(s.ws_url(), subprotocols=[PROTO], additional_headers=headers(tok))
+            assert ei.value.response.status_code == 401
+            check_error(json.loads(ei.value.response.body)["error"])
+            frames, code = await collect(no_deny.ws_url(), None, headers=headers(tok))
+            assert code == 4401
+            assert [f["kind"] for f in frames] == ["RunResult"]
+            check_error(frames[0]["content"]["error"])
+        for tok in ("anything", ""):
+            with pytest.raises(AuthRequiredError, match="ECHO_AUTH"):
+                await run_processor(s.ws_url(), mode="mock", inputs=inputs(), timeout_s=5, token=tok or None)
+
+    asyncio.run(go())
+    for tok in tokens:
+        r = httpx.post(s.http_url + "/invoke", json={"mode": "mock", "inputs": inputs()}, headers=headers(tok))
+        assert r.status_code == 401, r.text
+        check_error(r.json()["error"])
+    assert calls == [], "the handler ran without auth"
+
+
+def test_declared_auth_secret_missing_is_logged_at_startup(make_server: Any) -> None:
+    lines: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    grab = Grab()
+    logging.getLogger("theory_runtime").addHandler(grab)
+    try:
+        make_server(auth="ECHO_AUTH")
+    finally:
+        logging.getLogger("theory_runtime").removeHandler(grab)
+    assert any("ECHO_AUTH is not set" in line and "refusing" in line for line in lines), lines
+
+
+def test_auth_token_is_compared_trimmed(make_server: Any) -> None:
+    """A secret value with a trailing newline (pasted from a file) still matches the header's token."""
+    token = make_canary()
+    s = make_server(env={"ECHO_AUTH": token + "\n"}, auth="ECHO_AUTH")
+    r = httpx.post(
+        s.http_url + "/invoke",
+        json={"mode": "mock", "inputs": inputs(text="t")},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert r.status_code == 200, r.text
+    r = httpx.post(s.http_url + "/invoke", json={"mode": "mock", "inputs": inputs()})
+    assert r.status_code == 401 and "not set" not in r.json()["error"]["message"]
 
 
 # --- POST /invoke ------------------------------------------------------------------------------------------
@@ -505,7 +593,7 @@ def test_secret_values_never_leave_the_process(make_server: Any) -> None:
     for name in ("theory_runtime", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addHandler(grab)
     try:
-        s = make_server(env={"ECHO_SECRET": secret, "ECHO_AUTH": auth})
+        s = make_server(env={"ECHO_SECRET": secret, "ECHO_AUTH": auth}, auth="ECHO_AUTH")
         texts: list[str] = []
         for fail in ("leak", "boom"):
             for mode in ("mock", "real"):
@@ -555,3 +643,89 @@ def test_bad_registry_fails_at_startup(tmp_path: Path) -> None:
         create_app(echo_handler, p)
     with pytest.raises(RegistryFileError, match="cannot read"):
         create_app(echo_handler, tmp_path / "missing.yaml")
+
+
+# --- processor.json: registry.yaml as images carry it (python -m theory_runtime.spec export) -----------------
+
+LITELLM_REGISTRY = REPO / "processors" / "llm" / "litellm" / "registry.yaml"
+
+
+def test_spec_export_drops_pins_and_is_canonical(tmp_path: Path) -> None:
+    from theory_runtime.spec import export
+
+    src = tmp_path / "registry.yaml"
+    src.write_text(LITELLM_REGISTRY.read_text())
+    out = tmp_path / "out" / "processor.json"
+    body = export(src, out)
+    assert out.read_bytes() == body and body.endswith(b"}\n") and not body.endswith(b"\n\n")
+    assert out.stat().st_mtime == 0 and (out.stat().st_mode & 0o777) == 0o644
+    data = json.loads(body)
+    assert "image" not in data and "build" not in data
+    assert set(data) == {"ref", "runtime", "secrets", "api", "inputs", "outputs"}
+    assert body == (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+    assert b"sha256:" not in body and b"ghcr.io" not in body
+
+    # a pin-only change (and comments, key order) gives the same bytes; an inputs change does not
+    pinned = src.read_text().replace(
+        "amd64: null", "amd64: ghcr.io/theory-deploy/llm-litellm@sha256:" + "1" * 64, 1
+    )
+    assert pinned != src.read_text()
+    src.write_text("# a comment\n" + pinned)
+    assert export(src, tmp_path / "p2.json") == body
+    src.write_text(pinned.replace("content: {type: string}", "content: {type: string, description: said}"))
+    assert export(src, tmp_path / "p3.json") != body
+
+
+def test_server_serves_processor_json_like_registry_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from theory_runtime.registry import load_registry
+    from theory_runtime.spec import export
+
+    for name in ("ECHO_AUTH", "ECHO_SECRET", "IMAGE_DIGEST"):
+        monkeypatch.delenv(name, raising=False)
+    src = tmp_path / "registry.yaml"
+    src.write_text(REGISTRY % {"timeout_s": 5, "auth": "null"})
+    dest = tmp_path / "processor.json"
+    export(src, dest)
+    a, b = load_registry(src), load_registry(dest)
+    assert (a.ref, a.api_path, a.auth_secret, a.inputs_schema, a.required_secrets, a.timeout_s) == (
+        b.ref, b.api_path, b.auth_secret, b.inputs_schema, b.required_secrets, b.timeout_s
+    )
+    with ServerThread(create_app(echo_handler, dest)) as s:
+        env = asyncio.run(run_processor(s.ws_url(), mode="mock", inputs=inputs(text="j"), timeout_s=5))
+        assert env["status"] == "success" and env["outputs"]["echo"] == "j"
+        bad = httpx.post(s.http_url + "/invoke", json={"mode": "mock", "inputs": {"schema": "v2"}})
+        assert bad.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("ref: x/y@1\ninputs: {type: 12}\n", "not a valid JSON Schema"),
+        ("inputs: {}\n", "ref"),
+        ("ref: x/y@1\ninputs: {type: object}\noutputs: {when: 2024-01-01}\n", "no JSON form"),
+        ("ref: x/y@1\ninputs: {type: object, properties: {1: {type: string}}}\n", "not a string"),
+        ("- a list\n", "mapping"),
+    ],
+)
+def test_spec_export_refuses_what_the_server_would(tmp_path: Path, text: str, match: str) -> None:
+    src = tmp_path / "registry.yaml"
+    src.write_text(text)
+    dest = tmp_path / "processor.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "theory_runtime.spec", "export", str(src), str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO / "runtime")},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert match in proc.stderr and "Traceback" not in proc.stderr
+    assert not dest.exists() and list(tmp_path.iterdir()) == [src]
+
+
+def test_spec_export_usage(tmp_path: Path) -> None:
+    from theory_runtime.spec import main
+
+    assert main(["export", str(tmp_path / "a.yaml")]) == 2
+    assert main(["import", "a", "b"]) == 2
+    assert main(["export", str(tmp_path / "missing.yaml"), str(tmp_path / "x.json")]) == 1

@@ -1,9 +1,10 @@
 """theory_runtime: the server side of theory.run.v1 for processor images.
 
-A processor is a handler plus its registry.yaml:
+A processor is a handler plus its registry.yaml, which images carry as processor.json (exported
+without the pins by `python -m theory_runtime.spec export`, see `spec.py`):
 
     from theory_runtime import create_app
-    app = create_app(handler, "/app/registry.yaml")
+    app = create_app(handler, "/app/processor.json")  # registry.yaml works too (source trees, tests)
 
 See `server.py` for the handler contract and `frames.py` for the wire format.
 """

@@ -1,7 +1,14 @@
-"""Read the processor's registry.yaml (a plain YAML load) and compile its `inputs` schema."""
+"""Read the processor's spec and compile its `inputs` schema.
+
+The spec is either `registry.yaml` itself (a plain YAML load: source trees, in-process tests) or
+`processor.json`, what images carry: registry.yaml without the sections the runtime never reads
+(`image`, whose pins change after every build, and `build`), written by `theory_runtime.spec export`.
+Both are validated the same way.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,14 +53,32 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def load_registry(path: str | Path) -> Registry:
+def read_document(path: str | Path) -> Any:
+    """The parsed file: JSON when it ends in .json, else YAML (safe load). RegistryFileError if unusable."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise RegistryFileError(f"cannot read {p}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise RegistryFileError(f"{p} is not UTF-8 text") from None
+    if p.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise RegistryFileError(f"{p} is not valid JSON: {e}") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RegistryFileError(f"{p} is not valid YAML: {e}") from None
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Load registry.yaml or an exported processor.json (see the module docstring)."""
+    return registry_from_data(read_document(path), Path(path))
+
+
+def registry_from_data(data: Any, p: Path) -> Registry:
     if not isinstance(data, dict):
         raise RegistryFileError(f"{p}: top level must be a mapping")
     ref = data.get("ref")
@@ -81,6 +106,8 @@ def load_registry(path: str | Path) -> Registry:
     except jsonschema.SchemaError as e:
         raise RegistryFileError(f"{p}: `inputs` is not a valid JSON Schema: {e.message}") from None
     secrets = data.get("secrets") or {}
+    if not isinstance(secrets, dict):
+        raise RegistryFileError(f"{p}: `secrets` must be a mapping")
     runtime = data.get("runtime") or {}
     timeout = runtime.get("timeout_s") if isinstance(runtime, dict) else None
     try:

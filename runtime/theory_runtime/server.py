@@ -1,4 +1,7 @@
-"""The theory.run.v1 server: `create_app(handler, registry_yaml_path) -> FastAPI`.
+"""The theory.run.v1 server: `create_app(handler, spec_path) -> FastAPI`.
+
+`spec_path` is the image's `processor.json` (registry.yaml exported by `theory_runtime.spec`,
+without the pins) or, in source trees and tests, `registry.yaml` itself.
 
 A handler is `handler(ctx: RunContext) -> dict` (sync or async); the dict it returns is the run's
 `outputs`. It streams with `ctx.token(text)`, `ctx.log(message)`, `ctx.event(name, data)`, reads
@@ -11,7 +14,10 @@ Environment read at startup:
   THEORY_OPEN_TIMEOUT_S   seconds to wait for the RunOpen frame (default 30)
   THEORY_WS_DENIAL        "0" to never use the WebSocket Denial Response extension (tests the
                           fallback used on ASGI servers without it)
-  <api.auth_secret>       when the registry names one and it is set, bearer auth is required
+  <api.auth_secret>       when the registry names one, bearer auth is required with its value as
+                          the token. Declared auth is required auth: if the variable is unset or
+                          empty, /run and /invoke refuse every request (ERR_UNAUTHORIZED, naming the
+                          variable); /healthz stays open. Never an open endpoint by omission.
 See frames.py for the wire format.
 """
 
@@ -354,21 +360,45 @@ def _setup_logging(scrubber: Scrubber) -> None:
                 target.addFilter(ScrubFilter(scrubber))
 
 
+def _auth_check(registry: Registry) -> Callable[[str | None], Unauthorized | None]:
+    """header -> None if the request may run, else the Unauthorized error to refuse it with."""
+    name = registry.auth_secret
+    if not name:
+        return lambda header: None
+    token = (os.environ.get(name) or "").strip()  # header values arrive trimmed, so compare trimmed
+    if not token:
+        log.warning(
+            "api.auth_secret %s is not set: refusing every %s and /invoke request until it is "
+            "(run sync-secrets for this environment)",
+            name,
+            registry.api_path,
+        )
+        missing = Unauthorized(
+            f"The processor's auth secret {name} (api.auth_secret) is not set, so it refuses every "
+            f"run. Set its value with `sync-secrets` for this environment; until then every run "
+            f"is refused."
+        )
+        return lambda header: missing
+    bad = Unauthorized("A valid `Authorization: Bearer` token is required.")
+    return lambda header: None if _bearer_ok(header, token) else bad
+
+
 def create_app(
     handler: Handler,
-    registry_yaml_path: str | os.PathLike[str],
+    spec_path: str | os.PathLike[str],
     *,
     heartbeat_s: float | None = None,
     open_timeout_s: float | None = None,
 ) -> FastAPI:
-    registry = load_registry(Path(registry_yaml_path))
+    """Serve `handler` as the processor `spec_path` describes (processor.json or registry.yaml)."""
+    registry = load_registry(Path(spec_path))
     digest = os.environ.get("IMAGE_DIGEST") or None
     hb = heartbeat_s if heartbeat_s is not None else _env_float("THEORY_HEARTBEAT_S", 10.0)
     open_timeout = open_timeout_s if open_timeout_s is not None else _env_float("THEORY_OPEN_TIMEOUT_S", 30.0)
     use_denial = os.environ.get("THEORY_WS_DENIAL", "1") != "0"
-    auth_token = (os.environ.get(registry.auth_secret) or None) if registry.auth_secret else None
     scrubber = Scrubber.from_env(registry.secret_names)
     _setup_logging(scrubber)
+    auth_error = _auth_check(registry)
     runner = Runner(handler, registry, digest, scrubber)
 
     app = FastAPI(
@@ -394,11 +424,9 @@ def create_app(
     @app.post("/invoke")
     async def invoke(request: Request) -> Response:
         started = time.monotonic()
-        if auth_token and not _bearer_ok(request.headers.get("authorization"), auth_token):
-            env = runner.envelope(
-                None, started, error=Unauthorized("A valid `Authorization: Bearer` token is required.")
-            )
-            return json_response(env, 401)
+        denied = auth_error(request.headers.get("authorization"))
+        if denied is not None:
+            return json_response(runner.envelope(None, started, error=denied), 401)
         try:
             body = json.loads(await request.body())
             if isinstance(body, dict) and body.get("kind") == frames.RUN_OPEN:
@@ -451,13 +479,9 @@ def create_app(
                 frames.CLOSE_PROTOCOL,
             )
             return
-        if auth_token and not _bearer_ok(ws.headers.get("authorization"), auth_token):
-            await refuse(
-                ws,
-                401,
-                Unauthorized("A valid `Authorization: Bearer` token is required."),
-                frames.CLOSE_UNAUTHORIZED,
-            )
+        denied = auth_error(ws.headers.get("authorization"))
+        if denied is not None:
+            await refuse(ws, 401, denied, frames.CLOSE_UNAUTHORIZED)
             return
         await ws.accept(subprotocol=frames.PROTOCOL)
         started = time.monotonic()

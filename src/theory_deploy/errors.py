@@ -39,8 +39,6 @@ class TheoryDeployError(Exception):
         return {"status": "error", "error": error}
 
 
-
-
 class UsageError(TheoryDeployError):
     code = "ERR_USAGE"
     exit_code = 2
@@ -88,7 +86,9 @@ class InputsError(TheoryDeployError):
 class ImageUnpinnedError(TheoryDeployError):
     code = "ERR_IMAGE_UNPINNED"
     exit_code = 10
-    remedy = "Pin it first: `processorctl pin --ref R --platform amd64 --oci REPO@sha256:...` (or `processorctl publish`)."
+    remedy = (
+        "Pin it first: `processorctl pin --ref R --platform amd64 --oci REPO@sha256:...` (or `processorctl publish`)."
+    )
 
 
 class ImageBuildError(TheoryDeployError):
@@ -154,7 +154,9 @@ class DigestIntegrityError(TheoryDeployError):
 class RepositoryMismatchError(TheoryDeployError):
     code = "ERR_REPOSITORY_MISMATCH"
     exit_code = 28
-    remedy = "Pin a digest from the processor's image.repository, or pass --repository REPO to allow another one on purpose."
+    remedy = (
+        "Pin a digest from the processor's image.repository, or pass --repository REPO to allow another one on purpose."
+    )
 
 
 class RegistryMismatchError(TheoryDeployError):
@@ -268,7 +270,9 @@ class GitHubError(TheoryDeployError):
 class RevisionError(TheoryDeployError):
     code = "ERR_REVISION"
     exit_code = 43
-    remedy = "Pass a digest or a git revision at which registry.yaml pinned the platform (`git log -p -- <registry.yaml>`)."
+    remedy = (
+        "Pass a digest or a git revision at which registry.yaml pinned the platform (`git log -p -- <registry.yaml>`)."
+    )
 
 
 class LockTimeoutError(TheoryDeployError):

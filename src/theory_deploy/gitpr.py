@@ -8,12 +8,13 @@ branch protection needs no bypass and no admin token (original item 12).
 How a pin reaches the branch
 ----------------------------
 1. `git ls-remote` + `git fetch` of the base branch and the bot branch into a private ref namespace
-   (`refs/theory-deploy/...`), never into the user's branches. Shallow clones (actions/checkout's
-   default) are deepened until base and bot branch share a merge base.
+   (`refs/theory-deploy/...`, deleted again at the end), never into the user's branches. Shallow
+   clones (actions/checkout's default) are deepened until base and bot branch share a merge base.
 2. If the bot branch exists, every commit on it that is not on the base must be a bot commit: author
    *and* committer email equal to the bot identity *and* a `Theory-Deploy-Bot: pin` trailer. Any
-   other commit (a human pushed a fix to the branch, someone pressed "Update branch") stops the run
-   with PushConflictError naming the commit; the branch is never overwritten.
+   other commit (a human pushed a fix to the branch, someone pressed "Update branch") means the
+   branch is never rewritten or pushed: if it already holds our pins the result is `unchanged`,
+   otherwise PushConflictError names the commit.
 3. A temporary `git worktree` (outside the repository, detached HEAD) is made at the bot branch tip
    (or the base tip when there is no bot branch), and the bot's commits are rebased onto the latest
    base. Commits already on the base (a squash-merged PR) drop out; if the base changed the same pin
@@ -244,8 +245,7 @@ class _Git:
         except subprocess.TimeoutExpired as exc:
             raise GitError(
                 f"`git {' '.join(args[:2])}` in {self.cwd} did not finish in {exc.timeout:.0f}s.",
-                remedy="Check network access to the git remote and re-run; "
-                "nothing was changed in your work tree.",
+                remedy="Check network access to the git remote and re-run; nothing was changed in your work tree.",
             ) from None
         if check and proc.returncode != 0:
             raise GitError(
@@ -371,9 +371,7 @@ def is_bot_commit(repo_dir: Path, rev: str, identity: BotIdentity | None = None)
     git = _Git(Path(repo_dir))
     sha = git.rev(rev)
     if sha is None:
-        raise GitError(
-            f"{rev!r} is not a commit in {repo_dir}.", remedy="Fetch it first (fetch-depth: 2 or 0)."
-        )
+        raise GitError(f"{rev!r} is not a commit in {repo_dir}.", remedy="Fetch it first (fetch-depth: 2 or 0).")
     return _commits(git, ["-1", sha])[0].made_by(identity or BotIdentity.from_env())
 
 
@@ -546,9 +544,7 @@ def pr_title(ref: str, platforms: list[str]) -> str:
     return f"pin({ref}): {', '.join(sorted(platforms))}"
 
 
-def pr_body(
-    ref: str, registry_path: str, branch: str, changes: dict[str, tuple[str | None, str | None]]
-) -> str:
+def pr_body(ref: str, registry_path: str, branch: str, changes: dict[str, tuple[str | None, str | None]]) -> str:
     """Markdown: what changed (base → this branch), and how to check each new digest."""
     rows = []
     verify = []
@@ -557,9 +553,7 @@ def pr_body(
         old_repo, old_digest = _split_ref(old)
         new_repo, new_digest = _split_ref(new)
         repository = new_repo or old_repo or ""
-        old_cell = (
-            "(unpinned)" if old is None else (f"`{old_digest}`" if old_repo == repository else f"`{old}`")
-        )
+        old_cell = "(unpinned)" if old is None else (f"`{old_digest}`" if old_repo == repository else f"`{old}`")
         new_cell = "(unpinned)" if new is None else f"`{new_digest}`"
         rows.append(f"| `{ref}` | {platform} | {old_cell} → {new_cell} | `{repository}` |")
         if new is not None:
@@ -592,9 +586,7 @@ def pr_body(
     return "\n".join(parts) + "\n"
 
 
-def _diff_pins(
-    old: dict[str, str | None], new: dict[str, str | None]
-) -> dict[str, tuple[str | None, str | None]]:
+def _diff_pins(old: dict[str, str | None], new: dict[str, str | None]) -> dict[str, tuple[str | None, str | None]]:
     return {p: (old.get(p), new.get(p)) for p in sorted(set(old) | set(new)) if old.get(p) != new.get(p)}
 
 
@@ -603,17 +595,14 @@ def _diff_pins(
 # ---------------------------------------------------------------------------------------------------
 
 _REMEDY_BY_STATUS = {
-    401: "The GitHub token is invalid or expired: set GITHUB_TOKEN (or the GITHUB_APP_* variables) "
-    "to a valid one.",
+    401: "The GitHub token is invalid or expired: set GITHUB_TOKEN (or the GITHUB_APP_* variables) to a valid one.",
     403: (
         "The token may not do this: it needs contents: write and pull-requests: write. With GITHUB_TOKEN, "
         "also enable Settings > Actions > General > "
         "'Allow GitHub Actions to create and approve pull requests'."
     ),
-    404: "Repository not found or not visible to the token: "
-    "check GITHUB_REPOSITORY (owner/name) and GITHUB_API_URL.",
-    422: "GitHub refused the request as invalid: "
-    "check that the pin branch was pushed and that the base branch exists.",
+    404: "Repository not found or not visible to the token: check GITHUB_REPOSITORY (owner/name) and GITHUB_API_URL.",
+    422: "GitHub refused the request as invalid: check that the pin branch was pushed and that the base branch exists.",
 }
 
 
@@ -715,22 +704,16 @@ class GitHubClient:
             status = exc.status
             data = exc.data if isinstance(exc.data, dict) else {}
             message = str(data.get("message") or exc.message or "").strip()
-            extra = [
-                str(e.get("message") or e.get("code")) for e in data.get("errors", []) if isinstance(e, dict)
-            ]
+            extra = [str(e.get("message") or e.get("code")) for e in data.get("errors", []) if isinstance(e, dict)]
             if extra:
                 message = f"{message} ({'; '.join(extra)})"
             text = f"GitHub {action} for {self.repository} failed: HTTP {status}: {message or 'no message'}."
             remedy = _REMEDY_BY_STATUS.get(
                 status or 0,
-                "GitHub answered with an error: check https://www.githubstatus.com "
-                "and re-run (re-runs are safe).",
+                "GitHub answered with an error: check https://www.githubstatus.com and re-run (re-runs are safe).",
             )
         else:
-            text = (
-                f"GitHub {action} for {self.repository}: cannot reach {self.base_url} "
-                f"({type(exc).__name__}: {exc})."
-            )
+            text = f"GitHub {action} for {self.repository}: cannot reach {self.base_url} ({type(exc).__name__}: {exc})."
             remedy = "Check network access to GITHUB_API_URL and re-run (re-runs are safe)."
         err = GitHubError(mask_tokens(text, *self._secrets), remedy=remedy, details={"status": status})
         err.status = status  # type: ignore[attr-defined]
@@ -819,13 +802,9 @@ def _group(changes: list[PinChange]) -> dict[str, PinChange]:
             )
         seen = grouped.get(change.ref)
         if seen is None:
-            grouped[change.ref] = PinChange(
-                change.ref, change.registry_path, change.repository, dict(change.platforms)
-            )
+            grouped[change.ref] = PinChange(change.ref, change.registry_path, change.repository, dict(change.platforms))
         elif seen.registry_path != change.registry_path:
-            raise UsageError(
-                f"{change.ref}: two registry paths given ({seen.registry_path}, {change.registry_path})."
-            )
+            raise UsageError(f"{change.ref}: two registry paths given ({seen.registry_path}, {change.registry_path}).")
         else:
             seen.platforms.update(change.platforms)
     return grouped
@@ -860,9 +839,8 @@ def publish_pin_pr(
     probe = _Git(repo_dir)
     top = probe.run("rev-parse", "--show-toplevel", check=False)
     if top.returncode != 0:
-        raise GitError(
-            f"{repo_dir} is not inside a git repository.", remedy="Run from a clone of your repository."
-        )
+        raise GitError(f"{repo_dir} is not inside a git repository.", remedy="Run from a clone of your repository.")
+    grouped = _group(changes)
     hooks = Path(tempfile.mkdtemp(prefix="theory-deploy-nohooks-"))
     try:
         git = _Git(Path(top.stdout.strip()), identity, hooks)
@@ -878,10 +856,13 @@ def publish_pin_pr(
                 identity=identity,
                 before_push=before_push,
             )
-            for change in _group(changes).values()
+            for change in grouped.values()
         ]
     finally:
         shutil.rmtree(hooks, ignore_errors=True)
+        # Leave no refs behind: the private fetch refs only served this run.
+        for name in {base_branch, *(pin_branch(r) for r in grouped)}:
+            probe.run("update-ref", "-d", _private_ref(remote, name), check=False)
     lines = []
     for r in results:
         pr = f", PR {r['pr']['result']}: {r['pr']['url']}" if r["pr"] else ""
@@ -909,27 +890,17 @@ def _publish_one(
     for attempt in range(1, max_attempts + 1):
         base_sha, bot_sha = _fetch(git, remote, base_branch, branch)
         pending_commits: list[_Commit] = []
+        foreign: list[_Commit] = []
         if bot_sha is not None:
             pending_commits = _commits(git, [bot_sha, "--not", base_sha])
             foreign = [c for c in pending_commits if not c.made_by(identity)]
-            if foreign:
-                c = foreign[0]
-                raise PushConflictError(
-                    f"{remote}/{branch} holds commit {c.sha[:12]} "
-                    f"({c.subject!r} by {c.author} <{c.author_email}>) "
-                    f"that theory-deploy did not make; refusing to overwrite it. {ref} was not published.",
-                    remedy=f"Merge or close the PR from {branch} "
-                    "(or move that commit elsewhere and delete the "
-                    "branch), then re-run the pin.",
-                    details={"branch": branch, "commit": c.sha, "author": c.author_email},
-                )
         superseded: list[str] = []
         with _worktree(git, bot_sha or base_sha, f"pin-{branch.rsplit('/', 1)[-1]}") as tree:
             wt = git.with_cwd(tree)
-            if bot_sha is not None and not wt.ok("merge-base", "--is-ancestor", base_sha, "HEAD"):
-                rebased = wt.run(
-                    "rebase", "--quiet", "--empty=drop", "--no-autosquash", base_sha, check=False
-                )
+            # With a foreign commit on the branch nothing is rebased or pushed; we only look whether
+            # the branch already has our pins (then: unchanged), else stop with PushConflictError.
+            if bot_sha is not None and not foreign and not wt.ok("merge-base", "--is-ancestor", base_sha, "HEAD"):
+                rebased = wt.run("rebase", "--quiet", "--empty=drop", "--no-autosquash", base_sha, check=False)
                 if rebased.returncode != 0:
                     wt.run("rebase", "--abort", check=False)
                     wt.run("reset", "--quiet", "--hard", base_sha)
@@ -939,8 +910,7 @@ def _publish_one(
                     f"{ref}: {path} does not exist on {remote}/{base_branch}; "
                     "the pin bot can only pin processors "
                     "that are already on the base branch.",
-                    remedy=f"Merge the processor into {base_branch} first, "
-                    "or commit the pin on your own branch.",
+                    remedy=f"Merge the processor into {base_branch} first, or commit the pin on your own branch.",
                 )
             head_sha = wt.out("rev-parse", "HEAD")
             pending = head_sha != base_sha
@@ -963,6 +933,17 @@ def _publish_one(
                     attempt,
                     {},
                     superseded,
+                )
+            if foreign:
+                c = foreign[0]
+                raise PushConflictError(
+                    f"{remote}/{branch} holds commit {c.sha[:12]} "
+                    f"({c.subject!r} by {c.author} <{c.author_email}>) "
+                    f"that theory-deploy did not make; refusing to overwrite it. {ref} was not published.",
+                    remedy=f"Merge or close the PR from {branch} "
+                    "(or move that commit elsewhere and delete the "
+                    "branch), then re-run the pin.",
+                    details={"branch": branch, "commit": c.sha, "author": c.author_email},
                 )
             made: dict[str, tuple[str | None, str | None]] = {}
             if new_blob != wt.blob("HEAD", path):

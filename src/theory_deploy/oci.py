@@ -380,8 +380,7 @@ class RegistryClient:
             wait = min(hinted, self.retry.max_retry_after)
         self._count("retries")
         self._progress(
-            f"retrying {method} {self._where(url)} after {reason} "
-            f"(attempt {attempt + 1}/{attempts}, in {wait:.1f}s)"
+            f"retrying {method} {self._where(url)} after {reason} (attempt {attempt + 1}/{attempts}, in {wait:.1f}s)"
         )
         if wait > 0:
             time.sleep(wait)
@@ -452,8 +451,7 @@ class RegistryClient:
                 )
             if response.status_code != 200:
                 raise RegistryUnreachableError(
-                    f"{self.registry}: the token service {self._where(realm)} "
-                    f"answered {response.status_code}."
+                    f"{self.registry}: the token service {self._where(realm)} answered {response.status_code}."
                 )
             try:
                 payload = response.json()
@@ -461,9 +459,7 @@ class RegistryClient:
             except ValueError:
                 token = None
             if not isinstance(token, str) or not token:
-                raise RegistryAuthError(
-                    f"{self.registry}: the token service {self._where(realm)} returned no token."
-                )
+                raise RegistryAuthError(f"{self.registry}: the token service {self._where(realm)} returned no token.")
             return token
         raise AssertionError("unreachable")
 
@@ -504,9 +500,7 @@ class RegistryClient:
     def head_manifest(self, repo: str, reference: str) -> ManifestHead:
         url = self.url(f"/v2/{repo}/manifests/{reference}")
         what = f"{self.registry}/{repo}{_at(reference)}"
-        response = self._request(
-            "HEAD", url, scope=_pull_scope(repo), headers={"Accept": ACCEPT_MANIFESTS}, what=what
-        )
+        response = self._request("HEAD", url, scope=_pull_scope(repo), headers={"Accept": ACCEPT_MANIFESTS}, what=what)
         header_digest = response.headers.get("docker-content-digest", "")
         if DIGEST_RE.match(reference) and header_digest and header_digest != reference:
             raise DigestIntegrityError(
@@ -548,9 +542,7 @@ class RegistryClient:
         )
         body = response.content
         if len(body) > _MAX_MANIFEST_BYTES:
-            raise ImagePullError(
-                f"{what}: the manifest is {len(body)} bytes, larger than any manifest should be."
-            )
+            raise ImagePullError(f"{what}: the manifest is {len(body)} bytes, larger than any manifest should be.")
         actual = sha256_digest(body)
         header_digest = response.headers.get("docker-content-digest", "")
         if DIGEST_RE.match(reference) and actual != reference:
@@ -618,9 +610,7 @@ class RegistryClient:
         )
         if response.status_code == 404:
             return None
-        return response.headers.get("docker-content-digest") or (
-            reference if DIGEST_RE.match(reference) else None
-        )
+        return response.headers.get("docker-content-digest") or (reference if DIGEST_RE.match(reference) else None)
 
     # -- API: blobs ---------------------------------------------------------------------------------------
     def blob_size(self, repo: str, digest: str, *, scope: str | None = None) -> int | None:
@@ -649,9 +639,7 @@ class RegistryClient:
             raise ImagePullError(f"{what} is larger than {max_bytes} bytes.")
         actual = sha256_digest(body)
         if actual != digest:
-            raise DigestIntegrityError(
-                f"{what}: the blob served hashes to {actual}.", details={"actual": actual}
-            )
+            raise DigestIntegrityError(f"{what}: the blob served hashes to {actual}.", details={"actual": actual})
         return body
 
     def upload_blob(
@@ -691,9 +679,7 @@ class RegistryClient:
                 return False
             location = start.headers.get("location")
             if not location:
-                raise ImagePushError(
-                    f"{self.registry}: the upload session for {repo} has no Location header."
-                )
+                raise ImagePushError(f"{self.registry}: the upload session for {repo} has no Location header.")
             put_url = urljoin(self.url(f"/v2/{repo}/blobs/uploads/"), location)
             put_url += ("&" if "?" in put_url else "?") + "digest=" + quote(digest, safe="")
             response = self._request(
@@ -718,9 +704,7 @@ class RegistryClient:
         raise ImagePushError(f"{what}: the registry lost the upload session twice.")
 
     # -- API: platforms ---------------------------------------------------------------------------------
-    def resolve_platforms(
-        self, repo: str, reference: str, platforms: list[str]
-    ) -> dict[str, PlatformResolution]:
+    def resolve_platforms(self, repo: str, reference: str, platforms: list[str]) -> dict[str, PlatformResolution]:
         """`resolve_platform` for several platforms, fetching the index (or tag) only once."""
         what = f"{self.registry}/{repo}{_at(reference)}"
         try:
@@ -752,12 +736,9 @@ class RegistryClient:
             child = self.get_manifest(repo, entry["digest"])
             if not child.is_image:
                 raise PlatformMismatchError(
-                    f"{what}: its linux/{arch} entry {entry['digest']} is a {child.media_type}, "
-                    "not an image manifest."
+                    f"{what}: its linux/{arch} entry {entry['digest']} is a {child.media_type}, not an image manifest."
                 )
-            config_digest = self._check_image_config(
-                repo, child, arch, f"{self.registry}/{repo}@{child.digest}"
-            )
+            config_digest = self._check_image_config(repo, child, arch, f"{self.registry}/{repo}@{child.digest}")
             return PlatformResolution(child.digest, True, child.media_type, config_digest, top.digest)
         config_digest = self._check_image_config(repo, top, arch, what)
         return PlatformResolution(top.digest, False, top.media_type, config_digest, None)
@@ -903,9 +884,7 @@ def _media_type(content_type: str) -> str:
 
 
 def _at(reference: str) -> str:
-    return (
-        f"@{reference}" if DIGEST_RE.match(reference) or reference.startswith("sha256:") else f":{reference}"
-    )
+    return f"@{reference}" if DIGEST_RE.match(reference) or reference.startswith("sha256:") else f":{reference}"
 
 
 def _basic(credentials: tuple[str, str] | None) -> str:
@@ -947,3 +926,24 @@ def _registry_error_suffix(response: httpx.Response) -> str:
     code, message = str(first.get("code", ""))[:60], str(first.get("message", ""))[:200]
     text = " ".join(part for part in (code, message) if part)
     return f": {text}" if text else ""
+
+
+class RegistryClients:
+    """One RegistryClient per registry host, authenticated with REGISTRY_USERNAME/REGISTRY_PASSWORD
+    when both are set. Callable as a client factory: `clients(host)`."""
+
+    def __init__(self) -> None:
+        from .secrets import registry_credentials
+
+        self._clients: dict[str, RegistryClient] = {}
+        self._credentials = registry_credentials()
+
+    def __call__(self, registry: str) -> RegistryClient:
+        if registry not in self._clients:
+            self._clients[registry] = RegistryClient(registry, credentials=self._credentials)
+        return self._clients[registry]
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()

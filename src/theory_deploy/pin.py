@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import registry_file
+from . import output, registry_file
 from .errors import NotADigestError, RepositoryMismatchError
 from .oci import RegistryClient
 from .refs import ImageRef, Platform, parse_platform, parse_repository
@@ -76,25 +76,23 @@ def verify_pin_candidate(
     client_factory: ClientFactory,
     *,
     expected_repository: str | None = None,
-    allowed_repository: str | None = None,
     where: str = "--oci",
 ) -> PinCandidate:
     """Check `oci_text` is (or is an index holding) the linux/<platform> image manifest.
 
     `expected_repository` is the processor's `image.repository`; a candidate from another
-    repository is refused unless it is `allowed_repository` (the `--repository` override).
+    repository is refused (move the processor first with `processorctl set-repository`).
     """
     arch = parse_platform(platform)
     ref = parse_pin_text(oci_text, where=where)
     if expected_repository is not None:
         expected = parse_repository(expected_repository, where="image.repository").repository
-        allowed = {expected}
-        if allowed_repository:
-            allowed.add(parse_repository(allowed_repository).repository)
-        if ref.repository not in allowed:
+        if ref.repository != expected:
             raise RepositoryMismatchError(
                 f"{where}: {ref.repository} is not the processor's image.repository ({expected}).",
                 details={"given": ref.repository, "expected": expected},
+                remedy="Pin digests from image.repository, or move the processor first: "
+                "`processorctl set-repository --ref R --repository REPO`.",
             )
     client = client_factory(ref.registry)
     assert ref.digest is not None
@@ -127,3 +125,36 @@ def pin_digests(registry_path: Path, candidates: Mapping[str, PinCandidate]) -> 
         else:
             result[arch] = {"old": current.get(arch), "new": new, "changed": False}
     return result
+
+
+def verify_and_pin(
+    processor: registry_file.LoadedProcessor,
+    wanted: Mapping[str, str],
+    client_factory: ClientFactory,
+    progress: Callable[[str], None] = output.progress,
+) -> dict[str, Any]:
+    """Verify every {platform: digest ref} against the registry, then write them in one locked write."""
+    candidates: dict[str, PinCandidate] = {}
+    for arch, text in wanted.items():
+        candidates[arch] = verify_pin_candidate(
+            text, arch, client_factory, expected_repository=processor.spec.image.repository, where=f"{arch} digest"
+        )
+        note = " (resolved from its index)" if candidates[arch].resolved_from_index else ""
+        progress(f"verified {arch}: {candidates[arch].pin} is a linux/{arch} image manifest{note}")
+    results = pin_digests(processor.path, candidates)
+    lines = []
+    for arch, outcome in results.items():
+        if outcome["changed"]:
+            lines.append(f"  {arch}: {outcome['old'] or '(none)'} -> {outcome['new']}")
+        else:
+            lines.append(f"  {arch}: unchanged ({outcome['new']})")
+    changed = [a for a, o in results.items() if o["changed"]]
+    head = f"pinned {', '.join(changed)} in {processor.path}" if changed else f"{processor.path}: pins unchanged"
+    return {
+        "ref": str(processor.ref),
+        "file": str(processor.path),
+        "pins": results,
+        "changed": changed,
+        "candidates": {arch: c.to_json() for arch, c in candidates.items()},
+        "summary": "\n".join([head, *lines]),
+    }

@@ -34,7 +34,6 @@ class PipelineRequest:
     mode: str = "mock"
     platforms: list[str] | None = None
     build_args: dict[str, str] = field(default_factory=dict)
-    repository: str | None = None
     stages: Sequence[str] = STAGES
     inputs: dict[str, Any] | None = None
     timeout_s: float | None = None
@@ -83,8 +82,9 @@ class Pipeline:
         self.pushed: push.PushResult | None = None
 
     def _repository(self) -> ImageRef:
-        text = self.request.repository or self.processor.spec.image.repository
-        return parse_repository(text, where="--repository" if self.request.repository else "image.repository")
+        # Pins must name image.repository, so the pipeline pushes exactly there (to run against another
+        # registry, move the processor first: `processorctl set-repository`).
+        return parse_repository(self.processor.spec.image.repository, where="image.repository")
 
     def _app(self) -> AppContext:
         return AppContext.for_processor(self.processor, self.request.env)
@@ -97,7 +97,10 @@ class Pipeline:
                 f"--platforms {','.join(platforms)} leaves out {self.target.platform}, which the {self.target.kind} target runs."
             )
         self.built = build_mod.build_platform_images(
-            self.processor.spec, self.processor.repo_root, platforms, self.request.build_args,
+            self.processor.spec,
+            self.processor.repo_root,
+            platforms,
+            self.request.build_args,
             registry_path=self.processor.path,
         )
         return {"images": {arch: b.image_id for arch, b in self.built.items()}}
@@ -109,8 +112,11 @@ class Pipeline:
         self.pushed = push.push_platform_images(
             self.built, repository, self.clients(repository.registry), tag=self.processor.ref.slug
         )
-        return {**self.pushed.to_json(), "uploaded_blobs": self.pushed.uploaded_blobs,
-                "skipped_blobs": self.pushed.skipped_blobs}
+        return {
+            **self.pushed.to_json(),
+            "uploaded_blobs": self.pushed.uploaded_blobs,
+            "skipped_blobs": self.pushed.skipped_blobs,
+        }
 
     def stage_pin(self) -> dict[str, Any]:
         if self.pushed is None:
@@ -134,23 +140,22 @@ class Pipeline:
     def stage_run(self) -> dict[str, Any]:
         inputs = self.request.inputs if self.request.inputs is not None else default_inputs(self.processor)
         timeout = self.request.timeout_s or float(self.processor.spec.runtime.timeout_s)
-        result = self.target.run(self._app(), mode=self.request.mode, inputs=inputs, timeout_s=timeout,
-                                 stream_tokens=False)
-        envelope = result["envelope"]
-        if envelope.get("status") != "success":
-            error = envelope.get("error") or {}
-            from .errors import error_for_code
-
-            raise error_for_code(str(error.get("code", "ERR_RUNTIME")), str(error.get("message", "")))
-        return {"envelope": envelope}
+        result = self.target.run(
+            self._app(), mode=self.request.mode, inputs=inputs, timeout_s=timeout, stream_tokens=False
+        )
+        return {"envelope": result["envelope"]}
 
     # --- driver --------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         reports: list[StageReport] = []
         handlers = {
-            "build": self.stage_build, "push": self.stage_push, "pin": self.stage_pin,
-            "start": self.stage_start, "sync-secrets": self.stage_sync_secrets,
-            "verify": self.stage_verify, "run": self.stage_run,
+            "build": self.stage_build,
+            "push": self.stage_push,
+            "pin": self.stage_pin,
+            "start": self.stage_start,
+            "sync-secrets": self.stage_sync_secrets,
+            "verify": self.stage_verify,
+            "run": self.stage_run,
         }
         started = time.monotonic()
         try:
@@ -163,8 +168,14 @@ class Pipeline:
                 try:
                     detail = handlers[name]()
                 except TheoryDeployError as err:
-                    reports.append(StageReport(name, "failed", time.monotonic() - t0,
-                                               {"error": {"code": err.code, "message": err.render()}}))
+                    reports.append(
+                        StageReport(
+                            name,
+                            "failed",
+                            time.monotonic() - t0,
+                            {"error": {"code": err.code, "message": err.render()}},
+                        )
+                    )
                     err.details = {**err.details, "stage": name, "stages": [r.to_json() for r in reports]}
                     err.message = f"pipeline stopped at {name}: {err.message}"
                     raise

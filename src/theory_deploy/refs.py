@@ -73,7 +73,7 @@ _HASH_LEN = 8
 def parse_env(text: str, *, where: str = "--env") -> Environment:
     if text not in ENVIRONMENTS:
         raise InvalidEnvError(f"{where}: {text!r} is not an environment; expected one of dev, staging, main.")
-    return text  # type: ignore[return-value]  # narrowed by the membership test above
+    return text  # type: ignore[return-value,unused-ignore]  # narrowed by the membership test above
 
 
 def sanitize(text: str) -> str:
@@ -116,9 +116,7 @@ def app_name(ref: ProcessorRef, env: Environment, identity: DevIdentity | None =
 
 def _git(args: list[str], cwd: Path | None) -> str | None:
     try:
-        proc = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
-        )
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     out = proc.stdout.strip()
@@ -156,7 +154,9 @@ def resolve_dev_identity(environ: Mapping[str, str] | None = None, cwd: Path | N
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _REPO_PATH_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_HOST_RE = re.compile(r"(?:localhost|[A-Za-z0-9.-]+\.[A-Za-z0-9.-]+|[A-Za-z0-9.-]+:[0-9]+|\[[0-9a-fA-F:]+\](?::[0-9]+)?)")
+_HOST_RE = re.compile(
+    r"(?:localhost|[A-Za-z0-9.-]+\.[A-Za-z0-9.-]+|[A-Za-z0-9.-]+:[0-9]+|\[[0-9a-fA-F:]+\](?::[0-9]+)?)"
+)
 
 
 @dataclass(frozen=True)

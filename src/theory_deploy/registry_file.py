@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from .errors import (
     ImageUnpinnedError,
@@ -50,6 +50,10 @@ EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 PinText = str
 
 
+BuildPlatform = Literal["linux/amd64", "linux/arm64"]
+_DEFAULT_PLATFORMS: tuple[BuildPlatform, ...] = ("linux/amd64", "linux/arm64")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,9 +62,7 @@ class BuildSpec(_Strict):
     context: str = Field(".", description="Build context, relative to the folder holding registry.yaml.")
     dockerfile: str = Field("Dockerfile", description="Dockerfile path, relative to the build context.")
     port: int = Field(8000, ge=1, le=65535, description="Port the processor's server listens on.")
-    platforms: list[Literal["linux/amd64", "linux/arm64"]] = Field(
-        default_factory=lambda: ["linux/amd64", "linux/arm64"], min_length=1
-    )
+    platforms: list[BuildPlatform] = Field(default_factory=lambda: list(_DEFAULT_PLATFORMS), min_length=1)
 
 
 class PlatformPins(_Strict):
@@ -195,7 +197,7 @@ def _load_document(path: Path, text: str | None = None) -> tuple[Any, list[Probl
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return None, [Problem(shown, line, col, f"not valid YAML: {exc.problem or exc.context}")]
-    except Exception as exc:  # ruamel raises a few unmarked errors (e.g. duplicate keys in some versions)
+    except (YAMLError, ValueError) as exc:  # ruamel raises a few unmarked errors
         return None, [Problem(shown, 1, 1, f"not valid YAML: {exc}")]
     if not isinstance(doc, CommentedMap):
         return None, [Problem(shown, 1, 1, "expected a mapping at the top level")]
@@ -260,7 +262,7 @@ def _cross_checks(data: dict[str, Any], doc: Any, path: Path, shown: str) -> lis
         except TheoryDeployError as err:
             at(("image", "repository"), err.message)
 
-    pins = image.get("platforms") if isinstance(image.get("platforms"), dict) else {}
+    pins: dict[str, Any] = image["platforms"] if isinstance(image.get("platforms"), dict) else {}
     for platform in PLATFORMS:
         pin = pins.get(platform)
         if not isinstance(pin, str):
@@ -401,7 +403,9 @@ def locked(folder: Path, timeout_s: float = 60.0) -> Iterator[None]:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
                 if time.monotonic() > deadline:
-                    raise LockTimeoutError(f"{folder}: still locked by another writer after {timeout_s:.0f}s.") from None
+                    raise LockTimeoutError(
+                        f"{folder}: still locked by another writer after {timeout_s:.0f}s."
+                    ) from None
                 time.sleep(0.05)
         yield
     finally:
@@ -506,7 +510,7 @@ def write_pins(path: Path, pins: dict[Platform, str | None]) -> dict[Platform, t
         if not changed:
             return {}
         text = path.read_text(encoding="utf-8")
-        edits = {("image", "platforms", p): new for p, (_old, new) in changed.items()}
+        edits: dict[tuple[str, ...], str | None] = {("image", "platforms", p): new for p, (_old, new) in changed.items()}
         _write_edits(path, text, edits)
         return changed
 
@@ -535,9 +539,7 @@ def _write_edits(path: Path, text: str, edits: dict[tuple[str, ...], str | None]
     atomic_write_text(path, new_text)
 
 
-def _prove_only_these_moved(
-    path: Path, old_text: str, new_text: str, edits: dict[tuple[str, ...], str | None]
-) -> None:
+def _prove_only_these_moved(path: Path, old_text: str, new_text: str, edits: dict[tuple[str, ...], str | None]) -> None:
     """Re-parse the spliced text: it must equal the old document with exactly these values changed."""
     expected = _plain(_yaml().load(old_text))
     for loc, value in edits.items():
@@ -546,4 +548,6 @@ def _prove_only_these_moved(
             node = node[part]
         node[loc[-1]] = value
     if _plain(_yaml().load(io.StringIO(new_text))) != expected:
-        raise TheoryDeployError(f"{_display(path)}: the splice would change more than {len(edits)} value(s); refusing to write.")
+        raise TheoryDeployError(
+            f"{_display(path)}: the splice would change more than {len(edits)} value(s); refusing to write."
+        )

@@ -195,9 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode(errors="replace")
-        self._record = RecordedRequest(
-            method, parts.path, query, {k.lower(): v for k, v in self.headers.items()}, body
-        )
+        self._record = RecordedRequest(method, parts.path, query, {k.lower(): v for k, v in self.headers.items()}, body)
         with st.lock:
             st.requests.append(self._record)
             try:
@@ -376,9 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
         st = self.standin_state
         missing = [k for k in ("head", "base") if not body.get(k)]
         if missing or not body.get("title"):
-            return self._error(
-                422, "Validation Failed", errors=[{"resource": "PullRequest", "code": "missing_field"}]
-            )
+            return self._error(422, "Validation Failed", errors=[{"resource": "PullRequest", "code": "missing_field"}])
         head = str(body["head"]).split(":", 1)[-1]
         base = str(body["base"])
         if any(p["state"] == "open" and p["head"] == head and p["base"] == base for p in st.pulls):

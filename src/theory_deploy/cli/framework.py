@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
     json_mode = False
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.print_usage(sys.stderr)
         err = UsageError(f"{self.prog}: {message}")
         output.emit_error(err.to_json(), f"{self.prog}: error: {message}", json_mode=_Parser.json_mode)
@@ -47,7 +47,9 @@ def new_tool(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any,
     return parser, subparsers, common_flags()
 
 
-def add_verb(subparsers: Any, parent: argparse.ArgumentParser, name: str, verb: Verb, help_text: str) -> argparse.ArgumentParser:
+def add_verb(
+    subparsers: Any, parent: argparse.ArgumentParser, name: str, verb: Verb, help_text: str
+) -> argparse.ArgumentParser:
     sub = subparsers.add_parser(name, parents=[parent], help=help_text, description=help_text)
     sub.set_defaults(handler=verb)
     return sub
@@ -60,24 +62,22 @@ def run_tool(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
     json_mode = bool(getattr(args, "json", False))
     try:
         result = args.handler(args)
-    except TheoryDeployError as err:
+    except TheoryDeployError as known:
         if getattr(args, "debug", False):
             traceback.print_exc()
-        _report_error(err, json_mode)
-        return err.exit_code
+        _report_error(known, json_mode)
+        return known.exit_code
     except KeyboardInterrupt:
         output.progress("interrupted")
         return 130
-    except Exception as exc:
-        err = TheoryDeployError(f"unexpected {type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: ERR_INTERNAL, traceback only with --debug
+        bug = TheoryDeployError(f"unexpected {type(exc).__name__}: {exc}")
         if getattr(args, "debug", False):
             traceback.print_exc()
-        _report_error(err, json_mode)
-        return err.exit_code
-    # A verb may succeed in running yet report failure (a run whose envelope says error).
-    exit_code = int(result.pop("_exit_code", 0))
+        _report_error(bug, json_mode)
+        return bug.exit_code
     output.emit_result(result, json_mode=json_mode)
-    return exit_code
+    return 0
 
 
 def _report_error(err: TheoryDeployError, json_mode: bool) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import build as build_mod
-from .. import output, pin, push, registry_file, secrets
+from .. import output, pin, push, registry_file
 from ..errors import ImageBuildError, TheoryDeployError, UsageError
-from ..oci import RegistryClient
+from ..oci import RegistryClients
 from ..refs import ImageRef, ProcessorRef, parse_platform, parse_platforms, parse_repository
 
 
@@ -34,7 +34,7 @@ def _platforms(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) 
     return list(loaded.spec.platform_names())
 
 
-def _build_args(values: list[str] | None) -> dict[str, str]:
+def parse_build_args(values: list[str] | None) -> dict[str, str]:
     result: dict[str, str] = {}
     for item in values or []:
         key, sep, value = item.partition("=")
@@ -44,36 +44,17 @@ def _build_args(values: list[str] | None) -> dict[str, str]:
     return result
 
 
-class _Clients:
-    """One RegistryClient per registry host, with REGISTRY_USERNAME/REGISTRY_PASSWORD if set."""
-
-    def __init__(self) -> None:
-        self._clients: dict[str, RegistryClient] = {}
-        self._credentials = secrets.registry_credentials()
-
-    def __call__(self, registry: str) -> RegistryClient:
-        if registry not in self._clients:
-            self._clients[registry] = RegistryClient(registry, credentials=self._credentials)
-        return self._clients[registry]
-
-    def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-
-
 # ---------------------------------------------------------------------------------------------------
 # build
 # ---------------------------------------------------------------------------------------------------
 
 
-def _do_build(
-    args: argparse.Namespace, loaded: registry_file.LoadedProcessor
-) -> dict[str, build_mod.BuiltImage]:
+def _do_build(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -> dict[str, build_mod.BuiltImage]:
     return build_mod.build_platform_images(
         loaded.spec,
         loaded.repo_root,
         _platforms(args, loaded),
-        _build_args(args.build_arg),
+        parse_build_args(args.build_arg),
         registry_path=loaded.path,
         debug=bool(args.debug),
     )
@@ -93,9 +74,7 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _local_images(
-    loaded: registry_file.LoadedProcessor, platforms: list[str]
-) -> dict[str, build_mod.BuiltImage]:
+def _local_images(loaded: registry_file.LoadedProcessor, platforms: list[str]) -> dict[str, build_mod.BuiltImage]:
     client = push.docker_client_default()
     built: dict[str, build_mod.BuiltImage] = {}
     context = (loaded.folder / loaded.spec.build.context).resolve()
@@ -107,8 +86,7 @@ def _local_images(
         except ImageBuildError:
             raise ImageBuildError(
                 f"no local image {tag} for {loaded.ref} ({arch}).",
-                remedy=f"Build it first: `processorctl build --ref {loaded.ref}` "
-                "(or use `processorctl publish`).",
+                remedy=f"Build it first: `processorctl build --ref {loaded.ref}` (or use `processorctl publish`).",
             ) from None
         labels = (info.get("Config") or {}).get("Labels") or {}
         if labels.get(build_mod.REF_LABEL) != str(loaded.ref):
@@ -129,8 +107,8 @@ def _local_images(
 
 def _repository(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -> ImageRef:
     return parse_repository(
-        args.repository or loaded.spec.image.repository,
-        where="--repository" if args.repository else "image.repository",
+        getattr(args, "repository", None) or loaded.spec.image.repository,
+        where="--repository" if getattr(args, "repository", None) else "image.repository",
     )
 
 
@@ -138,7 +116,7 @@ def _do_push(
     args: argparse.Namespace,
     loaded: registry_file.LoadedProcessor,
     built: dict[str, build_mod.BuiltImage],
-    clients: _Clients,
+    clients: RegistryClients,
 ) -> push.PushResult:
     repository = _repository(args, loaded)
     return push.push_platform_images(built, repository, clients(repository.registry), tag=loaded.ref.slug)
@@ -154,7 +132,7 @@ def _push_summary(result: push.PushResult) -> list[str]:
 def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
     loaded = _load(args)
     built = _local_images(loaded, _platforms(args, loaded))
-    clients = _Clients()
+    clients = RegistryClients()
     try:
         result = _do_push(args, loaded, built, clients)
     finally:
@@ -180,49 +158,11 @@ def _read_push_file(path: str) -> dict[str, str]:
     except OSError as exc:
         raise UsageError(f"--from-push {path}: cannot read: {exc.strerror}.") from None
     except ValueError:
-        raise UsageError(
-            f"--from-push {path}: not JSON (expected the output of `processorctl push --json`)."
-        ) from None
+        raise UsageError(f"--from-push {path}: not JSON (expected the output of `processorctl push --json`).") from None
     platforms = data.get("platforms") if isinstance(data, dict) else None
     if not isinstance(platforms, dict) or not platforms:
-        raise UsageError(
-            f'--from-push {path}: no "platforms" object (expected `processorctl push --json` output).'
-        )
+        raise UsageError(f'--from-push {path}: no "platforms" object (expected `processorctl push --json` output).')
     return {str(parse_platform(k, where=f"--from-push {path}")): str(v) for k, v in platforms.items()}
-
-
-def _verify_and_pin(
-    args: argparse.Namespace, loaded: registry_file.LoadedProcessor, wanted: dict[str, str], clients: _Clients
-) -> dict[str, Any]:
-    candidates: dict[str, pin.PinCandidate] = {}
-    for arch, text in wanted.items():
-        candidates[arch] = pin.verify_pin_candidate(
-            text,
-            arch,
-            clients,
-            expected_repository=loaded.spec.image.repository,
-            allowed_repository=getattr(args, "repository", None),
-            where=f"{arch} digest",
-        )
-        note = " (resolved from its index)" if candidates[arch].resolved_from_index else ""
-        output.progress(f"verified {arch}: {candidates[arch].pin} is a linux/{arch} image manifest{note}")
-    results = pin.pin_digests(loaded.path, candidates)
-    lines = []
-    for arch, outcome in results.items():
-        if outcome["changed"]:
-            lines.append(f"  {arch}: {outcome['old'] or '(none)'} -> {outcome['new']}")
-        else:
-            lines.append(f"  {arch}: unchanged ({outcome['new']})")
-    changed = [a for a, o in results.items() if o["changed"]]
-    head = f"pinned {', '.join(changed)} in {loaded.path}" if changed else f"{loaded.path}: pins unchanged"
-    return {
-        "ref": str(loaded.ref),
-        "file": str(loaded.path),
-        "pins": results,
-        "changed": changed,
-        "candidates": {arch: c.to_json() for arch, c in candidates.items()},
-        "summary": "\n".join([head, *lines]),
-    }
 
 
 def cmd_pin(args: argparse.Namespace) -> dict[str, Any]:
@@ -238,9 +178,9 @@ def cmd_pin(args: argparse.Namespace) -> dict[str, Any]:
         if not args.oci or not args.platform:
             raise UsageError("pin needs --platform and --oci (or --from-push FILE).")
         wanted = {parse_platform(args.platform): args.oci}
-    clients = _Clients()
+    clients = RegistryClients()
     try:
-        return _verify_and_pin(args, loaded, wanted, clients)
+        return pin.verify_and_pin(loaded, wanted, clients)
     finally:
         clients.close()
 
@@ -253,10 +193,10 @@ def cmd_pin(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_publish(args: argparse.Namespace) -> dict[str, Any]:
     loaded = _load(args)
     built = _do_build(args, loaded)
-    clients = _Clients()
+    clients = RegistryClients()
     try:
         pushed = _do_push(args, loaded, built, clients)
-        pinned = _verify_and_pin(args, loaded, {a: str(r) for a, r in pushed.platforms.items()}, clients)
+        pinned = pin.verify_and_pin(loaded, {a: str(r) for a, r in pushed.platforms.items()}, clients)
     except TheoryDeployError:
         raise
     finally:
@@ -284,14 +224,10 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         p.add_argument("--ref", required=True, help="processor ref ns/name@N, e.g. llm/litellm@1")
 
     def platforms_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--platforms", help="comma-separated, e.g. linux/amd64,linux/arm64 (default: build.platforms)"
-        )
+        p.add_argument("--platforms", help="comma-separated, e.g. linux/amd64,linux/arm64 (default: build.platforms)")
 
     def build_arg_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--build-arg", action="append", metavar="KEY=VALUE", help="docker build argument (repeatable)"
-        )
+        p.add_argument("--build-arg", action="append", metavar="KEY=VALUE", help="docker build argument (repeatable)")
 
     def repository_flag(p: argparse.ArgumentParser, what: str) -> None:
         p.add_argument("--repository", metavar="REPO", help=what)
@@ -312,8 +248,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         parent,
         "push",
         cmd_push,
-        "upload the locally built images by digest and join them into one index; "
-        "print per-platform manifest digests",
+        "upload the locally built images by digest and join them into one index; print per-platform manifest digests",
     )
     ref_flag(p)
     platforms_flag(p)
@@ -337,12 +272,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--from-push", metavar="FILE", help="pin every platform listed in `processorctl push --json` output"
     )
-    repository_flag(
-        pn, "also accept digests from this repository (not image.repository); for loopback registries"
-    )
 
     pb = add_verb(subparsers, parent, "publish", cmd_publish, "build, push and pin every platform in one go")
     ref_flag(pb)
     platforms_flag(pb)
     build_arg_flag(pb)
-    repository_flag(pb, "push to (and pin from) this repository instead of image.repository")

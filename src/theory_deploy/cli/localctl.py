@@ -9,7 +9,9 @@ from .target_cmds import build_parser
 
 
 def parser() -> argparse.ArgumentParser:
-    return build_parser("localctl", "local", "Run processors on the local Docker engine, pinned by digest, as Modal would.")
+    return build_parser(
+        "localctl", "local", "Run processors on the local Docker engine, pinned by digest, as Modal would."
+    )
 
 
 main = framework.main_for(parser)

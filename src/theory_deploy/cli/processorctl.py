@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import framework, image_cmds, plan_cmds, registry_cmds
+from . import framework, image_cmds, plan_cmds, pr_cmds, registry_cmds
 
 
 def parser() -> argparse.ArgumentParser:
@@ -14,6 +14,7 @@ def parser() -> argparse.ArgumentParser:
     registry_cmds.register(subparsers, parent)
     image_cmds.register(subparsers, parent)
     plan_cmds.register(subparsers, parent)
+    pr_cmds.register(subparsers, parent)
     return parser
 
 

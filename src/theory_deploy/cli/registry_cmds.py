@@ -30,8 +30,9 @@ def cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
         _spec, found = check_file(path)
         problems += found
     for problem in problems:
-        gha.annotate("error", problem.message, file=problem.file, line=problem.line, col=problem.col,
-                     title="registry.yaml")
+        gha.annotate(
+            "error", problem.message, file=problem.file, line=problem.line, col=problem.col, title="registry.yaml"
+        )
     if problems:
         if not args.json:
             for problem in problems:
@@ -63,19 +64,31 @@ def cmd_set_repository(args: argparse.Namespace) -> dict[str, Any]:
         result["summary"] = f"unchanged: {processor.ref} already uses {result['new']}"
     else:
         cleared = ", ".join(result["cleared_pins"]) or "none"
-        result["summary"] = f"{processor.ref}: image.repository {result['old']} -> {result['new']} (pins cleared: {cleared})"
+        result["summary"] = (
+            f"{processor.ref}: image.repository {result['old']} -> {result['new']} (pins cleared: {cleared})"
+        )
     return result
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     from .framework import add_verb
 
-    validate = add_verb(subparsers, parent, "validate", cmd_validate,
-                        "check every processors/*/*/registry.yaml (or the given files); list every problem as file:line:col")
+    validate = add_verb(
+        subparsers,
+        parent,
+        "validate",
+        cmd_validate,
+        "check every processors/*/*/registry.yaml (or the given files); list every problem as file:line:col",
+    )
     validate.add_argument("paths", nargs="*", metavar="PATH", help="registry.yaml files (default: every processor)")
     schema = add_verb(subparsers, parent, "schema", cmd_schema, "print the JSON Schema of registry.yaml")
-    move = add_verb(subparsers, parent, "set-repository", cmd_set_repository,
-                    "point a processor at another image repository (clears its pins, which named the old one)")
+    move = add_verb(
+        subparsers,
+        parent,
+        "set-repository",
+        cmd_set_repository,
+        "point a processor at another image repository (clears its pins, which named the old one)",
+    )
     move.add_argument("--ref", required=True, help="processor ref, e.g. llm/litellm@1")
     move.add_argument("--repository", required=True, help="bare repository, e.g. 127.0.0.1:5000/theory/llm-litellm")
     schema.add_argument("--write", action="store_true", help=f"write it to {SCHEMA_RELATIVE_PATH} in the repository")

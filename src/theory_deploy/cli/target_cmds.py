@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..refs import ProcessorRef, parse_env
 from ..registry_file import load_processor
 from ..targets import get_target
-from ..targets.base import AppContext, Target, parse_inputs
+from ..targets.base import AppContext, Target, parse_inputs, read_branches
 from . import framework
 
 
@@ -74,8 +74,14 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     target, app = _app(args)
     inputs = parse_inputs(args.inputs_json, args.inputs_file)
     timeout = args.timeout or float(app.processor.spec.runtime.timeout_s)
-    return target.run(app, mode=args.mode, inputs=inputs, timeout_s=timeout, execution_id=args.execution_id,
-                      stream_tokens=not args.json)
+    return target.run(
+        app,
+        mode=args.mode,
+        inputs=inputs,
+        timeout_s=timeout,
+        execution_id=args.execution_id,
+        stream_tokens=not args.json,
+    )
 
 
 def cmd_rollback(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,9 +89,16 @@ def cmd_rollback(args: argparse.Namespace) -> dict[str, Any]:
     return target.rollback(app, args.to, dry_run=args.dry_run)
 
 
+def cmd_cleanup_dev(args: argparse.Namespace) -> dict[str, Any]:
+    branches = read_branches(args.existing_branches_file)
+    return get_target(args.target_kind).cleanup_dev(branches, dry_run=args.dry_run)
+
+
 def build_parser(prog: str, target_kind: str, description: str) -> argparse.ArgumentParser:
-    parser, subparsers, parent = framework.new_tool(prog, description)
-    parent.set_defaults(target_kind=target_kind)
+    parser, subparsers, common = framework.new_tool(prog, description)
+    common.set_defaults(target_kind=target_kind)
+    # The per-app verbs take --ref/--env on top of the common flags; cleanup-dev takes neither.
+    parent = argparse.ArgumentParser(add_help=False, parents=[common])
     parent.add_argument("--ref", required=True, help="processor ref, e.g. llm/litellm@1")
     parent.add_argument("--env", required=True, help="dev, staging or main")
 
@@ -95,7 +108,9 @@ def build_parser(prog: str, target_kind: str, description: str) -> argparse.Argu
     verb("name", cmd_name, "print the app name for the environment")
 
     start = verb("start", cmd_start, "deploy the pinned digest (or a verified --oci digest) as the environment's app")
-    start.add_argument("--oci", help="deploy this digest ref instead of the pin (must be the right platform's manifest)")
+    start.add_argument(
+        "--oci", help="deploy this digest ref instead of the pin (must be the right platform's manifest)"
+    )
     start.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
 
     verb("stop", cmd_stop, "stop the app")
@@ -105,12 +120,18 @@ def build_parser(prog: str, target_kind: str, description: str) -> argparse.Argu
     logs.add_argument("--follow", action="store_true", help="keep streaming new lines")
     logs.add_argument("--tail", type=int, default=200, help="lines of history to show (default 200)")
 
-    sync = verb("sync-secrets", cmd_sync_secrets, "create or update the processor's secrets from this process's environment")
-    sync.add_argument("--fail-on-missing", action="store_true", help="fail with ERR_MISSING_SECRET if a required secret has no value")
+    sync = verb(
+        "sync-secrets", cmd_sync_secrets, "create or update the processor's secrets from this process's environment"
+    )
+    sync.add_argument(
+        "--fail-on-missing", action="store_true", help="fail with ERR_MISSING_SECRET if a required secret has no value"
+    )
     sync.add_argument("--check", action="store_true", help="change nothing; say what would be created or updated")
     sync.add_argument("--dry-run", action="store_true", help="same as --check, and print the plan")
 
-    verify = verb("verify-digest", cmd_verify_digest, "prove the running digest equals the pin (or --oci); fails closed")
+    verify = verb(
+        "verify-digest", cmd_verify_digest, "prove the running digest equals the pin (or --oci); fails closed"
+    )
     verify.add_argument("--oci", help="expect this digest ref instead of the pin")
 
     run = verb("run", cmd_run, "run the processor once over theory.run.v1 and print the envelope")
@@ -123,4 +144,20 @@ def build_parser(prog: str, target_kind: str, description: str) -> argparse.Argu
     rollback = verb("rollback", cmd_rollback, "redeploy a digest that registry.yaml pinned earlier")
     rollback.add_argument("--to", required=True, help="a digest pinned before, or a git revision whose pin to deploy")
     rollback.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+
+    cleanup = framework.add_verb(
+        subparsers,
+        common,
+        "cleanup-dev",
+        cmd_cleanup_dev,
+        "stop the dev apps whose branch (recorded at deploy time) no longer exists; only `dev` is touched",
+    )
+    cleanup.add_argument(
+        "--existing-branches-file",
+        required=True,
+        metavar="FILE",
+        help="the branches that exist, one name per line (`-`: stdin), e.g. from "
+        "`git ls-remote --heads origin | sed 's#.*refs/heads/##'`; an empty list is refused",
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="say what would be stopped and stop nothing")
     return parser

@@ -3,7 +3,8 @@
 A target knows how to start, stop, inspect and reach an app. What must behave identically on every
 target lives here once: which image a start deploys (the pin, or a verified `--oci`), how
 verify-digest compares the pin with independent readings of what runs (failing closed), how a run
-talks theory.run.v1, and how rollback finds an earlier pin in git history.
+talks theory.run.v1, how rollback finds an earlier pin in git history, and which dev apps
+cleanup-dev stops (by the branch recorded on each app at deploy time, never by parsing its name).
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import subprocess
 import sys
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import output, protocol
 from ..errors import (
+    DeployError,
     InputsError,
     RegistryMismatchError,
     RevisionError,
+    TheoryDeployError,
+    UsageError,
     error_for_code,
 )
 from ..refs import (
@@ -75,6 +80,22 @@ class DigestReadings:
     notes: dict[str, str] = field(default_factory=dict)  # why a reading is missing
 
 
+MANAGED_LABEL = "theory.managed"
+ENV_LABEL = "theory.env"
+BRANCH_LABEL = "theory.branch"
+USER_LABEL = "theory.user"
+
+
+@dataclass(frozen=True)
+class ListedApp:
+    """One live app found in an environment, with the labels its deploy recorded on it (Modal: the
+    decoded app tags; local: the container labels). `note` says why its labels could not be read."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    note: str | None = None
+
+
 def digest_of(ref_or_digest: str | None) -> str | None:
     if not ref_or_digest:
         return None
@@ -118,6 +139,15 @@ class Target(ABC):
     @abstractmethod
     def endpoint(self, app: AppContext) -> Endpoint: ...
 
+    @abstractmethod
+    def list_apps(self, env: Environment) -> list[ListedApp]:
+        """Every live app in `env`, whoever made it, with the labels recorded on it (read-only)."""
+
+    @abstractmethod
+    def stop_listed(self, env: Environment, listed: ListedApp) -> str | None:
+        """Stop an app `list_apps(env)` returned, after re-reading its labels; None when stopped, else
+        why it was left alone (gone meanwhile, or `changed_since_listing` says it was redeployed)."""
+
     # --- shared behaviour ----------------------------------------------------------------------------
     def image_to_deploy(self, app: AppContext, oci: str | None) -> ImageRef:
         """The pin for this target's platform, or `--oci` once proven to be that platform's manifest."""
@@ -130,7 +160,9 @@ class Target(ABC):
         expected = expected_ref.digest
         readings = self.read_running_digests(app)
         if not readings.readings:
-            raise RegistryMismatchError(f"{app.name} ({app.env}): nothing could be read about what runs; failing closed.")
+            raise RegistryMismatchError(
+                f"{app.name} ({app.env}): nothing could be read about what runs; failing closed."
+            )
         problems = []
         for source, seen in readings.readings.items():
             if seen is None:
@@ -188,14 +220,85 @@ class Target(ABC):
         )
         if stream_tokens:
             sys.stderr.write("\n")
-        result: dict[str, Any] = {"app": app.name, "env": app.env, "envelope": envelope}
         if envelope.get("status") != "success":
+            # A run that ends in an error envelope is a failed verb: its own code and exit code, and
+            # the whole envelope (execution id, meta) kept in the error's details.
             error = envelope.get("error") or {}
-            err = error_for_code(str(error.get("code", "ERR_RUNTIME")), str(error.get("message", "")))
-            result["_exit_code"] = err.exit_code
-            result["summary"] = f"run failed: {error.get('code')}: {error.get('message')}"
-        else:
-            result["summary"] = json.dumps(envelope.get("outputs"), indent=2)
+            err = error_for_code(str(error.get("code", "ERR_RUNTIME")), f"{app.name}: {error.get('message', '')}")
+            err.details = {**err.details, "envelope": envelope}
+            raise err
+        return {
+            "app": app.name,
+            "env": app.env,
+            "envelope": envelope,
+            "summary": json.dumps(envelope.get("outputs"), indent=2),
+        }
+
+    def cleanup_dev(self, existing_branches: Iterable[str], *, dry_run: bool = False) -> dict[str, Any]:
+        """Stop every dev app theory-deploy deployed whose recorded branch is not in `existing_branches`.
+
+        Only the `dev` environment is read or touched. The branch is the one recorded on the app at
+        deploy time (label/tag `theory.branch`), never derived from the app's name (original item 10).
+        Apps not managed by theory-deploy, or without a recorded branch, are skipped and never stopped.
+        """
+        branches = {b for b in existing_branches if b}
+        if not branches:
+            raise UsageError(
+                "cleanup-dev: the list of existing branches is empty; refusing, because every dev app "
+                "would be stopped.",
+                remedy="Check the command that lists the branches (e.g. `git ls-remote --heads origin`) "
+                "succeeded and wrote one branch name per line.",
+            )
+        env: Environment = "dev"
+        stopped: list[dict[str, Any]] = []
+        kept: list[dict[str, Any]] = []
+        skipped: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for listed in sorted(self.list_apps(env), key=lambda a: a.name):
+            reason = _not_cleanable(listed, env)
+            if reason:
+                skipped.append({"app": listed.name, "reason": reason})
+                continue
+            entry = {
+                "app": listed.name,
+                "branch": listed.labels[BRANCH_LABEL],
+                "user": listed.labels.get(USER_LABEL),
+            }
+            if entry["branch"] in branches:
+                kept.append(entry)
+                continue
+            if dry_run:
+                stopped.append(entry)
+                continue
+            try:
+                declined = self.stop_listed(env, listed)
+            except TheoryDeployError as err:
+                failed.append({**entry, "code": err.code, "error": err.message})
+                continue
+            if declined:
+                skipped.append({"app": listed.name, "reason": declined})
+            else:
+                stopped.append(entry)
+        result: dict[str, Any] = {
+            "env": env,
+            "target": self.kind,
+            "branches": len(branches),
+            "stopped": stopped,
+            "kept": kept,
+            "skipped": skipped,
+            "dry_run": dry_run,
+        }
+        if failed:
+            result["failed"] = failed
+        result["summary"] = _cleanup_summary(result, failed)
+        if failed:
+            raise DeployError(
+                f"cleanup-dev: {len(failed)} dev app(s) could not be stopped: "
+                + "; ".join(f"{f['app']} ({f['code']}: {f['error']})" for f in failed)
+                + f". {len(stopped)} stopped meanwhile.",
+                remedy="Read the errors, fix, and re-run cleanup-dev (it only stops what is still running).",
+                details=result,
+            )
         return result
 
     def rollback(self, app: AppContext, to: str, *, dry_run: bool = False) -> dict[str, Any]:
@@ -203,8 +306,82 @@ class Target(ABC):
         image = self.verify_image(target)
         result = self.start(app, image, dry_run=dry_run)
         result["rolled_back_to"] = str(image)
-        result["summary"] = f"rolled back {app.name} ({app.env}) to {image}. " + str(result.get("summary", ""))
+        verb = "would roll back" if dry_run else "rolled back"
+        result["summary"] = f"{verb} {app.name} ({app.env}) to {image}. " + str(result.get("summary", ""))
         return result
+
+
+def _not_cleanable(listed: ListedApp, env: Environment) -> str | None:
+    """Why cleanup-dev must leave this app alone, or None when its recorded branch decides."""
+    if listed.note:
+        return listed.note
+    labels = listed.labels
+    if labels.get(MANAGED_LABEL) != "true":
+        return f"not deployed by theory-deploy (no {MANAGED_LABEL}=true)"
+    if labels.get(ENV_LABEL) != env:
+        return f"its recorded environment is {labels.get(ENV_LABEL)!r}, not {env!r}"
+    if not labels.get(BRANCH_LABEL):
+        return f"no branch recorded at deploy time (no {BRANCH_LABEL})"
+    return None
+
+
+def changed_since_listing(listed: ListedApp, labels_now: dict[str, str]) -> str | None:
+    """For `stop_listed`: why the app, read again just before stopping, must no longer be stopped."""
+    now = ListedApp(listed.name, labels_now)
+    reason = _not_cleanable(now, "dev")
+    if reason:
+        return f"left alone: re-read before stopping, {reason}"
+    if labels_now.get(BRANCH_LABEL) != listed.labels.get(BRANCH_LABEL):
+        return (
+            f"left alone: redeployed from branch {labels_now.get(BRANCH_LABEL)!r} since it was listed "
+            f"(was {listed.labels.get(BRANCH_LABEL)!r})"
+        )
+    return None
+
+
+def _cleanup_summary(result: dict[str, Any], failed: list[dict[str, Any]]) -> str:
+    verb = "would stop" if result["dry_run"] else "stopped"
+    lines = [
+        f"cleanup-dev ({result['target']}, {result['env']}): {verb} {len(result['stopped'])}, "
+        f"kept {len(result['kept'])}, skipped {len(result['skipped'])}"
+        + (f", failed {len(failed)}" if failed else "")
+        + f" ({result['branches']} existing branch(es) given)"
+        + (" (dry run: nothing was stopped)" if result["dry_run"] else "")
+    ]
+    for entry in result["stopped"]:
+        lines.append(f"  {verb}: {entry['app']} (branch {entry['branch']!r} is gone; user {entry['user']})")
+    for entry in result["kept"]:
+        lines.append(f"  kept:    {entry['app']} (branch {entry['branch']!r} exists)")
+    for entry in result["skipped"]:
+        lines.append(f"  skipped: {entry['app']}: {entry['reason']}")
+    for entry in failed:
+        lines.append(f"  FAILED:  {entry['app']}: {entry['code']}: {entry['error']}")
+    return "\n".join(lines)
+
+
+def read_branches(path: str) -> list[str]:
+    """The existing branch names, one a line, from `path` (`-`: stdin). Blank lines are ignored and a
+    `refs/heads/` prefix is dropped; a line with whitespace inside (e.g. raw `git ls-remote` output,
+    `<sha>\\trefs/heads/x`) is refused, since no branch could match it and every app would be stopped."""
+    where = "--existing-branches-file " + path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read it ({exc.strerror}).") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: not UTF-8 text.") from None
+    branches = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        if any(ch.isspace() for ch in line):
+            raise UsageError(
+                f"{where}: line {number} ({line[:80]!r}) is not a branch name (it contains whitespace).",
+                remedy="Write one branch name per line, e.g. `git ls-remote --heads origin | sed 's#.*refs/heads/##'`.",
+            )
+        branches.append(line.removeprefix("refs/heads/"))
+    return branches
 
 
 def _git(repo_root: Path, *args: str) -> str:
@@ -230,7 +407,9 @@ def earlier_pin(processor: LoadedProcessor, platform: Platform, to: str) -> Imag
     text = _git(processor.repo_root, "show", f"{to}:{relative}")
     spec, problems = check_file(processor.path, text)
     if spec is None:
-        raise RevisionError(f"--to {to}: {relative} at that revision is not valid: {problems[0].message if problems else ''}")
+        raise RevisionError(
+            f"--to {to}: {relative} at that revision is not valid: {problems[0].message if problems else ''}"
+        )
     pin = spec.pins()[platform]
     if not pin:
         raise RevisionError(f"--to {to}: {relative} had no {platform} pin at that revision.")

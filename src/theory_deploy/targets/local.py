@@ -74,9 +74,9 @@ from ..errors import (
     RegistryAuthError,
     TheoryDeployError,
 )
-from ..refs import DIGEST_RE, ImageRef, Platform
+from ..refs import DIGEST_RE, Environment, ImageRef, Platform
 from ..secret_store import SecretStore, state_dir
-from .base import AppContext, DigestReadings, Endpoint, Target, digest_of
+from .base import AppContext, DigestReadings, Endpoint, ListedApp, Target, changed_since_listing, digest_of
 
 MANAGED_LABEL = "theory.managed"
 START_TIMEOUT_ENV = "THEORY_LOCAL_START_TIMEOUT"
@@ -981,3 +981,29 @@ class LocalTarget(Target):
             token = value[spec.api.auth_secret] if value else None
         base = f"http://127.0.0.1:{port}"
         return Endpoint(base_url=base, ws_url=f"ws://127.0.0.1:{port}{spec.api.path}", token=token)
+
+    # --- dev cleanup -----------------------------------------------------------------------------------
+    def list_apps(self, env: Environment) -> list[ListedApp]:
+        """Every container labelled theory.env=<env> (running or not: `stop` removes containers)."""
+        proc = self.docker.run(
+            ["container", "ls", "--all", "--quiet", "--no-trunc", "--filter", f"label=theory.env={env}"],
+            what="docker container ls",
+        )
+        listed = []
+        for container_id in proc.stdout.split():
+            container = self.docker.inspect_container(container_id)
+            if container is None:
+                continue  # removed since it was listed
+            name = str(container.get("Name") or container_id).lstrip("/")
+            listed.append(ListedApp(name, _labels(container)))
+        return listed
+
+    def stop_listed(self, env: Environment, listed: ListedApp) -> str | None:
+        container = self.docker.inspect_container(listed.name)
+        if container is None:
+            return "left alone: no longer there (removed since it was listed)"
+        declined = changed_since_listing(listed, _labels(container))
+        if declined:
+            return declined
+        self._remove(listed.name)
+        return None

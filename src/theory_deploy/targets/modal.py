@@ -83,10 +83,10 @@ from ..errors import (
     NotRunningError,
     TheoryDeployError,
 )
-from ..refs import DIGEST_RE, ImageRef, Platform
+from ..refs import DIGEST_RE, Environment, ImageRef, Platform
 from ..secrets import REGISTRY_AUTH, REGISTRY_AUTH_KEYS, keys_for
 from . import modal_app
-from .base import AppContext, DigestReadings, Endpoint, Target, digest_of
+from .base import AppContext, DigestReadings, Endpoint, ListedApp, Target, changed_since_listing, digest_of
 from .modal_app import DIGEST_LABEL, FUNCTION_NAME, MANAGED_TAG, MODULE_NAME, SPEC_LABEL, DeployPlan
 
 T = TypeVar("T")
@@ -103,18 +103,14 @@ def _seconds(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise DeployError(
-            f"{name}={raw!r} is not a number of seconds.", remedy=f"Set {name} to e.g. 60."
-        ) from None
+        raise DeployError(f"{name}={raw!r} is not a number of seconds.", remedy=f"Set {name} to e.g. 60.") from None
     return value if value > 0 else default
 
 
 def secret_names(app: AppContext) -> tuple[list[str], list[str]]:
     """(every name bound to the function, the required ones): required + api.auth_secret + optional."""
     spec = app.processor.spec
-    required = list(
-        dict.fromkeys([*spec.secrets.required, *([spec.api.auth_secret] if spec.api.auth_secret else [])])
-    )
+    required = list(dict.fromkeys([*spec.secrets.required, *([spec.api.auth_secret] if spec.api.auth_secret else [])]))
     return list(dict.fromkeys([*required, *spec.secrets.optional])), required
 
 
@@ -141,9 +137,7 @@ class ModalTarget(Target):
         healthz_timeout_s: float | None = None,
     ) -> None:
         self.timeout_s = timeout_s or _seconds("THEORY_MODAL_TIMEOUT_S", DEFAULT_TIMEOUT_S)
-        self.deploy_timeout_s = deploy_timeout_s or _seconds(
-            "THEORY_MODAL_DEPLOY_TIMEOUT_S", DEFAULT_DEPLOY_TIMEOUT_S
-        )
+        self.deploy_timeout_s = deploy_timeout_s or _seconds("THEORY_MODAL_DEPLOY_TIMEOUT_S", DEFAULT_DEPLOY_TIMEOUT_S)
         self.healthz_timeout_s = healthz_timeout_s or _seconds(
             "THEORY_MODAL_HEALTHZ_TIMEOUT_S", DEFAULT_HEALTHZ_TIMEOUT_S
         )
@@ -159,12 +153,8 @@ class ModalTarget(Target):
         secrets.register_secret_value(token_id)
         secrets.register_secret_value(token_secret)
         if not token_id or not token_secret:
-            missing = [
-                n for n, v in (("MODAL_TOKEN_ID", token_id), ("MODAL_TOKEN_SECRET", token_secret)) if not v
-            ]
-            raise ModalAuthError(
-                f"no Modal credentials: {' and '.join(missing)} not set (and no ~/.modal.toml token)."
-            )
+            missing = [n for n, v in (("MODAL_TOKEN_ID", token_id), ("MODAL_TOKEN_SECRET", token_secret)) if not v]
+            raise ModalAuthError(f"no Modal credentials: {' and '.join(missing)} not set (and no ~/.modal.toml token).")
 
     @staticmethod
     def _server() -> str:
@@ -185,9 +175,7 @@ class ModalTarget(Target):
         try:
             return await asyncio.wait_for(awaitable, deadline)
         except TimeoutError:
-            raise ModalTimeoutError(
-                f"Modal ({self._server()}) did not answer {what} within {deadline:g}s."
-            ) from None
+            raise ModalTimeoutError(f"Modal ({self._server()}) did not answer {what} within {deadline:g}s.") from None
         except TheoryDeployError:
             raise
         except modal.exception.Error as exc:
@@ -252,15 +240,11 @@ class ModalTarget(Target):
             return None
 
     async def _labels(self, app: AppContext, handle: Any) -> dict[str, str]:
-        tags = await self._call(
-            f"reading the tags of {app.name} in {app.env}", handle.get_tags.aio(), env=app.env
-        )
+        tags = await self._call(f"reading the tags of {app.name} in {app.env}", handle.get_tags.aio(), env=app.env)
         return modal_app.decode_tags(dict(tags))
 
     async def _info(self, app: AppContext, handle: Any) -> Any:
-        return await self._call(
-            f"reading {app.name} in {app.env}", handle.info.aio(refresh=True), env=app.env
-        )
+        return await self._call(f"reading {app.name} in {app.env}", handle.info.aio(refresh=True), env=app.env)
 
     async def _web_url(self, app: AppContext) -> str:
         function = modal.Function.from_name(app.name, FUNCTION_NAME, environment_name=app.env)
@@ -324,9 +308,7 @@ class ModalTarget(Target):
                 remedy="Re-run sync-secrets.",
             )
 
-        await self._call(
-            f"updating secret {name} in {env}", handle.update.aio(values), env=env, not_found=gone
-        )
+        await self._call(f"updating secret {name} in {env}", handle.update.aio(values), env=env, not_found=gone)
 
     async def _ensure_registry_auth(self, app: AppContext, image: ImageRef) -> str:
         env = app.env
@@ -334,13 +316,10 @@ class ModalTarget(Target):
             return "present"
         existing = await self._secret(env, REGISTRY_AUTH)
         credentials = secrets.registry_credentials()
-        problem = (
-            f"lacks the keys {' and '.join(REGISTRY_AUTH_KEYS)}" if existing is not None else "does not exist"
-        )
+        problem = f"lacks the keys {' and '.join(REGISTRY_AUTH_KEYS)}" if existing is not None else "does not exist"
         if credentials is None:
             raise MissingSecretError(
-                f"{REGISTRY_AUTH} {problem} in the Modal environment {env}; Modal needs it to pull "
-                f"{image.repository}.",
+                f"{REGISTRY_AUTH} {problem} in the Modal environment {env}; Modal needs it to pull {image.repository}.",
                 remedy=(
                     f"Export REGISTRY_USERNAME and REGISTRY_PASSWORD (a user and token that may read "
                     f"{image.repository}), then re-run start or `modalctl sync-secrets {_ctl(app)}`."
@@ -430,8 +409,7 @@ class ModalTarget(Target):
             f"  function {FUNCTION_NAME}: cpu {plan.cpu:g}, memory {plan.memory_mib} MiB, "
             f"timeout {plan.timeout_s}s, "
             f"gpu {plan.gpu or '-'}, max_inputs {plan.max_inputs}",
-            f"  pull secret: {plan.registry_secret}; "
-            f"secrets bound by name: {', '.join(plan.secret_names) or '-'}",
+            f"  pull secret: {plan.registry_secret}; secrets bound by name: {', '.join(plan.secret_names) or '-'}",
             f"  deploy tag {plan.deploy_tag}, spec {plan.fingerprint}",
             "--- deploy module ---",
             module.rstrip("\n"),
@@ -478,9 +456,7 @@ class ModalTarget(Target):
             action, reason = "redeployed", f"it ran {previous.get('digest') or 'an unrecorded digest'}"
         else:
             action, reason = "redeployed", "same digest, changed spec (resources, secrets or labels)"
-        return await self._start_result(
-            app, plan, action, reason, info, previous, registry_auth, declared, lacking
-        )
+        return await self._start_result(app, plan, action, reason, info, previous, registry_auth, declared, lacking)
 
     async def _deploy(self, app: AppContext, plan: DeployPlan, module: str) -> None:
         def on_error(exc: Exception, message: str) -> TheoryDeployError | None:
@@ -570,9 +546,7 @@ class ModalTarget(Target):
         }
         if url_note:
             result["url_note"] = url_note
-        lines = [
-            f"{action}: {app.name} ({app.env}) runs {plan.image}, version {lifecycle.version} ({reason})."
-        ]
+        lines = [f"{action}: {app.name} ({app.env}) runs {plan.image}, version {lifecycle.version} ({reason})."]
         lines.append(f"  url: {url or '(unreadable: ' + str(url_note) + ')'}")
         if registry_auth in ("created", "updated"):
             lines.append(f"  {REGISTRY_AUTH} {registry_auth} from REGISTRY_USERNAME/REGISTRY_PASSWORD.")
@@ -712,8 +686,7 @@ class ModalTarget(Target):
             raise MissingSecretError(
                 f"{app.name} ({app.env}): required secret(s) {', '.join(missing_required)} have no value in "
                 "this process's environment; nothing was sent to Modal.",
-                remedy=f"Export {', '.join(_env_keys(missing_required))} and run "
-                f"`modalctl sync-secrets {_ctl(app)}`.",
+                remedy=f"Export {', '.join(_env_keys(missing_required))} and run `modalctl sync-secrets {_ctl(app)}`.",
                 details={"missing": missing_required},
             )
         self._require_credentials()
@@ -784,9 +757,7 @@ class ModalTarget(Target):
                 f"(export {', '.join(_env_keys(missing_required))})"
             )
         if not check and (created or updated):
-            lines.append(
-                "  new values reach containers started from now on; warm containers keep the old ones."
-            )
+            lines.append("  new values reach containers started from now on; warm containers keep the old ones.")
         result["summary"] = "\n".join(lines)
         return result
 
@@ -840,6 +811,53 @@ class ModalTarget(Target):
             ws_url=protocol.ws_url_for(base, app.processor.spec.api.path),
             token=self._token(app),
         )
+
+    # --- dev cleanup --------------------------------------------------------------------------------
+    def list_apps(self, env: Environment) -> list[ListedApp]:
+        self._require_credentials()
+        return asyncio.run(self._list_apps(env))
+
+    async def _list_apps(self, env: str) -> list[ListedApp]:
+        # `Environment.apps.list` lists the live apps only (the SDK drops stopped and disabled ones).
+        handles = await self._call(
+            f"listing the apps in {env}", modal.Environment.from_name(env).apps.list.aio(), env=env
+        )
+        listed = []
+        for handle in handles:
+            name = handle.name
+            if not name:
+                listed.append(
+                    ListedApp(str(handle.app_id), note="an ephemeral app (`modal run`/`serve`), not a deploy")
+                )
+                continue
+            try:
+                tags = await self._call(f"reading the tags of {name} in {env}", handle.get_tags.aio(), env=env)
+            except TheoryDeployError as err:
+                listed.append(ListedApp(name, note=f"its tags could not be read: {err.message}"))
+                continue
+            listed.append(ListedApp(name, modal_app.decode_tags(dict(tags))))
+        return listed
+
+    def stop_listed(self, env: Environment, listed: ListedApp) -> str | None:
+        self._require_credentials()
+        return asyncio.run(self._stop_listed(env, listed))
+
+    async def _stop_listed(self, env: str, listed: ListedApp) -> str | None:
+        try:
+            handle = await self._call(
+                f"looking up app {listed.name} in {env}",
+                modal.App.lookup.aio(listed.name, environment_name=env),
+                env=env,
+                not_found=lambda message: _Absent(message),
+            )
+        except _Absent:
+            return "left alone: no longer deployed (stopped or removed since it was listed)"
+        tags = await self._call(f"reading the tags of {listed.name} in {env}", handle.get_tags.aio(), env=env)
+        declined = changed_since_listing(listed, modal_app.decode_tags(dict(tags)))
+        if declined:
+            return declined
+        await self._call(f"stopping {listed.name} in {env}", handle.stop.aio(), env=env)
+        return None
 
 
 def _env_keys(names: list[str]) -> list[str]:

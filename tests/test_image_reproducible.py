@@ -1,0 +1,123 @@
+"""A pin-only change to registry.yaml gives the same image: no pin loop.
+
+registry.yaml holds the image pins, which the pin bot rewrites after every build. If the image carried
+them, every pin commit would change the next build's digest, which needs a new pin, forever. The
+llm/litellm Dockerfile ships /app/processor.json instead (registry.yaml without `image`/`build`,
+exported canonically by `python -m theory_runtime.spec export` in a build stage), and BuildKit keys
+`COPY --from` by content, so the final stage is a full cache hit.
+
+Built with the product's own `theory_deploy.build.build_platform_images` (CA secret, labels) for
+linux/amd64 from a temporary repository root holding copies of runtime/ and processors/llm/litellm/.
+The copy's ref gets a random version so its local tag (theory-local/llm-litellm-v<N>:amd64) is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from theory_deploy import build, registry_file
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+REPOSITORY = "ghcr.io/theory-deploy/llm-litellm"
+
+
+def _inspect(cli: str, image: str) -> dict[str, Any]:
+    out = subprocess.run([cli, "image", "inspect", image], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout)[0]
+
+
+def _cat(cli: str, image: str, path: str) -> str:
+    out = subprocess.run(
+        [cli, "run", "--rm", "--entrypoint", "cat", image, path], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture
+def tmp_repo(
+    tmp_path: Path, repo_root: Path, docker_cli: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    monkeypatch.setenv("THEORY_DOCKER", docker_cli)
+    root = tmp_path / "repo"
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", "processor.json")
+    shutil.copytree(repo_root / "runtime", root / "runtime", ignore=junk)
+    folder = root / "processors" / "llm" / "litellm"
+    shutil.copytree(repo_root / "processors" / "llm" / "litellm", folder, ignore=junk)
+    path = folder / "registry.yaml"
+    version = random.randint(100000, 999999)
+    text = path.read_text()
+    assert "ref: llm/litellm@1\n" in text
+    path.write_text(text.replace("ref: llm/litellm@1\n", f"ref: llm/litellm@{version}\n", 1))
+    built_ids: list[str] = []
+    yield {"root": root, "path": path, "ids": built_ids}
+    tag = build.local_tag(f"llm-litellm-v{version}", "amd64")
+    subprocess.run([docker_cli, "rmi", "-f", tag, *dict.fromkeys(built_ids)], capture_output=True, timeout=120)
+
+
+def _build(repo: dict[str, Any], base_image: str) -> build.BuiltImage:
+    loaded = registry_file.load_path(repo["path"], repo["root"])
+    built = build.build_platform_images(
+        loaded.spec,
+        repo["root"],
+        ["amd64"],
+        {"BASE_IMAGE": base_image},
+        registry_path=repo["path"],
+        progress=lambda _m: None,
+    )["amd64"]
+    repo["ids"].append(built.image_id)
+    return built
+
+
+def test_pin_only_change_gives_the_same_image(tmp_repo: dict[str, Any], base_image: str, docker_cli: str) -> None:
+    path: Path = tmp_repo["path"]
+    first = _build(tmp_repo, base_image)
+    first_info = _inspect(docker_cli, first.image_id)
+
+    # The pin bot's write, twice (null -> A, then A -> B): only the pin characters move.
+    ids = [first.image_id]
+    for fill in ("1", "2"):
+        before = path.read_text()
+        changed = registry_file.write_pins(
+            path, {"amd64": f"{REPOSITORY}@sha256:{fill * 64}", "arm64": f"{REPOSITORY}@sha256:{fill * 63}f"}
+        )
+        assert set(changed) == {"amd64", "arm64"} and path.read_text() != before
+        again = _build(tmp_repo, base_image)
+        ids.append(again.image_id)
+        info = _inspect(docker_cli, again.image_id)
+        assert info["RootFS"]["Layers"] == first_info["RootFS"]["Layers"]
+        assert info["Config"] == first_info["Config"] and info["Created"] == first_info["Created"]
+    print(f"\nimage ids: unpinned {ids[0]}, pin A {ids[1]}, pin B {ids[2]}")
+    assert ids == [first.image_id] * 3, "a pin-only change to registry.yaml changed the image (pin loop)"
+
+    # What the image carries: the runtime spec, without pins, repository or build section.
+    shipped = _cat(docker_cli, first.image_id, "/app/processor.json")
+    spec = json.loads(shipped)
+    assert "image" not in spec and "build" not in spec and "sha256:" not in shipped
+    assert spec["ref"].startswith("llm/litellm@") and spec["secrets"]["required"] == ["OPENAI_API_KEY"]
+    listing = _cat(docker_cli, first.image_id, "/app/app.py")
+    assert "processor.json" in listing
+
+    # A change the runtime can see is a different image.
+    text = path.read_text()
+    marker = "              content: {type: string}\n"
+    assert marker in text
+    path.write_text(text.replace(marker, "              content: {type: string, description: The text.}\n", 1))
+    changed_inputs = _build(tmp_repo, base_image)
+    print(f"inputs changed: {changed_inputs.image_id}")
+    assert changed_inputs.image_id != first.image_id
+    layers = _inspect(docker_cli, changed_inputs.image_id)["RootFS"]["Layers"]
+    assert layers[:-2] == first_info["RootFS"]["Layers"][:-2]  # only processor.json's layer and after
+    assert layers[-2] != first_info["RootFS"]["Layers"][-2]
+    spec2 = json.loads(_cat(docker_cli, changed_inputs.image_id, "/app/processor.json"))
+    messages = spec2["inputs"]["properties"]["params"]["properties"]["messages"]
+    assert messages["items"]["properties"]["content"]["description"] == "The text."

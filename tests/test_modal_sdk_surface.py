@@ -96,12 +96,23 @@ EXACT: dict[str, list[tuple[str, str, str]]] = {
         ("custom_domains", K, "None"),
         ("requires_proxy_auth", K, "False"),
     ],
+    # cleanup-dev lists the dev environment's live apps
+    "modal.Environment.from_name": [
+        ("name", P, NO),
+        ("create_if_missing", K, "False"),
+        ("client", K, "None"),
+    ],
+    "EnvironmentAppsManager.list": [("self", P, NO)],
     "AppLogsManager.tail": [("self", P, NO), ("entries", P, "100"), ("source", K, "None")],
     "AppLogsManager.stream": [("self", P, NO), ("timeout", P, "None")],
 }
 
 
 def _resolve(name: str) -> Any:
+    if name.startswith("EnvironmentAppsManager."):
+        from modal.environments import EnvironmentAppsManager
+
+        return getattr(EnvironmentAppsManager, name.split(".", 1)[1])
     if name.startswith("AppLogsManager."):
         from modal._logs_manager import AppLogsManager
 

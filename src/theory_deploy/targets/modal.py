@@ -50,6 +50,11 @@ tags by the deploy that is live now, and `healthz`, what the running processor r
 <web url>/healthz. Modal itself never reports the registry digest it pulled (`image_id` is its own
 `im-` id), so neither reading is Modal's word about the bytes; they disagree when someone deploys
 another image under the app's name.
+
+**cleanup-dev** (shared decisions in `base.Target.cleanup_dev`) lists the live apps of `dev` with
+`Environment.from_name("dev").apps.list` (the SDK leaves stopped and disabled apps out), reads each
+app's tags, and stops an app only when its recorded `theory.branch` is gone, after looking it up by
+name in `dev` and re-reading its tags (a redeploy from an existing branch meanwhile leaves it alone).
 """
 
 from __future__ import annotations

@@ -168,10 +168,7 @@ def main() -> int:
         return 1
     floor_times, _ = timed(lambda: run_floor(args.registry, repos, ours, args.workers), args.reps)  # type: ignore[arg-type]
 
-    med = {
-        k: statistics.median(v)
-        for k, v in (("ours", ours_times), ("skopeo", skopeo_times), ("floor", floor_times))
-    }
+    med = {k: statistics.median(v) for k, v in (("ours", ours_times), ("skopeo", skopeo_times), ("floor", floor_times))}
     result = {
         "benchmark": "resolve_digests",
         "registry": args.registry,
@@ -189,9 +186,7 @@ def main() -> int:
     }
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"resolve_digests-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
-        json.dumps(result, indent=2) + "\n"
-    )
+    (out_dir / f"resolve_digests-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(result, indent=2) + "\n")
 
     print(json.dumps(result, indent=2))
     n = args.images
@@ -203,9 +198,7 @@ def main() -> int:
         ("skopeo", "skopeo inspect loop (--raw + --config per platform)"),
         ("floor", "raw concurrent HEADs (httpx, unverified)"),
     ):
-        print(
-            f"| {label} | {med[key]:.3f} s | {1000 * med[key] / n:.1f} ms | {med[key] / med['ours']:.2f}x |"
-        )
+        print(f"| {label} | {med[key]:.3f} s | {1000 * med[key] / n:.1f} ms | {med[key] / med['ours']:.2f}x |")
     return 0
 
 

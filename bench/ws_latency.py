@@ -49,8 +49,20 @@ def start_sample_app() -> tuple[subprocess.Popen[bytes], str]:
     # The sample's app.py reads its registry.yaml from the source tree when no processor.json is there.
     env = {**os.environ, "PYTHONPATH": str(REPO / "runtime")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--app-dir", str(folder)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--app-dir",
+            str(folder),
+        ],
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -105,12 +117,16 @@ async def measure(url: str, runs: int) -> list[dict[str, object]]:
             for concurrency in CONCURRENCY:
                 total = max(runs, concurrency * 3)
                 latencies, wall = await _timed_runs(total, concurrency, one)
-                rows.append({
-                    "transport": name, "clients": concurrency, "runs": total,
-                    "p50_ms": round(statistics.median(latencies) * 1000, 2),
-                    "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-                    "runs_per_s": round(total / wall, 1),
-                })
+                rows.append(
+                    {
+                        "transport": name,
+                        "clients": concurrency,
+                        "runs": total,
+                        "p50_ms": round(statistics.median(latencies) * 1000, 2),
+                        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+                        "runs_per_s": round(total / wall, 1),
+                    }
+                )
     return rows
 
 
@@ -119,11 +135,13 @@ def ratios(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     for clients in CONCURRENCY:
         ws = next(r for r in rows if r["clients"] == clients and str(r["transport"]).startswith("websocket"))
         post = next(r for r in rows if r["clients"] == clients and str(r["transport"]).startswith("HTTP"))
-        out.append({
-            "clients": clients,
-            "p50_ws_over_post": round(float(ws["p50_ms"]) / float(post["p50_ms"]), 2),  # type: ignore[arg-type]
-            "throughput_ws_over_post": round(float(ws["runs_per_s"]) / float(post["runs_per_s"]), 2),  # type: ignore[arg-type]
-        })
+        out.append(
+            {
+                "clients": clients,
+                "p50_ws_over_post": round(float(ws["p50_ms"]) / float(post["p50_ms"]), 2),  # type: ignore[arg-type]
+                "throughput_ws_over_post": round(float(ws["runs_per_s"]) / float(post["runs_per_s"]), 2),  # type: ignore[arg-type]
+            }
+        )
     return out
 
 
@@ -152,7 +170,9 @@ def main() -> None:
         return
     print("| transport | clients | runs | p50 ms | p99 ms | runs/s |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['transport']} | {r['clients']} | {r['runs']} | {r['p50_ms']} | {r['p99_ms']} | {r['runs_per_s']} |")
+        print(
+            f"| {r['transport']} | {r['clients']} | {r['runs']} | {r['p50_ms']} | {r['p99_ms']} | {r['runs_per_s']} |"
+        )
     print("\n| clients | p50 WS / POST | throughput WS / POST |\n|---|---|---|")
     for r in result["ratios"]:
         print(f"| {r['clients']} | {r['p50_ws_over_post']}x | {r['throughput_ws_over_post']}x |")

@@ -24,9 +24,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-_TOKEN = re.compile(
-    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<op>==|!=|&&|\|\||!|\(|\))|(?P<word>[A-Za-z_][A-Za-z0-9_.\-]*))"
-)
+_TOKEN = re.compile(r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<op>==|!=|&&|\|\||!|\(|\))|(?P<word>[A-Za-z_][A-Za-z0-9_.\-]*))")
 
 
 class _Expr:
@@ -73,10 +71,7 @@ class _Expr:
             op = self.tokens[self.i][1]
             self.i += 1
             right = self._unary()
-            same = (
-                str(left if left is not None else "").lower()
-                == str(right if right is not None else "").lower()
-            )
+            same = str(left if left is not None else "").lower() == str(right if right is not None else "").lower()
             return same if op == "==" else not same
         return left
 

@@ -66,19 +66,25 @@ def _services_env() -> dict[str, str]:
     if "env" in _services:
         return _services["env"]  # type: ignore[return-value]
     env: dict[str, str] = {}
-    keys = ("THEORY_REGISTRY", "THEORY_AUTH_REGISTRY", "THEORY_AUTH_REGISTRY_USER",
-            "THEORY_AUTH_REGISTRY_PASSWORD_FILE", "DOCKER")
+    keys = (
+        "THEORY_REGISTRY",
+        "THEORY_AUTH_REGISTRY",
+        "THEORY_AUTH_REGISTRY_USER",
+        "THEORY_AUTH_REGISTRY_PASSWORD_FILE",
+        "DOCKER",
+    )
     if all(os.environ.get(k) for k in keys[:4]):
         env = {k: os.environ[k] for k in keys if os.environ.get(k)}
     else:
-        up = subprocess.run([str(DEV_SERVICES), "up"], capture_output=True, text=True, timeout=900,
-                            stdin=subprocess.DEVNULL)
+        up = subprocess.run(
+            [str(DEV_SERVICES), "up"], capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL
+        )
         if up.returncode != 0:
             _services["up_error"] = up.stderr.strip()[-2000:]
         out = subprocess.run([str(DEV_SERVICES), "env"], capture_output=True, text=True, timeout=60)
         for line in out.stdout.splitlines():
             if line.startswith("export ") and "=" in line:
-                k, _, v = line[len("export "):].partition("=")
+                k, _, v = line[len("export ") :].partition("=")
                 env[k] = shlex.split(v)[0] if v else ""
         if os.environ.get("DOCKER"):
             env["DOCKER"] = os.environ["DOCKER"]
@@ -97,7 +103,7 @@ def _skip_reason_no_engine() -> str | None:
             why = _services.get("up_error") or f"'{cli} info' failed"
             _services["engine_reason"] = (
                 f"no Docker engine reachable ({why}); run `scripts/dev-services up` "
-                f"(as root, or with Docker running) and `eval \"$(scripts/dev-services env)\"`"
+                f'(as root, or with Docker running) and `eval "$(scripts/dev-services env)"`'
             )
     return _services["engine_reason"]  # type: ignore[return-value]
 
@@ -130,7 +136,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.section("THEORY_REQUIRE_DOCKER", sep="=", red=True, bold=True)
         terminalreporter.line(
             f"{len(_skipped_docker)} docker-marked test(s) were skipped; with THEORY_REQUIRE_DOCKER=1 "
-            "that fails the run:", red=True)
+            "that fails the run:",
+            red=True,
+        )
         for nodeid in _skipped_docker:
             terminalreporter.line(f"  {nodeid}")
 
@@ -158,8 +166,10 @@ def registry() -> str:
     """host:port of the anonymous loopback registry (e.g. 127.0.0.1:5000)."""
     host = _services_env().get("THEORY_REGISTRY", "")
     if not host or _http_status(f"http://{host}/v2/") != 200:
-        pytest.skip(f"anonymous registry {host or '(unset)'} does not answer /v2/; "
-                    f"run `scripts/dev-services up`. {_services.get('up_error', '')}".strip())
+        pytest.skip(
+            f"anonymous registry {host or '(unset)'} does not answer /v2/; "
+            f"run `scripts/dev-services up`. {_services.get('up_error', '')}".strip()
+        )
     return host
 
 
@@ -170,8 +180,9 @@ def auth_registry() -> AuthRegistry:
     host = env.get("THEORY_AUTH_REGISTRY", "")
     pw_file = env.get("THEORY_AUTH_REGISTRY_PASSWORD_FILE", "")
     if not host or _http_status(f"http://{host}/v2/") != 401 or not pw_file or not Path(pw_file).is_file():
-        pytest.skip(f"auth registry {host or '(unset)'} not up (or password file missing); "
-                    "run `scripts/dev-services up`")
+        pytest.skip(
+            f"auth registry {host or '(unset)'} not up (or password file missing); run `scripts/dev-services up`"
+        )
     password = Path(pw_file).read_text().strip()
     return AuthRegistry(host=host, user=env.get("THEORY_AUTH_REGISTRY_USER", "theory"), password=password)
 
@@ -185,8 +196,9 @@ def base_image(registry: str) -> str:
     reason = _skip_reason_no_engine()
     if reason:
         pytest.skip(reason)
-    res = subprocess.run([str(LOCAL_BASE_IMAGE), registry], capture_output=True, text=True, timeout=1800,
-                         stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [str(LOCAL_BASE_IMAGE), registry], capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL
+    )
     lines = res.stdout.strip().splitlines()
     if res.returncode != 0 or len(lines) != 1:
         pytest.skip(f"scripts/local-base-image failed (exit {res.returncode}): {res.stderr.strip()[-1500:]}")

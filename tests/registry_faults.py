@@ -110,9 +110,7 @@ class FaultProxy:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> FaultProxy:
@@ -211,9 +209,7 @@ class FaultProxy:
             challenge = f'Bearer realm="http://{self.host}/token",service="fault-proxy"'
             if scope:
                 challenge += f',scope="{scope}"'
-            payload = json.dumps(
-                {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
-            ).encode()
+            payload = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}).encode()
             self._reply(
                 handler,
                 401,
@@ -226,9 +222,7 @@ class FaultProxy:
         if self.token_auth is not None:
             headers.pop("Authorization", None)
         try:
-            upstream = self._http.request(
-                method, f"http://{self.upstream}{raw_path}", headers=headers, content=body
-            )
+            upstream = self._http.request(method, f"http://{self.upstream}{raw_path}", headers=headers, content=body)
         except httpx.HTTPError:
             self._reply(handler, 502, {}, b"", head=head)
             return
@@ -266,10 +260,7 @@ class FaultProxy:
         scope = " ".join(query.get_list("scope"))
         with self._lock:
             self.token_auth.token_requests.append(scope)
-        expected = (
-            "Basic "
-            + base64.b64encode(f"{self.token_auth.user}:{self.token_auth.password}".encode()).decode()
-        )
+        expected = "Basic " + base64.b64encode(f"{self.token_auth.user}:{self.token_auth.password}".encode()).decode()
         if auth != expected:
             self._reply(
                 handler,
@@ -360,9 +351,7 @@ def push_attestation(client: Any, repo: str, subject: str) -> SyntheticImage:
     """A BuildKit-style provenance manifest: unknown/unknown config, one in-toto layer."""
     from theory_deploy import oci
 
-    statement = json.dumps(
-        {"_type": "https://in-toto.io/Statement/v0.1", "subject": [{"digest": subject}]}
-    ).encode()
+    statement = json.dumps({"_type": "https://in-toto.io/Statement/v0.1", "subject": [{"digest": subject}]}).encode()
     config = json.dumps(
         {"architecture": "unknown", "os": "unknown", "rootfs": {"type": "layers", "diff_ids": []}}
     ).encode()

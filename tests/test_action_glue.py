@@ -213,9 +213,7 @@ def test_setup_refuses_an_old_python_clearly(fake, tmp_path) -> None:
     old = tmp_path / "python3.8"
     old.write_text("#!/bin/sh\necho 3.8\n")
     old.chmod(0o755)
-    result = run_action(
-        REPO, {"ref": REF, "python": str(old)}, workspace=fake["repo"], runner_temp=fake["temp"]
-    )
+    result = run_action(REPO, {"ref": REF, "python": str(old)}, workspace=fake["repo"], runner_temp=fake["temp"])
     assert result.returncode != 0
     assert "needs 3.11 or newer" in result.stderr
     assert result.ran == ["setup"]
@@ -269,9 +267,7 @@ def test_dev_builds_pins_and_deploys_the_digest_just_pushed(fake) -> None:
         "--json",
     ]  # the branch being built
     outputs = result.outputs
-    assert json.loads(outputs["digests"]) == {
-        REF: {"amd64": amd64, "arm64": amd64.replace("1" * 64, "2" * 64)}
-    }
+    assert json.loads(outputs["digests"]) == {REF: {"amd64": amd64, "arm64": amd64.replace("1" * 64, "2" * 64)}}
     assert outputs["app-name"] == "feat-x-dev-llm-litellm-v1"
     assert outputs["verified"] == "true"
     assert outputs["pr-url"] == "https://github.com/o/r/pull/7"
@@ -300,9 +296,7 @@ def test_staging_ignores_a_push_file_and_deploys_the_pin(fake, tmp_path) -> None
 
 
 def test_local_target_uses_localctl(fake) -> None:
-    result = run(
-        fake, "actions/modal-deploy", ref=REF, env="dev", target="local", fail_on_missing_secrets="false"
-    )
+    result = run(fake, "actions/modal-deploy", ref=REF, env="dev", target="local", fail_on_missing_secrets="false")
     assert result.returncode == 0, result.stderr
     assert verbs(fake) == ["localctl start", "localctl sync-secrets", "localctl verify-digest"]
     assert "--fail-on-missing" not in calls(fake)[1]["args"]
@@ -469,12 +463,9 @@ def test_a_failed_verify_fails_the_step_and_annotates_the_pin_line(fake) -> None
     }
     result = run(fake, ref=REF, env="main", scenario=scenario)
     assert result.returncode == 21
-    line = next(
-        i for i, text in enumerate(LITELLM.read_text().splitlines(), 1) if text.strip().startswith("amd64:")
-    )
+    line = next(i for i, text in enumerate(LITELLM.read_text().splitlines(), 1) if text.strip().startswith("amd64:"))
     assert (
-        f"::error file=processors/llm/litellm/registry.yaml,line={line},title=theory-deploy verify::"
-        in result.stderr
+        f"::error file=processors/llm/litellm/registry.yaml,line={line},title=theory-deploy verify::" in result.stderr
     )
     assert "ERR_REGISTRY_MISMATCH" in result.stderr
     assert result.outputs["verified"] == "false"
@@ -709,9 +700,7 @@ def test_drift_opens_then_updates_then_closes_one_issue(tmp_path) -> None:
         proc, out = _drift(tmp_path, api, verified=True)
         assert proc.returncode == 0, proc.stderr
         assert out["issue-action"] == "closed" and _GitHubIssues.issues[0]["state"] == "closed"
-        shown = [
-            line for line in (proc.stderr + proc.stdout).splitlines() if not line.startswith("::add-mask::")
-        ]
+        shown = [line for line in (proc.stderr + proc.stdout).splitlines() if not line.startswith("::add-mask::")]
         assert "ghs_test" not in "\n".join(shown)
     finally:
         server.shutdown()

@@ -20,9 +20,7 @@ def _git(cwd: Path, *args: str) -> str:
         "PATH": "/usr/bin:/bin",
         "HOME": str(cwd),
     }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def test_revision_ignores_registry_yaml_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -117,15 +117,11 @@ def test_build_push_two_platforms_verified_by_skopeo(env: Path, registry: str) -
     with RegistryClient(registry, progress=lambda _m: None) as client:
         copy = push.push_platform_images(built, other, client)
     assert copy.uploaded_blobs == 3
-    assert {a: r.digest for a, r in copy.platforms.items()} == {
-        a: r.digest for a, r in result.platforms.items()
-    }
+    assert {a: r.digest for a, r in copy.platforms.items()} == {a: r.digest for a, r in result.platforms.items()}
     assert copy.index.digest == result.index.digest
 
 
-def test_publish_cli_then_rerun_pins_nothing_new(
-    env: Path, registry: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_publish_cli_then_rerun_pins_nothing_new(env: Path, registry: str, capsys: pytest.CaptureFixture[str]) -> None:
     name = f"pub{uuid.uuid4().hex[:8]}"
     repository = f"{registry}/test/{name}"
     path = make_processor(
@@ -166,9 +162,7 @@ def test_publish_cli_then_rerun_pins_nothing_new(
     assert json.loads(capsys.readouterr().out)["changed"] == []
 
 
-def test_push_without_a_build_says_build_first(
-    env: Path, registry: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_push_without_a_build_says_build_first(env: Path, registry: str, capsys: pytest.CaptureFixture[str]) -> None:
     name = f"nobuild{uuid.uuid4().hex[:8]}"
     make_processor(env, name, f"{registry}/test/{name}", "FROM scratch\n")
     code = framework.run_tool(processorctl.parser(), ["push", "--ref", f"demo/{name}@1", "--json"])
@@ -219,11 +213,7 @@ def test_build_command_flags(tmp_path: Path) -> None:
         pull=False,
         ca=None,
     )
-    assert (
-        bx[:4] == ["docker", "buildx", "build", "--load"]
-        and "--provenance=false" in bx
-        and "--pull" not in bx
-    )
+    assert bx[:4] == ["docker", "buildx", "build", "--load"] and "--provenance=false" in bx and "--pull" not in bx
 
 
 def test_a_new_client_without_buildx_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,9 +229,7 @@ def test_a_new_client_without_buildx_is_refused(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.slow
-def test_python_base_arm64_runs_under_qemu(
-    env: Path, registry: str, base_image: str, docker_cli: str
-) -> None:
+def test_python_base_arm64_runs_under_qemu(env: Path, registry: str, base_image: str, docker_cli: str) -> None:
     name = f"py{uuid.uuid4().hex[:8]}"
     dockerfile = (
         "ARG BASE_IMAGE\n"
@@ -251,9 +239,7 @@ def test_python_base_arm64_runs_under_qemu(
     )
     path = make_processor(env, name, f"{registry}/test/{name}", dockerfile)
     loaded = registry_file.load_path(path, env)
-    built = build.build_platform_images(
-        loaded.spec, env, None, {"BASE_IMAGE": base_image}, registry_path=path
-    )
+    built = build.build_platform_images(loaded.spec, env, None, {"BASE_IMAGE": base_image}, registry_path=path)
     run = subprocess.run(
         [
             docker_cli,

@@ -46,8 +46,14 @@ def _get_manifest(client: httpx.Client, host: str, name: str, reference: str) ->
 
 def _build(docker_cli: str, ctx: Path, tag: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DOCKER_BUILDKIT": "1"}
-    return subprocess.run([docker_cli, "build", *args, "-t", tag, str(ctx)], capture_output=True,
-                          text=True, env=env, timeout=900, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [docker_cli, "build", *args, "-t", tag, str(ctx)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,8 +126,14 @@ def test_auth_registry_needs_the_generated_password(
         assert client.get(f"http://{host}/v2/", auth=(user, password)).status_code == 200
     # docker login with a throwaway config dir: the password goes through stdin, never argv.
     env = {**os.environ, "DOCKER_CONFIG": str(tmp_path / "docker-config")}
-    login = subprocess.run([docker_cli, "login", host, "-u", user, "--password-stdin"], input=password,
-                           capture_output=True, text=True, env=env, timeout=60)
+    login = subprocess.run(
+        [docker_cli, "login", host, "-u", user, "--password-stdin"],
+        input=password,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert login.returncode == 0, login.stderr
     assert_no_canary(login.stdout + login.stderr, [password])
 
@@ -143,8 +155,12 @@ def test_base_image_index_lists_amd64_and_arm64(base_image: str) -> None:
             assert child["mediaType"] in MANIFEST_TYPES
         assert {"linux/amd64", "linux/arm64"} <= set(platforms)
     if shutil.which("skopeo"):
-        raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{base_image}"],
-                             capture_output=True, text=True, timeout=60)
+        raw = subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{base_image}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert raw.returncode == 0, raw.stderr
         assert {m["digest"] for m in json.loads(raw.stdout)["manifests"]} == set(platforms.values())
 
@@ -157,12 +173,23 @@ def test_base_image_runs_python_on_each_platform(
 ) -> None:
     (tmp_path / "Dockerfile").write_text(
         "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
-        "RUN echo \"machine=$(uname -m)\" && python --version && python3 -m venv /tmp/v "
+        'RUN echo "machine=$(uname -m)" && python --version && python3 -m venv /tmp/v '
         "&& /tmp/v/bin/python -c 'import ssl, venv; print(\"venv-ok\")'\n"
     )
     tag = f"theory-infra-test:{uuid.uuid4().hex[:12]}"
-    res = _build(docker_cli, tmp_path, tag, "--pull", "--platform", platform, "--progress", "plain",
-                 "--no-cache", "--build-arg", f"BASE_IMAGE={base_image}")
+    res = _build(
+        docker_cli,
+        tmp_path,
+        tag,
+        "--pull",
+        "--platform",
+        platform,
+        "--progress",
+        "plain",
+        "--no-cache",
+        "--build-arg",
+        f"BASE_IMAGE={base_image}",
+    )
     subprocess.run([docker_cli, "rmi", "-f", tag], capture_output=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr

@@ -237,9 +237,7 @@ class Proc:
         return env
 
 
-def _make_proc(
-    tmp_path: Path, repository: str, pin: ImageRef | None, docker_cli: str, env: str = "staging"
-) -> Proc:
+def _make_proc(tmp_path: Path, repository: str, pin: ImageRef | None, docker_cli: str, env: str = "staging") -> Proc:
     ref = ProcessorRef("ltest", f"p{uuid.uuid4().hex[:10]}", 1)
     root = tmp_path / "repo"
     folder = root / "processors" / ref.namespace / ref.name
@@ -513,9 +511,7 @@ def test_a_different_image_claiming_the_pin_fails_verification(
     assert info.value.details["readings"]["engine"] == images.v2.digest
 
 
-def test_a_locally_built_image_has_no_engine_reading(
-    proc_factory: Any, images: BuiltImages, docker_cli: str
-) -> None:
+def test_a_locally_built_image_has_no_engine_reading(proc_factory: Any, images: BuiltImages, docker_cli: str) -> None:
     proc = proc_factory()
     target, app = LocalTarget(), proc.app()
     _run_liar(docker_cli, app.name, images.local_only, images.v1.digest)
@@ -567,9 +563,7 @@ def _sha(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def test_start_then_sync_secrets(
-    proc_factory: Any, images: BuiltImages, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_start_then_sync_secrets(proc_factory: Any, images: BuiltImages, monkeypatch: pytest.MonkeyPatch) -> None:
     proc = proc_factory()
     target, app = LocalTarget(), proc.app()
     started = target.start(app, images.v1)

@@ -22,18 +22,12 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
 REF = "llm/litellm@1"
-INPUTS = json.dumps(
-    {"schema": "v1", "params": {"messages": [{"role": "user", "content": "hello local target"}]}}
-)
+INPUTS = json.dumps({"schema": "v1", "params": {"messages": [{"role": "user", "content": "hello local target"}]}})
 
 
-def test_sample_processor_on_the_local_engine(
-    tmp_path: Path, registry: str, base_image: str, docker_cli: str
-) -> None:
+def test_sample_processor_on_the_local_engine(tmp_path: Path, registry: str, base_image: str, docker_cli: str) -> None:
     root = tmp_path / "repo"
-    shutil.copytree(
-        REPO / "runtime", root / "runtime", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
-    )
+    shutil.copytree(REPO / "runtime", root / "runtime", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     shutil.copytree(REPO / "processors" / "llm" / "litellm", root / "processors" / "llm" / "litellm")
     registry_yaml = root / "processors" / "llm" / "litellm" / "registry.yaml"
     text = registry_yaml.read_text()
@@ -54,9 +48,7 @@ def test_sample_processor_on_the_local_engine(
     )
     outputs: list[str] = []
 
-    def cli(
-        tool: str, *args: str, secrets: bool = False, ok: bool = True, timeout: float = 300
-    ) -> dict[str, Any]:
+    def cli(tool: str, *args: str, secrets: bool = False, ok: bool = True, timeout: float = 300) -> dict[str, Any]:
         proc = subprocess.run(
             [str(BIN / tool), *args, "--json"],
             capture_output=True,

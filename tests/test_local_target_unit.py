@@ -55,9 +55,7 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppContext:
     return AppContext.for_processor(processor, "staging")
 
 
-@pytest.mark.parametrize(
-    ("machine", "expected"), [("x86_64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64")]
-)
+@pytest.mark.parametrize(("machine", "expected"), [("x86_64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64")])
 def test_platform_is_the_hosts(monkeypatch: pytest.MonkeyPatch, machine: str, expected: str) -> None:
     monkeypatch.setattr(local._platform, "machine", lambda: machine)
     assert LocalTarget().platform == expected
@@ -105,9 +103,7 @@ def test_run_args_carry_names_not_values(app: AppContext, monkeypatch: pytest.Mo
     image = ImageRef.parse_digest_ref(f"127.0.0.1:5000/unit/proc@{DIGEST}")
     plan = target._secret_plan(app, target._store(app))
     args, _config = target._run_args(app, image, plan)
-    assert ["--env", "OPENAI_API_KEY"] == args[
-        args.index("OPENAI_API_KEY") - 1 : args.index("OPENAI_API_KEY") + 1
-    ]
+    assert ["--env", "OPENAI_API_KEY"] == args[args.index("OPENAI_API_KEY") - 1 : args.index("OPENAI_API_KEY") + 1]
     assert f"IMAGE_DIGEST={DIGEST}" in args
     assert "127.0.0.1::8000" in args
     assert args[-1] == str(image)
@@ -137,9 +133,7 @@ def test_registry_auth_env_is_private_and_removed(monkeypatch: pytest.MonkeyPatc
     assert not folder.exists()
 
 
-def test_pull_never_puts_the_password_on_the_command_line(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_pull_never_puts_the_password_on_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     password = make_canaries("REGISTRY_PASSWORD")["REGISTRY_PASSWORD"]
     monkeypatch.setenv("REGISTRY_USERNAME", "bot")
     monkeypatch.setenv("REGISTRY_PASSWORD", password)

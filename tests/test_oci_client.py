@@ -106,9 +106,7 @@ def test_resolve_index_skips_attestations(client: RegistryClient, repo: str, ind
     amd = push_synthetic_image(client, repo, "amd64", "a")
     arm = push_synthetic_image(client, repo, "arm64", "b")
     att = push_attestation(client, repo, amd.manifest_digest)
-    index = push_index(
-        client, repo, [amd, arm], attestations={amd.manifest_digest: att}, media_type=index_type
-    )
+    index = push_index(client, repo, [amd, arm], attestations={amd.manifest_digest: att}, media_type=index_type)
     for image in (amd, arm):
         res = client.resolve_platform(repo, index, image.arch)
         assert res.manifest_digest == image.manifest_digest
@@ -125,9 +123,7 @@ def test_resolve_docker_v2_manifest(client: RegistryClient, repo: str) -> None:
 def test_index_without_the_platform(client: RegistryClient, repo: str) -> None:
     amd = push_synthetic_image(client, repo, "amd64")
     index = push_index(client, repo, [amd])
-    with pytest.raises(
-        PlatformMismatchError, match="without a linux/arm64 image; its platforms: linux/amd64"
-    ):
+    with pytest.raises(PlatformMismatchError, match="without a linux/arm64 image; its platforms: linux/amd64"):
         client.resolve_platform(repo, index, "arm64")
 
 

@@ -112,9 +112,7 @@ def test_a_shared_runtime_or_product_change_plans_every_processor(repo: Path, pa
 
 def test_docs_and_tests_plan_nothing(repo: Path) -> None:
     base = git(repo, "rev-parse", "HEAD")
-    commit(
-        repo, {"docs/index.md": "more docs\n", "tests/test_x.py": "", ".github/workflows/drift.yml": "x: 1\n"}
-    )
+    commit(repo, {"docs/index.md": "more docs\n", "tests/test_x.py": "", ".github/workflows/drift.yml": "x: 1\n"})
     result = plan(repo, base)
     assert result["builds"] == [] and result["deploys"] == []
     assert result["build_matrix"] == {"include": []}
@@ -140,9 +138,7 @@ def test_pin_lines_next_to_a_real_change_still_build_that_processor(repo: Path) 
         .read_text()
         .replace("amd64: null", "amd64: " + PIN_B.format(name="echo"))
     )
-    litellm = (
-        (repo / "processors/llm/litellm/registry.yaml").read_text().replace("memory_gb: 2", "memory_gb: 4")
-    )
+    litellm = (repo / "processors/llm/litellm/registry.yaml").read_text().replace("memory_gb: 2", "memory_gb: 4")
     commit(repo, {"processors/llm/echo/registry.yaml": echo, "processors/llm/litellm/registry.yaml": litellm})
     result = plan(repo, base)
     assert result["pin_only"] is False
@@ -178,9 +174,7 @@ def test_a_deleted_processor_is_not_planned(repo: Path) -> None:
 
 
 def test_refs_all_platforms_and_runners(repo: Path) -> None:
-    result = compute_plan(
-        repo, refs=["llm/litellm@1"], platforms="linux/arm64", arm_runner="ubuntu-24.04-arm"
-    )
+    result = compute_plan(repo, refs=["llm/litellm@1"], platforms="linux/arm64", arm_runner="ubuntu-24.04-arm")
     assert result["build_matrix"]["include"] == [
         {
             "ref": "llm/litellm@1",

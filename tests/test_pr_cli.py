@@ -19,8 +19,9 @@ def processorctl(world: World, gh: GitHubStandIn | None, *args: str) -> subproce
     env["THEORY_REPO_ROOT"] = str(world.work)
     if gh is not None:
         env.update({"GITHUB_REPOSITORY": "acme/processors", "GITHUB_API_URL": gh.url, "GITHUB_TOKEN": TOKEN})
-    return subprocess.run([str(BIN / "processorctl"), *args], cwd=world.work, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [str(BIN / "processorctl"), *args], cwd=world.work, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_pr_verb_creates_then_updates_one_pr_and_is_quiet_when_nothing_changed(tmp_path):

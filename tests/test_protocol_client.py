@@ -93,9 +93,7 @@ async def read_open(ws: ServerConnection, seen: dict[str, Any]) -> None:
 
 def run_against(script: Script, **kw: Any) -> tuple[Any, dict[str, Any]]:
     async def client(url: str, seen: dict[str, Any]) -> Any:
-        return await run_processor(
-            url, mode="mock", inputs=INPUTS, timeout_s=kw.pop("timeout_s", 5), **kw
-        ), seen
+        return await run_processor(url, mode="mock", inputs=INPUTS, timeout_s=kw.pop("timeout_s", 5), **kw), seen
 
     return asyncio.run(with_scripted_server(script, client))
 
@@ -342,9 +340,7 @@ def test_long_quiet_run_survives_with_heartbeats(tmp_path: Path, monkeypatch: py
     with ServerThread(create_app(quiet, reg, heartbeat_s=0.25)) as s:
         kinds: list[str] = []
         env = asyncio.run(
-            run_processor(
-                s.ws_url(), mode="mock", inputs={}, timeout_s=20, on_frame=lambda f: kinds.append(f["kind"])
-            )
+            run_processor(s.ws_url(), mode="mock", inputs={}, timeout_s=20, on_frame=lambda f: kinds.append(f["kind"]))
         )
         assert env["outputs"] == {"done": True}
         assert kinds.count("Heartbeat") >= 5

@@ -178,9 +178,7 @@ def test_healthz_reports_the_digest(container: dict[str, Any]) -> None:
 
 def test_mock_run_in_the_container(container: dict[str, Any]) -> None:
     frames: list[dict[str, Any]] = []
-    a = asyncio.run(
-        run_processor(container["ws"], mode="mock", inputs=INPUTS, timeout_s=60, on_frame=frames.append)
-    )
+    a = asyncio.run(run_processor(container["ws"], mode="mock", inputs=INPUTS, timeout_s=60, on_frame=frames.append))
     b = asyncio.run(run_processor(container["ws"], mode="mock", inputs=INPUTS, timeout_s=60))
     assert a["status"] == "success", a
     assert a["outputs"]["text"] == "Mock response: Say hello to the container."
@@ -192,9 +190,7 @@ def test_mock_run_in_the_container(container: dict[str, Any]) -> None:
 
 def test_real_run_in_the_container(container: dict[str, Any], standin: OpenAIStandIn) -> None:
     frames: list[dict[str, Any]] = []
-    env = asyncio.run(
-        run_processor(container["ws"], mode="real", inputs=INPUTS, timeout_s=120, on_frame=frames.append)
-    )
+    env = asyncio.run(run_processor(container["ws"], mode="real", inputs=INPUTS, timeout_s=120, on_frame=frames.append))
     assert env["status"] == "success", env
     assert env["outputs"]["text"] == "Hello from inside the container."
     assert standin.requests[-1]["body"]["messages"] == INPUTS["params"]["messages"]

@@ -37,9 +37,7 @@ from tests.test_runtime_openai_standin import OpenAIStandIn  # noqa: E402
 from theory_deploy.protocol import run_processor  # noqa: E402
 
 if importlib.util.find_spec("litellm") is None:  # checked without importing it (seconds) at collection
-    pytest.skip(
-        "litellm is not installed: pip install litellm==1.110.2 (the image's pin)", allow_module_level=True
-    )
+    pytest.skip("litellm is not installed: pip install litellm==1.110.2 (the image's pin)", allow_module_level=True)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydantic")  # LiteLLM's own typing noise
 
@@ -287,9 +285,7 @@ def test_canary_key_never_appears_in_frames_or_logs(standin: OpenAIStandIn, tmp_
 
             async def go(mode: str) -> dict[str, Any]:
                 frames: list[dict[str, Any]] = []
-                envl = await run_processor(
-                    url, mode=mode, inputs=inputs(), timeout_s=60, on_frame=frames.append
-                )
+                envl = await run_processor(url, mode=mode, inputs=inputs(), timeout_s=60, on_frame=frames.append)
                 texts.append(json.dumps([envl, frames]))
                 return envl
 

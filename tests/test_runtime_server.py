@@ -220,9 +220,7 @@ MALFORMED = {
     "content-not-object": json.dumps({"kind": "RunOpen", "content": "x"}),
     "missing-execution-id": json.dumps({"kind": "RunOpen", "content": {"mode": "mock", "inputs": inputs()}}),
     "missing-inputs": json.dumps({"kind": "RunOpen", "content": {"execution_id": "e", "mode": "mock"}}),
-    "bad-mode": json.dumps(
-        {"kind": "RunOpen", "content": {"execution_id": "e", "mode": "fast", "inputs": {}}}
-    ),
+    "bad-mode": json.dumps({"kind": "RunOpen", "content": {"execution_id": "e", "mode": "fast", "inputs": {}}}),
     "binary": b'{"kind":"RunOpen"}',
 }
 
@@ -568,9 +566,7 @@ def test_invoke_endpoint(make_server: Any) -> None:
         json={"kind": "RunOpen", "content": {"execution_id": "e9", "mode": "mock", "inputs": inputs()}},
     )
     assert r.status_code == 200 and r.json()["execution_id"] == "e9"
-    r = httpx.post(
-        s.http_url + "/invoke", json={"mode": "mock", "inputs": {"schema": "v1", "params": {"text": 1}}}
-    )
+    r = httpx.post(s.http_url + "/invoke", json={"mode": "mock", "inputs": {"schema": "v1", "params": {"text": 1}}})
     assert r.status_code == 422 and r.json()["error"]["code"] == "ERR_INPUTS"
     r = httpx.post(s.http_url + "/invoke", content=b"{nope")
     assert r.status_code == 400 and r.json()["error"]["code"] == "ERR_WS_PROTOCOL"
@@ -666,9 +662,7 @@ def test_spec_export_drops_pins_and_is_canonical(tmp_path: Path) -> None:
     assert b"sha256:" not in body and b"ghcr.io" not in body
 
     # a pin-only change (and comments, key order) gives the same bytes; an inputs change does not
-    pinned = src.read_text().replace(
-        "amd64: null", "amd64: ghcr.io/theory-deploy/llm-litellm@sha256:" + "1" * 64, 1
-    )
+    pinned = src.read_text().replace("amd64: null", "amd64: ghcr.io/theory-deploy/llm-litellm@sha256:" + "1" * 64, 1)
     assert pinned != src.read_text()
     src.write_text("# a comment\n" + pinned)
     assert export(src, tmp_path / "p2.json") == body
@@ -688,7 +682,12 @@ def test_server_serves_processor_json_like_registry_yaml(tmp_path: Path, monkeyp
     export(src, dest)
     a, b = load_registry(src), load_registry(dest)
     assert (a.ref, a.api_path, a.auth_secret, a.inputs_schema, a.required_secrets, a.timeout_s) == (
-        b.ref, b.api_path, b.auth_secret, b.inputs_schema, b.required_secrets, b.timeout_s
+        b.ref,
+        b.api_path,
+        b.auth_secret,
+        b.inputs_schema,
+        b.required_secrets,
+        b.timeout_s,
     )
     with ServerThread(create_app(echo_handler, dest)) as s:
         env = asyncio.run(run_processor(s.ws_url(), mode="mock", inputs=inputs(text="j"), timeout_s=5))

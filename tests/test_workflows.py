@@ -167,9 +167,7 @@ def test_writes_are_granted_per_job_with_a_comment(path: Path) -> None:
         assert "permissions" in job, f"{rel(path)} job {name}: declare its permissions"
     for line in path.read_text().splitlines():
         if re.match(r"^\s+[a-z-]+:\s*write\b", line):
-            assert "#" in line, (
-                f"{rel(path)}: a write permission without a comment saying why: {line.strip()}"
-            )
+            assert "#" in line, f"{rel(path)}: a write permission without a comment saying why: {line.strip()}"
 
 
 def test_only_the_pin_job_keeps_checkout_credentials() -> None:
@@ -199,9 +197,7 @@ def test_jobs_that_see_secrets_declare_an_environment_and_concurrency(path: Path
             assert "environment" in job, f"{rel(path)} job {name} sees secrets but declares no environment"
         if "environment" in job:
             concurrency = job.get("concurrency")
-            assert isinstance(concurrency, dict), (
-                f"{rel(path)} job {name}: environment job without concurrency"
-            )
+            assert isinstance(concurrency, dict), f"{rel(path)} job {name}: environment job without concurrency"
             assert concurrency.get("cancel-in-progress") is False, (
                 f"{rel(path)} job {name}: cancel-in-progress must be false"
             )
@@ -274,9 +270,7 @@ def test_every_processor_secret_is_wired_into_deploy_by_name() -> None:
         wired = mapped.get(name) == f"${{{{ secrets.{name} }}}}" or any(
             v == f"${{{{ secrets.{name} }}}}" for v in inputs.values()
         )
-        assert wired, (
-            f"{name} is not passed to the deploy step of deploy.yml (env: {name}: ${{{{ secrets.{name} }}}})"
-        )
+        assert wired, f"{name} is not passed to the deploy step of deploy.yml (env: {name}: ${{{{ secrets.{name} }}}})"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -71,9 +71,7 @@ def env_fingerprint(ref: str, digest: str | None) -> str:
 
     Never includes environment variable values, so no secret can influence (or leak through) it.
     """
-    packages = sorted(
-        f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in importlib.metadata.distributions()
-    )
+    packages = sorted(f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in importlib.metadata.distributions())
     facts = {
         "python": sys.version,
         "implementation": platform.python_implementation(),
@@ -131,9 +129,7 @@ class RunContext:
 
     def log(self, message: str, level: str = "info") -> None:
         level = level if level in _LOG_LEVELS else "info"
-        self._emit(
-            {"kind": frames.LOG, "content": {"level": level, "message": self._scrubber.message(str(message))}}
-        )
+        self._emit({"kind": frames.LOG, "content": {"level": level, "message": self._scrubber.message(str(message))}})
 
     def event(self, name: str, data: Any = None) -> None:
         self._emit({"kind": frames.EVENT, "content": {"name": str(name), "data": data}})
@@ -170,14 +166,10 @@ class OpenRequest:
 def parse_run_open(raw: Any) -> OpenRequest:
     """Validate a RunOpen frame (already JSON-decoded); ProtocolViolation says what is wrong."""
     if not isinstance(raw, dict):
-        raise ProtocolViolation(
-            'The first frame must be a JSON object {"kind": "RunOpen", "content": {...}}.'
-        )
+        raise ProtocolViolation('The first frame must be a JSON object {"kind": "RunOpen", "content": {...}}.')
     kind = raw.get("kind")
     if kind != frames.RUN_OPEN:
-        raise ProtocolViolation(
-            f"The first frame must have kind {frames.RUN_OPEN!r}, got {str(kind)[:40]!r}."
-        )
+        raise ProtocolViolation(f"The first frame must have kind {frames.RUN_OPEN!r}, got {str(kind)[:40]!r}.")
     content = raw.get("content")
     if not isinstance(content, dict):
         raise ProtocolViolation("RunOpen.content is missing or not an object.")
@@ -208,9 +200,7 @@ class Runner:
         self.scrubber = scrubber
         self.validator = InputsValidator(registry.inputs_schema)
         self.fingerprint = env_fingerprint(registry.ref, digest)
-        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            type(handler).__call__
-        )
+        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
 
     def envelope(
         self, execution_id: str | None, started: float, *, outputs: Any = None, error: RunError | None = None
@@ -440,9 +430,7 @@ def create_app(
         except ProtocolViolation as e:
             return json_response(runner.envelope(None, started, error=e), 400)
         env = await runner.execute(req, lambda frame: None)
-        status = (
-            200 if env["status"] == frames.STATUS_SUCCESS else _HTTP_STATUS.get(env["error"]["code"], 500)
-        )
+        status = 200 if env["status"] == frames.STATUS_SUCCESS else _HTTP_STATUS.get(env["error"]["code"], 500)
         return json_response(env, status)
 
     async def refuse(ws: WebSocket, status: int, err: RunError, close_code: int) -> None:
@@ -473,8 +461,7 @@ def create_app(
                 ws,
                 400,
                 ProtocolViolation(
-                    f"The WebSocket subprotocol {frames.PROTOCOL!r} is required "
-                    f"(offered: {offered or 'none'})."
+                    f"The WebSocket subprotocol {frames.PROTOCOL!r} is required (offered: {offered or 'none'})."
                 ),
                 frames.CLOSE_PROTOCOL,
             )
@@ -492,9 +479,7 @@ def create_app(
         except TimeoutError:
             await send_result_and_close(
                 ws,
-                runner.envelope(
-                    None, started, error=ProtocolViolation(f"No RunOpen frame within {open_timeout:g}s.")
-                ),
+                runner.envelope(None, started, error=ProtocolViolation(f"No RunOpen frame within {open_timeout:g}s.")),
                 frames.CLOSE_PROTOCOL,
             )
             return
@@ -510,9 +495,7 @@ def create_app(
             req = parse_run_open(raw)
         except ProtocolViolation as e:
             execution_id = None
-            await send_result_and_close(
-                ws, runner.envelope(execution_id, started, error=e), frames.CLOSE_PROTOCOL
-            )
+            await send_result_and_close(ws, runner.envelope(execution_id, started, error=e), frames.CLOSE_PROTOCOL)
             return
 
         # 2. Ack, then stream the handler's frames with heartbeats while it is quiet

@@ -141,9 +141,7 @@ def find_builder() -> Builder:
 
 def _git_in(cwd: Path, *args: str) -> str | None:
     try:
-        proc = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=15, check=False
-        )
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=15, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (proc.stdout.strip() or None) if proc.returncode == 0 else None
@@ -253,11 +251,7 @@ def build_platform_images(
     processors/<ns>/<name>/ under `repo_root`). `labels` are added to the standard ones.
     """
     ref = ProcessorRef.parse(spec.ref, where="registry.yaml ref")
-    folder = (
-        registry_path.parent
-        if registry_path is not None
-        else repo_root / "processors" / ref.namespace / ref.name
-    )
+    folder = registry_path.parent if registry_path is not None else repo_root / "processors" / ref.namespace / ref.name
     context = (folder / spec.build.context).resolve()
     dockerfile = (context / spec.build.dockerfile).resolve()
     if not context.is_dir():

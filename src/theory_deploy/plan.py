@@ -129,15 +129,11 @@ def deploy_env(requested: str | None, branch: str | None) -> Environment:
     branch = (branch or "").removeprefix("refs/heads/")
     if requested:
         if requested not in ENVIRONMENTS:
-            raise InvalidEnvError(
-                f"env {requested!r} is not an environment; expected one of dev, staging, main."
-            )
+            raise InvalidEnvError(f"env {requested!r} is not an environment; expected one of dev, staging, main.")
         if requested in ("staging", "main") and branch and branch != requested:
             raise InvalidEnvError(
-                f"env {requested} deploys what branch {requested!r} pins, "
-                f"but this run is on branch {branch!r}.",
-                remedy=f"Run the {requested} deploy from branch {requested} "
-                "(promote by merging the pins into it).",
+                f"env {requested} deploys what branch {requested!r} pins, but this run is on branch {branch!r}.",
+                remedy=f"Run the {requested} deploy from branch {requested} (promote by merging the pins into it).",
             )
         return requested
     if branch in ("staging", "main"):
@@ -267,8 +263,7 @@ def compute_plan(
                     loaded = by_folder[folder]
                     deploys.append(loaded)
                     only_pins = pin_only or all(
-                        Path(f).name == REGISTRY_FILE and _pin_only_in_file(git, merge_base, head_sha, f)
-                        for f in files
+                        Path(f).name == REGISTRY_FILE and _pin_only_in_file(git, merge_base, head_sha, f) for f in files
                     )
                     if not only_pins:
                         builds.append(loaded)

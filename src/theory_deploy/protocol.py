@@ -99,9 +99,7 @@ def _body_error(body: bytes | bytearray | str | None) -> str:
 
 def _check_envelope(env: Any, url: str) -> dict[str, Any]:
     if not isinstance(env, dict) or env.get("status") not in ("success", "error"):
-        raise ProtocolError(
-            f"{url} sent a RunResult without a valid envelope (status must be success|error)."
-        )
+        raise ProtocolError(f"{url} sent a RunResult without a valid envelope (status must be success|error).")
     if "meta" not in env or not isinstance(env.get("meta"), dict):
         raise ProtocolError(f"{url} sent a RunResult envelope without `meta`.")
     if env["status"] == "error":
@@ -155,8 +153,7 @@ async def run_processor(
             return await _run(ws_url, mode, inputs, execution_id, token, on_frame, progress)
     except TimeoutError:
         raise RunTimeoutError(
-            f"No RunResult from {ws_url} within {timeout_s:g}s for execution {execution_id} "
-            f"({progress.describe()})."
+            f"No RunResult from {ws_url} within {timeout_s:g}s for execution {execution_id} ({progress.describe()})."
         ) from None
 
 
@@ -257,11 +254,7 @@ def fetch_health(
 ) -> dict[str, Any]:
     """GET the processor's health endpoint (synchronous): `{"ok": true, "ref", "digest", ...}`."""
     url = _http_base(base_url) + path
-    headers = (
-        {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT}
-        if token
-        else {"User-Agent": USER_AGENT}
-    )
+    headers = {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT} if token else {"User-Agent": USER_AGENT}
     try:
         with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
             resp = client.get(url, headers=headers)

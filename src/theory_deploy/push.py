@@ -41,6 +41,7 @@ from typing import IO, Any
 from . import output
 from .build import BuiltImage, docker_client_candidates, find_builder, inspect_image
 from .errors import DockerUnavailableError, ImagePushError, TheoryDeployError
+from .files import atomic_write
 from .oci import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -104,10 +105,7 @@ class BlobCache:
         path = self._path(kind, digest)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "w") as handle:
-                json.dump(record, handle)
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(record))
         except OSError as exc:  # a cache that cannot be written only costs speed
             output.progress(f"warning: cannot write the blob cache {self.root}: {exc.strerror}")
 
@@ -218,9 +216,7 @@ class Pusher:
         progress: Callable[[str], None] = output.progress,
     ) -> None:
         if repository.registry != client.registry:
-            raise ImagePushError(
-                f"internal: client for {client.registry} cannot push to {repository.repository}."
-            )
+            raise ImagePushError(f"internal: client for {client.registry} cannot push to {repository.repository}.")
         self.client = client
         self.repo = repository.path
         self.repository = repository
@@ -264,9 +260,7 @@ class Pusher:
         if warm is not None:
             config, layers = warm
             self.skipped += 1 + len(layers)
-            self.progress(
-                f"{image.platform}: every blob is already in {self.repository.repository} (warm cache)"
-            )
+            self.progress(f"{image.platform}: every blob is already in {self.repository.repository} (warm cache)")
         else:
             config, layers, variant = self._cold(image, variant)
         body = image_manifest_bytes(config, layers)
@@ -291,9 +285,7 @@ class Pusher:
                 return None
         return config, layers
 
-    def _cold(
-        self, image: BuiltImage, variant: str | None
-    ) -> tuple[Descriptor, list[Descriptor], str | None]:
+    def _cold(self, image: BuiltImage, variant: str | None) -> tuple[Descriptor, list[Descriptor], str | None]:
         with tempfile.TemporaryDirectory(prefix="theory-push-") as tmp:
             archive = Path(tmp) / "image.tar"
             self.progress(f"{image.platform}: docker save {image.local_tag}")
@@ -301,9 +293,7 @@ class Pusher:
             with tarfile.open(archive, "r:") as tar:
                 manifest = json.loads(_member_bytes(tar, "manifest.json"))
                 if not isinstance(manifest, list) or len(manifest) != 1:
-                    raise ImagePushError(
-                        f"docker save of {image.local_tag} holds {len(manifest)} images, expected 1."
-                    )
+                    raise ImagePushError(f"docker save of {image.local_tag} holds {len(manifest)} images, expected 1.")
                 entry = manifest[0]
                 config_bytes = _member_bytes(tar, entry["Config"])
                 config_digest = sha256_digest(config_bytes)
@@ -342,9 +332,7 @@ class Pusher:
         )
         return config, layers, variant
 
-    def _layer(
-        self, tar: tarfile.TarFile, member: str, diff_id: str, tmp: Path, image: BuiltImage
-    ) -> Descriptor:
+    def _layer(self, tar: tarfile.TarFile, member: str, diff_id: str, tmp: Path, image: BuiltImage) -> Descriptor:
         known = self.cache.get("layers", diff_id)
         if known and self._has_blob(known["digest"], int(known["size"])):
             self.skipped += 1
@@ -365,8 +353,7 @@ class Pusher:
             actual_diff_id, digest, size = gzip_layer(stream, blob)  # type: ignore[arg-type]
             if actual_diff_id != diff_id:
                 raise ImagePushError(
-                    f"{image.local_tag}: layer {member} hashes to {actual_diff_id}, "
-                    f"but the config says {diff_id}."
+                    f"{image.local_tag}: layer {member} hashes to {actual_diff_id}, but the config says {diff_id}."
                 )
         if self._has_blob(digest, size):
             self.skipped += 1

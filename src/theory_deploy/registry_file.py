@@ -14,15 +14,10 @@ exclusive lock on the processor's folder, so concurrent pinners never lose an up
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import io
 import json
 import os
 import re
-import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,11 +31,11 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from .errors import (
     ImageUnpinnedError,
-    LockTimeoutError,
     ProcessorNotFoundError,
     TheoryDeployError,
     ValidationError,
 )
+from .files import atomic_write, exclusive_lock
 from .refs import PLATFORMS, ImageRef, Platform, ProcessorRef
 
 REGISTRY_FILE = "registry.yaml"
@@ -116,8 +111,12 @@ class ProcessorSpec(_Strict):
     def platform_names(self) -> list[Platform]:
         return [p.removeprefix("linux/") for p in self.build.platforms]  # type: ignore[misc]
 
-    def all_secret_names(self) -> list[str]:
-        return list(dict.fromkeys([*self.secrets.required, *self.secrets.optional]))
+    def secret_names(self) -> tuple[list[str], list[str]]:
+        """(every secret the app is given, the required ones). A declared `api.auth_secret` is required:
+        without it the endpoints stay locked."""
+        auth = [self.api.auth_secret] if self.api.auth_secret else []
+        required = list(dict.fromkeys([*self.secrets.required, *auth]))
+        return list(dict.fromkeys([*required, *self.secrets.optional])), required
 
 
 def json_schema() -> dict[str, Any]:
@@ -388,52 +387,6 @@ def load_processor(ref: ProcessorRef, repo_root: Path | None = None) -> LoadedPr
 # ---------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def locked(folder: Path, timeout_s: float = 60.0) -> Iterator[None]:
-    """An exclusive flock on the folder itself: no lock files left behind, and the lock survives the
-    rename that replaces registry.yaml (locking the file would lock the old inode)."""
-    fd = os.open(folder, os.O_RDONLY)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                if time.monotonic() > deadline:
-                    raise LockTimeoutError(
-                        f"{folder}: still locked by another writer after {timeout_s:.0f}s."
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temp file in the same folder, fsync, rename over, fsync the folder: old file or new, never half."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _scalar_end(line: str, start: int) -> int:
     """Where the scalar starting at `start` ends: a quoted one at its closing quote, a plain one
     before a comment, a flow separator, or trailing space."""
@@ -497,7 +450,7 @@ def write_pins(path: Path, pins: dict[Platform, str | None]) -> dict[Platform, t
     for platform in pins:
         if platform not in PLATFORMS:
             raise ValidationError(f"unknown platform {platform!r}; expected one of {', '.join(PLATFORMS)}.")
-    with locked(path.parent):
+    with exclusive_lock(path.parent, what=f"{_display(path)} (another pin is being written)"):
         loaded = load_path(path)
         repository = loaded.spec.image.repository
         for platform, pin in pins.items():
@@ -510,7 +463,9 @@ def write_pins(path: Path, pins: dict[Platform, str | None]) -> dict[Platform, t
         if not changed:
             return {}
         text = path.read_text(encoding="utf-8")
-        edits: dict[tuple[str, ...], str | None] = {("image", "platforms", p): new for p, (_old, new) in changed.items()}
+        edits: dict[tuple[str, ...], str | None] = {
+            ("image", "platforms", p): new for p, (_old, new) in changed.items()
+        }
         _write_edits(path, text, edits)
         return changed
 
@@ -521,7 +476,7 @@ def set_repository(path: Path, repository: str) -> dict[str, Any]:
     new_repo = ImageRef.parse(repository, where="--repository")
     if new_repo.tag or new_repo.digest:
         raise ValidationError(f"--repository {repository!r} must have no tag and no digest.")
-    with locked(path.parent):
+    with exclusive_lock(path.parent, what=f"{_display(path)} (another pin is being written)"):
         loaded = load_path(path)
         old = loaded.spec.image.repository
         if old == new_repo.repository:
@@ -536,7 +491,7 @@ def set_repository(path: Path, repository: str) -> dict[str, Any]:
 def _write_edits(path: Path, text: str, edits: dict[tuple[str, ...], str | None]) -> None:
     new_text = splice_values(text, edits)
     _prove_only_these_moved(path, text, new_text, edits)
-    atomic_write_text(path, new_text)
+    atomic_write(path, new_text)
 
 
 def _prove_only_these_moved(path: Path, old_text: str, new_text: str, edits: dict[tuple[str, ...], str | None]) -> None:

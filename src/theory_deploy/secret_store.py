@@ -30,13 +30,13 @@ import json
 import os
 import secrets as _random
 import stat
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from . import secrets
 from .errors import SecretStoreError
+from .files import atomic_write
 
 STATE_DIR_ENV = "THEORY_STATE_DIR"
 _KEY_FILE = ".fingerprint-key"
@@ -89,14 +89,6 @@ def _make_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class SecretStore:
     """The secrets of one environment. Nothing touches the disk until a read or write needs it."""
 
@@ -144,19 +136,7 @@ class SecretStore:
 
     def _write_file(self, path: Path, data: bytes) -> None:
         self._ensure()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.dir)  # mkstemp: 0600
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.dir)
+        atomic_write(path, data, mode=0o600)
 
     # -- entries -----------------------------------------------------------------------------------------
     def read(self, name: str) -> dict[str, str] | None:
@@ -170,9 +150,7 @@ class SecretStore:
             raise SecretStoreError(
                 f"{self._path(name)} is not valid JSON; re-run `sync-secrets` to rewrite it."
             ) from None
-        if not isinstance(pairs, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in pairs.items()
-        ):
+        if not isinstance(pairs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs.items()):
             raise SecretStoreError(f"{self._path(name)} does not hold a JSON object of strings.")
         for value in pairs.values():
             secrets.register_secret_value(value)
@@ -247,7 +225,5 @@ class SecretStore:
     def fingerprint(self, values: dict[str, dict[str, str]], names: Iterable[str]) -> str:
         """A keyed hash over which of `names` have which values (absent ones count as absent)."""
         material = {name: values.get(name) for name in sorted(set(names))}
-        digest = hmac.new(
-            self._fingerprint_key(), json.dumps(material, sort_keys=True).encode(), hashlib.sha256
-        )
+        digest = hmac.new(self._fingerprint_key(), json.dumps(material, sort_keys=True).encode(), hashlib.sha256)
         return digest.hexdigest()[:32]

@@ -256,9 +256,7 @@ class StandInServicer(api_grpc.ModalClientBase):
             functions={n: f.function_id for n, f in app.functions.items()},
         )
 
-    def web_url(
-        self, app_name: str, env: str, function_name: str, function: FunctionRecord | None = None
-    ) -> str:
+    def web_url(self, app_name: str, env: str, function_name: str, function: FunctionRecord | None = None) -> str:
         """Ask ``owner.web_url_for`` (if set). Keywords ``function_name`` and ``function`` (the
         FunctionRecord, None at precreate) are passed when the hook's signature takes them."""
         hook: Callable[..., str] | None = self.owner.web_url_for
@@ -269,11 +267,7 @@ class StandInServicer(api_grpc.ModalClientBase):
         except (TypeError, ValueError):
             params = {}
         var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        extra = {
-            k: v
-            for k, v in (("function_name", function_name), ("function", function))
-            if var_kw or k in params
-        }
+        extra = {k: v for k, v in (("function_name", function_name), ("function", function)) if var_kw or k in params}
         return hook(app_name, env, **extra)
 
     def _refresh_web_url(self, app: AppRecord, rec: FunctionRecord) -> None:
@@ -498,9 +492,7 @@ class StandInServicer(api_grpc.ModalClientBase):
         return resp
 
     def _do_AppRollback(self, req: api_pb2.AppRollbackRequest):
-        raise GRPCError(
-            Status.UNIMPLEMENTED, "stand-in: rollback is not supported (it needs a paid plan on Modal)"
-        )
+        raise GRPCError(Status.UNIMPLEMENTED, "stand-in: rollback is not supported (it needs a paid plan on Modal)")
 
     def _do_AppPublish(self, req: api_pb2.AppPublishRequest) -> api_pb2.AppPublishResponse:
         app = self._app(req.app_id)
@@ -624,9 +616,7 @@ class StandInServicer(api_grpc.ModalClientBase):
         definition_id = _definition_id(fn)
         res = fn.resources
         gpus = [
-            rf.function.resources.gpu_config
-            for rf in data.ranked_functions
-            if rf.function.resources.gpu_config.count
+            rf.function.resources.gpu_config for rf in data.ranked_functions if rf.function.resources.gpu_config.count
         ]
         gpu = ",".join(g.gpu_type + (f":{g.count}" if g.count > 1 else "") for g in gpus) or None
         webhook_type = (
@@ -673,9 +663,7 @@ class StandInServicer(api_grpc.ModalClientBase):
     def _do_FunctionGet(self, req: api_pb2.FunctionGetRequest) -> api_pb2.FunctionGetResponse:
         app = self.state.deployed_app(req.environment_name, req.app_name)
         if app is None:
-            raise GRPCError(
-                Status.NOT_FOUND, f"App '{req.app_name}' not found in environment '{req.environment_name}'"
-            )
+            raise GRPCError(Status.NOT_FOUND, f"App '{req.app_name}' not found in environment '{req.environment_name}'")
         functions = app.functions
         if req.app_version:
             found = [d for d in app.deploys if d.version == req.app_version and not d.noop]
@@ -684,9 +672,7 @@ class StandInServicer(api_grpc.ModalClientBase):
             functions = found[-1].functions
         rec = functions.get(req.object_tag)
         if rec is None:
-            raise GRPCError(
-                Status.NOT_FOUND, f"Function '{req.object_tag}' not found in app '{req.app_name}'"
-            )
+            raise GRPCError(Status.NOT_FOUND, f"Function '{req.object_tag}' not found in app '{req.app_name}'")
         self._refresh_web_url(app, rec)
         return api_pb2.FunctionGetResponse(
             function_id=rec.function_id,
@@ -736,9 +722,7 @@ class StandInServicer(api_grpc.ModalClientBase):
             )
         return api_pb2.ImageGetOrCreateResponse(image_id=image_id)  # not built yet: client joins
 
-    async def _stream_ImageJoinStreaming(
-        self, req: api_pb2.ImageJoinStreamingRequest
-    ) -> AsyncIterator[Message]:
+    async def _stream_ImageJoinStreaming(self, req: api_pb2.ImageJoinStreamingRequest) -> AsyncIterator[Message]:
         with self.state.lock:
             rec = self.state.images.get(req.image_id)
             if rec is None:
@@ -750,15 +734,11 @@ class StandInServicer(api_grpc.ModalClientBase):
             try:
                 await asyncio.get_running_loop().run_in_executor(None, hook, spec)
             except Exception as exc:
-                result = api_pb2.GenericResult(
-                    status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=f"{exc}"
-                )
+                result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=f"{exc}")
         if result.status == api_pb2.GenericResult.GENERIC_STATUS_SUCCESS:
             with self.state.lock:
                 rec.builds += 1
-        yield api_pb2.ImageJoinStreamingResponse(
-            result=result, entry_id="1", eof=True, metadata=self._image_metadata()
-        )
+        yield api_pb2.ImageJoinStreamingResponse(result=result, entry_id="1", eof=True, metadata=self._image_metadata())
 
     def _do_ImageFromId(self, req: api_pb2.ImageFromIdRequest) -> api_pb2.ImageFromIdResponse:
         if req.image_id not in self.state.images:
@@ -769,9 +749,7 @@ class StandInServicer(api_grpc.ModalClientBase):
         files = {f.filename: f.sha256_hex for f in req.files}
         key = json.dumps([req.deployment_name, req.namespace, sorted(files.items())]).encode()
         mount_id = content_id("mo", key)
-        self.state.mounts.setdefault(
-            mount_id, MountRecord(mount_id, req.environment_name, req.deployment_name, files)
-        )
+        self.state.mounts.setdefault(mount_id, MountRecord(mount_id, req.environment_name, req.deployment_name, files))
         checksum = content_id("", key)[1:]
         return api_pb2.MountGetOrCreateResponse(
             mount_id=mount_id,
@@ -823,9 +801,7 @@ class StandInServicer(api_grpc.ModalClientBase):
                     rec = self._create_secret(env, name, values)
             elif kind == api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS:
                 if rec is not None:
-                    raise GRPCError(
-                        Status.ALREADY_EXISTS, f"Secret '{name}' already exists in environment '{env}'"
-                    )
+                    raise GRPCError(Status.ALREADY_EXISTS, f"Secret '{name}' already exists in environment '{env}'")
                 rec = self._create_secret(env, name, values)
             elif kind == api_pb2.OBJECT_CREATION_TYPE_CREATE_OVERWRITE_IF_EXISTS:
                 if rec is None:
@@ -836,9 +812,7 @@ class StandInServicer(api_grpc.ModalClientBase):
                 raise GRPCError(Status.INVALID_ARGUMENT, f"unsupported object_creation_type {kind}")
         missing = [k for k in req.required_keys if k not in rec.values]
         if missing:
-            raise GRPCError(
-                Status.NOT_FOUND, f"Secret '{name}' is missing required keys: {', '.join(sorted(missing))}"
-            )
+            raise GRPCError(Status.NOT_FOUND, f"Secret '{name}' is missing required keys: {', '.join(sorted(missing))}")
         return api_pb2.SecretGetOrCreateResponse(secret_id=rec.secret_id, metadata=self._secret_metadata(rec))
 
     def _do_SecretGetInfo(self, req: api_pb2.SecretGetInfoRequest) -> api_pb2.SecretGetInfoResponse:
@@ -900,9 +874,7 @@ class StandInServicer(api_grpc.ModalClientBase):
     def _ts(ts: Any) -> float:
         return ts.seconds + ts.nanos / 1e9
 
-    def _logs_in(
-        self, app: AppRecord, since: float, until: float, source: int, search: str
-    ) -> list[LogRecord]:
+    def _logs_in(self, app: AppRecord, since: float, until: float, source: int, search: str) -> list[LogRecord]:
         return [
             r
             for r in app.logs
@@ -928,9 +900,7 @@ class StandInServicer(api_grpc.ModalClientBase):
         while start < until:
             b = resp.buckets.add()
             b.bucket_start_at.seconds = int(start)
-            for r in self._logs_in(
-                app, max(start, since), min(start + step, until), req.source, req.search_text
-            ):
+            for r in self._logs_in(app, max(start, since), min(start + step, until), req.source, req.search_text):
                 if r.fd == "stderr":
                     b.stderr_logs += 1
                 elif r.fd == "system":

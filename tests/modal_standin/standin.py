@@ -176,9 +176,7 @@ class ModalStandIn:
     ) -> LogRecord:
         """Append a log line to the live app (what its container would print). fd: stdout|stderr|system."""
         with self.state.lock:
-            app = self.state.deployed_app(environment_name, app_name) or self.state.app(
-                environment_name, app_name
-            )
+            app = self.state.deployed_app(environment_name, app_name) or self.state.app(environment_name, app_name)
             if app is None:
                 raise KeyError(f"no app {app_name!r} in {environment_name!r}")
             return self.servicer.add_log(app, data, fd, at)

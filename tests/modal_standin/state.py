@@ -191,9 +191,7 @@ class StandInState:
     def app(self, environment_name: str, name: str) -> AppRecord | None:
         """The most recently created app of that name in that environment, whatever its state."""
         with self.lock:
-            found = [
-                a for a in self.apps.values() if a.environment_name == environment_name and a.name == name
-            ]
+            found = [a for a in self.apps.values() if a.environment_name == environment_name and a.name == name]
             return max(found, key=lambda a: a.created_at) if found else None
 
     def apps_in(self, environment_name: str) -> list[AppRecord]:

@@ -76,9 +76,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     pick.add_argument("--all", action="store_true", help="plan every processor")
     plan.add_argument("--head", default="HEAD", help="revision to compare (default HEAD)")
     plan.add_argument("--platforms", help="only these platforms in the build matrix, e.g. linux/amd64")
-    plan.add_argument(
-        "--runner", default=DEFAULT_RUNNER, help=f"runs-on label for builds (default {DEFAULT_RUNNER})"
-    )
+    plan.add_argument("--runner", default=DEFAULT_RUNNER, help=f"runs-on label for builds (default {DEFAULT_RUNNER})")
     plan.add_argument(
         "--arm-runner",
         default="",

@@ -9,11 +9,11 @@ from typing import Any
 
 from .. import gha, output
 from ..errors import ValidationError
+from ..files import atomic_write
 from ..refs import ProcessorRef
 from ..registry_file import (
     SCHEMA_RELATIVE_PATH,
     Problem,
-    atomic_write_text,
     check_file,
     discover,
     find_repo_root,
@@ -51,7 +51,7 @@ def cmd_schema(args: argparse.Namespace) -> dict[str, Any]:
     if args.write:
         target = find_repo_root() / SCHEMA_RELATIVE_PATH
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(target, text)
+        atomic_write(target, text)
         return {"written": str(target), "summary": f"wrote {target}"}
     return {"schema": json.loads(text), "summary": text.rstrip()}
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -74,6 +73,7 @@ from ..errors import (
     RegistryAuthError,
     TheoryDeployError,
 )
+from ..files import exclusive_lock
 from ..refs import DIGEST_RE, Environment, ImageRef, Platform
 from ..secret_store import SecretStore, state_dir
 from .base import AppContext, DigestReadings, Endpoint, ListedApp, Target, changed_since_listing, digest_of
@@ -159,9 +159,7 @@ class Docker:
                 remedy="Install the docker CLI, or set THEORY_DOCKER to its path.",
             ) from None
         except subprocess.TimeoutExpired:
-            raise DockerUnavailableError(
-                f"{what}: the Docker engine did not answer within {timeout:.0f}s."
-            ) from None
+            raise DockerUnavailableError(f"{what}: the Docker engine did not answer within {timeout:.0f}s.") from None
         if proc.returncode != 0:
             self.raise_if_daemon_down(proc.stderr)
             if check:
@@ -248,16 +246,6 @@ class SecretPlan:
         return {key: value for name in self.injected for key, value in self.values[name].items()}
 
 
-def secret_names(app: AppContext) -> tuple[list[str], list[str]]:
-    """(all names, required names): required + optional + api.auth_secret (which counts as required)."""
-    spec = app.processor.spec
-    required = list(
-        dict.fromkeys([*spec.secrets.required, *([spec.api.auth_secret] if spec.api.auth_secret else [])])
-    )
-    names = list(dict.fromkeys([*required, *spec.secrets.optional]))
-    return names, required
-
-
 def _short(container_id: str | None) -> str | None:
     return container_id[:12] if container_id else None
 
@@ -304,22 +292,13 @@ class LocalTarget(Target):
         """One start/sync at a time per app on this machine (two would race for the container name)."""
         folder = state_dir() / "locks"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(folder / f"local-{app.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise DeployError(
-                            f"{app.name}: another start or sync-secrets is still running."
-                        ) from None
-                    time.sleep(0.2)
+        with exclusive_lock(
+            folder / f"local-{app.name}.lock",
+            timeout_s=timeout_s,
+            busy=DeployError,
+            what=f"{app.name} (another start or sync-secrets is running)",
+        ):
             yield
-        finally:
-            os.close(fd)
 
     # --- images ----------------------------------------------------------------------------------------
     def verify_image(self, oci: ImageRef) -> ImageRef:
@@ -374,7 +353,7 @@ class LocalTarget(Target):
         overlay: dict[str, dict[str, str]] | None = None,
         create_key: bool = True,
     ) -> SecretPlan:
-        names, required = secret_names(app)
+        names, required = app.processor.spec.secret_names()
         plan = SecretPlan(names=names, required=required)
         for name in names:
             value = (overlay or {}).get(name) or store.value(name)
@@ -448,8 +427,7 @@ class LocalTarget(Target):
                 f"a container named {app.name} exists that theory-deploy did not start "
                 f"(no {MANAGED_LABEL}=true label); "
                 "refusing to touch it.",
-                remedy=f"Remove it yourself (`docker rm -f {app.name}`) if it is not needed, "
-                "then re-run start.",
+                remedy=f"Remove it yourself (`docker rm -f {app.name}`) if it is not needed, then re-run start.",
             )
         engine, _note = self._engine_digest(app, existing)
         state = _state(existing)
@@ -545,9 +523,7 @@ class LocalTarget(Target):
     def _last_logs(self, app: AppContext) -> str:
         with contextlib.suppress(TheoryDeployError):
             self._store(app).register_all()
-        proc = self.docker.run(
-            ["logs", "--tail", str(LOG_LINES_ON_FAILURE), app.name], check=False, what="docker logs"
-        )
+        proc = self.docker.run(["logs", "--tail", str(LOG_LINES_ON_FAILURE), app.name], check=False, what="docker logs")
         text = (proc.stdout or "") + (proc.stderr or "")
         lines = [secrets.scrub(line) for line in text.splitlines()[-LOG_LINES_ON_FAILURE:]]
         return "\n".join(f"  | {line}" for line in lines) or "  | (no output)"
@@ -614,7 +590,7 @@ class LocalTarget(Target):
         if dry_run:
             return self._plan(app, image, store)
         with self._locked(app):
-            _names, required = secret_names(app)
+            _names, required = app.processor.spec.secret_names()
             for name in required:
                 if store.value(name) is None:
                     store.ensure_placeholder(name)
@@ -675,9 +651,7 @@ class LocalTarget(Target):
         if plan.injected:
             steps.append(f"secrets injected by name (values from the store): {', '.join(plan.injected)}")
         if plan.pending:
-            steps.append(
-                f"secrets declared without a value (run sync-secrets after start): {', '.join(plan.pending)}"
-            )
+            steps.append(f"secrets declared without a value (run sync-secrets after start): {', '.join(plan.pending)}")
         steps.append("docker " + " ".join(args))
         plan_result["summary"] = "\n".join(steps)
         return plan_result
@@ -755,7 +729,7 @@ class LocalTarget(Target):
             raise FunctionNotFoundError(f"no app {app.name} in {app.env} on the local engine.")
         # Every value the container could know is registered before a single line is printed.
         self._store(app).register_all()
-        names, _required = secret_names(app)
+        names, _required = app.processor.spec.secret_names()
         secrets.read_from_environment(names)
         args = [
             self.docker.binary,
@@ -812,7 +786,7 @@ class LocalTarget(Target):
         self, app: AppContext, *, check: bool, fail_on_missing: bool, dry_run: bool = False
     ) -> dict[str, Any]:
         check = check or dry_run
-        names, required = secret_names(app)
+        names, required = app.processor.spec.secret_names()
         found = secrets.read_from_environment(names)
         missing_required = [n for n in required if n in found.missing]
         if fail_on_missing and missing_required:
@@ -820,8 +794,7 @@ class LocalTarget(Target):
                 f"{app.name} ({app.env}): required secret(s) {', '.join(missing_required)} "
                 "have no value in this "
                 "process's environment; nothing was written.",
-                remedy=f"Export {', '.join(missing_required)} and run "
-                f"`localctl sync-secrets {self._ctl(app)}`.",
+                remedy=f"Export {', '.join(missing_required)} and run `localctl sync-secrets {self._ctl(app)}`.",
                 details={"missing": missing_required},
             )
         store = self._store(app)
@@ -830,9 +803,7 @@ class LocalTarget(Target):
             for name, pairs in found.values.items():
                 if changes[name] != "unchanged":
                     store.write(name, pairs)
-        by = {
-            kind: [n for n in names if changes.get(n) == kind] for kind in ("created", "updated", "unchanged")
-        }
+        by = {kind: [n for n in names if changes.get(n) == kind] for kind in ("created", "updated", "unchanged")}
         kept = [n for n in found.missing if store.value(n) is not None]
         result: dict[str, Any] = {
             "app": app.name,
@@ -856,8 +827,7 @@ class LocalTarget(Target):
             lines.append(f"  kept (not in this environment, stored value left as is): {', '.join(kept)}")
         if missing_required:
             lines.append(
-                f"  required without a value: {', '.join(missing_required)}: "
-                "export them and re-run sync-secrets."
+                f"  required without a value: {', '.join(missing_required)}: export them and re-run sync-secrets."
             )
         lines.append(f"  container: {container_note}")
         result["summary"] = "\n".join(lines)
@@ -896,9 +866,7 @@ class LocalTarget(Target):
         try:
             image = ImageRef.parse_digest_ref(image_text, where=f"label theory.image of {app.name}")
         except TheoryDeployError:
-            return (
-                f"its theory.image label {image_text!r} is not a digest ref; run start to apply the values."
-            )
+            return f"its theory.image label {image_text!r} is not a digest ref; run start to apply the values."
         with self._locked(app):
             self._ensure_local(image)
             args, _config = self._run_args(app, image, plan)
@@ -951,9 +919,7 @@ class LocalTarget(Target):
         spec = app.processor.spec
         port = _host_port(container, spec.build.port)
         if _state(container) != "running" or port is None:
-            readings.notes["healthz"] = f"container is {_state(container)}" + (
-                "" if port else ", no published port"
-            )
+            readings.notes["healthz"] = f"container is {_state(container)}" + ("" if port else ", no published port")
             return readings
         health = self._healthz(f"http://127.0.0.1:{port}", spec.api.healthz)
         reported = health.get("digest")

@@ -112,13 +112,6 @@ def _seconds(name: str, default: float) -> float:
     return value if value > 0 else default
 
 
-def secret_names(app: AppContext) -> tuple[list[str], list[str]]:
-    """(every name bound to the function, the required ones): required + api.auth_secret + optional."""
-    spec = app.processor.spec
-    required = list(dict.fromkeys([*spec.secrets.required, *([spec.api.auth_secret] if spec.api.auth_secret else [])]))
-    return list(dict.fromkeys([*required, *spec.secrets.optional])), required
-
-
 class _Absent(TheoryDeployError):
     """Internal: a lookup found nothing (turned into False/None by the caller, never shown)."""
 
@@ -385,7 +378,7 @@ class ModalTarget(Target):
         if image.digest is None or image.tag is not None:
             raise NotADigestError(f"{image}: Modal deploys digest refs (repository@sha256:...) only.")
         spec = app.processor.spec
-        names, _required = secret_names(app)
+        names, _required = app.processor.spec.secret_names()
         return modal_app.make_plan(
             app_name=app.name,
             env=app.env,
@@ -649,7 +642,7 @@ class ModalTarget(Target):
     def logs(self, app: AppContext, *, follow: bool, tail: int) -> dict[str, Any]:
         self._require_credentials()
         # Every value this process knows is registered before a single line is printed.
-        names, _required = secret_names(app)
+        names, _required = app.processor.spec.secret_names()
         secrets.read_from_environment([*names, REGISTRY_AUTH])
         return asyncio.run(self._logs(app, follow, tail))
 
@@ -683,7 +676,7 @@ class ModalTarget(Target):
         self, app: AppContext, *, check: bool, fail_on_missing: bool, dry_run: bool = False
     ) -> dict[str, Any]:
         check = check or dry_run
-        names, required = secret_names(app)
+        names, required = app.processor.spec.secret_names()
         all_names = [*names, REGISTRY_AUTH]
         found = secrets.read_from_environment(all_names)  # registers every value with the scrubber
         missing_required = [n for n in [*required, REGISTRY_AUTH] if n in found.missing]

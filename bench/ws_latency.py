@@ -70,6 +70,9 @@ def start_sample_app() -> tuple[subprocess.Popen[bytes], str]:
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                # The sample imports LiteLLM in a background thread at startup (seconds of work that
+                # holds the GIL); measuring during it would time the import, not the protocol.
+                time.sleep(10)
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.2)

@@ -204,3 +204,82 @@ def test_container_logs_hold_no_secret(docker_cli: str, container: dict[str, Any
     assert "theory_runtime: run" in logs
     assert "Traceback" not in logs and "Logging error" not in logs, logs[-3000:]
     assert_no_canary(logs, [container["key"]])
+
+
+# --- the protocol, against the real image in a real container ---------------------------------------
+
+
+def test_a_client_without_the_subprotocol_is_refused_at_the_handshake(container: dict[str, Any]) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    async def attempt() -> int:
+        try:
+            async with connect(container["ws"], open_timeout=10):
+                return 101
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    assert asyncio.run(attempt()) in (400, 403)
+
+
+def test_malformed_frames_get_a_protocol_error_and_a_close_code_not_a_hang(container: dict[str, Any]) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async def send(raw: str) -> tuple[list[dict[str, Any]], int | None]:
+        frames: list[dict[str, Any]] = []
+        async with connect(container["ws"], subprotocols=["theory.run.v1"], open_timeout=10) as ws:  # type: ignore[list-item]
+            await ws.send(raw)
+            async with asyncio.timeout(10):  # a hang fails here
+                try:
+                    async for message in ws:
+                        frames.append(json.loads(message))
+                except ConnectionClosed:  # a 4400 close ends the iteration with an error, as it should
+                    pass
+            code = ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
+        return frames, code
+
+    for raw in ["not json", json.dumps({"kind": "Nope"}), json.dumps({"kind": "RunOpen"})]:
+        frames, code = asyncio.run(send(raw))
+        assert code == 4400, (raw, code)
+        result = [f for f in frames if f["kind"] == "RunResult"]
+        assert len(result) == 1 and result[0]["content"]["error"]["code"] == "ERR_WS_PROTOCOL", (raw, frames)
+
+
+def test_a_hundred_concurrent_runs(container: dict[str, Any]) -> None:
+    async def many() -> list[dict[str, Any]]:
+        return await asyncio.gather(
+            *(
+                run_processor(container["ws"], mode="mock", inputs=INPUTS, execution_id=f"c-{i}", timeout_s=120)
+                for i in range(100)
+            )
+        )
+
+    envelopes = asyncio.run(many())
+    assert [e["status"] for e in envelopes] == ["success"] * 100
+    assert sorted(e["execution_id"] for e in envelopes) == sorted(f"c-{i}" for i in range(100))
+    assert len({json.dumps(e["outputs"]) for e in envelopes}) == 1  # deterministic under load too
+
+
+def test_inputs_are_validated_against_the_schema_inside_the_image(container: dict[str, Any]) -> None:
+    bad = {"schema": "v1", "params": {"messages": [{"role": "robot", "content": "hi"}]}}
+    envelope = asyncio.run(run_processor(container["ws"], mode="mock", inputs=bad, timeout_s=60))
+    assert envelope["status"] == "error"
+    assert envelope["error"]["code"] == "ERR_INPUTS"
+    assert "/params/messages/0/role" in envelope["error"]["message"]
+
+
+def test_heartbeats_keep_a_quiet_run_alive(container: dict[str, Any], standin: OpenAIStandIn) -> None:
+    # The container runs with THEORY_HEARTBEAT_S=1; the model thinks for 3.5 s before its first token.
+    frames: list[dict[str, Any]] = []
+    standin.delay_s = 3.5
+    try:
+        envelope = asyncio.run(
+            run_processor(container["ws"], mode="real", inputs=INPUTS, timeout_s=60, on_frame=frames.append)
+        )
+    finally:
+        standin.delay_s = 0.0
+    assert envelope["status"] == "success", envelope
+    beats = [f for f in frames if f["kind"] == "Heartbeat"]
+    assert len(beats) >= 2, [f["kind"] for f in frames]

@@ -19,12 +19,14 @@ class OpenAIStandIn:
     """POST /v1/chat/completions, streaming (SSE) or not. Records every request it gets.
 
     `fail_status` makes it answer that HTTP status with an OpenAI-style error that quotes the
-    presented key back (as OpenAI's "Incorrect API key provided: ..." does).
+    presented key back (as OpenAI's "Incorrect API key provided: ..." does). `delay_s` makes it think
+    that long before answering (a slow model: the processor must keep the run alive meanwhile).
     """
 
     def __init__(self, reply: str = "Paris, of course.", host: str = "127.0.0.1"):
         self.reply = reply
         self.fail_status: int | None = None
+        self.delay_s = 0.0
         self.requests: list[dict[str, Any]] = []
         outer = self
 
@@ -60,6 +62,7 @@ class OpenAIStandIn:
                             }
                         },
                     )
+                time.sleep(outer.delay_s)
                 words = outer.reply.split(" ")
                 pieces = [w + " " for w in words[:-1]] + [words[-1]]
                 model = body.get("model")

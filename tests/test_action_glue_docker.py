@@ -72,6 +72,7 @@ def test_root_action_local_target_end_to_end(
             timeout=1800,
         )
         assert result.returncode == 0, result.log[-6000:]
+        print("root action outputs:", json.dumps(result.outputs, indent=2))  # shown with `pytest -s`
         digests = json.loads(result.outputs["digests"])
         pin = digests[REF]["amd64"]
         assert re.fullmatch(rf"{re.escape(repository)}@sha256:[0-9a-f]{{64}}", pin), pin

@@ -21,10 +21,12 @@ def test_outputs_single_and_multiline(actions):
     gha.set_output("app", "llm-litellm-v1")
     gha.set_output("digests", '{\n "amd64": "x"\n}')
     lines = out.read_text().splitlines()
-    assert lines[0] == "app=llm-litellm-v1"
-    name, delimiter = lines[1].split("<<")
+    name, first = lines[0].split("<<")
+    assert name == "app" and lines[1:3] == ["llm-litellm-v1", first]
+    name, delimiter = lines[3].split("<<")
     assert name == "digests" and delimiter.startswith("ghadelimiter_") and len(delimiter) > 20
-    assert lines[2:5] == ["{", ' "amd64": "x"', "}"] and lines[5] == delimiter
+    assert delimiter != first
+    assert lines[4:7] == ["{", ' "amd64": "x"', "}"] and lines[7] == delimiter
 
 
 def test_masks_and_annotations_are_escaped(actions, capsys):

@@ -92,15 +92,13 @@ def _append(path_var: str, text: str) -> bool:
 
 
 def set_output(name: str, value: str) -> None:
-    """Write one step output; multi-line values get a random delimiter that the value cannot contain."""
-    if "\n" in value or "\r" in value:
-        while True:
-            delimiter = f"ghadelimiter_{_random.token_hex(16)}"
-            if delimiter not in value:
-                break
-        _append("GITHUB_OUTPUT", f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
-    else:
-        _append("GITHUB_OUTPUT", f"{name}={value}\n")
+    """Write one step output, always in the heredoc form with a random delimiter the value does not
+    contain: whatever the value holds, it can neither end its entry early nor add another output."""
+    while True:
+        delimiter = f"ghadelimiter_{_random.token_hex(16)}"
+        if delimiter not in value:
+            break
+    _append("GITHUB_OUTPUT", f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
 
 
 def add_summary(markdown: str) -> None:

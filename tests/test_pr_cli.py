@@ -1,4 +1,5 @@
-"""`processorctl pr` end to end: the real CLI, real git with a bare remote, PyGithub against the stand-in."""
+"""`processorctl pr` end to end: the real CLI, real git with a bare remote, PyGithub against the stand-in,
+and the real loopback registry, which every proposed pin is checked against before anything is pushed."""
 
 from __future__ import annotations
 
@@ -6,12 +7,36 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
-from tests.github_standin import GitHubStandIn
-from tests.test_gitpr import BRANCH, REG, TOKEN, World, digest, git
+import pytest
 
+from tests.github_standin import GitHubStandIn
+from tests.registry_faults import push_synthetic_image
+from tests.test_gitpr import BRANCH, HUMAN, REG, REPO, TOKEN, World, git
+from theory_deploy.oci import RegistryClient
+
+pytestmark = pytest.mark.docker
 BIN = Path(sys.executable).parent
+
+
+class LoopbackWorld(World):
+    """The gitpr test world, with the processor moved to a fresh repository in the loopback registry
+    that holds one real amd64 and one real arm64 image."""
+
+    def __init__(self, tmp: Path, registry: str) -> None:
+        super().__init__(tmp)
+        self.repository = f"{registry}/test/pr-{uuid.uuid4().hex[:10]}"
+        path = f"{self.repository.split('/', 1)[1]}"
+        with RegistryClient(registry, progress=lambda _m: None) as client:
+            self.amd64 = f"{self.repository}@{push_synthetic_image(client, path, 'amd64').manifest_digest}"
+            self.arm64 = f"{self.repository}@{push_synthetic_image(client, path, 'arm64').manifest_digest}"
+        text = (self.work / REG).read_text().replace(REPO, self.repository)
+        (self.work / REG).write_text(text.replace(f"{self.repository}@sha256:{'a' * 64}", self.amd64))
+        git(self.work, "add", REG)
+        git(self.work, *HUMAN, "commit", "--quiet", "-m", "move to the loopback registry")
+        git(self.work, "push", "--quiet", "origin", "main")
 
 
 def processorctl(world: World, gh: GitHubStandIn | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -24,46 +49,51 @@ def processorctl(world: World, gh: GitHubStandIn | None, *args: str) -> subproce
     )
 
 
-def test_pr_verb_creates_then_updates_one_pr_and_is_quiet_when_nothing_changed(tmp_path):
-    world = World(tmp_path)
+def test_pr_verb_creates_then_updates_one_pr_and_is_quiet_when_nothing_changed(tmp_path, registry):
+    world = LoopbackWorld(tmp_path, registry)
     (world.work / "notes.txt").write_text("unrelated, uncommitted\n")
     with GitHubStandIn(owner="acme", repo="processors", tokens={TOKEN}, git_remote=world.remote) as gh:
-        world.pin(world.work, amd64=digest("b"))
+        world.pin(world.work, arm64=world.arm64)
         first = processorctl(world, gh, "pr", "--ref", "llm/litellm@1", "--base", "main", "--json")
         assert first.returncode == 0, first.stderr
         payload = json.loads(first.stdout)
         assert payload["status"] == "success" and payload["pr_url"]
         assert [p["pr"]["result"] for p in payload["processors"]] == ["created"]
-        assert f"amd64: {digest('b')}" in world.remote_file(BRANCH)
-
-        world.pin(world.work, arm64=digest("c"))
-        second = json.loads(processorctl(world, gh, "pr", "--ref", "llm/litellm@1", "--base", "main", "--json").stdout)
-        assert [p["pr"]["result"] for p in second["processors"]] == ["updated"]
-        assert len(gh.pulls) == 1
+        assert f"arm64: {world.arm64}" in world.remote_file(BRANCH)
+        assert "verified arm64" in first.stderr
         assert TOKEN not in first.stdout + first.stderr
 
-        third = processorctl(world, gh, "pr", "--ref", "llm/litellm@1", "--base", "main", "--json")
-        assert third.returncode == 0
-        assert [p["status"] for p in json.loads(third.stdout)["processors"]] == ["unchanged"]
+        again = processorctl(world, gh, "pr", "--ref", "llm/litellm@1", "--base", "main", "--json")
+        assert again.returncode == 0
+        assert [p["status"] for p in json.loads(again.stdout)["processors"]] == ["unchanged"]
         assert len(gh.pulls) == 1
 
     # the user's unrelated file was never committed
     assert "notes.txt" not in git(world.remote, "ls-tree", "-r", "--name-only", BRANCH)
-    assert (world.work / "notes.txt").exists()
     assert git(world.work, "status", "--porcelain").count("notes.txt") == 1
 
 
-def test_pr_verb_without_pins_does_nothing_and_without_token_fails_clearly(tmp_path):
-    world = World(tmp_path)
-    # FIXTURE's amd64 pin equals main's: nothing to propose
+def test_pins_the_registry_does_not_vouch_for_never_reach_a_pr(tmp_path, registry):
+    world = LoopbackWorld(tmp_path, registry)
     quiet = processorctl(world, None, "pr", "--ref", "llm/litellm@1", "--base", "main", "--json")
     assert quiet.returncode == 0 and json.loads(quiet.stdout)["processors"] == []
-    world.pin(world.work, amd64=digest("d"))
-    refused = processorctl(world, None, "pr", "--ref", "llm/litellm@1", "--base", "main", "--json")
-    assert refused.returncode != 0
-    assert json.loads(refused.stdout)["error"]["code"] == "ERR_GITHUB"
-    assert "GITHUB_REPOSITORY" in json.loads(refused.stdout)["error"]["message"]
+
+    refusals = {
+        f"{world.repository}@sha256:{'d' * 64}": "ERR_IMAGE_UNAVAILABLE",  # hand-edited, never pushed
+        world.amd64: "ERR_PLATFORM_MISMATCH",  # the amd64 image under the arm64 key
+    }
+    for digest, code in refusals.items():
+        world.pin(world.work, arm64=digest)
+        refused = processorctl(world, None, "pr", "--ref", "llm/litellm@1", "--base", "main", "--no-pr", "--json")
+        assert refused.returncode != 0, refused.stdout
+        assert json.loads(refused.stdout)["error"]["code"] == code
+        assert world.remote_sha(BRANCH) is None  # nothing was pushed
+
+    world.pin(world.work, arm64=world.arm64)
+    without_token = processorctl(world, None, "pr", "--ref", "llm/litellm@1", "--base", "main", "--json")
+    assert json.loads(without_token.stdout)["error"]["code"] == "ERR_GITHUB"
+    assert "GITHUB_REPOSITORY" in json.loads(without_token.stdout)["error"]["message"]
     pushed_only = processorctl(world, None, "pr", "--ref", "llm/litellm@1", "--base", "main", "--no-pr", "--json")
     assert pushed_only.returncode == 0, pushed_only.stderr
-    assert f"amd64: {digest('d')}" in world.remote_file(BRANCH)
+    assert f"arm64: {world.arm64}" in world.remote_file(BRANCH)
     assert REG in git(world.remote, "diff", "--name-only", "main", BRANCH)

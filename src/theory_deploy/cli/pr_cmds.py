@@ -6,7 +6,9 @@ import argparse
 import subprocess
 from typing import Any
 
-from .. import gitpr
+from .. import gitpr, output, pin
+from ..errors import PlatformMismatchError
+from ..oci import RegistryClients
 from ..refs import ProcessorRef
 from ..registry_file import load_processor
 from .framework import add_verb
@@ -17,6 +19,30 @@ def _pins_at(repo_root: Any, rev: str, relative: str) -> dict[str, str | None]:
         ["git", "show", f"{rev}:{relative}"], cwd=repo_root, capture_output=True, text=True, timeout=30, check=False
     )
     return gitpr.pins_in_text(proc.stdout if proc.returncode == 0 else None)
+
+
+def verify_proposed_pins(changes: list[gitpr.PinChange]) -> None:
+    """Ask the registry about every pin the PR would propose, exactly as `pin` does: a hand-edited
+    registry.yaml must not get a digest the registry lacks, or one for the wrong platform, into review."""
+    clients = RegistryClients()
+    try:
+        for change in changes:
+            for platform, (_old, new) in change.platforms.items():
+                if new is None:
+                    continue
+                where = f"{change.registry_path} image.platforms.{platform}"
+                candidate = pin.verify_pin_candidate(
+                    new, platform, clients, expected_repository=change.repository, where=where
+                )
+                if candidate.pin != new:
+                    raise PlatformMismatchError(
+                        f"{where}: {new} is a multi-platform index, not the linux/{platform} manifest "
+                        f"({candidate.pin}).",
+                        remedy=f"Pin the manifest: `processorctl pin --ref {change.ref} --platform {platform} --oci {new}`.",
+                    )
+                output.progress(f"verified {platform}: {new} is a linux/{platform} image manifest")
+    finally:
+        clients.close()
 
 
 def cmd_pr(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,6 +64,7 @@ def cmd_pr(args: argparse.Namespace) -> dict[str, Any]:
             changes.append(gitpr.PinChange(str(processor.ref), relative, processor.spec.image.repository, platforms))
     if not changes or repo_root is None:
         return {"processors": [], "summary": "no pins differ from the base branch: nothing to commit, no PR"}
+    verify_proposed_pins(changes)
     github = None if args.no_pr else gitpr.GitHubClient.from_env()
     result = gitpr.publish_pin_pr(
         repo_root,

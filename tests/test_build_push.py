@@ -111,6 +111,18 @@ def test_build_push_two_platforms_verified_by_skopeo(env: Path, registry: str) -
     assert again.uploaded_blobs == 0
     assert again.to_json() == result.to_json()
 
+    # A new repository in the same registry: every blob is mounted from the first one, none uploaded,
+    # and the new repository really serves the image (skopeo reads its config there).
+    mirror = parse_repository(f"{registry}/test/{name}-mirror")
+    with RegistryClient(registry, progress=lambda _m: None) as client:
+        mirrored = push.push_platform_images(built, mirror, client)
+        assert client.stats["blob_uploads"] == 0 and client.stats["blob_mounts"] == 3
+    assert (mirrored.uploaded_blobs, mirrored.mounted_blobs) == (0, 3)
+    assert {a: r.digest for a, r in mirrored.platforms.items()} == {a: r.digest for a, r in result.platforms.items()}
+    for arch, ref in mirrored.platforms.items():
+        config = skopeo("inspect", "--config", "--tls-verify=false", f"docker://{ref}")
+        assert config["architecture"] == arch
+
     # Cold (no cache, fresh repository): the deterministic gzip gives the very same digests.
     shutil.rmtree(Path(env).parent / "state")
     other = parse_repository(f"{registry}/test/{name}-copy")

@@ -249,7 +249,7 @@ class RegistryClient:
         self._tokens: dict[str, str] = {}
         self._use_basic = False
         # Counters, for tests and the benchmark: how much work a call really did.
-        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "blob_uploads": 0, "blob_skips": 0}
+        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "blob_uploads": 0, "blob_skips": 0, "blob_mounts": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -641,6 +641,32 @@ class RegistryClient:
         if actual != digest:
             raise DigestIntegrityError(f"{what}: the blob served hashes to {actual}.", details={"actual": actual})
         return body
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Link a blob this registry already holds in `from_repo` into `repo`, sending no bytes.
+
+        True when mounted (201). A registry that declines (no such blob there, no pull right on the
+        source) answers 202 with an upload session instead; that session is left to expire and
+        False tells the caller to upload as usual.
+        """
+        url = (
+            self.url(f"/v2/{repo}/blobs/uploads/")
+            + f"?mount={quote(digest, safe='')}&from={quote(from_repo, safe='/')}"
+        )
+        response = self._request(
+            "POST",
+            url,
+            scope=f"{_push_scope(repo)} {_pull_scope(from_repo)}",
+            ok=(201, 202),
+            write=True,
+            headers={"Content-Length": "0"},
+            body=b"",
+            what=f"a mount of {digest} from {self.registry}/{from_repo}",
+        )
+        if response.status_code == 201:
+            self._count("blob_mounts")
+            return True
+        return False
 
     def upload_blob(
         self,

@@ -116,6 +116,7 @@ class Pipeline:
             **self.pushed.to_json(),
             "uploaded_blobs": self.pushed.uploaded_blobs,
             "skipped_blobs": self.pushed.skipped_blobs,
+            "mounted_blobs": self.pushed.mounted_blobs,
         }
 
     def stage_pin(self) -> dict[str, Any]:

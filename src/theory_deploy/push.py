@@ -61,7 +61,8 @@ class PushResult:
     index: ImageRef
     platforms: dict[str, ImageRef]
     uploaded_blobs: int = 0
-    skipped_blobs: int = 0
+    skipped_blobs: int = 0  # already there, or mounted from another repository (no bytes sent)
+    mounted_blobs: int = 0
     uploaded_bytes: int = 0
     tags: list[str] = field(default_factory=list)
 
@@ -85,8 +86,11 @@ def default_cache_dir() -> Path:
 
 
 class BlobCache:
-    """diff_id → (compressed digest, size); image id → (config digest, size). Small JSON files,
-    written atomically, so concurrent pushes never see half a record."""
+    """diff_id → (compressed digest, size); image id → (config digest, size); blob digest → the
+    repositories it was last seen in (so a push to a new repository can mount instead of upload).
+    Small JSON files, written atomically, so concurrent pushes never see half a record."""
+
+    _MAX_SOURCES = 8
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -100,6 +104,16 @@ class BlobCache:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def sources(self, digest: str, registry: str) -> list[str]:
+        """Repositories (paths) of `registry` where this blob was seen, most recent first."""
+        record = self.get("located", digest) or {}
+        prefix = f"{registry}/"
+        return [r[len(prefix) :] for r in record.get("repositories", []) if str(r).startswith(prefix)]
+
+    def add_source(self, digest: str, repository: str) -> None:
+        known = [r for r in (self.get("located", digest) or {}).get("repositories", []) if r != repository]
+        self.put("located", digest, {"repositories": [repository, *known][: self._MAX_SOURCES]})
 
     def put(self, kind: str, digest: str, record: dict[str, Any]) -> None:
         path = self._path(kind, digest)
@@ -225,23 +239,36 @@ class Pusher:
         self.progress = progress
         self.uploaded = 0
         self.skipped = 0
+        self.mounted = 0
         self.uploaded_bytes = 0
         self._known_present: set[str] = set()
 
     # -- blobs --------------------------------------------------------------------------------------
     def _has_blob(self, digest: str, size: int | None = None) -> bool:
+        """The repository has the blob, or it was mounted from another repository of the same
+        registry where an earlier push saw it (no bytes sent, no `docker save`, no gzip)."""
         if digest in self._known_present:
             return True
         found = self.client.blob_size(self.repo, digest, scope=f"repository:{self.repo}:pull,push")
         if found is not None and (size is None or found < 0 or found == size):
-            self._known_present.add(digest)
+            self._seen(digest)
             return True
+        for source in self.cache.sources(digest, self.client.registry):
+            if source != self.repo and self.client.mount_blob(self.repo, digest, source):
+                self.progress(f"mounted {digest[:19]} from {self.client.registry}/{source}")
+                self.mounted += 1
+                self._seen(digest)
+                return True
         return False
+
+    def _seen(self, digest: str) -> None:
+        self._known_present.add(digest)
+        self.cache.add_source(digest, self.repository.repository)
 
     def _upload(self, digest: str, data: bytes | Path, size: int, what: str) -> None:
         self.progress(f"uploading {what} {digest[:19]} ({_human(size)}) to {self.repository.repository}")
         self.client.upload_blob(self.repo, digest, data, size=size, check_exists=False)
-        self._known_present.add(digest)
+        self._seen(digest)
         self.uploaded += 1
         self.uploaded_bytes += size
 
@@ -426,13 +453,14 @@ def push_platform_images(
         raise ImagePushError(f"pushing to {repository.repository} failed: {exc}.") from None
     progress(
         f"pushed {repository.with_digest(index_digest)}: {pusher.uploaded} blob(s) uploaded "
-        f"({_human(pusher.uploaded_bytes)}), {pusher.skipped} already there"
+        f"({_human(pusher.uploaded_bytes)}), {pusher.skipped} already there ({pusher.mounted} mounted)"
     )
     return PushResult(
         index=repository.with_digest(index_digest),
         platforms=platforms,
         uploaded_blobs=pusher.uploaded,
         skipped_blobs=pusher.skipped,
+        mounted_blobs=pusher.mounted,
         uploaded_bytes=pusher.uploaded_bytes,
         tags=tags,
     )

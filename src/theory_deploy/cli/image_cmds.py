@@ -125,7 +125,10 @@ def _do_push(
 def _push_summary(result: push.PushResult) -> list[str]:
     lines = [f"index: {result.index}"]
     lines += [f"  {arch}: {ref}" for arch, ref in result.platforms.items()]
-    lines.append(f"uploaded {result.uploaded_blobs} blob(s), {result.skipped_blobs} already in the registry")
+    lines.append(
+        f"uploaded {result.uploaded_blobs} blob(s), {result.skipped_blobs} already in the registry "
+        f"({result.mounted_blobs} mounted from another repository)"
+    )
     return lines
 
 
@@ -142,6 +145,7 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
         **result.to_json(),
         "uploaded_blobs": result.uploaded_blobs,
         "skipped_blobs": result.skipped_blobs,
+        "mounted_blobs": result.mounted_blobs,
         "tags": result.tags,
         "summary": "\n".join([f"pushed {loaded.ref}:", *_push_summary(result)]),
     }

@@ -282,3 +282,51 @@ def test_python_base_arm64_runs_under_qemu(env: Path, registry: str, base_image:
         for arch, ref in result.platforms.items():
             assert client.resolve_platform(ref.path, ref.digest, arch).manifest_digest == ref.digest
     assert ProcessorRef.parse(loaded.spec.ref).slug == f"demo-{name}-v1"
+
+
+def _build_with_stderr(env: Path, registry: str, *, tty: bool) -> str:
+    """Run `processorctl build` for a tiny processor with stderr on a pseudo-terminal (or a pipe)."""
+    import os
+    import pty
+    import select
+    import sys
+
+    name = f"tty{uuid.uuid4().hex[:8]}"
+    make_processor(env, name, f"{registry}/test/{name}", "FROM scratch\nCOPY a.txt /a.txt\n", {"a.txt": name})
+    cmd = [
+        str(Path(sys.executable).parent / "processorctl"),
+        "build",
+        "--ref",
+        f"demo/{name}@1",
+        "--platforms",
+        "linux/amd64",
+    ]
+    if not tty:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ.copy()).stderr
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave, env=os.environ.copy())
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 300)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(60) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_terminal_sees_the_live_build_step_and_a_pipe_does_not(env: Path, registry: str) -> None:
+    on_tty = _build_with_stderr(env, registry, tty=True)
+    assert "\r\x1b[K" in on_tty  # the live line was drawn and cleared
+    assert "linux/amd64: [" in on_tty and "COPY a.txt /a.txt" in on_tty
+    piped = _build_with_stderr(env, registry, tty=False)
+    assert "\x1b[K" not in piped and "COPY a.txt" not in piped
+    assert "built theory-local/demo-" in piped

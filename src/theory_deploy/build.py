@@ -305,6 +305,9 @@ def build_platform_images(
     return built
 
 
+_BUILD_STEP = re.compile(r"^#\d+ (\[[^\]]+\] .+)$")
+
+
 def _run_build(
     cmd: list[str],
     builder: Builder,
@@ -328,11 +331,18 @@ def _run_build(
     except OSError as exc:
         raise DockerUnavailableError(f"cannot run {builder.client}: {exc.strerror}.") from None
     assert proc.stdout is not None
+    # On a terminal, show the build step BuildKit is on (`#8 [deps 3/6] RUN pip install ...`) as one
+    # live line; --debug prints every line instead.
+    live = not debug and output.stderr_is_tty()
     for line in proc.stdout:
         line = line.rstrip("\n")
         tail.append(line)
         if debug:
             progress(line)
+        elif live and (step := _BUILD_STEP.match(line)):
+            output.status_line(f"linux/{arch}: {step.group(1)}")
+    if live:
+        output.status_line(None)
     code = proc.wait()
     if code != 0:
         log = "\n".join(f"  | {line}" for line in tail)

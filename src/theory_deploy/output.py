@@ -8,6 +8,7 @@ is replaced by `***` wherever it appears, even if a bug puts it in a message.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from typing import Any, TextIO
 
@@ -48,3 +49,15 @@ def progress(message: str) -> None:
 
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def status_line(text: str | None) -> None:
+    """On a terminal, one line of live status on stderr, overwritten in place; None clears it.
+    Long work (a build that runs pip under QEMU for minutes) shows what it is doing without
+    flooding the screen. Callers use it only when `stderr_is_tty()`."""
+    if text is None:
+        sys.stderr.write("\r\033[K")
+    else:
+        width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
+        sys.stderr.write("\r\033[K" + secrets.scrub(text)[:width])
+    sys.stderr.flush()

@@ -396,3 +396,29 @@ def test_fetch_health_unreachable() -> None:
     s.close()
     with pytest.raises(NotRunningError):
         fetch_health(f"http://127.0.0.1:{port}", timeout_s=3)
+
+
+def test_the_client_and_the_runtime_speak_the_same_protocol() -> None:
+    """protocol.py (product) and theory_runtime.frames (inside images) never import each other, so
+    the wire constants are written twice on purpose; this keeps the two copies one contract."""
+    from theory_runtime import frames
+
+    from theory_deploy import protocol
+
+    for name in (
+        "PROTOCOL",
+        "RUN_OPEN",
+        "ACK",
+        "TOKEN",
+        "LOG",
+        "EVENT",
+        "HEARTBEAT",
+        "RUN_RESULT",
+        "SERVER_KINDS",
+        "STREAM_KINDS",
+        "MODES",
+        "CLOSE_NORMAL",
+        "CLOSE_PROTOCOL",
+        "CLOSE_UNAUTHORIZED",
+    ):
+        assert getattr(protocol, name) == getattr(frames, name), name

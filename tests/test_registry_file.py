@@ -203,28 +203,25 @@ def test_a_kill_at_any_moment_leaves_the_old_file_or_the_new(repo):
     assert all(name.endswith(".tmp") for name in leftovers)  # only abandoned temp files, never a half file
 
 
-def test_validate_cli_lists_every_problem_and_annotates(repo, tmp_path):
-    path = registry(repo)
-    path.write_text(BROKEN.replace("  colour: blue\n", ""))
-    env = {**os.environ, "THEORY_REPO_ROOT": str(repo), "GITHUB_ACTIONS": "true"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "theory_deploy.cli.processorctl", "validate"],
+def processorctl(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, run against the repository copy `repo`."""
+    return subprocess.run(
+        [sys.executable, "-m", "theory_deploy.cli.processorctl", *args],
         cwd=repo,
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "THEORY_REPO_ROOT": str(repo), **env},
     )
+
+
+def test_validate_cli_lists_every_problem_and_annotates(repo):
+    registry(repo).write_text(BROKEN.replace("  colour: blue\n", ""))
+    proc = processorctl(repo, "validate", GITHUB_ACTIONS="true")
     assert proc.returncode == 5, proc.stderr
     assert proc.stderr.count("registry.yaml:") >= 4
     assert "::error file=processors/llm/litellm/registry.yaml,line=" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "theory_deploy.cli.processorctl", "validate", "--json"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env={**env, "GITHUB_ACTIONS": ""},
-    )
+    proc = processorctl(repo, "validate", "--json", GITHUB_ACTIONS="")
     payload = json.loads(proc.stdout)
     assert payload["status"] == "error" and payload["error"]["code"] == "ERR_VALIDATION"
     assert len(payload["error"]["details"]["problems"]) >= 4
@@ -233,24 +230,8 @@ def test_validate_cli_lists_every_problem_and_annotates(repo, tmp_path):
 def test_set_repository_moves_the_processor_and_clears_foreign_pins(repo):
     path = registry(repo)
     write_pins(path, {"amd64": D1})
-    env = {**os.environ, "THEORY_REPO_ROOT": str(repo)}
     new = "127.0.0.1:5000/theory/llm-litellm"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "theory_deploy.cli.processorctl",
-            "set-repository",
-            "--ref",
-            "llm/litellm@1",
-            "--repository",
-            new,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    proc = processorctl(repo, "set-repository", "--ref", "llm/litellm@1", "--repository", new, "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["cleared_pins"] == ["amd64"]
     spec, problems = check_file(path)
@@ -258,19 +239,5 @@ def test_set_repository_moves_the_processor_and_clears_foreign_pins(repo):
     text = path.read_text()
     assert "    amd64: null  # linux/amd64 manifest: what Modal runs\n" in text
     assert f"  repository: {new}\n" in text
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "theory_deploy.cli.processorctl",
-            "set-repository",
-            "--ref",
-            "llm/litellm@1",
-            "--repository",
-            f"{new}:tag",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    proc = processorctl(repo, "set-repository", "--ref", "llm/litellm@1", "--repository", f"{new}:tag")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

@@ -3,12 +3,26 @@
 Fixtures: ``repo_root``, ``docker_cli``, ``registry``, ``auth_registry``, ``base_image``,
 ``canary_secrets``. Helpers to import: ``tests.helpers`` (``assert_no_canary``, ``AuthRegistry``).
 
-Tests marked ``docker`` are skipped with a reason when no Docker engine answers. With
-``THEORY_REQUIRE_DOCKER=1`` (set by scripts/test, hence CI) such a skip fails the run instead.
+Markers say what a test needs (registered in pyproject.toml). ``pytest_collection_modifyitems``
+below adds them from the fixtures a test requests, directly or through other fixtures, so a new
+test is marked correctly without anyone remembering to:
+
+- ``docker``: a Docker engine (``docker_cli``, ``base_image``);
+- ``registry``: the loopback registries (``registry``, ``auth_registry``, ``base_image``);
+- ``fast``: everything with none of ``docker``, ``registry``, ``network``, ``slow``.
+  ``pytest -m fast`` needs no engine, no registry and no network.
+
+A service fixture fails (not skips) a test that reaches it without the matching marker (e.g. via
+``request.getfixturevalue``), so a fast run cannot quietly start using a service.
+
+Tests marked ``docker`` are skipped with a reason when no Docker engine answers; the registry
+fixtures skip when their registry does not answer. With ``THEORY_REQUIRE_DOCKER=1`` (set by
+scripts/test, hence CI) any skip of a ``docker``- or ``registry``-marked test fails the run instead.
 Values come from the environment when set (``eval "$(scripts/dev-services env)"``):
 THEORY_REGISTRY, THEORY_AUTH_REGISTRY, THEORY_AUTH_REGISTRY_USER,
 THEORY_AUTH_REGISTRY_PASSWORD_FILE, DOCKER, THEORY_BASE_IMAGE. Otherwise the fixtures run
-``scripts/dev-services up`` / ``scripts/local-base-image`` themselves, once per session.
+``scripts/dev-services up`` / ``scripts/local-base-image`` themselves, once per session, unless
+``THEORY_DEV_SERVICES_DISABLED=1`` (offline runs: then only the environment's values are used).
 """
 
 from __future__ import annotations
@@ -34,8 +48,18 @@ DEV_SERVICES = REPO_ROOT / "scripts" / "dev-services"
 LOCAL_BASE_IMAGE = REPO_ROOT / "scripts" / "local-base-image"
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false", "no")
+
+
 def _require_docker() -> bool:
-    return os.environ.get("THEORY_REQUIRE_DOCKER", "") not in ("", "0", "false", "no")
+    """THEORY_REQUIRE_DOCKER=1: a skipped service test (docker or registry) fails the run."""
+    return _env_flag("THEORY_REQUIRE_DOCKER")
+
+
+def _dev_services_disabled() -> bool:
+    """THEORY_DEV_SERVICES_DISABLED=1: never run `scripts/dev-services` (offline / fast runs)."""
+    return _env_flag("THEORY_DEV_SERVICES_DISABLED")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,8 +97,10 @@ def _services_env() -> dict[str, str]:
         "THEORY_AUTH_REGISTRY_PASSWORD_FILE",
         "DOCKER",
     )
-    if all(os.environ.get(k) for k in keys[:4]):
+    if all(os.environ.get(k) for k in keys[:4]) or _dev_services_disabled():
         env = {k: os.environ[k] for k in keys if os.environ.get(k)}
+        if _dev_services_disabled() and len(env) < len(keys):
+            _services["up_error"] = "THEORY_DEV_SERVICES_DISABLED=1, so scripts/dev-services was not run"
     else:
         up = subprocess.run(
             [str(DEV_SERVICES), "up"], capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL
@@ -109,12 +135,63 @@ def _skip_reason_no_engine() -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Hooks: skip docker tests without an engine; under THEORY_REQUIRE_DOCKER=1 such skips fail the run.
+# Hooks: mark tests by the services they use; skip docker tests without an engine; under
+# THEORY_REQUIRE_DOCKER=1 any skipped service test fails the run.
 
-_skipped_docker: list[str] = []
+# fixture -> the markers a test that requests it (directly or through another fixture) must carry
+SERVICE_FIXTURES: dict[str, tuple[str, ...]] = {
+    "docker_cli": ("docker",),
+    "registry": ("registry",),
+    "auth_registry": ("registry",),
+    # THEORY_BASE_IMAGE, or built with the engine by scripts/local-base-image and pushed to `registry`
+    "base_image": ("docker", "registry"),
+}
+SERVICE_MARKERS = ("docker", "registry")
+NOT_FAST_MARKERS = (*SERVICE_MARKERS, "network", "slow")
+
+_service_tests: set[str] = set()  # node ids of the docker- or registry-marked tests
+_skipped_docker: list[str] = []  # node ids of skipped docker- or registry-marked tests
+_current_item: list[pytest.Item] = []  # the test being set up / run, for _check_marked
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so `-m fast` / `-m registry` see these marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    conflicts = []
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for fixture, markers in SERVICE_FIXTURES.items():
+            if fixture in names:
+                for marker in markers:
+                    if item.get_closest_marker(marker) is None:
+                        item.add_marker(marker)
+        needs = [m for m in NOT_FAST_MARKERS if item.get_closest_marker(m) is not None]
+        if any(m in needs for m in SERVICE_MARKERS):
+            _service_tests.add(item.nodeid)
+        if not needs:
+            item.add_marker("fast")
+        elif item.get_closest_marker("fast") is not None:
+            conflicts.append(f"{item.nodeid} (marked fast, but also {', '.join(needs)})")
+    if conflicts:
+        raise pytest.UsageError("tests marked fast that are not:\n  " + "\n  ".join(conflicts))
+
+
+def _check_marked(fixture: str) -> None:
+    """Fail the current test if it reaches a service fixture without that service's marker."""
+    item = _current_item[0] if _current_item else None
+    if item is None:
+        return
+    missing = [m for m in SERVICE_FIXTURES[fixture] if item.get_closest_marker(m) is None]
+    if missing:
+        pytest.fail(
+            f"{item.nodeid} uses the {fixture!r} fixture without the marker(s) {', '.join(missing)}: "
+            f"request it as a test argument (marked automatically) or add @pytest.mark.{missing[0]}",
+            pytrace=False,
+        )
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    _current_item[:] = [item]
     if item.get_closest_marker("docker") is not None:
         reason = _skip_reason_no_engine()
         if reason:
@@ -122,7 +199,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and "docker" in report.keywords and not hasattr(report, "wasxfail"):
+    if report.skipped and report.nodeid in _service_tests and not hasattr(report, "wasxfail"):
         _skipped_docker.append(report.nodeid)
 
 
@@ -135,8 +212,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if _skipped_docker and _require_docker():
         terminalreporter.section("THEORY_REQUIRE_DOCKER", sep="=", red=True, bold=True)
         terminalreporter.line(
-            f"{len(_skipped_docker)} docker-marked test(s) were skipped; with THEORY_REQUIRE_DOCKER=1 "
-            "that fails the run:",
+            f"{len(_skipped_docker)} docker- or registry-marked test(s) were skipped; with "
+            "THEORY_REQUIRE_DOCKER=1 that fails the run:",
             red=True,
         )
         for nodeid in _skipped_docker:
@@ -155,6 +232,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def docker_cli() -> str:
     """Path of the docker client that works with BuildKit (DOCKER_BUILDKIT=1)."""
+    _check_marked("docker_cli")
     reason = _skip_reason_no_engine()
     if reason:
         pytest.skip(reason)
@@ -164,6 +242,7 @@ def docker_cli() -> str:
 @pytest.fixture(scope="session")
 def registry() -> str:
     """host:port of the anonymous loopback registry (e.g. 127.0.0.1:5000)."""
+    _check_marked("registry")
     host = _services_env().get("THEORY_REGISTRY", "")
     if not host or _http_status(f"http://{host}/v2/") != 200:
         pytest.skip(
@@ -176,6 +255,7 @@ def registry() -> str:
 @pytest.fixture(scope="session")
 def auth_registry() -> AuthRegistry:
     """The basic-auth loopback registry: (host, user, password)."""
+    _check_marked("auth_registry")
     env = _services_env()
     host = env.get("THEORY_AUTH_REGISTRY", "")
     pw_file = env.get("THEORY_AUTH_REGISTRY_PASSWORD_FILE", "")
@@ -190,6 +270,7 @@ def auth_registry() -> AuthRegistry:
 @pytest.fixture(scope="session")
 def base_image(registry: str) -> str:
     """`REGISTRY/theory/python-base@sha256:...`, a linux/amd64+arm64 Python index (BASE_IMAGE build arg)."""
+    _check_marked("base_image")
     ref = os.environ.get("THEORY_BASE_IMAGE", "")
     if ref:
         return ref

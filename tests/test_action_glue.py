@@ -1,133 +1,222 @@
-"""The actions' glue, run as the GitHub runner runs it (tests/action_runner.py), without Docker.
+"""The GitHub Actions, run as the GitHub runner runs them (tests/action_runner.py), against real services.
 
-The CLI behind the glue is a stand-in here (THEORY_CLI_BIN → a folder of fake processorctl/localctl/
-modalctl that answer with canned JSON and log every call), so these tests pin down the glue itself:
-input validation and its messages, which verbs run with which flags in which environment, outputs
-written with delimiters, the step summary, annotations on the registry.yaml line, secrets handling.
-The real CLI end to end is tests/test_action_glue_docker.py.
+Every test drives an action.yml (the root action or actions/*) through `run_action`: the `setup`
+bootstrap (pointed at this virtualenv with THEORY_DEPLOY_VENV), then `python -I -m
+theory_deploy.action VERB`, the real glue in src/theory_deploy/action.py running the real stage
+engine. Nothing is faked in between; what a test asserts is what the action did to the world:
+
+- fast tests (no Docker engine, no registry): the runner stand-in itself, every bad input (exit code,
+  message, an `::error` annotation, and nothing done: registry.yaml byte-identical, no output, no push
+  file), setup's refusals, the plan action's matrices (a git repository only), the drift issue against
+  the GitHub stand-in (tests/github_standin), merge's refusal, outputs written with random delimiters,
+  and the Modal target against the Modal stand-in (tests/modal_standin) with a healthz stand-in for
+  its workers (what the processor would report for the deployed image);
+- service tests (`docker`, `registry`, `slow`): the local target with the real Docker engine and the
+  loopback registry. One module-wide workspace (a copy of processors/, runtime/, schema/ whose
+  image.repository is a fresh loopback repository) is built and pushed once by the build-push action;
+  each test deploys from its own copy of it and stops every app it started. What is checked: what
+  the registry holds, what registry.yaml pins, which digest the running container runs (`localctl
+  verify-digest`), what the GitHub stand-in and the bare git remote received.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import stat
+import subprocess
 import sys
-import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from modal_standin import ModalStandIn
+from ruamel.yaml import YAML
 
 from tests.action_runner import ActionResult, evaluate, parse_output_file, run_action, substitute
+from tests.github_standin import GitHubStandIn
+from tests.helpers import assert_no_canary, make_canaries
+from tests.test_modal_target import HealthServer
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO / "scripts" / "action-entrypoint"
-LITELLM = REPO / "processors" / "llm" / "litellm" / "registry.yaml"
+BIN = Path(sys.prefix) / "bin"
 REF = "llm/litellm@1"
+OTHER = "llm/other@1"
+SLUG = "llm-litellm-v1"
+REG = "processors/llm/litellm/registry.yaml"
+OTHER_REG = "processors/llm/other/registry.yaml"
+LITELLM = REPO / REG
 HEX = "a" * 64
+GHCR = "ghcr.io/theory-deploy/llm-litellm"
+NOTE_LABEL = "dev.theory.test.note"
+BRANCH, USER = "feat/x", "dev"
+DEV_APP = f"feat-x-dev-{SLUG}"
+# The caller's environment must not leak into an action under test: these are set per test or not at all.
+CLEARED = (
+    "MODAL_TOKEN_ID",
+    "MODAL_TOKEN_SECRET",
+    "MODAL_SERVER_URL",
+    "MODAL_ENVIRONMENT",
+    "MODAL_PROFILE",
+    "MODAL_CONFIG_PATH",
+    "REGISTRY_USERNAME",
+    "REGISTRY_PASSWORD",
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "OPENAI_API_KEY",
+    "LITELLM_API_BASE",
+    "THEORY_REPO_ROOT",
+    "THEORY_OUT_DIR",
+    "THEORY_DEPLOY_VENV",
+    "GIT_BRANCH",
+    "GIT_USER",
+)
 
-FAKE_CLI = textwrap.dedent('''\
-    #!{python}
-    """Stand-in CLI: answers each verb with canned JSON (overridable per verb), logs every call."""
-    import json, os, sys
-    tool = os.path.basename(sys.argv[0])
-    args = sys.argv[1:]
-    verb = args[0]
-    def flag(name, default=None):
-        return args[args.index(name) + 1] if name in args else default
-    with open(os.environ["FAKE_CLI_LOG"], "a") as log:
-        log.write(json.dumps({{"tool": tool, "args": args,
-                               "env": {{k: os.environ.get(k) for k in (
-                                   "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "REGISTRY_USERNAME",
-                                   "REGISTRY_PASSWORD", "GITHUB_TOKEN", "OPENAI_API_KEY",
-                                   "THEORY_REPO_ROOT")}},
-                               "theory_in": sorted(k for k in os.environ if k[:10] == "THEORY_IN_")}})
-                  + "\\n")
-    scenario = json.loads(os.environ.get("FAKE_CLI_SCENARIO") or "{{}}")
-    key = f"{{tool}} {{verb}}"
-    if key in scenario:
-        answer = scenario[key]
-        sys.stderr.write(answer.get("stderr", ""))
-        print(json.dumps(answer["json"]))
-        sys.exit(answer.get("rc", 0))
-    repo = flag("--repository") or "ghcr.io/theory-deploy/llm-litellm"
-    def digest(arch):
-        return f"{{repo}}@sha256:" + ("1" if arch == "amd64" else "2") * 64
-    out = {{"status": "success"}}
-    if verb == "push":
-        plats = [p.split("/")[-1] for p in (flag("--platforms") or "linux/amd64,linux/arm64").split(",")]
-        out.update(index=f"{{repo}}@sha256:" + "9" * 64, platforms={{a: digest(a) for a in plats}})
-    elif verb == "pin":
-        pushed = json.load(open(flag("--from-push")))["platforms"]
-        out.update(pins={{a: {{"old": None, "new": d, "changed": True}} for a, d in pushed.items()}})
-    elif verb == "pr":
-        out.update(pr_url="https://github.com/o/r/pull/7", action="created")
-    elif verb == "start":
-        out.update(app="feat-x-dev-llm-litellm-v1", url="http://127.0.0.1:8123")
-    elif verb == "sync-secrets":
-        out.update(present=[], missing=["OPENAI_API_KEY"])
-    elif verb == "verify-digest":
-        out.update(verified=True, app="feat-x-dev-llm-litellm-v1")
-    elif verb == "plan":
-        out.update(deploys=[], builds=[])
-    print(json.dumps(out))
-''')
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    for name in [k for k in os.environ if k.startswith("THEORY_IN_")]:
+        monkeypatch.delenv(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Worlds: a consumer repository, the runner's temp folder, and how to run an action in them
+
+
+@dataclass
+class World:
+    repo: Path
+    temp: Path
+    env: dict[str, str] = field(default_factory=dict)  # the step env every action run gets
+    apps: set[tuple[str, str]] = field(default_factory=set)  # (ref, env) started, stopped at teardown
+
+    @property
+    def registry_yaml(self) -> Path:
+        return self.repo / REG
+
+    @property
+    def out(self) -> Path:
+        return self.temp / "theory-deploy" / "out"
+
+    def push_files(self) -> list[Path]:
+        return sorted(self.temp.rglob("push-*.json"))
+
+    def run(self, action: str = ".", environ: dict[str, str] | None = None, **inputs: str) -> ActionResult:
+        inputs.setdefault("working-directory", str(self.repo))
+        return run_action(
+            REPO / action,
+            {k.replace("_", "-"): v for k, v in inputs.items()},
+            workspace=self.repo,
+            runner_temp=self.temp,
+            env={"THEORY_DEPLOY_VENV": sys.prefix, **self.env, **(environ or {})},
+            timeout=1800,
+        )
+
+    def cli(self, tool: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full = {**os.environ, **self.env, "THEORY_REPO_ROOT": str(self.repo), **(env or {})}
+        return subprocess.run(
+            [str(BIN / tool), *args], cwd=self.repo, env=full, capture_output=True, text=True, timeout=600
+        )
+
+    def localctl(self, verb: str, ref: str, env: str, *args: str) -> tuple[int, dict[str, Any]]:
+        proc = self.cli("localctl", verb, "--ref", ref, "--env", env, *args, "--json")
+        return proc.returncode, json.loads(proc.stdout)
+
+    def deployed(self, ref: str, env: str) -> None:
+        self.apps.add((ref, env))
+
+    def stop_apps(self) -> None:
+        for ref, env in sorted(self.apps):
+            self.cli("localctl", "stop", "--ref", ref, "--env", env, "--json")
+
+
+def _pin(path: Path, arch: str, pin: str | None) -> None:
+    """Hand-write one pin line of a registry.yaml (as a human or the pin bot would have)."""
+    text = path.read_text()
+    new = re.sub(rf"(?m)^(    {arch}: )\S+", lambda m: f"{m.group(1)}{pin or 'null'}", text, count=1)
+    assert new != text or f"{arch}: {pin or 'null'}" in text
+    path.write_text(new)
+
+
+def _set_examples(registry: Path, examples: list[dict[str, Any]] | None) -> None:
+    yaml = YAML(typ="rt")
+    doc = yaml.load(registry.read_text())
+    doc["inputs"].pop("examples", None)
+    if examples is not None:
+        doc["inputs"]["examples"] = examples
+    with registry.open("w") as handle:
+        yaml.dump(doc, handle)
+
+
+def _add_processor(repo: Path, ref: str = OTHER) -> Path:
+    """A second processor: the litellm folder under another name (same Dockerfile, same image)."""
+    ns, rest = ref.split("/")
+    name = rest.split("@")[0]
+    folder = repo / "processors" / ns / name
+    shutil.copytree(repo / "processors" / "llm" / "litellm", folder)
+    text = (folder / "registry.yaml").read_text()
+    (folder / "registry.yaml").write_text(text.replace(f"ref: {REF}", f"ref: {ref}"))
+    return folder / "registry.yaml"
+
+
+def _pin_line(path: Path, arch: str = "amd64") -> int:
+    return next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith(f"{arch}:"))
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_EDITOR="true")
+    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"git {' '.join(args)} failed: {proc.stderr}"
+    return proc.stdout.strip()
+
+
+HUMAN = ["-c", "user.name=Hu Man", "-c", "user.email=human@example.com"]
+
+
+def publish(repo: Path, *branches: str) -> Path:
+    """Make `repo` a clone of a fresh bare remote (GitHub's git side) whose `main` and `branches`
+    hold the repository as it is now."""
+    remote = repo.parent / f"{repo.name}-remote.git"
+    git(repo.parent, "init", "--quiet", "--bare", "-b", "main", str(remote))
+    git(repo, "init", "--quiet", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, *HUMAN, "commit", "--quiet", "-m", "initial")
+    git(repo, "remote", "add", "origin", str(remote))
+    git(repo, "push", "--quiet", "origin", "main", *[f"main:{b}" for b in branches])
+    git(repo, "fetch", "--quiet", "origin")
+    return remote
+
+
+def _fast_world(tmp_path: Path) -> World:
+    repo = tmp_path / "repo"
+    (repo / "processors" / "llm" / "litellm").mkdir(parents=True)
+    shutil.copy(LITELLM, repo / REG)
+    temp = tmp_path / "runner-temp"
+    temp.mkdir()
+    return World(repo, temp, {"GIT_BRANCH": BRANCH, "GIT_USER": USER, "THEORY_STATE_DIR": str(tmp_path / "state")})
 
 
 @pytest.fixture
-def fake(tmp_path: Path) -> dict[str, Any]:
-    """A consumer repository with the litellm processor, a fake CLI, and the runner's folders."""
-    repo = tmp_path / "repo"
-    (repo / "processors" / "llm" / "litellm").mkdir(parents=True)
-    shutil.copy(LITELLM, repo / "processors" / "llm" / "litellm" / "registry.yaml")
-    cli = tmp_path / "cli"
-    cli.mkdir()
-    for tool in ("processorctl", "localctl", "modalctl"):
-        path = cli / tool
-        path.write_text(FAKE_CLI.format(python=sys.executable))
-        path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    temp = tmp_path / "runner-temp"
-    temp.mkdir()
-    log = tmp_path / "calls.jsonl"
-    log.touch()
-    return {"repo": repo, "cli": cli, "temp": temp, "log": log}
+def world(tmp_path: Path) -> World:
+    """A consumer repository holding the litellm processor (no pins), and the runner's temp folder."""
+    return _fast_world(tmp_path)
 
 
-def run(
-    fake: dict[str, Any],
-    action: str = ".",
-    scenario: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
-    **inputs: str,
-) -> ActionResult:
-    inputs.setdefault("working-directory", str(fake["repo"]))
-    return run_action(
-        REPO / action,
-        {k.replace("_", "-"): v for k, v in inputs.items()},
-        workspace=fake["repo"],
-        runner_temp=fake["temp"],
-        env={
-            "THEORY_DEPLOY_VENV": sys.prefix,  # the dev venv: no pip install in unit tests
-            "THEORY_CLI_BIN": str(fake["cli"]),
-            "FAKE_CLI_LOG": str(fake["log"]),
-            "FAKE_CLI_SCENARIO": json.dumps(scenario or {}),
-            "GIT_BRANCH": "feat/x",
-            "GIT_USER": "dev",
-            **(environ or {}),
-        },
-    )
-
-
-def calls(fake: dict[str, Any]) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in fake["log"].read_text().splitlines()]
-
-
-def verbs(fake: dict[str, Any]) -> list[str]:
-    return [f"{c['tool']} {c['args'][0]}" for c in calls(fake)]
+def _nothing_ran(world: World, result: ActionResult, before: bytes) -> None:
+    assert world.registry_yaml.read_bytes() == before  # nothing pinned
+    assert world.push_files() == []  # nothing pushed
+    assert result.output_files.get("deploy", "") == ""  # not even an output written
+    assert result.summary == ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,10 +256,13 @@ def test_output_file_parser_reads_both_forms() -> None:
             "input target: 'aws' is not a target",
         ),
         ({"ref": REF, "env": "dev", "stages": "deploy"}, "unknown stage(s) deploy"),
-        ({"ref": REF, "env": "dev", "stages": "run"}, "stage run needs input mode"),
+        ({"ref": REF, "env": "dev", "stages": "run"}, "stage run needs a mode (mock or real)"),
         ({"ref": REF, "env": "dev", "stages": "run", "mode": "fake"}, "input mode: 'fake' is not a mode"),
         ({"ref": REF, "env": "staging", "stages": "build-push,start"}, "promotion is exact"),
-        ({"ref": REF, "stages": "start"}, "stages start/sync-secrets/verify/run need dev, staging or main"),
+        (
+            {"ref": REF, "stages": "start"},
+            "stages start/sync-secrets/verify/run need an environment: dev, staging or main",
+        ),
         (
             {"ref": REF, "env": "dev", "stages": "verify", "inputs_json": "[1]"},
             "inputs-json: expected a JSON object",
@@ -185,413 +277,91 @@ def test_output_file_parser_reads_both_forms() -> None:
             {"ref": REF, "env": "dev", "stages": "verify", "fail_on_missing_secrets": "maybe"},
             "is not true or false",
         ),
+        ({"ref": REF, "env": "dev", "stages": "pin"}, "stage pin pins what this run pushed"),
+        ({"ref": REF, "env": "dev", "stages": "pr"}, "stage pr needs the branch the pin PR targets"),
     ],
 )
-def test_bad_inputs_fail_with_a_clear_message_before_anything_runs(fake, inputs, expected) -> None:
-    result = run(fake, **inputs)
-    assert result.returncode != 0
+def test_bad_inputs_fail_with_a_clear_message_before_anything_runs(world: World, inputs, expected) -> None:
+    before = world.registry_yaml.read_bytes()
+    result = world.run(**inputs)
+    assert result.returncode == 2, result.stderr
     assert expected in result.stderr, result.stderr
     assert "::error" in result.stderr  # an annotation, so the message shows on the run's page
-    assert calls(fake) == []  # no verb ran
+    assert "Fix the inputs listed above" in result.stderr
+    assert result.ran == ["setup", "deploy"]
+    _nothing_ran(world, result, before)
 
 
-def test_all_bad_inputs_are_reported_at_once(fake) -> None:
-    result = run(fake, ref="nope", env="prod", target="aws", stages="verify")
+def test_all_bad_inputs_are_reported_at_once(world: World) -> None:
+    before = world.registry_yaml.read_bytes()
+    result = world.run(ref="nope", env="prod", target="aws", stages="verify", mode="fake")
     assert result.returncode == 2
-    for text in ("input ref", "input env", "input target"):
+    for text in ("input ref", "input env", "input target", "input mode"):
         assert text in result.stderr
+    assert result.stderr.count("::error") == 1  # one annotation listing them all
+    _nothing_ran(world, result, before)
 
 
-def test_an_unknown_processor_fails_naming_it(fake) -> None:
-    result = run(fake, ref="no/such@1", env="dev", stages="verify")
+def test_an_unknown_processor_fails_naming_it(world: World) -> None:
+    before = world.registry_yaml.read_bytes()
+    result = world.run(ref="no/such@1", env="dev", stages="verify")
     assert result.returncode != 0
-    assert "no/such@1" in result.stderr
-    assert calls(fake) == []
+    assert "no/such@1" in result.stderr and "::error" in result.stderr
+    assert world.registry_yaml.read_bytes() == before and world.push_files() == []
+    results = json.loads(result.outputs["results"])
+    assert "no/such@1" in results["no/such@1"]["error"]
+    assert result.outputs["verified"] == ""  # no verify ran
+    assert "**Failures**" in result.summary
 
 
-def test_setup_refuses_an_old_python_clearly(fake, tmp_path) -> None:
+def test_setup_refuses_an_old_python_clearly(world: World, tmp_path: Path) -> None:
     old = tmp_path / "python3.8"
     old.write_text("#!/bin/sh\necho 3.8\n")
     old.chmod(0o755)
-    result = run_action(REPO, {"ref": REF, "python": str(old)}, workspace=fake["repo"], runner_temp=fake["temp"])
+    result = run_action(REPO, {"ref": REF, "python": str(old)}, workspace=world.repo, runner_temp=world.temp)
     assert result.returncode != 0
     assert "needs 3.11 or newer" in result.stderr
+    assert "::error title=theory-deploy setup::" in result.stderr
+    assert result.ran == ["setup"]
+    assert not (world.temp / "theory-deploy").exists()  # no half-made virtualenv
+
+
+def test_setup_rejects_a_prepared_venv_without_the_cli(world: World, tmp_path: Path) -> None:
+    empty = tmp_path / "not-a-venv"
+    empty.mkdir()
+    result = world.run(ref=REF, environ={"THEORY_DEPLOY_VENV": str(empty)})
+    assert result.returncode != 0
+    assert "has no bin/python and bin/processorctl" in result.stderr
     assert result.ran == ["setup"]
 
 
-def test_setup_rejects_a_prepared_venv_without_the_cli(fake, tmp_path) -> None:
-    result = run(fake, ref=REF, environ={"THEORY_DEPLOY_VENV": str(tmp_path)})
-    assert result.returncode != 0
-    assert "has no bin/python and bin/processorctl" in result.stderr
+def test_every_action_runs_its_verb_on_the_private_venv_isolated() -> None:
+    """`-I`: no file of the caller's repository can stand in for the package."""
+    yaml = YAML(typ="safe")
+    for path in [REPO / "action.yml", *sorted((REPO / "actions").glob("*/action.yml"))]:
+        steps = yaml.load(path.read_text())["runs"]["steps"]
+        assert 'action-entrypoint" setup' in steps[0]["run"]
+        for step in steps[1:]:
+            assert re.fullmatch(
+                r'"\$\{THEORY_VENV:\?[^}]*\}/bin/python" -I -m theory_deploy\.action (deploy|plan|merge)',
+                step["run"],
+            ), (path, step["run"])
 
 
 # --------------------------------------------------------------------------------------------------
-# the stages, their flags, and which digest is deployed
+# plan, merge, drift-issue
 
 
-def test_dev_builds_pins_and_deploys_the_digest_just_pushed(fake) -> None:
-    result = run(
-        fake,
-        ref=REF,
-        env="dev",
-        target="modal",
-        mode="mock",
-        inputs_json='{"schema": "v1", "params": {"messages": [{"role": "user", "content": "hi"}]}}',
-        github_token="ghs_" + "t" * 36,
-        modal_token_id="ak-id",
-        modal_token_secret="as-secret",
-        environ={"GITHUB_REF_NAME": "feat/x"},
-    )
-    assert result.returncode == 0, result.stderr
-    assert verbs(fake) == [
-        "processorctl build",
-        "processorctl push",
-        "processorctl pin",
-        "processorctl pr",
-        "modalctl start",
-        "modalctl sync-secrets",
-        "modalctl verify-digest",
-        "modalctl run",
-    ]
-    by_verb = {f"{c['tool']} {c['args'][0]}": c["args"] for c in calls(fake)}
-    amd64 = "ghcr.io/theory-deploy/llm-litellm@sha256:" + "1" * 64
-    assert by_verb["modalctl start"] == ["start", "--ref", REF, "--env", "dev", "--oci", amd64, "--json"]
-    assert "--oci" in by_verb["modalctl verify-digest"] and amd64 in by_verb["modalctl verify-digest"]
-    assert "--fail-on-missing" in by_verb["modalctl sync-secrets"]
-    assert by_verb["processorctl pr"] == [
-        "pr",
-        "--ref",
-        REF,
-        "--base",
-        "feat/x",
-        "--json",
-    ]  # the branch being built
-    outputs = result.outputs
-    assert json.loads(outputs["digests"]) == {REF: {"amd64": amd64, "arm64": amd64.replace("1" * 64, "2" * 64)}}
-    assert outputs["app-name"] == "feat-x-dev-llm-litellm-v1"
-    assert outputs["verified"] == "true"
-    assert outputs["pr-url"] == "https://github.com/o/r/pull/7"
-    assert json.loads(outputs["results"])[REF]["deployed"] == amd64
-
-
-def test_staging_deploys_the_pin_and_never_builds(fake) -> None:
-    registry = fake["repo"] / "processors" / "llm" / "litellm" / "registry.yaml"
-    pinned = "ghcr.io/theory-deploy/llm-litellm@sha256:" + "c" * 64
-    registry.write_text(registry.read_text().replace("amd64: null", f"amd64: {pinned}"))
-    result = run(fake, ref=REF, env="staging", target="modal", github_token="ghs_x" * 8)
-    assert result.returncode == 0, result.stderr
-    assert verbs(fake) == ["modalctl start", "modalctl sync-secrets", "modalctl verify-digest"]
-    for call in calls(fake):
-        assert "--oci" not in call["args"]  # the pin in registry.yaml, exactly
-        assert call["args"][call["args"].index("--env") + 1] == "staging"
-    assert json.loads(result.outputs["results"])[REF]["deployed"] == pinned
-
-
-def test_staging_ignores_a_push_file_and_deploys_the_pin(fake, tmp_path) -> None:
-    push = tmp_path / "push.json"
-    push.write_text(json.dumps({"platforms": {"amd64": "ghcr.io/theory-deploy/llm-litellm@sha256:" + HEX}}))
-    result = run(fake, "actions/modal-deploy", ref=REF, env="staging", from_push=str(push))
-    assert result.returncode == 0, result.stderr
-    assert all("--oci" not in c["args"] for c in calls(fake))
-
-
-def test_local_target_uses_localctl(fake) -> None:
-    result = run(fake, "actions/modal-deploy", ref=REF, env="dev", target="local", fail_on_missing_secrets="false")
-    assert result.returncode == 0, result.stderr
-    assert verbs(fake) == ["localctl start", "localctl sync-secrets", "localctl verify-digest"]
-    assert "--fail-on-missing" not in calls(fake)[1]["args"]
-
-
-def test_several_refs_and_all(fake) -> None:
-    result = run(fake, "actions/modal-deploy", ref="all", env="main", stages="verify")
-    assert result.returncode == 0, result.stderr
-    assert [c["args"][c["args"].index("--ref") + 1] for c in calls(fake)] == [REF]
-
-
-def test_build_args_and_platforms_reach_build_and_push(fake) -> None:
-    result = run(
-        fake,
-        "actions/build-push",
-        ref=REF,
-        platforms="linux/arm64",
-        build_args="BASE_IMAGE=127.0.0.1:5000/base@sha256:" + HEX + "\nX=1",
-        repository="127.0.0.1:5000/org/llm-litellm",
-    )
-    assert result.returncode == 0, result.stderr
-    build, push = calls(fake)
-    assert build["args"][:3] == ["build", "--ref", REF]
-    assert ["--platforms", "linux/arm64"] == build["args"][3:5]
-    assert build["args"].count("--build-arg") == 2
-    assert push["args"][-3:] == ["--repository", "127.0.0.1:5000/org/llm-litellm", "--json"]
-    digests = json.loads(result.outputs["digests"])
-    assert list(digests[REF]) == ["arm64"]
-    push_file = Path(result.outputs["push-dir"]) / "push-llm-litellm-v1.json"
-    assert json.loads(push_file.read_text())["platforms"] == digests[REF]
-
-
-def test_pin_action_reads_a_push_dir_and_opens_the_pr_only_when_asked(fake, tmp_path) -> None:
-    pushed = tmp_path / "pushed"
-    pushed.mkdir()
-    (pushed / "push-llm-litellm-v1.json").write_text(
-        json.dumps({"platforms": {"amd64": "ghcr.io/theory-deploy/llm-litellm@sha256:" + HEX}})
-    )
-    result = run(fake, "actions/pin", ref=REF, from_push=str(pushed))
-    assert result.returncode == 0, result.stderr
-    assert verbs(fake) == ["processorctl pin"]
-    fake["log"].write_text("")
-    result = run(
-        fake,
-        "actions/pin",
-        ref=REF,
-        from_push=str(pushed),
-        open_pr="true",
-        pr_base="main",
-        github_token="ghs_" + "z" * 36,
-    )
-    assert result.returncode == 0, result.stderr
-    assert verbs(fake) == ["processorctl pin", "processorctl pr"]
-    assert calls(fake)[1]["args"][3:5] == ["--base", "main"]
-    assert calls(fake)[1]["env"]["GITHUB_TOKEN"] == "ghs_" + "z" * 36
-    assert result.outputs["pr-url"] == "https://github.com/o/r/pull/7"
-
-
-def test_pinning_another_repository_points_the_workspace_there_first(fake, tmp_path) -> None:
-    pushed = tmp_path / "push.json"
-    pushed.write_text(json.dumps({"platforms": {"amd64": "localhost:5000/llm-litellm@sha256:" + HEX}}))
-    result = run(fake, "actions/pin", ref=REF, from_push=str(pushed), repository="localhost:5000/llm-litellm")
-    assert result.returncode == 0, result.stderr
-    assert [c["args"][:5] for c in calls(fake)] == [
-        ["set-repository", "--ref", REF, "--repository", "localhost:5000/llm-litellm"],
-        [
-            "pin",
-            "--ref",
-            REF,
-            "--from-push",
-            str(fake["temp"] / "theory-deploy" / "out" / "push-llm-litellm-v1.json"),
-        ],
-    ]
-    assert "::notice file=processors/llm/litellm/registry.yaml::" in result.stderr
-    fake["log"].write_text("")
-    result = run(
-        fake,
-        "actions/pin",
-        ref=REF,
-        from_push=str(pushed),
-        repository="localhost:5000/llm-litellm",
-        open_pr="true",
-        pr_base="main",
-        github_token="ghs_" + "q" * 36,
-    )
-    assert result.returncode != 0
-    assert "a pin PR must pin image.repository" in result.stderr
-    assert calls(fake) == []
-
-
-def _set_examples(registry: Path, examples: list[dict[str, Any]] | None) -> None:
-    from ruamel.yaml import YAML
-
-    yaml = YAML(typ="rt")
-    doc = yaml.load(registry.read_text())
-    doc["inputs"].pop("examples", None)
-    if examples is not None:
-        doc["inputs"]["examples"] = examples
-    with registry.open("w") as handle:
-        yaml.dump(doc, handle)
-
-
-def test_run_uses_the_examples_of_the_inputs_schema_or_says_what_to_add(fake) -> None:
-    registry = fake["repo"] / "processors" / "llm" / "litellm" / "registry.yaml"
-    _set_examples(registry, None)
-    result = run(fake, "actions/modal-deploy", ref=REF, env="dev", stages="run", mode="mock")
-    assert result.returncode != 0
-    assert "add `examples:`" in result.stderr
-    example = {"schema": "v1", "params": {"messages": [{"role": "user", "content": "hello"}]}}
-    _set_examples(registry, [example])
-    fake["log"].write_text("")
-    result = run(fake, "actions/modal-deploy", ref=REF, env="dev", stages="run", mode="mock")
-    assert result.returncode == 0, result.stderr
-    args = calls(fake)[0]["args"]
-    assert json.loads(args[args.index("--inputs-json") + 1]) == example
-
-
-# --------------------------------------------------------------------------------------------------
-# outputs, summary, annotations
-
-
-def test_every_output_is_written_with_a_random_delimiter(fake) -> None:
-    result = run(fake, "actions/modal-deploy", ref=REF, env="dev", fail_on_missing_secrets="false")
-    assert result.returncode == 0, result.stderr
-    raw = result.output_files["deploy"]
-    for name in ("digests", "results", "app-name", "app-url", "verified", "results-file"):
-        assert f"\n{name}<<ghadelimiter_" in "\n" + raw
-    assert all("=" not in line.split("<<")[0] for line in raw.splitlines() if "<<" in line)
-    assert result.outputs["verified"] == "true"
-
-
-def test_a_multi_line_value_cannot_forge_another_output(fake) -> None:
-    evil = "x\nverified=true\nghadelimiter_0"
-    scenario = {"modalctl start": {"json": {"status": "success", "app": evil, "url": ""}}}
-    result = run(fake, "actions/modal-deploy", ref=REF, env="dev", stages="start", scenario=scenario)
-    assert result.returncode == 0, result.stderr
-    assert result.outputs["app-name"] == evil
-    assert result.outputs["verified"] == ""  # not forged by the app name's second line
-
-
-def test_summary_has_the_digest_table_app_and_verify(fake) -> None:
-    result = run(fake, ref=REF, env="dev", target="modal")
-    assert result.returncode == 0, result.stderr
-    summary = result.summary
-    assert "### theory-deploy: dev (modal)" in summary
-    assert "| processor | platform | before | after |" in summary
-    assert "| llm/litellm@1 | amd64 | — | `sha256:111111111111…` | changed |" in summary
-    assert "feat-x-dev-llm-litellm-v1" in summary and "http://127.0.0.1:8123" in summary
-    assert "✅ verified" in summary
-
-
-def test_a_failed_verify_fails_the_step_and_annotates_the_pin_line(fake) -> None:
-    scenario = {
-        "modalctl verify-digest": {
-            "rc": 21,
-            "json": {
-                "status": "error",
-                "error": {
-                    "code": "ERR_REGISTRY_MISMATCH",
-                    "message": "llm-litellm-v1 (main) does not verify: expected sha256:cc",
-                },
-            },
-        }
-    }
-    result = run(fake, ref=REF, env="main", scenario=scenario)
-    assert result.returncode == 21
-    line = next(i for i, text in enumerate(LITELLM.read_text().splitlines(), 1) if text.strip().startswith("amd64:"))
-    assert (
-        f"::error file=processors/llm/litellm/registry.yaml,line={line},title=theory-deploy verify::" in result.stderr
-    )
-    assert "ERR_REGISTRY_MISMATCH" in result.stderr
-    assert result.outputs["verified"] == "false"
-    assert "❌ not verified" in result.summary and "**Failures**" in result.summary
-
-
-def test_an_error_the_cli_already_located_is_not_annotated_twice(fake) -> None:
-    scenario = {
-        "modalctl start": {
-            "rc": 10,
-            "stderr": "::error file=x.yaml,line=3::unpinned\n",
-            "json": {
-                "status": "error",
-                "error": {
-                    "code": "ERR_IMAGE_UNPINNED",
-                    "message": "no amd64 pin",
-                    "details": {"file": "x.yaml", "line": 3},
-                },
-            },
-        }
-    }
-    result = run(fake, ref=REF, env="main", scenario=scenario)
-    assert result.returncode == 10
-    assert result.stderr.count("::error") == 1
-
-
-def test_keep_going_checks_every_ref_then_fails(fake) -> None:
-    second = fake["repo"] / "processors" / "llm" / "other"
-    second.mkdir()
-    (second / "registry.yaml").write_text(
-        LITELLM.read_text().replace("llm/litellm@1", "llm/other@1").replace("llm-litellm", "llm-other")
-    )
-    scenario = {
-        "modalctl verify-digest": {
-            "rc": 21,
-            "json": {"status": "error", "error": {"code": "ERR_REGISTRY_MISMATCH", "message": "drift"}},
-        }
-    }
-    result = run(
-        fake,
-        "actions/modal-deploy",
-        ref="all",
-        env="main",
-        stages="verify",
-        keep_going="true",
-        scenario=scenario,
-    )
-    assert result.returncode == 21
-    assert len(calls(fake)) == 2
-    results = json.loads(Path(result.outputs["results-file"]).read_text())["results"]
-    assert set(results) == {"llm/litellm@1", "llm/other@1"}
-    assert all(r["verified"] is False for r in results.values())
-
-
-# --------------------------------------------------------------------------------------------------
-# tokens and secrets
-
-
-def test_tokens_reach_the_cli_under_their_own_names_and_are_masked(fake) -> None:
-    result = run(
-        fake,
-        "actions/modal-deploy",
-        ref=REF,
-        env="dev",
-        stages="start",
-        modal_token_id="ak-1234",
-        modal_token_secret="as-secret-5678",
-        registry_password="regpass-90",
-    )
-    assert result.returncode == 0, result.stderr
-    call = calls(fake)[0]
-    assert call["env"]["MODAL_TOKEN_ID"] == "ak-1234"
-    assert call["env"]["MODAL_TOKEN_SECRET"] == "as-secret-5678"
-    assert call["env"]["REGISTRY_PASSWORD"] == "regpass-90"
-    assert call["theory_in"] == []  # the THEORY_IN_* copies never reach the CLI
-    assert "::add-mask::as-secret-5678" in result.stderr
-    assert "::add-mask::regpass-90" in result.stderr
-
-
-def test_an_empty_token_input_does_not_hide_the_callers_env(fake) -> None:
-    result = run(
-        fake,
-        "actions/modal-deploy",
-        ref=REF,
-        env="dev",
-        stages="start",
-        environ={"MODAL_TOKEN_SECRET": "from-step-env", "OPENAI_API_KEY": "sk-from-env"},
-    )
-    assert result.returncode == 0, result.stderr
-    call = calls(fake)[0]
-    assert call["env"]["MODAL_TOKEN_SECRET"] == "from-step-env"
-    assert call["env"]["OPENAI_API_KEY"] == "sk-from-env"  # processor secrets pass through the step env
-
-
-def test_working_directory_becomes_the_repo_root(fake) -> None:
-    result = run(fake, "actions/modal-deploy", ref=REF, env="dev", stages="start")
-    assert result.returncode == 0, result.stderr
-    assert calls(fake)[0]["env"]["THEORY_REPO_ROOT"] == str(fake["repo"].resolve())
-
-
-# --------------------------------------------------------------------------------------------------
-# plan, merge and drift-issue
-
-
-def test_plan_action_writes_matrices(fake) -> None:
-    wrapper = fake["cli"] / "processorctl"
-    wrapper.write_text(
-        textwrap.dedent(f"""\
-        #!{sys.executable}
-        import sys
-        from theory_deploy.cli import framework, plan_cmds, processorctl
-        parser = processorctl.parser()
-        choices = parser._subparsers._group_actions[0].choices
-        if "plan" not in choices:
-            sub = parser._subparsers._group_actions[0]
-            plan_cmds.register(sub, framework.common_flags())
-        sys.exit(framework.run_tool(parser))
-    """)
-    )
-    result = run(fake, "actions/plan", refs=REF, platforms="linux/amd64")
+def test_plan_action_writes_matrices(world: World) -> None:
+    publish(world.repo)
+    git(world.repo, "checkout", "--quiet", "-b", BRANCH)
+    result = world.run("actions/plan", environ={"GIT_BRANCH": ""}, refs=REF, platforms="linux/amd64")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.outputs["build-matrix"]) == {
         "include": [
             {
                 "ref": REF,
-                "slug": "llm-litellm-v1",
+                "slug": SLUG,
                 "platform": "linux/amd64",
                 "arch": "amd64",
                 "runner": "ubuntu-latest",
@@ -600,138 +370,868 @@ def test_plan_action_writes_matrices(fake) -> None:
         ]
     }
     assert result.outputs["has-builds"] == "true"
-    assert result.outputs["env"] == "dev"
-    assert json.loads(result.outputs["build-processors-matrix"])["include"][0]["slug"] == "llm-litellm-v1"
+    assert result.outputs["env"] == "dev"  # a feature branch
+    assert json.loads(result.outputs["build-processors-matrix"])["include"][0]["slug"] == SLUG
+    assert json.loads(result.outputs["deploys"]) == [REF]
     assert "### Plan" in result.summary
 
 
-class _GitHubIssues(BaseHTTPRequestHandler):
-    issues: list[dict[str, Any]] = []
-    seen: list[tuple[str, str, Any]] = []
-
-    def _reply(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(length)) if length else None
-
-    def do_GET(self) -> None:
-        self.seen.append(("GET", self.path, None))
-        self._reply(200, [i for i in self.issues if i["state"] == "open"])
-
-    def do_POST(self) -> None:
-        body = self._body()
-        self.seen.append(("POST", self.path, body))
-        if self.path.endswith("/issues"):
-            issue = {"number": len(self.issues) + 1, "state": "open", **body}
-            self.issues.append(issue)
-            self._reply(201, issue)
-        else:
-            self._reply(201, {})
-
-    def do_PATCH(self) -> None:
-        body = self._body()
-        self.seen.append(("PATCH", self.path, body))
-        number = int(self.path.rsplit("/", 1)[1])
-        self.issues[number - 1].update(body)
-        self._reply(200, self.issues[number - 1])
-
-    def log_message(self, *args: Any) -> None:
-        pass
+def test_merge_rejects_a_folder_without_pushes(world: World, tmp_path: Path) -> None:
+    empty = tmp_path / "parts"
+    empty.mkdir()
+    result = world.run("actions/build-push", ref=REF, merge_from=str(empty))
+    assert result.returncode != 0
+    assert f"no push-{SLUG}.json under" in result.stderr
+    assert "::error" in result.stderr
+    assert result.ran == ["setup", "merge"]
+    assert world.push_files() == []
 
 
-def _drift(tmp_path: Path, api: str, verified: bool) -> Any:
-    results = tmp_path / "drift" / "drift-main"
+def _drift_step() -> dict[str, Any]:
+    workflow = YAML(typ="safe").load((REPO / ".github" / "workflows" / "drift.yml").read_text())
+    for job in workflow["jobs"].values():
+        for step in job["steps"]:
+            if "drift-issue" in str(step.get("run", "")):
+                return step
+    raise AssertionError("drift.yml runs no drift-issue step")
+
+
+def _drift(tmp_path: Path, gh: GitHubStandIn, token: str, verified: bool) -> tuple[ActionResult, dict[str, str]]:
+    """drift.yml's report step, as the runner runs it: its own `run:` line and `env:` names."""
+    step = _drift_step()
+    assert set(step["env"]) == {"THEORY_VENV", "THEORY_RESULTS_DIR", "THEORY_IN_GITHUB_TOKEN"}
+    results = tmp_path / "drift" / "drift-main-llm-litellm-v1"
     results.mkdir(parents=True, exist_ok=True)
     (results / "results.json").write_text(
         json.dumps(
             {
                 "env": "main",
+                "target": "modal",
                 "results": {
-                    REF: {
-                        "app": "llm-litellm-v1",
-                        "verified": verified,
-                        "error": "" if verified else "drifted",
-                    }
+                    REF: {"app": SLUG, "verified": verified, "error": "" if verified else "drifted: sha256:bbb"}
                 },
             }
         )
     )
-    out = tmp_path / "out.txt"
+    out, summary = tmp_path / "out.txt", tmp_path / "summary.md"
     out.write_text("")
-    import subprocess
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
+    env.update(
+        THEORY_VENV=sys.prefix,
+        THEORY_RESULTS_DIR=str(tmp_path / "drift"),
+        THEORY_IN_GITHUB_TOKEN=token,
+        GITHUB_API_URL=gh.url,
+        GITHUB_REPOSITORY="o/r",
+        GITHUB_RUN_ID="42",
+        GITHUB_SERVER_URL="https://github.example",
+        GITHUB_OUTPUT=str(out),
+        GITHUB_STEP_SUMMARY=str(summary),
+        GITHUB_ACTIONS="true",
+    )
+    proc = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    result = ActionResult(proc.returncode, {}, {}, proc.stdout, proc.stderr, summary.read_text())
+    return result, parse_output_file(out.read_text())
 
-    return subprocess.run(
-        [sys.executable, str(ENTRYPOINT), "drift-issue"],
+
+def test_drift_opens_then_updates_then_closes_one_issue(tmp_path: Path) -> None:
+    token = make_canaries("GITHUB_TOKEN")["GITHUB_TOKEN"]
+    with GitHubStandIn(owner="o", repo="r", tokens={token}) as gh:
+        proc, out = _drift(tmp_path, gh, token, verified=False)
+        assert proc.returncode == 21, proc.stderr
+        assert out["issue-action"] == "opened" and out["drift"] == "true" and out["issue-number"] == "1"
+        (issue,) = gh.issues
+        assert issue["labels"] == ["theory-deploy-drift"] and issue["state"] == "open"
+        assert "drifted: sha256:bbb" in issue["body"] and "https://github.example/o/r/actions/runs/42" in issue["body"]
+        assert "ERR_REGISTRY_MISMATCH" in proc.stderr and "::error" in proc.stderr
+
+        proc, out = _drift(tmp_path, gh, token, verified=False)
+        assert proc.returncode == 21
+        assert out["issue-action"] == "updated" and len(gh.issues) == 1
+        assert [c["body"].split("\n")[0] for c in gh.comments] == [
+            "Still drifting: https://github.example/o/r/actions/runs/42"
+        ]
+
+        proc, out = _drift(tmp_path, gh, token, verified=True)
+        assert proc.returncode == 0, proc.stderr
+        assert out["issue-action"] == "closed" and out["drift"] == "false"
+        (issue,) = gh.issues
+        assert issue["state"] == "closed" and issue["state_reason"] == "completed"
+        assert gh.comments[-1]["body"].startswith("No drift any more")
+        assert "Issue: closed (#1)" in proc.summary
+
+        proc, out = _drift(tmp_path, gh, token, verified=True)
+        assert proc.returncode == 0 and out["issue-action"] == "none" and len(gh.issues) == 1
+        assert all(r.authorization == f"token {token}" for r in gh.requests)  # the input reached PyGithub
+    shown = [line for line in (proc.stderr + proc.stdout).splitlines() if not line.startswith("::add-mask::")]
+    assert_no_canary("\n".join(shown), [token])
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs written by a run that fails early (no Docker: the run stage fails before reaching the target)
+
+
+def test_run_without_inputs_or_examples_says_what_to_add(world: World) -> None:
+    _set_examples(world.registry_yaml, None)
+    result = world.run("actions/modal-deploy", ref=REF, env="dev", stages="run", mode="mock")
+    assert result.returncode != 0
+    assert "add `examples: [{...}]` to `inputs`" in result.stderr
+    assert f"::error file={REG}" in result.stderr  # points at the processor's registry.yaml
+    results = json.loads(result.outputs["results"])
+    assert "has no `examples`" in results[REF]["error"]
+    assert result.outputs["verified"] == ""
+
+
+def test_every_output_is_written_with_a_random_delimiter(world: World) -> None:
+    _set_examples(world.registry_yaml, None)
+    result = world.run(ref=REF, env="dev", stages="run", mode="mock")
+    assert result.returncode != 0  # the run stage failed (no inputs), after the engine ran
+    raw = result.output_files["deploy"]
+    for name in ("digests", "results", "app-name", "app-url", "verified", "pr-url", "push-dir", "results-file"):
+        assert f"\n{name}<<ghadelimiter_" in "\n" + raw, name
+    assert all("=" not in line.split("<<")[0] for line in raw.splitlines() if "<<" in line)
+    assert json.loads(Path(result.outputs["results-file"]).read_text())["results"][REF]["error"]
+
+
+def test_a_multi_line_value_cannot_forge_another_output(tmp_path: Path) -> None:
+    """RUNNER_TEMP (so the results-file path) with a newline and a fake `verified=true` line in it."""
+    world = _fast_world(tmp_path)
+    evil = tmp_path / "tmp\nverified=true\nghadelimiter_0"
+    evil.mkdir()
+    world.temp = evil
+    _set_examples(world.registry_yaml, None)
+    result = world.run("actions/modal-deploy", ref=REF, env="dev", stages="run", mode="mock")
+    assert result.returncode != 0
+    assert result.outputs["results-file"] == str(evil / "theory-deploy" / "out" / "results.json")
+    assert result.outputs["verified"] == ""  # not forged by the path's second line
+    assert Path(result.outputs["results-file"]).is_file()
+
+
+def test_an_error_already_located_is_annotated_once(world: World) -> None:
+    result = world.run("actions/modal-deploy", ref=REF, env="main", stages="start")
+    assert result.returncode == 10, result.stderr
+    assert "ERR_IMAGE_UNPINNED" in result.stderr
+    assert result.stderr.count("::error") == 1
+    assert f"::error file={REG},line={_pin_line(world.registry_yaml)},title=theory-deploy start::" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# The Modal target against the Modal stand-in (no Docker): the default target of the actions
+
+
+@dataclass
+class ModalWorld:
+    world: World
+    cp: ModalStandIn
+    canaries: dict[str, str]
+    pin: str
+
+    def endpoint(self) -> dict[str, str]:
+        """Where the SDK finds the control plane, without the tokens (those come as inputs or env)."""
+        env = self.cp.env_vars()
+        return {"MODAL_SERVER_URL": env["MODAL_SERVER_URL"], "MODAL_CONFIG_PATH": env["MODAL_CONFIG_PATH"]}
+
+    def tokens(self) -> dict[str, str]:
+        return {"MODAL_TOKEN_ID": self.cp.token_id, "MODAL_TOKEN_SECRET": self.canaries["MODAL_TOKEN_SECRET"]}
+
+
+@pytest.fixture
+def modal(tmp_path: Path) -> Iterator[ModalWorld]:
+    world = _fast_world(tmp_path)
+    world.env["THEORY_MODAL_TIMEOUT_S"] = "30"
+    pin = f"{GHCR}@sha256:{'c' * 64}"
+    _pin(world.registry_yaml, "amd64", pin)
+    canaries = make_canaries(
+        "MODAL_TOKEN_SECRET", "REGISTRY_USERNAME", "REGISTRY_PASSWORD", "OPENAI_API_KEY", "GITHUB_TOKEN"
+    )
+    health = HealthServer()
+    try:
+        with ModalStandIn(web_url_for=health.url_for, token_secret=canaries["MODAL_TOKEN_SECRET"]) as cp:
+            health.standin = cp
+            yield ModalWorld(world, cp, canaries, pin)
+    finally:
+        health.close()
+
+
+def _leaks(result: ActionResult, canaries: dict[str, str]) -> None:
+    """No canary anywhere the run wrote, except in the `::add-mask::` commands that hide them."""
+    shown = [line for line in result.log.splitlines() if not line.startswith("::add-mask::")]
+    assert_no_canary("\n".join(shown), canaries)
+    assert_no_canary(json.dumps(result.outputs), canaries)
+    assert_no_canary(result.summary, canaries)
+    if result.outputs.get("results-file"):
+        assert_no_canary(Path(result.outputs["results-file"]).read_text(), canaries)
+
+
+def test_modal_staging_deploys_the_pin_with_tokens_under_their_own_names_masked(modal: ModalWorld) -> None:
+    c = modal.canaries
+    before = modal.world.registry_yaml.read_bytes()
+    result = modal.world.run(
+        environ={**modal.endpoint(), "OPENAI_API_KEY": c["OPENAI_API_KEY"]},
+        ref=REF,
+        env="staging",
+        modal_token_id=modal.cp.token_id,
+        modal_token_secret=c["MODAL_TOKEN_SECRET"],
+        registry_username=c["REGISTRY_USERNAME"],
+        registry_password=c["REGISTRY_PASSWORD"],
+        github_token=c["GITHUB_TOKEN"],  # in staging: no pin, no PR, whatever the token
+    )
+    assert result.returncode == 0, result.log[-4000:]
+    # Deployed in staging, exactly the pin, through the SDK with the token the input carried.
+    rec = modal.cp.state.deployed_app("staging", SLUG)
+    assert rec is not None and rec.version == 1
+    assert rec.deploys[0].images["web"].registry_ref == modal.pin
+    assert {call.environment_name for call in modal.cp.state.calls if call.environment_name} == {"staging"}
+    st = modal.cp.state
+    assert st.secret_values("staging", "REGISTRY_AUTH") == {
+        "REGISTRY_USERNAME": c["REGISTRY_USERNAME"],
+        "REGISTRY_PASSWORD": c["REGISTRY_PASSWORD"],
+    }
+    assert st.secret_values("staging", "OPENAI_API_KEY") == {"OPENAI_API_KEY": c["OPENAI_API_KEY"]}  # synced
+    results = json.loads(result.outputs["results"])[REF]
+    assert results["deployed"] == modal.pin and results["verified"] is True and results["app"] == SLUG
+    assert result.outputs["verified"] == "true" and result.outputs["app-name"] == SLUG
+    assert result.outputs["pr-url"] == "" and result.outputs["push-dir"] == ""
+    assert modal.world.registry_yaml.read_bytes() == before and modal.world.push_files() == []
+    for stage in ("start", "sync-secrets", "verify"):
+        assert f"==> {stage}" in result.stderr
+    assert "==> build" not in result.stderr and "==> pin" not in result.stderr
+    for name in ("MODAL_TOKEN_SECRET", "REGISTRY_USERNAME", "REGISTRY_PASSWORD", "GITHUB_TOKEN"):
+        assert f"::add-mask::{c[name]}" in result.stderr
+    assert "### theory-deploy: staging (modal)" in result.summary and "✅ verified" in result.summary
+    _leaks(result, c)
+
+
+def test_modal_an_empty_token_input_does_not_hide_the_callers_env(modal: ModalWorld) -> None:
+    c = modal.canaries
+    caller = {
+        **modal.endpoint(),
+        **modal.tokens(),
+        "REGISTRY_USERNAME": c["REGISTRY_USERNAME"],
+        "REGISTRY_PASSWORD": c["REGISTRY_PASSWORD"],
+        "OPENAI_API_KEY": c["OPENAI_API_KEY"],  # a processor secret passes through the step env
+    }
+    result = modal.world.run("actions/modal-deploy", environ=caller, ref=REF, env="main")
+    assert result.returncode == 0, result.log[-4000:]
+    st = modal.cp.state
+    assert st.deployed_app("main", SLUG) is not None
+    assert st.secret_values("main", "REGISTRY_AUTH")["REGISTRY_PASSWORD"] == c["REGISTRY_PASSWORD"]
+    assert st.secret_values("main", "OPENAI_API_KEY") == {"OPENAI_API_KEY": c["OPENAI_API_KEY"]}
+    assert result.outputs["verified"] == "true"
+
+
+def test_modal_a_failed_verify_fails_the_step_and_annotates_the_pin_line(modal: ModalWorld) -> None:
+    caller = {**modal.endpoint(), **modal.tokens(), "REGISTRY_USERNAME": "bot", "REGISTRY_PASSWORD": "pw"}
+    started = modal.world.run("actions/modal-deploy", environ=caller, ref=REF, env="main", stages="start")
+    assert started.returncode == 0, started.log[-3000:]
+    other = f"{GHCR}@sha256:{'d' * 64}"
+    _pin(modal.world.registry_yaml, "amd64", other)  # the pin moved; what runs did not
+    result = modal.world.run("actions/modal-deploy", environ=caller, ref=REF, env="main", stages="verify")
+    assert result.returncode == 21
+    line = _pin_line(modal.world.registry_yaml)
+    assert f"::error file={REG},line={line},title=theory-deploy verify::" in result.stderr
+    assert "ERR_REGISTRY_MISMATCH" in result.stderr and "c" * 64 in result.stderr
+    assert result.outputs["verified"] == "false"
+    assert json.loads(result.outputs["results"])[REF]["deployed"] == other
+    assert "❌ not verified" in result.summary and "**Failures**" in result.summary
+
+
+def test_modal_working_directory_becomes_the_repo_root(modal: ModalWorld, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "workspace"  # the runner's workspace holds no processors/
+    elsewhere.mkdir()
+    caller = {**modal.endpoint(), **modal.tokens(), "REGISTRY_USERNAME": "bot", "REGISTRY_PASSWORD": "pw"}
+    world = World(elsewhere, modal.world.temp, modal.world.env)
+    lost = world.run("actions/modal-deploy", environ=caller, ref=REF, env="staging", stages="start")
+    assert lost.returncode == 2 and "input working-directory" in lost.stderr
+    assert modal.cp.state.apps_in("staging") == []
+    found = world.run(
+        "actions/modal-deploy",
+        environ=caller,
+        ref=REF,
+        env="staging",
+        stages="start",
+        working_directory=str(modal.world.repo),
+    )
+    assert found.returncode == 0, found.log[-3000:]
+    rec = modal.cp.state.deployed_app("staging", SLUG)
+    assert rec is not None and rec.deploys[0].images["web"].registry_ref == modal.pin  # that repository's pin
+
+
+# --------------------------------------------------------------------------------------------------
+# Service tests: the local target, the Docker engine and the loopback registry
+
+
+def _registry_get(url: str, accept: str) -> tuple[dict[str, Any], dict[str, str]]:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=30) as resp:  # loopback registry
+        return json.loads(resp.read()), dict(resp.headers)
+
+
+def image_config(digest_ref: str) -> dict[str, Any]:
+    """The image config blob of a single-platform manifest in the loopback registry."""
+    repo, _, digest = digest_ref.partition("@")
+    host, _, path = repo.partition("/")
+    manifest, _ = _registry_get(
+        f"http://{host}/v2/{path}/manifests/{digest}",
+        "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+    )
+    config, _ = _registry_get(f"http://{host}/v2/{path}/blobs/{manifest['config']['digest']}", "*/*")
+    return config
+
+
+def tags(repository: str) -> list[str]:
+    host, _, path = repository.partition("/")
+    try:
+        body, _ = _registry_get(f"http://{host}/v2/{path}/tags/list", "application/json")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return []
+        raise
+    return sorted(body.get("tags") or [])
+
+
+@dataclass
+class Template:
+    path: Path
+    repository: str
+    base_image: str
+    env: dict[str, str]
+
+    def build_args(self, note: str = "") -> str:
+        return f"BASE_IMAGE={self.base_image}" + (f"\nTHEORY_TEST_NOTE={note}" if note else "")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, registry: str, base_image: str, docker_cli: str) -> Template:
+    """A consumer repository (processors/, runtime/, schema/) whose image.repository is a fresh
+    loopback repository. Its Dockerfile ends with a label taken from the THEORY_TEST_NOTE build arg
+    (empty unless given), so a test can see a build arg reach the build."""
+    root = tmp_path_factory.mktemp("glue") / "template"
+    for folder in ("processors", "runtime", "schema"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    dockerfile = root / "processors" / "llm" / "litellm" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + f"\nARG THEORY_TEST_NOTE=\nLABEL {NOTE_LABEL}=$THEORY_TEST_NOTE\n")
+    repository = f"{registry}/theory-action-glue/llm-litellm-{uuid.uuid4().hex[:8]}"
+    env = {
+        "GIT_BRANCH": BRANCH,
+        "GIT_USER": USER,
+        "DOCKER": docker_cli,
+        "THEORY_DOCKER": docker_cli,
+        "THEORY_LOCAL_START_TIMEOUT": "120",
+    }
+    moved = subprocess.run(
+        [str(BIN / "processorctl"), "set-repository", "--ref", REF, "--repository", repository, "--json"],
+        env={**os.environ, **env, "THEORY_REPO_ROOT": str(root)},
         capture_output=True,
         text=True,
         timeout=60,
-        env={
-            **os.environ,
-            "GITHUB_API_URL": api,
-            "GITHUB_REPOSITORY": "o/r",
-            "GITHUB_RUN_ID": "42",
-            "THEORY_IN_GITHUB_TOKEN": "ghs_test",
-            "THEORY_RESULTS_DIR": str(tmp_path / "drift"),
-            "GITHUB_OUTPUT": str(out),
-            "GITHUB_ACTIONS": "true",
-        },
-    ), parse_output_file(out.read_text())
+    )
+    assert moved.returncode == 0, moved.stderr
+    return Template(root, repository, base_image, env)
 
 
-def test_drift_opens_then_updates_then_closes_one_issue(tmp_path) -> None:
-    _GitHubIssues.issues, _GitHubIssues.seen = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _GitHubIssues)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    api = f"http://127.0.0.1:{server.server_address[1]}"
+@pytest.fixture
+def local(template: Template, tmp_path: Path) -> Iterator[World]:
+    """This test's own copy of the template; every app it started is stopped afterwards."""
+    repo = tmp_path / "repo"
+    shutil.copytree(template.path, repo)
+    temp = tmp_path / "runner-temp"
+    temp.mkdir()
+    world = World(repo, temp, {**template.env, "THEORY_STATE_DIR": str(tmp_path / "state")})
     try:
-        proc, out = _drift(tmp_path, api, verified=False)
-        assert proc.returncode == 21, proc.stderr
-        assert out["issue-action"] == "opened" and out["drift"] == "true"
-        assert _GitHubIssues.issues[0]["labels"] == ["theory-deploy-drift"]
-        proc, out = _drift(tmp_path, api, verified=False)
-        assert out["issue-action"] == "updated" and len(_GitHubIssues.issues) == 1
-        proc, out = _drift(tmp_path, api, verified=True)
-        assert proc.returncode == 0, proc.stderr
-        assert out["issue-action"] == "closed" and _GitHubIssues.issues[0]["state"] == "closed"
-        shown = [line for line in (proc.stderr + proc.stdout).splitlines() if not line.startswith("::add-mask::")]
-        assert "ghs_test" not in "\n".join(shown)
+        yield world
     finally:
-        server.shutdown()
+        world.stop_apps()
 
 
-def test_merge_rejects_a_folder_without_pushes(fake, tmp_path) -> None:
-    empty = tmp_path / "parts"
-    empty.mkdir()
-    result = run(fake, "actions/build-push", ref=REF, merge_from=str(empty))
-    assert result.returncode != 0
-    assert "no push-llm-litellm-v1.json under" in result.stderr
-    assert result.ran == ["setup", "merge"]
+def _build_push(template: Template, tmp: Path, note: str = "", repository: str = "") -> dict[str, str]:
+    world = World(tmp / "repo", tmp / "runner-temp", {**template.env, "THEORY_STATE_DIR": str(tmp / "state")})
+    shutil.copytree(template.path, world.repo)
+    world.temp.mkdir()
+    inputs = {"platforms": "linux/amd64", "build_args": template.build_args(note)}
+    if repository:
+        inputs["repository"] = repository
+    result = world.run("actions/build-push", ref=REF, **inputs)
+    assert result.returncode == 0, result.log[-5000:]
+    return json.loads(result.outputs["digests"])[REF]
 
 
+@pytest.fixture(scope="module")
+def pushed(template: Template, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The template's image, built and pushed once (amd64) by the build-push action: A."""
+    return _build_push(template, tmp_path_factory.mktemp("pushed"))["amd64"]
+
+
+@pytest.fixture(scope="module")
+def variant(template: Template, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Another real amd64 image in the same repository (another label): B."""
+    return _build_push(template, tmp_path_factory.mktemp("variant"), note="variant")["amd64"]
+
+
+def _running(world: World, ref: str, env: str, digest_ref: str) -> bool:
+    code, out = world.localctl("verify-digest", ref, env, "--oci", digest_ref)
+    return code == 0 and out.get("verified") is True
+
+
+@pytest.fixture(scope="module")
+def dev_run(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The root action in dev on the local target with every stage: build, push, pin, pr (a github
+    token is given), start, sync-secrets, verify and a mock run; its repository is a clone of a bare
+    remote and the pin PR goes to the GitHub stand-in. Run once; the tests below read what it did."""
+    tmp = tmp_path_factory.mktemp("dev")
+    world = World(tmp / "repo", tmp / "runner-temp", {**template.env, "THEORY_STATE_DIR": str(tmp / "state")})
+    shutil.copytree(template.path, world.repo)
+    world.temp.mkdir()
+    remote = publish(world.repo, BRANCH)
+    git(world.repo, "checkout", "--quiet", BRANCH)
+    token = make_canaries("GITHUB_TOKEN")["GITHUB_TOKEN"]
+    tags_before = tags(template.repository)
+    world.deployed(REF, "dev")
+    try:
+        with GitHubStandIn(owner="acme", repo="processors", tokens={token}, git_remote=remote) as gh:
+            result = world.run(
+                environ={
+                    "GITHUB_REF_NAME": BRANCH,
+                    "GITHUB_REPOSITORY": "acme/processors",
+                    "GITHUB_API_URL": gh.url,
+                    "OPENAI_API_KEY": "",
+                },
+                ref=REF,
+                env="dev",
+                target="local",
+                mode="mock",
+                platforms="linux/amd64",
+                build_args=template.build_args(),
+                fail_on_missing_secrets="false",
+                github_token=token,
+            )
+            yield {
+                "world": world,
+                "result": result,
+                "gh": gh,
+                "remote": remote,
+                "token": token,
+                "tags_before": tags_before,
+            }
+    finally:
+        world.stop_apps()
+
+
+@pytest.mark.docker
+@pytest.mark.registry
 @pytest.mark.slow
-def test_setup_builds_a_private_hash_locked_venv_once(tmp_path) -> None:
-    """The real setup: `pip install --require-hashes -r requirements/lock.txt`, then this checkout
-    with --no-deps, into $RUNNER_TEMP; a second action in the same job reuses it."""
-    import subprocess
+def test_dev_builds_pins_and_deploys_the_digest_just_pushed(dev_run: dict[str, Any], template: Template) -> None:
+    world, result = dev_run["world"], dev_run["result"]
+    assert result.returncode == 0, result.log[-6000:]
+    digests = json.loads(result.outputs["digests"])
+    amd64 = digests[REF]["amd64"]
+    assert list(digests[REF]) == ["amd64"]  # only the platform asked for
+    assert re.fullmatch(rf"{re.escape(template.repository)}@sha256:[0-9a-f]{{64}}", amd64), amd64
+    assert image_config(amd64)["architecture"] == "amd64"  # really pushed, really amd64
+    assert SLUG in tags(template.repository)
+    # pinned in the work tree, exactly the digest pushed, only the pin line changed
+    text = world.registry_yaml.read_text()
+    assert f"    amd64: {amd64}  # linux/amd64 manifest: what Modal runs\n" in text
+    assert "    arm64: null" in text
+    # deployed what was pushed, and the running container says so
+    results = json.loads(result.outputs["results"])[REF]
+    assert results["deployed"] == amd64 and results["verified"] is True and results["app"] == DEV_APP
+    assert result.outputs["verified"] == "true" and result.outputs["app-name"] == DEV_APP
+    assert result.outputs["app-url"].startswith("http://127.0.0.1:")
+    assert _running(world, REF, "dev", amd64)
+    # every stage ran, in order, the mock run included
+    ran = re.findall(r"^<== (\S+): ok", result.stderr, re.M)
+    assert ran == ["build", "push", "pin", "pr", "start", "sync-secrets", "verify", "run"]
+    # the push record for the pin action
+    push_file = Path(result.outputs["push-dir"]) / f"push-{SLUG}.json"
+    assert json.loads(push_file.read_text())["platforms"] == digests[REF]
 
-    environ = {k: v for k, v in os.environ.items() if k not in ("THEORY_DEPLOY_VENV", "VIRTUAL_ENV")}
-    environ.update(RUNNER_TEMP=str(tmp_path), GITHUB_OUTPUT=str(tmp_path / "out"), GITHUB_ACTIONS="true")
-    first = subprocess.run(
-        ["python3", str(ENTRYPOINT), "setup"], env=environ, capture_output=True, text=True, timeout=1200
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_dev_opens_the_pin_pr_against_the_branch_being_built(dev_run: dict[str, Any]) -> None:
+    result, gh, remote = dev_run["result"], dev_run["gh"], dev_run["remote"]
+    assert result.returncode == 0, result.log[-6000:]
+    amd64 = json.loads(result.outputs["digests"])[REF]["amd64"]
+    (pull,) = gh.pulls
+    assert pull["base"] == BRANCH and pull["head"] == f"theory-deploy/pin/{SLUG}"
+    assert result.outputs["pr-url"] == f"https://github.example/acme/processors/pull/{pull['number']}"
+    assert f"amd64: {amd64}" in git(remote, "show", f"theory-deploy/pin/{SLUG}:{REG}")
+    assert all(r.authorization == f"token {dev_run['token']}" for r in gh.requests)
+    _leaks(result, {"GITHUB_TOKEN": dev_run["token"]})
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_summary_has_the_digest_table_app_and_verify(dev_run: dict[str, Any]) -> None:
+    result = dev_run["result"]
+    assert result.returncode == 0, result.log[-6000:]
+    amd64 = json.loads(result.outputs["digests"])[REF]["amd64"]
+    digest = amd64.split("@")[1]
+    summary = result.summary
+    assert "### theory-deploy: dev (local)" in summary
+    assert "Stages: build, push, pin, pr, start, sync-secrets, verify, run" in summary
+    assert "| processor | platform | before | after |" in summary
+    assert f"| {REF} | amd64 | — | `{digest[:19]}…` | changed |" in summary
+    assert DEV_APP in summary and result.outputs["app-url"] in summary
+    assert "✅ verified" in summary and result.outputs["pr-url"] in summary
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_staging_deploys_the_pin_and_never_builds(local: World, template: Template, pushed: str) -> None:
+    _pin(local.registry_yaml, "amd64", pushed)
+    # Nothing here could be built: a build would fail, not quietly match.
+    (local.repo / "processors" / "llm" / "litellm" / "Dockerfile").unlink()
+    shutil.rmtree(local.repo / "runtime")
+    before, tags_before = local.registry_yaml.read_bytes(), tags(template.repository)
+    local.deployed(REF, "staging")
+    result = local.run(ref=REF, env="staging", target="local", fail_on_missing_secrets="false", github_token="ghs_x")
+    assert result.returncode == 0, result.log[-5000:]
+    assert re.findall(r"^<== (\S+): ok", result.stderr, re.M) == ["start", "sync-secrets", "verify"]
+    results = json.loads(result.outputs["results"])[REF]
+    assert results["deployed"] == pushed and results["verified"] is True and results["app"] == SLUG
+    assert _running(local, REF, "staging", pushed)
+    # nothing pushed, nothing pinned
+    assert json.loads(result.outputs["digests"]) == {} and result.outputs["push-dir"] == ""
+    assert local.push_files() == [] and tags(template.repository) == tags_before
+    assert local.registry_yaml.read_bytes() == before
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_staging_ignores_a_push_file_and_deploys_the_pin(local: World, pushed: str, variant: str) -> None:
+    _pin(local.registry_yaml, "amd64", pushed)
+    push = local.temp / "elsewhere" / f"push-{SLUG}.json"
+    push.parent.mkdir()
+    push.write_text(json.dumps({"ref": REF, "platforms": {"amd64": variant}, "index": None}))
+    local.deployed(REF, "staging")
+    result = local.run(
+        "actions/modal-deploy",
+        ref=REF,
+        env="staging",
+        target="local",
+        from_push=str(push.parent),
+        fail_on_missing_secrets="false",
     )
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "--require-hashes" in first.stderr
-    venv = Path(parse_output_file((tmp_path / "out").read_text())["venv"])
-    assert venv.parent == tmp_path / "theory-deploy"
-    assert (venv / "bin" / "processorctl").exists() and (venv / "bin" / "modalctl").exists()
-    second = subprocess.run(
-        ["python3", str(ENTRYPOINT), "setup"], env=environ, capture_output=True, text=True, timeout=120
+    assert result.returncode == 0, result.log[-5000:]
+    assert json.loads(result.outputs["results"])[REF]["deployed"] == pushed
+    assert _running(local, REF, "staging", pushed) and not _running(local, REF, "staging", variant)
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_dev_from_push_deploys_the_pushed_digest_not_the_pin(local: World, pushed: str, variant: str) -> None:
+    """The other side of the rule: in dev a push file wins over the pin, and nothing is built."""
+    _pin(local.registry_yaml, "amd64", pushed)
+    push = local.temp / "parts" / f"push-{SLUG}.json"
+    push.parent.mkdir()
+    push.write_text(json.dumps({"ref": REF, "platforms": {"amd64": variant}, "index": None}))
+    local.deployed(REF, "dev")
+    result = local.run(
+        "actions/modal-deploy",
+        ref=REF,
+        env="dev",
+        target="local",
+        from_push=str(push.parent),
+        fail_on_missing_secrets="false",
     )
-    assert second.returncode == 0 and f"reusing {venv}" in second.stderr
+    assert result.returncode == 0, result.log[-5000:]
+    assert json.loads(result.outputs["results"])[REF]["deployed"] == variant
+    assert _running(local, REF, "dev", variant)
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_several_refs_and_all(local: World, pushed: str) -> None:
+    _pin(local.registry_yaml, "amd64", pushed)
+    other = _add_processor(local.repo)
+    local.deployed(REF, "main")
+    local.deployed(OTHER, "main")
+    result = local.run(
+        "actions/modal-deploy",
+        ref=f"{REF}\n{OTHER}",
+        env="main",
+        target="local",
+        stages="start,verify",
+    )
+    assert result.returncode != 0  # the second has no pin: the run stops there, the first is deployed
+    results = json.loads(result.outputs["results"])
+    assert results[REF]["verified"] is True and "has no amd64 pin" in results[OTHER]["error"]
+    _pin(other, "amd64", pushed)
+    result = local.run("actions/modal-deploy", ref="all", env="main", target="local", stages="start,verify")
+    assert result.returncode == 0, result.log[-5000:]
+    results = json.loads(result.outputs["results"])
+    assert set(results) == {REF, OTHER}
+    assert all(r["verified"] is True and r["deployed"] == pushed for r in results.values())
+    assert result.outputs["app-name"] == "llm-litellm-v1,llm-other-v1"
+    assert _running(local, REF, "main", pushed) and _running(local, OTHER, "main", pushed)
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_build_args_and_platforms_reach_build_and_push(local: World, template: Template) -> None:
+    note = f"note-{uuid.uuid4().hex[:8]}"
+    elsewhere = f"{template.repository}-elsewhere"
+    before = local.registry_yaml.read_bytes()
+    result = local.run(
+        "actions/build-push",
+        ref=REF,
+        platforms="linux/amd64",
+        build_args=template.build_args(note),
+        repository=elsewhere,
+    )
+    assert result.returncode == 0, result.log[-5000:]
+    digests = json.loads(result.outputs["digests"])
+    assert list(digests[REF]) == ["amd64"]  # registry.yaml says amd64 and arm64; the input said amd64
+    amd64 = digests[REF]["amd64"]
+    assert amd64.startswith(f"{elsewhere}@sha256:")  # pushed to the repository input
+    config = image_config(amd64)
+    assert config["architecture"] == "amd64" and config["os"] == "linux"
+    assert config["config"]["Labels"][NOTE_LABEL] == note  # the build arg reached the build
+    assert tags(elsewhere) == [SLUG]
+    push_file = Path(result.outputs["push-dir"]) / f"push-{SLUG}.json"
+    assert json.loads(push_file.read_text())["platforms"] == digests[REF]
+    assert local.registry_yaml.read_bytes() == before  # build-push never pins
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_pin_action_reads_a_push_dir_and_opens_the_pr_only_when_asked(local: World, pushed: str) -> None:
+    remote = publish(local.repo)
+    pushes = local.temp / "pushed"
+    pushes.mkdir()
+    (pushes / f"push-{SLUG}.json").write_text(json.dumps({"ref": REF, "platforms": {"amd64": pushed}}))
+    token = make_canaries("GITHUB_TOKEN")["GITHUB_TOKEN"]
+    github = {"GITHUB_REPOSITORY": "acme/processors"}
+    with GitHubStandIn(owner="acme", repo="processors", tokens={token}, git_remote=remote) as gh:
+        github["GITHUB_API_URL"] = gh.url
+        result = local.run("actions/pin", environ=github, ref=REF, from_push=str(pushes))
+        assert result.returncode == 0, result.log[-5000:]
+        assert f"    amd64: {pushed}  #" in local.registry_yaml.read_text()
+        assert json.loads(result.outputs["digests"]) == {REF: {"amd64": pushed}}
+        assert result.outputs["pr-url"] == "" and gh.requests == []  # no PR asked for: GitHub not called
+        assert git(remote, "branch", "--list") == "* main"  # and nothing pushed to the remote
+
+        result = local.run(
+            "actions/pin",
+            environ=github,
+            ref=REF,
+            from_push=str(pushes),
+            open_pr="true",
+            pr_base="main",
+            github_token=token,
+        )
+        assert result.returncode == 0, result.log[-5000:]
+        (pull,) = gh.pulls
+        assert pull["base"] == "main" and pull["head"] == f"theory-deploy/pin/{SLUG}"
+        assert result.outputs["pr-url"] == f"https://github.example/acme/processors/pull/{pull['number']}"
+        assert f"amd64: {pushed}" in git(remote, "show", f"theory-deploy/pin/{SLUG}:{REG}")
+        assert all(r.authorization == f"token {token}" for r in gh.requests)
+    _leaks(result, {"GITHUB_TOKEN": token})
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_pinning_another_repository_points_the_workspace_there_first(
+    local: World, template: Template, tmp_path: Path
+) -> None:
+    elsewhere = f"{template.repository}-moved"
+    pushed = _build_push(template, tmp_path / "build", repository=elsewhere)["amd64"]
+    pushes = local.temp / "pushed"
+    pushes.mkdir()
+    (pushes / f"push-{SLUG}.json").write_text(json.dumps({"ref": REF, "platforms": {"amd64": pushed}}))
+    before = local.registry_yaml.read_bytes()
+    refused = local.run(
+        "actions/pin",
+        ref=REF,
+        from_push=str(pushes),
+        repository=elsewhere,
+        open_pr="true",
+        pr_base="main",
+        github_token="ghs_" + "q" * 36,
+    )
+    assert refused.returncode != 0
+    assert "a pin PR must pin image.repository" in refused.stderr
+    assert local.registry_yaml.read_bytes() == before  # nothing moved, nothing pinned
+
+    result = local.run("actions/pin", ref=REF, from_push=str(pushes), repository=elsewhere)
+    assert result.returncode == 0, result.log[-5000:]
+    text = local.registry_yaml.read_text()
+    assert f"repository: {elsewhere}\n" in text and f"    amd64: {pushed}  #" in text
+    assert f"::notice::{REF}: image.repository set to {elsewhere} in this work tree only" in result.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_run_uses_the_examples_of_the_inputs_schema_or_says_what_to_add(local: World, pushed: str) -> None:
+    _pin(local.registry_yaml, "amd64", pushed)
+    local.deployed(REF, "staging")
+    started = local.run(
+        "actions/modal-deploy", ref=REF, env="staging", target="local", stages="start", fail_on_missing_secrets="false"
+    )
+    assert started.returncode == 0, started.log[-5000:]
+
+    _set_examples(local.registry_yaml, None)
+    result = local.run("actions/modal-deploy", ref=REF, env="staging", target="local", stages="run", mode="mock")
+    assert result.returncode != 0
+    assert "add `examples: [{...}]` to `inputs`" in result.stderr
+
+    # An example the processor refuses proves the example is what the run sends.
+    _set_examples(local.registry_yaml, [{"schema": "v1", "params": {"messages": []}}])
+    result = local.run("actions/modal-deploy", ref=REF, env="staging", target="local", stages="run", mode="mock")
+    assert result.returncode != 0
+    assert "messages" in json.loads(result.outputs["results"])[REF]["error"]
+
+    example = {"schema": "v1", "params": {"messages": [{"role": "user", "content": "hello"}]}}
+    _set_examples(local.registry_yaml, [example])
+    result = local.run("actions/modal-deploy", ref=REF, env="staging", target="local", stages="run", mode="mock")
+    assert result.returncode == 0, result.log[-5000:]
+    assert re.findall(r"^<== (\S+): ok", result.stderr, re.M) == ["run"]
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_a_failed_verify_fails_the_step_and_annotates_the_pin_line(local: World, pushed: str, variant: str) -> None:
+    _pin(local.registry_yaml, "amd64", pushed)
+    local.deployed(REF, "main")
+    started = local.run("actions/modal-deploy", ref=REF, env="main", target="local", stages="start")
+    assert started.returncode == 0, started.log[-5000:]
+    _pin(local.registry_yaml, "amd64", variant)  # the pin moved on; the app still runs the old one
+    result = local.run("actions/modal-deploy", ref=REF, env="main", target="local", stages="verify")
+    assert result.returncode == 21
+    line = _pin_line(local.registry_yaml)
+    assert f"::error file={REG},line={line},title=theory-deploy verify::" in result.stderr
+    assert "ERR_REGISTRY_MISMATCH" in result.stderr
+    assert pushed.split("@")[1] in result.stderr and variant.split("@")[1] in result.stderr
+    assert result.outputs["verified"] == "false"
+    assert "❌ not verified" in result.summary and "**Failures**" in result.summary
+    assert _running(local, REF, "main", pushed)  # verify changed nothing
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_keep_going_checks_every_ref_then_fails(local: World, pushed: str) -> None:
+    _pin(local.registry_yaml, "amd64", pushed)
+    _pin(_add_processor(local.repo), "amd64", pushed)
+    result = local.run("actions/modal-deploy", ref="all", env="main", target="local", stages="verify")
+    assert result.returncode == 21  # neither runs
+    assert set(json.loads(result.outputs["results"])) == {REF}  # the first failure stopped the run
+    result = local.run(
+        "actions/modal-deploy", ref="all", env="main", target="local", stages="verify", keep_going="true"
+    )
+    assert result.returncode == 21
+    results = json.loads(Path(result.outputs["results-file"]).read_text())["results"]
+    assert set(results) == {REF, OTHER}
+    assert all(r["verified"] is False and r["error"] for r in results.values())
+    assert result.stderr.count("::error") == 2 and result.outputs["verified"] == "false"
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_registry_tokens_reach_the_push_under_their_own_names_and_are_masked(
+    local: World, template: Template, auth_registry: Any
+) -> None:
+    repository = f"{auth_registry.host}/theory-action-glue/llm-litellm-{uuid.uuid4().hex[:8]}"
+    denied = local.run(
+        "actions/build-push", ref=REF, platforms="linux/amd64", build_args=template.build_args(), repository=repository
+    )
+    assert denied.returncode != 0  # the registry wants credentials
+    result = local.run(
+        "actions/build-push",
+        ref=REF,
+        platforms="linux/amd64",
+        build_args=template.build_args(),
+        repository=repository,
+        registry_username=auth_registry.user,
+        registry_password=auth_registry.password,
+    )
+    assert result.returncode == 0, result.log[-5000:]
+    assert json.loads(result.outputs["digests"])[REF]["amd64"].startswith(f"{repository}@sha256:")
+    assert f"::add-mask::{auth_registry.password}" in result.stderr
+    _leaks(result, {"REGISTRY_PASSWORD": auth_registry.password})
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_an_empty_token_input_does_not_hide_the_callers_env(local: World, pushed: str) -> None:
+    """REGISTRY_* and a processor secret from the step's env, with the token inputs left empty."""
+    _pin(local.registry_yaml, "amd64", pushed)
+    key = make_canaries("OPENAI_API_KEY")["OPENAI_API_KEY"]
+    local.deployed(REF, "staging")
+    result = local.run(
+        "actions/modal-deploy",
+        environ={"OPENAI_API_KEY": key, "REGISTRY_USERNAME": "", "REGISTRY_PASSWORD": ""},
+        ref=REF,
+        env="staging",
+        target="local",
+    )  # fail-on-missing-secrets is true: OPENAI_API_KEY must have reached sync-secrets
+    assert result.returncode == 0, result.log[-5000:]
+    code, status = local.localctl("status", REF, "staging")
+    assert code == 0 and "OPENAI_API_KEY" in json.dumps(status)
+    _leaks(result, {"OPENAI_API_KEY": key})
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_root_action_with_a_repository_input_end_to_end(local: World, template: Template) -> None:
+    """What pr-smoke.yml and self-test.yml do: build-push, pin (the workspace moved to the loopback
+    repository first), start, sync-secrets, verify and run, all through the root action."""
+    repository = f"{template.repository}-e2e"
+    local.deployed(REF, "dev")
+    inputs = {"schema": "v1", "params": {"messages": [{"role": "user", "content": "hello from the action"}]}}
+    result = local.run(
+        ref=REF,
+        env="dev",
+        target="local",
+        stages="build-push,pin,start,sync-secrets,verify,run",
+        mode="mock",
+        inputs_json=json.dumps(inputs),
+        platforms="linux/amd64",
+        repository=repository,
+        build_args=template.build_args(),
+        fail_on_missing_secrets="false",
+    )
+    assert result.returncode == 0, result.log[-6000:]
+    pin = json.loads(result.outputs["digests"])[REF]["amd64"]
+    assert re.fullmatch(rf"{re.escape(repository)}@sha256:[0-9a-f]{{64}}", pin), pin
+    assert result.outputs["verified"] == "true" and result.outputs["app-name"] == DEV_APP
+    assert json.loads(result.outputs["results"])[REF]["deployed"] == pin
+    text = local.registry_yaml.read_text()
+    assert f"repository: {repository}\n" in text and f"amd64: {pin}" in text
+    assert _running(local, REF, "dev", pin)
+    assert "✅ verified" in result.summary
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_a_verify_of_an_app_that_is_not_running_still_writes_every_output(local: World, pushed: str) -> None:
+    _pin(local.registry_yaml, "amd64", pushed)
+    result = local.run("actions/modal-deploy", ref=REF, env="staging", target="local", stages="verify")
+    assert result.returncode == 21
+    raw = result.output_files["deploy"]
+    for name in ("results", "app-name", "verified", "results-file"):
+        assert f"\n{name}<<ghadelimiter_" in "\n" + raw
+    assert result.outputs["verified"] == "false" and result.outputs["app-name"] == SLUG

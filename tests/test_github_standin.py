@@ -158,3 +158,31 @@ def test_pygithub_against_the_standin(gh: GitHubStandIn) -> None:
     ]
     assert gh.requests[4].query == {"state": "open", "head": "acme:x", "base": "main"}
     assert all(r.authorization == f"token {TOKEN}" for r in gh.requests)
+
+
+def test_issue_endpoints_refuse_what_github_refuses(gh: GitHubStandIn) -> None:
+    c = api(gh)
+    q = "/repos/acme/processors/issues"
+    assert api(gh, token=None).get(q).status_code == 401
+    assert api(gh, token=None).post(q, json={"title": "t"}).status_code == 401
+    missing = c.post(q, json={"body": "no title"})
+    assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "title"
+    assert c.post(q, json={"title": "t", "labels": "drift"}).status_code == 422  # labels must be a list
+    assert c.patch(f"{q}/5", json={"body": "x"}).status_code == 404
+    assert c.post(f"{q}/5/comments", json={"body": "x"}).status_code == 404
+
+    # Pull requests and issues share one number sequence.
+    c.post("/repos/acme/processors/pulls", json={"head": "feat", "base": "main", "title": "P"})
+    issue = c.post(q, json={"title": "Drift", "body": "b", "labels": ["drift", "nightly"]}).json()
+    assert issue["number"] == 2 and [label["name"] for label in issue["labels"]] == ["drift", "nightly"]
+    c.post(q, json={"title": "Other", "labels": ["drift"]})
+    assert [i["number"] for i in c.get(q, params={"labels": "drift,nightly"}).json()] == [2]
+    assert [i["number"] for i in c.get(q, params={"labels": "drift"}).json()] == [3, 2]  # newest first
+
+    assert c.patch(f"{q}/2", json={"state": "done"}).status_code == 422
+    assert c.post(f"{q}/2/comments", json={"body": ""}).status_code == 422
+    assert c.post(f"{q}/2/comments", json={"body": "seen again"}).status_code == 201
+    closed = c.patch(f"{q}/2", json={"state": "closed", "state_reason": "not_planned"}).json()
+    assert (closed["state"], closed["state_reason"], closed["comments"]) == ("closed", "not_planned", 1)
+    assert [i["number"] for i in c.get(q, params={"labels": "drift"}).json()] == [3]
+    assert [i["number"] for i in c.get(q, params={"labels": "drift", "state": "all"}).json()] == [3, 2]

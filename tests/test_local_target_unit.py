@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import assert_no_canary, make_canaries
+from theory_deploy.docker import Docker
 from theory_deploy.errors import DockerUnavailableError
 from theory_deploy.refs import ImageRef, ProcessorRef
 from theory_deploy.registry_file import load_processor
 from theory_deploy.targets import local
 from theory_deploy.targets.base import AppContext
-from theory_deploy.targets.local import Docker, LocalTarget, registry_auth_env
+from theory_deploy.targets.local import LocalTarget, registry_auth_env
 
 DIGEST = "sha256:" + "ab" * 32
 YAML = """\

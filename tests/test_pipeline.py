@@ -140,3 +140,61 @@ def test_a_failure_stops_the_pipeline_and_names_its_stage(workspace: Path, regis
         assert "verify" not in reached and "run" not in reached
     finally:
         cli(workspace, "localctl", "stop", "--ref", REF, "--env", "dev", env=env)
+
+
+def test_dev_deploys_what_this_run_pushed_not_the_old_pin(workspace: Path, registry: str, base_image: str):
+    """`--stages build,push,start` in dev runs the code just pushed, even though nothing was pinned;
+    a run that pushes nothing deploys the pin; staging never takes a pushed digest."""
+    repository = f"{registry}/theory-test/pipeline-{uuid.uuid4().hex[:8]}"
+    assert cli(workspace, "processorctl", "set-repository", "--ref", REF, "--repository", repository).returncode == 0
+    env = {"GIT_BRANCH": f"push-{uuid.uuid4().hex[:8]}", "GIT_USER": "tester"}
+    build = ["--platforms", "linux/amd64", "--build-arg", f"BASE_IMAGE={base_image}", "--json"]
+    registry_yaml = workspace / "processors/llm/litellm/registry.yaml"
+
+    def pipeline(*stages_and_flags: str) -> dict:
+        proc = cli(workspace, "theory-deploy", "pipeline", "--ref", REF, *stages_and_flags, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)
+
+    try:
+        published = cli(workspace, "processorctl", "publish", "--ref", REF, *build, env=env)
+        assert published.returncode == 0, published.stderr[-3000:]
+        old_pin = json.loads(published.stdout)["pins"]["amd64"]["new"]
+        pinned_text = registry_yaml.read_text()
+
+        # A change to the app: a new image, pushed but not pinned.
+        handler = workspace / "processors/llm/litellm/handler.py"
+        handler.write_text(handler.read_text() + "\n# a change this run pushes\n")
+        first = pipeline("--env", "dev", "--stages", "build,push,start", *build)
+        assert [s["stage"] for s in first["stages"]] == ["build", "push", "start"]
+        pushed = stages(first)["push"]["platforms"]["amd64"]
+        assert pushed != old_pin
+        assert stages(first)["start"]["image"] == pushed, stages(first)["start"]
+        assert registry_yaml.read_text() == pinned_text  # no pin stage: registry.yaml untouched
+        verified = cli(workspace, "localctl", "verify-digest", "--ref", REF, "--env", "dev", "--oci", pushed, "--json", env=env)
+        assert verified.returncode == 0 and json.loads(verified.stdout)["verified"] is True, verified.stderr
+
+        # Nothing pushed in this run: dev deploys the pin.
+        second = pipeline("--env", "dev", "--stages", "start,verify", "--json")
+        assert stages(second)["start"]["image"] == old_pin
+        assert stages(second)["verify"]["verified"] is True
+        assert stages(second)["verify"]["expected"] == old_pin
+
+        # Staging refuses to build at all: promotion is exact.
+        refused = cli(
+            workspace,
+            "theory-deploy",
+            "pipeline",
+            "--ref",
+            REF,
+            "--env",
+            "staging",
+            "--stages",
+            "build,push,start",
+            "--json",
+            env=env,
+        )
+        assert refused.returncode == 2
+        assert "promotion is exact" in json.loads(refused.stdout)["error"]["message"]
+    finally:
+        cli(workspace, "localctl", "stop", "--ref", REF, "--env", "dev", env=env)

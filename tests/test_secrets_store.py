@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import assert_no_canary, make_canary
-from theory_deploy import secrets
+from theory_deploy import secret_values
 from theory_deploy.errors import SecretStoreError
 from theory_deploy.secret_store import SecretStore, state_dir
 
@@ -127,7 +127,7 @@ def test_read_values_are_registered_with_the_scrubber(state: Path) -> None:
     path.mkdir(parents=True, mode=0o700)
     (path / "OPENAI_API_KEY").write_text(json.dumps({"OPENAI_API_KEY": canary}))
     SecretStore("dev").register_all()
-    assert_no_canary(secrets.scrub(f"the processor printed {canary}"), [canary])
+    assert_no_canary(secret_values.scrub(f"the processor printed {canary}"), [canary])
 
 
 def test_fingerprint_is_keyed_and_tracks_values(state: Path) -> None:

@@ -252,7 +252,7 @@ def _processor_secret_names() -> set[str]:
         auth = (doc.get("api") or {}).get("auth_secret")
         if auth:
             names.add(auth)
-    from theory_deploy.secrets import keys_for
+    from theory_deploy.secret_values import keys_for
 
     return {key for name in names for key in keys_for(name)}
 

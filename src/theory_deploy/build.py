@@ -2,16 +2,13 @@
 
 Each platform is its own local image, tagged `theory-local/<slug>:<arch>`. Those tags are local
 only: they never leave this machine and never end up in a pin (pins come from `push`, which
-uploads by digest). Which builder:
+uploads by digest). The builder is `docker.find_builder()`: the docker client that push and the
+local target use too, with `docker buildx build --platform linux/<arch> --load` when it has buildx,
+else `DOCKER_BUILDKIT=1 docker build` (a client older than 23 using the engine's BuildKit).
 
-1. `docker buildx build --platform linux/<arch> --load` when `docker buildx version` works (GitHub
-   runners, Docker Desktop);
-2. otherwise a client older than 23 with `DOCKER_BUILDKIT=1`, which uses the engine's built-in
-   BuildKit (Debian's `/usr/bin/docker` 20.10 here). Newer clients without buildx refuse BuildKit.
-
-`THEORY_DOCKER` (or `DOCKER`) names the client to use. Platforms are built one at a time; arm64
-on an amd64 host runs its RUN steps under QEMU (binfmt). With more than one platform the build
-passes `--pull`, so the second platform does not reuse the first platform's cached base variant.
+Platforms are built one at a time; arm64 on an amd64 host runs its RUN steps under QEMU (binfmt).
+With more than one platform the build passes `--pull`, so the second platform does not reuse the
+first platform's cached base variant.
 
 If the host has a CA bundle (`/etc/ssl/certs/ca-certificates.crt`, or `THEORY_BUILD_CA_BUNDLE`),
 it is passed as the BuildKit secret `ca_bundle`; a Dockerfile may mount it for pip
@@ -20,11 +17,8 @@ it is passed as the BuildKit secret `ca_bundle`; a Dockerfile may mount it for p
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import subprocess
 import tempfile
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from . import output
-from .errors import DockerUnavailableError, ImageBuildError
+from .docker import Builder, Docker, find_builder, inspect_image
+from .errors import ImageBuildError
+from .gitrun import Git
 from .refs import ProcessorRef, parse_platform
 
 LOCAL_REPOSITORY = "theory-local"
@@ -49,89 +45,8 @@ class BuiltImage:
     platform: str  # "amd64" | "arm64"
 
 
-@dataclass(frozen=True)
-class Builder:
-    client: str  # path of the docker client
-    mode: str  # "buildx" | "buildkit"
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.mode == "buildkit":
-            env["DOCKER_BUILDKIT"] = "1"
-        return env
-
-
 def local_tag(slug: str, platform: str) -> str:
     return f"{LOCAL_REPOSITORY}/{slug}:{parse_platform(platform)}"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Finding a docker client that can build
-# ---------------------------------------------------------------------------------------------------
-
-
-def _run(
-    cmd: Sequence[str], *, timeout: float = 30, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False, env=env)
-
-
-def _client_major(client: str) -> int | None:
-    try:
-        proc = _run([client, "version", "--format", "{{.Client.Version}}"])
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.match(r"(\d+)\.", proc.stdout.strip())
-    return int(match.group(1)) if match else None
-
-
-def _has_buildx(client: str) -> bool:
-    try:
-        return _run([client, "buildx", "version"]).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def docker_client_candidates() -> list[str]:
-    named = os.environ.get("THEORY_DOCKER") or os.environ.get("DOCKER")
-    if named:
-        return [named]
-    found: list[str] = []
-    on_path = shutil.which("docker")
-    for candidate in (on_path, "/usr/bin/docker", "/usr/local/bin/docker"):
-        if candidate and os.path.exists(candidate) and candidate not in found:
-            found.append(candidate)
-    return found
-
-
-def find_builder() -> Builder:
-    """The first docker client that can run a BuildKit build here (see the module docstring)."""
-    candidates = docker_client_candidates()
-    if not candidates:
-        raise DockerUnavailableError("no docker client found (PATH, /usr/bin/docker); set THEORY_DOCKER.")
-    tried = []
-    for client in candidates:
-        if _has_buildx(client):
-            builder = Builder(client, "buildx")
-            break
-        major = _client_major(client)
-        if major is not None and major < 23:
-            builder = Builder(client, "buildkit")
-            break
-        tried.append(f"{client} (client {major or '?'}, no buildx plugin)")
-    else:
-        raise DockerUnavailableError(
-            "no docker client here can build with BuildKit: " + "; ".join(tried) + ".",
-            remedy="Install the buildx plugin, or point THEORY_DOCKER at a client older than 23 "
-            "(e.g. /usr/bin/docker).",
-        )
-    try:
-        info = _run([builder.client, "version", "--format", "{{.Server.Version}}"], timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        info = None
-    if info is None or info.returncode != 0 or not info.stdout.strip():
-        raise DockerUnavailableError(f"{builder.client} cannot reach a Docker engine.")
-    return builder
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,11 +55,8 @@ def find_builder() -> Builder:
 
 
 def _git_in(cwd: Path, *args: str) -> str | None:
-    try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=15, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+    """git's answer for a label, or None (no git, not a checkout): a label is never worth a failure."""
+    return Git(cwd, timeout=15).try_out(*args)
 
 
 def source_url(repo_root: Path, environ: Mapping[str, str] | None = None) -> str | None:
@@ -318,18 +230,8 @@ def _run_build(
     progress: Callable[[str], None],
 ) -> None:
     tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            env=builder.env(),
-            stdin=subprocess.DEVNULL,
-        )
-    except OSError as exc:
-        raise DockerUnavailableError(f"cannot run {builder.client}: {exc.strerror}.") from None
+    assert cmd[0] == builder.client
+    proc = Docker(builder.client).popen(cmd[1:], env=builder.env())
     assert proc.stdout is not None
     # On a terminal, show the build step BuildKit is on (`#8 [deps 3/6] RUN pip install ...`) as one
     # live line; --debug prints every line instead.
@@ -350,17 +252,3 @@ def _run_build(
             f"{ref}: docker build for linux/{arch} failed (exit {code}); last {len(tail)} lines:\n{log}",
             details={"platform": arch, "exit_code": code},
         )
-
-
-def inspect_image(client: str, name: str) -> dict[str, Any]:
-    try:
-        proc = _run([client, "image", "inspect", name], timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DockerUnavailableError(f"{client} image inspect {name} failed: {exc}.") from None
-    if proc.returncode != 0:
-        raise ImageBuildError(
-            f"no local image {name}: {proc.stderr.strip()[:300]}",
-            remedy="Build it first: `processorctl build --ref R`.",
-        )
-    data = json.loads(proc.stdout)
-    return data[0] if isinstance(data, list) and data else {}

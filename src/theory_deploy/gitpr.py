@@ -3,7 +3,11 @@
 After `processorctl pin` has proven and written digests, `publish_pin_pr` puts them up for review:
 one branch per processor, `theory-deploy/pin/<slug>` (`theory-deploy/pin/llm-litellm-v1`), one open
 PR per branch, updated in place on every later pin. Nothing is ever pushed to the base branch, so
-branch protection needs no bypass and no admin token (original item 12).
+branch protection needs no bypass and no admin token.
+
+This module holds the publish algorithm and its messages (commit message, PR title and body). git
+runs through `gitrun.Git`, pins are read with `registry_pins`, and GitHub is reached through
+`github_client.GitHubClient`.
 
 How a pin reaches the branch
 ----------------------------
@@ -24,7 +28,7 @@ How a pin reaches the branch
    their unrelated uncommitted edits and would undo whatever the base changed in that file since the
    user's checkout.
 5. Only that processor's registry.yaml is staged and committed, as the bot, with hooks disabled and
-   signing off. A guard (`is_pin_only_change`) refuses to push a commit that changes anything but
+   signing off. A guard (`registry_pins.is_pin_only_change`) refuses to push a commit that changes anything but
    `image.platforms` lines.
 6. `git push --force-with-lease=refs/heads/<branch>:<sha we based on>` (empty for a new branch). If
    another writer moved the branch in between, the lease is rejected; we fetch again, rebuild on the
@@ -38,8 +42,8 @@ work tree. A worktree gives both without touching the user's HEAD, index or file
 untracked files stay exactly as they were, uncommitted. Its cost is one checkout of the tree into a
 temporary folder (git LFS smudging is skipped).
 
-Loops (original item 11) and why a `[skip ci]` marker is not used
------------------------------------------------------------------
+Bot loops, and why a `[skip ci]` marker is not used
+---------------------------------------------------
 (a) Pushes and PRs made with the workflow's GITHUB_TOKEN do not trigger `on: push` or
     `on: pull_request` workflows at all (GitHub's rule against recursive runs). A bot PR opened with
     GITHUB_TOKEN therefore starts nothing, which also means required checks do not run on it; use a
@@ -62,28 +66,40 @@ import contextlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.error import YAMLError
-
-from . import secrets as _secrets
 from .errors import (
     GitError,
-    GitHubError,
     ProcessorNotFoundError,
     PushConflictError,
     TheoryDeployError,
     UsageError,
 )
+from .github_client import GitHubClient
+from .gitrun import Git, mask_tokens, not_an_option
 from .refs import ProcessorRef
+from .registry_pins import is_pin_only_change, pins_in_text
+
+__all__ = [  # GitHubClient, is_pin_only_change and mask_tokens live elsewhere; tests import them from here
+    "BOT_TRAILER",
+    "BRANCH_PREFIX",
+    "BotIdentity",
+    "GitHubClient",
+    "PinChange",
+    "commit_message",
+    "is_bot_commit",
+    "is_pin_only_change",
+    "mask_tokens",
+    "pin_branch",
+    "pin_reapplier",
+    "pr_body",
+    "pr_title",
+    "publish_pin_pr",
+]
 
 BRANCH_PREFIX = "theory-deploy/pin/"
 BOT_TRAILER_KEY = "Theory-Deploy-Bot"
@@ -91,13 +107,8 @@ BOT_TRAILER_VALUE = "pin"
 BOT_TRAILER = f"{BOT_TRAILER_KEY}: {BOT_TRAILER_VALUE}"
 DEFAULT_BOT_NAME = "theory-deploy[bot]"
 DEFAULT_BOT_EMAIL = "theory-deploy[bot]@users.noreply.github.com"
-DEFAULT_API_URL = "https://api.github.com"
-REGISTRY_FILE = "registry.yaml"
 PRIVATE_REF_PREFIX = "refs/theory-deploy/remotes"
 
-_LOCAL_TIMEOUT_S = 120
-_NETWORK_TIMEOUT_S = 300
-_ZERO_SHA = re.compile(r"^0+$")
 _LEASE_REJECTED = ("stale info", "cannot lock ref", "incorrect old value", "fetch first")
 
 
@@ -136,150 +147,15 @@ def pin_branch(ref: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Masking
+# git: fetching, the bot's commits, the temporary worktree
 # ---------------------------------------------------------------------------------------------------
-
-_TOKEN_PATTERNS = (
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9_]{16,}"),
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
-    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),  # JWTs
-    re.compile(r"(?i)(?<=authorization: )(?:token|bearer|basic) \S+"),
-    re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),  # user:password@ in URLs
-    re.compile(r"(?<=x-access-token:)[^@\s]+"),
-)
-
-
-def mask_tokens(text: str, *secret_values: str | None) -> str:
-    """Replace the given secret values and anything shaped like a GitHub token or JWT with `***`."""
-    for value in sorted((v for v in secret_values if v), key=len, reverse=True):
-        text = text.replace(value, "***")
-    for pattern in _TOKEN_PATTERNS:
-        text = pattern.sub("***", text)
-    return _secrets.scrub(text)
-
-
-# ---------------------------------------------------------------------------------------------------
-# git plumbing
-# ---------------------------------------------------------------------------------------------------
-
-# Variables that would point git at another repository or index than the one we name.
-_GIT_ENV_DROP = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_PREFIX",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-)
-
-
-class _Git:
-    """Runs git in one folder with a fixed, hook-free, prompt-free configuration."""
-
-    def __init__(self, cwd: Path, identity: BotIdentity | None = None, hooks_dir: Path | None = None):
-        self.cwd = cwd
-        self.identity = identity
-        self.hooks_dir = hooks_dir
-        env = {k: v for k, v in os.environ.items() if k not in _GIT_ENV_DROP}
-        env.update(
-            LC_ALL="C",
-            LANGUAGE="C",
-            GIT_TERMINAL_PROMPT="0",
-            GCM_INTERACTIVE="never",
-            GIT_LFS_SKIP_SMUDGE="1",
-            GIT_OPTIONAL_LOCKS="0",
-        )
-        if identity is not None:
-            env.update(
-                GIT_AUTHOR_NAME=identity.name,
-                GIT_AUTHOR_EMAIL=identity.email,
-                GIT_COMMITTER_NAME=identity.name,
-                GIT_COMMITTER_EMAIL=identity.email,
-            )
-        self.env = env
-
-    def with_cwd(self, cwd: Path) -> _Git:
-        return _Git(cwd, self.identity, self.hooks_dir)
-
-    def run(
-        self, *args: str, check: bool = True, network: bool = False, timeout: float | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        config = [
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "tag.gpgsign=false",
-            "-c",
-            "gc.auto=0",
-            "-c",
-            "maintenance.auto=false",
-            "-c",
-            "log.showSignature=false",
-            "-c",
-            "rebase.updateRefs=false",
-            "-c",
-            "rebase.autoStash=false",
-            "-c",
-            "core.quotePath=false",
-            "-c",
-            "advice.detachedHead=false",
-        ]
-        if self.hooks_dir is not None:
-            config += ["-c", f"core.hooksPath={self.hooks_dir}"]
-        argv = ["git", *config, *args]
-        try:
-            proc = subprocess.run(
-                argv,
-                cwd=self.cwd,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=timeout or (_NETWORK_TIMEOUT_S if network else _LOCAL_TIMEOUT_S),
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-        except FileNotFoundError as exc:
-            raise GitError("git is not installed (no `git` on PATH).", remedy="Install git.") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise GitError(
-                f"`git {' '.join(args[:2])}` in {self.cwd} did not finish in {exc.timeout:.0f}s.",
-                remedy="Check network access to the git remote and re-run; nothing was changed in your work tree.",
-            ) from None
-        if check and proc.returncode != 0:
-            raise GitError(
-                mask_tokens(
-                    f"`git {' '.join(args)}` failed in {self.cwd} (exit {proc.returncode}): "
-                    f"{(proc.stderr or proc.stdout).strip()}"
-                )
-            )
-        return proc
-
-    def out(self, *args: str, network: bool = False) -> str:
-        return self.run(*args, network=network).stdout.strip()
-
-    def ok(self, *args: str) -> bool:
-        return self.run(*args, check=False).returncode == 0
-
-    def rev(self, spec: str) -> str | None:
-        proc = self.run("rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}", check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    def blob(self, rev: str, path: str) -> str | None:
-        proc = self.run("rev-parse", "--verify", "--quiet", f"{rev}:{path}", check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    def show(self, rev: str, path: str) -> str | None:
-        proc = self.run("show", f"{rev}:{path}", check=False)
-        return proc.stdout if proc.returncode == 0 else None
 
 
 def _private_ref(remote: str, branch: str) -> str:
     return f"{PRIVATE_REF_PREFIX}/{re.sub(r'[^A-Za-z0-9._-]+', '_', remote)}/{branch}"
 
 
-def _fetch(git: _Git, remote: str, base_branch: str, branch: str) -> tuple[str, str | None]:
+def _fetch(git: Git, remote: str, base_branch: str, branch: str) -> tuple[str, str | None]:
     """Fetch base and bot branch into private refs; return their shas (bot: None when absent)."""
     listing = git.out("ls-remote", remote, f"refs/heads/{base_branch}", f"refs/heads/{branch}", network=True)
     remote_refs = {}
@@ -315,7 +191,7 @@ def _fetch(git: _Git, remote: str, base_branch: str, branch: str) -> tuple[str, 
     return base_sha, bot_sha
 
 
-def _ensure_merge_base(git: _Git, remote: str, refspecs: list[str], base_sha: str, bot_sha: str) -> None:
+def _ensure_merge_base(git: Git, remote: str, refspecs: list[str], base_sha: str, bot_sha: str) -> None:
     """In a shallow clone the base and the bot branch may not meet: deepen until they do."""
     for deepen in ("--deepen=50", "--deepen=1000", "--unshallow"):
         if git.ok("merge-base", base_sha, bot_sha):
@@ -353,7 +229,7 @@ class _Commit:
         )
 
 
-def _commits(git: _Git, range_args: list[str]) -> list[_Commit]:
+def _commits(git: Git, range_args: list[str]) -> list[_Commit]:
     fmt = f"%H%x1f%an%x1f%ae%x1f%ce%x1f%s%x1f%(trailers:key={BOT_TRAILER_KEY},valueonly,separator=%x2c)%x1e"
     text = git.run("log", "--no-color", f"--format={fmt}", *range_args).stdout  # no strip(): \x1f is whitespace
     commits = []
@@ -368,7 +244,7 @@ def _commits(git: _Git, range_args: list[str]) -> list[_Commit]:
 
 def is_bot_commit(repo_dir: Path, rev: str, identity: BotIdentity | None = None) -> bool:
     """True when `rev` was made by the pin bot (identity and trailer); for the workflow's plan step."""
-    git = _Git(Path(repo_dir))
+    git = Git(Path(repo_dir))
     sha = git.rev(rev)
     if sha is None:
         raise GitError(f"{rev!r} is not a commit in {repo_dir}.", remedy="Fetch it first (fetch-depth: 2 or 0).")
@@ -376,7 +252,7 @@ def is_bot_commit(repo_dir: Path, rev: str, identity: BotIdentity | None = None)
 
 
 @contextlib.contextmanager
-def _worktree(git: _Git, rev: str, name: str) -> Iterator[Path]:
+def _worktree(git: Git, rev: str, name: str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix="theory-deploy-pin-"))
     path = tmp / name
     try:
@@ -388,124 +264,6 @@ def _worktree(git: _Git, rev: str, name: str) -> Iterator[Path]:
         if not removed:
             # Our admin entry is left pointing at a folder that is gone; prune drops such entries only.
             git.run("worktree", "prune", check=False)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading pins and checking diffs
-# ---------------------------------------------------------------------------------------------------
-
-
-def _safe_load(text: str) -> Any:
-    return YAML(typ="safe", pure=True).load(text)
-
-
-def pins_in_text(text: str | None) -> dict[str, str | None]:
-    """`image.platforms` of a registry.yaml text ({} when absent or unreadable)."""
-    if not text:
-        return {}
-    try:
-        doc = _safe_load(text)
-    except YAMLError:
-        return {}
-    platforms = (doc.get("image") or {}).get("platforms") if isinstance(doc, dict) else None
-    if not isinstance(platforms, dict):
-        return {}
-    return {str(k): (None if v is None else str(v)) for k, v in platforms.items()}
-
-
-def _pin_lines(text: str) -> set[int] | None:
-    """1-based line numbers holding `image.platforms` (its key line and every platform's key and
-    value lines); None when the text has no such mapping or does not parse."""
-    try:
-        doc = YAML(typ="rt").load(text)
-    except YAMLError:
-        return None
-    if not isinstance(doc, CommentedMap) or not isinstance(doc.get("image"), CommentedMap):
-        return None
-    image = doc["image"]
-    if "platforms" not in image:
-        return None
-    lines = {image.lc.key("platforms")[0] + 1}
-    platforms = image["platforms"]
-    if isinstance(platforms, CommentedMap):
-        for key in platforms:
-            lines.add(platforms.lc.key(key)[0] + 1)
-            lines.add(platforms.lc.value(key)[0] + 1)
-            value = platforms[key]
-            if value is not None and not isinstance(value, str):
-                return None  # a nested structure under a platform is not a pin
-    elif platforms is not None:
-        return None
-    return lines
-
-
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
-
-
-def _changed_lines(diff: str) -> tuple[set[int], set[int]]:
-    old: set[int] = set()
-    new: set[int] = set()
-    for line in diff.splitlines():
-        match = _HUNK.match(line)
-        if not match:
-            continue
-        a, b = int(match[1]), int(match[2]) if match[2] is not None else 1
-        c, d = int(match[3]), int(match[4]) if match[4] is not None else 1
-        old.update(range(a, a + b))
-        new.update(range(c, c + d))
-    return old, new
-
-
-def _without_pins(text: str) -> Any:
-    doc = _safe_load(text)
-    if isinstance(doc, dict) and isinstance(doc.get("image"), dict):
-        doc["image"].pop("platforms", None)
-    return doc
-
-
-def is_pin_only_change(repo_dir: Path, base_rev: str, head_rev: str) -> bool:
-    """True when every file changed between the two revisions is a registry.yaml and every changed
-    line (removed or added) is an `image.platforms` line, and the files mean the same once the pins
-    are set aside. An empty diff counts as pin-only (nothing to build). A `base_rev` of all zeros
-    (GitHub's `before` for a new branch) is never pin-only. Raises GitError when a revision is not in
-    the clone (fetch it: a shallow checkout needs `fetch-depth: 2` or more).
-    """
-    if _ZERO_SHA.match(base_rev or "0"):
-        return False
-    git = _Git(Path(repo_dir))
-    shas = []
-    for rev in (base_rev, head_rev):
-        sha = git.rev(rev)
-        if sha is None:
-            raise GitError(
-                f"{rev!r} is not a commit in {repo_dir}.",
-                remedy="Fetch enough history for both revisions "
-                "(actions/checkout `fetch-depth: 0`, or fetch the `before` sha).",
-            )
-        shas.append(sha)
-    base, head = shas
-    listing = git.out("diff", "--no-renames", "--no-ext-diff", "--name-status", "-z", base, head)
-    fields = [f for f in listing.split("\0") if f]
-    entries = list(zip(fields[0::2], fields[1::2], strict=False))
-    for status, path in entries:
-        if status != "M" or Path(path).name != REGISTRY_FILE:
-            return False
-        old_text, new_text = git.show(base, path), git.show(head, path)
-        if old_text is None or new_text is None:
-            return False
-        old_lines, new_lines = _pin_lines(old_text), _pin_lines(new_text)
-        if old_lines is None or new_lines is None:
-            return False
-        diff = git.out("diff", "--no-ext-diff", "--no-textconv", "--no-color", "-U0", base, head, "--", path)
-        removed, added = _changed_lines(diff)
-        if not removed <= old_lines or not added <= new_lines:
-            return False
-        try:
-            if _without_pins(old_text) != _without_pins(new_text):
-                return False
-        except YAMLError:
-            return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -591,186 +349,6 @@ def _diff_pins(old: dict[str, str | None], new: dict[str, str | None]) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------------------
-# GitHub
-# ---------------------------------------------------------------------------------------------------
-
-_REMEDY_BY_STATUS = {
-    401: "The GitHub token is invalid or expired: set GITHUB_TOKEN (or the GITHUB_APP_* variables) to a valid one.",
-    403: (
-        "The token may not do this: it needs contents: write and pull-requests: write. With GITHUB_TOKEN, "
-        "also enable Settings > Actions > General > "
-        "'Allow GitHub Actions to create and approve pull requests'."
-    ),
-    404: "Repository not found or not visible to the token: check GITHUB_REPOSITORY (owner/name) and GITHUB_API_URL.",
-    422: "GitHub refused the request as invalid: check that the pin branch was pushed and that the base branch exists.",
-}
-
-
-class GitHubClient:
-    """The few pull-request calls the pin bot needs, over PyGithub, with typed errors and no token leaks."""
-
-    def __init__(
-        self,
-        repository: str,
-        *,
-        token: str | None = None,
-        app_id: int | str | None = None,
-        app_private_key: str | None = None,
-        installation_id: int | str | None = None,
-        base_url: str = DEFAULT_API_URL,
-        timeout: int = 15,
-        retries: int = 3,
-        seconds_between_requests: float | None = 0.25,
-        seconds_between_writes: float | None = 1.0,
-    ) -> None:
-        from github import Auth, Github
-        from github.GithubRetry import GithubRetry
-
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repository or ""):
-            raise GitHubError(
-                f"GITHUB_REPOSITORY {repository!r} is not owner/name.",
-                remedy="Set GITHUB_REPOSITORY=owner/name (GitHub Actions sets it for you).",
-            )
-        self.repository = repository
-        self.owner = repository.split("/", 1)[0]
-        self.base_url = (base_url or DEFAULT_API_URL).rstrip("/")
-        self._secrets: list[str] = []
-        auth: Any
-        if token:
-            self._secrets.append(token)
-            auth = Auth.Token(token)
-            self.auth_kind = "token"
-        elif app_id and app_private_key and installation_id:
-            self._secrets.append(app_private_key)
-            try:
-                auth = Auth.AppAuth(int(app_id), app_private_key).get_installation_auth(int(installation_id))
-            except (ValueError, TypeError) as exc:
-                raise GitHubError(
-                    "GITHUB_APP_ID and GITHUB_APP_INSTALLATION_ID must be numbers.",
-                    remedy="Copy them from the GitHub App's settings page and its installation URL.",
-                ) from exc
-            self.auth_kind = "app"
-        else:
-            raise GitHubError(
-                "No GitHub credentials: GITHUB_TOKEN is not set (nor GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY "
-                "and GITHUB_APP_INSTALLATION_ID).",
-                remedy="In a workflow pass `env: GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}` "
-                "(permissions: contents: write, pull-requests: write), or the GitHub App's variables.",
-            )
-        if token:
-            _secrets.register_secret_value(token)
-        self._gh = Github(
-            base_url=self.base_url,
-            auth=auth,
-            timeout=timeout,
-            retry=GithubRetry(total=retries) if retries else None,
-            seconds_between_requests=seconds_between_requests,
-            seconds_between_writes=seconds_between_writes,
-            user_agent="theory-deploy",
-        )
-        self._repo: Any = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> GitHubClient:
-        env = os.environ if environ is None else environ
-        repository = env.get("GITHUB_REPOSITORY", "")
-        if not repository:
-            raise GitHubError(
-                "GITHUB_REPOSITORY is not set.",
-                remedy="Set GITHUB_REPOSITORY=owner/name (GitHub Actions sets it for you).",
-            )
-        app = (
-            env.get("GITHUB_APP_ID"),
-            env.get("GITHUB_APP_PRIVATE_KEY"),
-            env.get("GITHUB_APP_INSTALLATION_ID"),
-        )
-        token = None if all(app) else (env.get("GITHUB_TOKEN") or env.get("GH_TOKEN"))
-        return cls(
-            repository,
-            token=token,
-            app_id=app[0],
-            app_private_key=app[1],
-            installation_id=app[2],
-            base_url=env.get("GITHUB_API_URL") or DEFAULT_API_URL,
-            **kwargs,
-        )
-
-    # --- error handling ---------------------------------------------------------------------------
-    def _error(self, action: str, exc: BaseException) -> GitHubError:
-        from github import GithubException
-
-        status: int | None = None
-        if isinstance(exc, GithubException):
-            status = exc.status
-            data = exc.data if isinstance(exc.data, dict) else {}
-            message = str(data.get("message") or exc.message or "").strip()
-            extra = [str(e.get("message") or e.get("code")) for e in data.get("errors", []) if isinstance(e, dict)]
-            if extra:
-                message = f"{message} ({'; '.join(extra)})"
-            text = f"GitHub {action} for {self.repository} failed: HTTP {status}: {message or 'no message'}."
-            remedy = _REMEDY_BY_STATUS.get(
-                status or 0,
-                "GitHub answered with an error: check https://www.githubstatus.com and re-run (re-runs are safe).",
-            )
-        else:
-            text = f"GitHub {action} for {self.repository}: cannot reach {self.base_url} ({type(exc).__name__}: {exc})."
-            remedy = "Check network access to GITHUB_API_URL and re-run (re-runs are safe)."
-        err = GitHubError(mask_tokens(text, *self._secrets), remedy=remedy, details={"status": status})
-        err.status = status  # type: ignore[attr-defined]
-        return err
-
-    def _call(self, action: str, fn: Callable[[], Any]) -> Any:
-        import requests
-        from github import GithubException
-
-        try:
-            return fn()
-        except (GithubException, requests.exceptions.RequestException) as exc:
-            raise self._error(action, exc) from None
-
-    def _repository(self) -> Any:
-        if self._repo is None:
-            self._repo = self._call("repository lookup", lambda: self._gh.get_repo(self.repository))
-        return self._repo
-
-    # --- pull requests ----------------------------------------------------------------------------
-    def find_open_prs(self, branch: str) -> list[Any]:
-        repo = self._repository()
-        pulls = self._call(
-            "pull request lookup",
-            lambda: list(repo.get_pulls(state="open", head=f"{self.owner}:{branch}")),
-        )
-        return sorted((p for p in pulls if p.head.ref == branch), key=lambda p: p.number)
-
-    def open_or_update_pr(self, branch: str, base: str, title: str, body: str) -> tuple[str, str]:
-        """Return (html_url, "created" | "updated" | "unchanged"). Never opens a second PR for a branch."""
-        for _ in range(2):
-            existing = self.find_open_prs(branch)
-            if existing:
-                pr = existing[0]
-                if pr.title == title and _norm(pr.body) == _norm(body):
-                    return pr.html_url, "unchanged"
-                self._call(f"update of PR #{pr.number}", partial(pr.edit, title=title, body=body))
-                return pr.html_url, "updated"
-            repo = self._repository()
-            try:
-                pr = self._call(
-                    "pull request creation",
-                    partial(repo.create_pull, base=base, head=branch, title=title, body=body),
-                )
-            except GitHubError as err:
-                if getattr(err, "status", None) == 422 and "already exists" in err.message:
-                    continue  # another job created it between our lookup and create: update that one
-                raise
-            return pr.html_url, "created"
-        raise GitHubError(f"GitHub reported an open PR for {branch} but none could be found.")
-
-
-def _norm(text: str | None) -> str:
-    return (text or "").replace("\r\n", "\n").strip()
-
-
-# ---------------------------------------------------------------------------------------------------
 # Publishing
 # ---------------------------------------------------------------------------------------------------
 
@@ -834,16 +412,16 @@ def publish_pin_pr(
     repo_dir = Path(repo_dir).resolve()
     if max_attempts < 1:
         raise UsageError("max_attempts must be at least 1.")
-    base_branch = base_branch.removeprefix("refs/heads/")
+    base_branch = not_an_option(base_branch.removeprefix("refs/heads/"), "base branch", UsageError)
+    not_an_option(remote, "remote", UsageError)
     identity = BotIdentity.from_env()
-    probe = _Git(repo_dir)
+    probe = Git(repo_dir)
     top = probe.run("rev-parse", "--show-toplevel", check=False)
     if top.returncode != 0:
         raise GitError(f"{repo_dir} is not inside a git repository.", remedy="Run from a clone of your repository.")
     grouped = _group(changes)
-    hooks = Path(tempfile.mkdtemp(prefix="theory-deploy-nohooks-"))
     try:
-        git = _Git(Path(top.stdout.strip()), identity, hooks)
+        git = Git(Path(top.stdout.strip()), identity)
         results = [
             _publish_one(
                 git,
@@ -859,7 +437,6 @@ def publish_pin_pr(
             for change in grouped.values()
         ]
     finally:
-        shutil.rmtree(hooks, ignore_errors=True)
         # Leave no refs behind: the private fetch refs only served this run.
         for name in {base_branch, *(pin_branch(r) for r in grouped)}:
             probe.run("update-ref", "-d", _private_ref(remote, name), check=False)
@@ -871,7 +448,7 @@ def publish_pin_pr(
 
 
 def _publish_one(
-    git: _Git,
+    git: Git,
     change: PinChange,
     *,
     remote: str,
@@ -923,16 +500,15 @@ def _publish_one(
                 return _finish(
                     git,
                     change,
-                    branch,
-                    base_branch,
-                    remote,
-                    github,
-                    base_sha,
-                    bot_sha if pending else None,
-                    "unchanged",
-                    attempt,
-                    {},
-                    superseded,
+                    branch=branch,
+                    base_branch=base_branch,
+                    github=github,
+                    base_sha=base_sha,
+                    tip_sha=bot_sha if pending else None,
+                    status="unchanged",
+                    attempts=attempt,
+                    made={},
+                    superseded=superseded,
                 )
             if foreign:
                 c = foreign[0]
@@ -976,16 +552,15 @@ def _publish_one(
             return _finish(
                 git,
                 change,
-                branch,
-                base_branch,
-                remote,
-                github,
-                base_sha,
-                new_sha,
-                "pushed",
-                attempt,
-                made,
-                superseded,
+                branch=branch,
+                base_branch=base_branch,
+                github=github,
+                base_sha=base_sha,
+                tip_sha=new_sha,
+                status="pushed",
+                attempts=attempt,
+                made=made,
+                superseded=superseded,
             )
         output = f"{pushed.stdout}\n{pushed.stderr}"
         if not any(marker in output for marker in _LEASE_REJECTED):
@@ -1002,11 +577,11 @@ def _publish_one(
 
 
 def _finish(
-    git: _Git,
+    git: Git,
     change: PinChange,
+    *,
     branch: str,
     base_branch: str,
-    remote: str,
     github: GitHubClient | None,
     base_sha: str,
     tip_sha: str | None,
@@ -1015,7 +590,10 @@ def _finish(
     made: dict[str, tuple[str | None, str | None]],
     superseded: list[str],
 ) -> dict[str, Any]:
-    """Report one processor; open/update its PR when the branch proposes something over the base."""
+    """Report one processor; open/update its PR when the branch proposes something over the base.
+
+    `tip_sha` is the bot branch's commit when it proposes something (None: nothing to propose),
+    `made` what this run changed, `superseded` the bot commits dropped because the base won."""
     result: dict[str, Any] = {
         "ref": change.ref,
         "registry_path": change.registry_path,

@@ -1,7 +1,7 @@
 """A Distribution API v2 client over plain httpx: auth, retries, manifests, blobs, indexes.
 
-Why not a library: `oras` cannot push an index and the docker SDK gives no per-platform digests
-(platform-facts.md). This client speaks just enough of the API for theory-deploy:
+Why not a library: `oras` cannot push an index and the docker SDK gives no per-platform digests.
+This client speaks just enough of the API for theory-deploy:
 
 * **Auth.** Anonymous first. A `401` with `WWW-Authenticate: Basic` makes it send the credentials;
   a `401` with `WWW-Authenticate: Bearer realm=...,service=...,scope=...` makes it fetch a token from
@@ -959,7 +959,7 @@ class RegistryClients:
     when both are set. Callable as a client factory: `clients(host)`."""
 
     def __init__(self) -> None:
-        from .secrets import registry_credentials
+        from .secret_values import registry_credentials
 
         self._clients: dict[str, RegistryClient] = {}
         self._credentials = registry_credentials()

@@ -1,7 +1,7 @@
 """What a verb prints: exactly one JSON object on stdout under --json, human text otherwise.
 
 Progress and logs always go to stderr, so stdout stays machine-readable. Every string that leaves
-through here passes the secret scrubber first: a value registered with `secrets.register_secret_value`
+through here passes the secret scrubber first: a value registered with `secret_values.register_secret_value`
 is replaced by `***` wherever it appears, even if a bug puts it in a message.
 """
 
@@ -12,11 +12,11 @@ import shutil
 import sys
 from typing import Any, TextIO
 
-from . import secrets
+from . import secret_values
 
 
 def _dump(obj: Any) -> str:
-    return secrets.scrub(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    return secret_values.scrub(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
 def emit_result(result: dict[str, Any], *, json_mode: bool, stream: TextIO | None = None) -> None:
@@ -27,7 +27,7 @@ def emit_result(result: dict[str, Any], *, json_mode: bool, stream: TextIO | Non
         return
     summary = result.get("summary")
     if summary:
-        out.write(secrets.scrub(str(summary)) + "\n")
+        out.write(secret_values.scrub(str(summary)) + "\n")
     else:
         out.write(_dump(payload) + "\n")
     out.flush()
@@ -37,13 +37,13 @@ def emit_error(payload: dict[str, Any], human: str, *, json_mode: bool) -> None:
     if json_mode:
         sys.stdout.write(_dump(payload) + "\n")
         sys.stdout.flush()
-    sys.stderr.write(secrets.scrub(human) + "\n")
+    sys.stderr.write(secret_values.scrub(human) + "\n")
     sys.stderr.flush()
 
 
 def progress(message: str) -> None:
     """One line of progress on stderr (never stdout), scrubbed."""
-    sys.stderr.write(secrets.scrub(message) + "\n")
+    sys.stderr.write(secret_values.scrub(message) + "\n")
     sys.stderr.flush()
 
 
@@ -59,5 +59,5 @@ def status_line(text: str | None) -> None:
         sys.stderr.write("\r\033[K")
     else:
         width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
-        sys.stderr.write("\r\033[K" + secrets.scrub(text)[:width])
+        sys.stderr.write("\r\033[K" + secret_values.scrub(text)[:width])
     sys.stderr.flush()

@@ -1,63 +1,118 @@
-"""The one-command pipeline: build → push → pin → start → sync-secrets → verify → run.
+"""The stage engine: build → push → pin → pr → start → sync-secrets → verify → run.
 
-Each stage calls the same functions as its own verb, so the pipeline can never drift from what the
-verbs do. Stages report their outcome and wall time; the first failure stops the run and names its
-stage. On an unchanged processor a re-run is quick and changes nothing: the build is served from the
+Every front end runs processors through this one module: `theory-deploy pipeline` on a laptop,
+`processorctl publish` (build, push, pin), and every GitHub Action (`theory_deploy.action`). So there
+is one list of stages, one parser for `--stages`, and one rule for which digest an environment
+deploys:
+
+- **dev** deploys what this run pushed (or what `--from-push` names), so a feature branch runs its own
+  code even before the pin is merged; with nothing pushed it deploys the pin.
+- **staging** and **main** deploy the pin registry.yaml holds on the checked-out branch, never a
+  rebuild: promotion is exact. Build stages are refused there.
+
+Each stage calls the same functions as its own verb, so the engine cannot drift from what the verbs
+do. Stages report their outcome and wall time; a failure stops that processor's run and names its
+stage. With several refs, `keep_going` carries on with the next processor and the run fails at the
+end. On an unchanged processor a re-run is quick and changes nothing: the build is served from the
 engine's cache, the push finds every blob and manifest already there, the pin is `unchanged`, the
-app is already running at that digest, and the secrets are unchanged.
+app already runs that digest, and the secrets are unchanged.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import build as build_mod
-from . import output, pin, push
-from .errors import TheoryDeployError, UsageError
+from . import gha, output, pin, push
+from .errors import InputsError, TheoryDeployError, UsageError
 from .oci import RegistryClients
-from .refs import Environment, ImageRef, ProcessorRef, parse_repository
-from .registry_file import LoadedProcessor, load_processor
+from .push_records import PushRecord
+from .refs import ENVIRONMENTS, Environment, ImageRef, Platform, ProcessorRef, parse_repository
+from .registry_file import LoadedProcessor, load_processor, set_repository
 from .targets import get_target
-from .targets.base import AppContext
+from .targets.base import AppContext, Target
 
-STAGES = ("build", "push", "pin", "start", "sync-secrets", "verify", "run")
-
-
-@dataclass
-class PipelineRequest:
-    ref: ProcessorRef
-    env: Environment
-    target: str
-    mode: str = "mock"
-    platforms: list[str] | None = None
-    build_args: dict[str, str] = field(default_factory=dict)
-    stages: Sequence[str] = STAGES
-    inputs: dict[str, Any] | None = None
-    timeout_s: float | None = None
+STAGES = ("build", "push", "pin", "pr", "start", "sync-secrets", "verify", "run")
+# `build-push` is how the GitHub Actions have always spelt the first two stages.
+STAGE_ALIASES = {"build-push": ("build", "push")}
+BUILD_STAGES = ("build", "push", "pin", "pr")
+TARGET_STAGES = ("start", "sync-secrets", "verify", "run")
+PROMOTION_ENVS = ("staging", "main")
+MODES = ("mock", "real")
 
 
-@dataclass
-class StageReport:
-    name: str
-    status: str  # ok | failed | skipped
-    seconds: float
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"stage": self.name, "status": self.status, "seconds": round(self.seconds, 3), **self.detail}
+# ---------------------------------------------------------------------------------------------------
+# Which stages run
+# ---------------------------------------------------------------------------------------------------
 
 
-def parse_stages(text: str | None) -> list[str]:
-    if not text or text == "all":
-        return list(STAGES)
-    stages = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
+def parse_stages(text: str | None, *, where: str = "--stages") -> list[str] | None:
+    """The stages named in `text`, in pipeline order, or None for `all` (resolved per environment)."""
+    items = [s for s in re.split(r"[\s,]+", text or "") if s]
+    if not items or items == ["all"]:
+        return None
+    chosen: set[str] = set()
+    unknown = []
+    for item in items:
+        if item in STAGES:
+            chosen.add(item)
+        elif item in STAGE_ALIASES:
+            chosen.update(STAGE_ALIASES[item])
+        else:
+            unknown.append(item)
     if unknown:
-        raise UsageError(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}.")
-    return [s for s in STAGES if s in stages]  # always in pipeline order
+        raise UsageError(
+            f"{where}: unknown stage(s) {', '.join(unknown)}; choose `all` or from {', '.join(STAGES)}.",
+            remedy=f"e.g. {where} build,push,pin",
+        )
+    return [s for s in STAGES if s in chosen]  # always in pipeline order
+
+
+def resolve_stages(
+    requested: Sequence[str] | None, *, env: Environment | None, mode: str | None, open_pr: bool
+) -> list[str]:
+    """`all` made concrete: dev builds, pushes, pins (and opens the pin PR when asked), then deploys;
+    staging and main only deploy the pin; `run` joins when a mode is set."""
+    if requested is not None:
+        return list(requested)
+    chosen: list[str] = []
+    if env not in PROMOTION_ENVS:
+        chosen += ["build", "push", "pin"] + (["pr"] if open_pr else [])
+    if env is not None:
+        chosen += ["start", "sync-secrets", "verify"] + (["run"] if mode else [])
+    return chosen
+
+
+def stage_problems(
+    stages: Sequence[str], *, env: Environment | None, mode: str | None, from_push: bool, pr_base: str | None
+) -> list[str]:
+    """Every reason this combination cannot run, found before anything runs."""
+    problems = []
+    if env in PROMOTION_ENVS:
+        building = [s for s in stages if s in BUILD_STAGES]
+        if building:
+            problems.append(
+                f"stages {', '.join(building)} are not allowed in {env}: promotion is exact, {env} deploys the "
+                "digest registry.yaml pins on this branch and never rebuilds. Build and pin in dev, then merge the pins."
+            )
+    if env is None and any(s in TARGET_STAGES for s in stages):
+        problems.append("stages start/sync-secrets/verify/run need an environment: dev, staging or main.")
+    if "run" in stages and not mode:
+        problems.append("stage run needs a mode (mock or real).")
+    if from_push and any(s in ("build", "push") for s in stages):
+        problems.append("from-push names digests already pushed: drop the build and push stages, or from-push.")
+    if "push" in stages and "build" not in stages:
+        problems.append("stage push pushes what this run built: add build, or give from-push instead.")
+    if "pin" in stages and not ({"push"} & set(stages) or from_push):
+        problems.append("stage pin pins what this run pushed: add build and push, or give from-push.")
+    if "pr" in stages and not pr_base:
+        problems.append("stage pr needs the branch the pin PR targets (pr-base / --pr-base).")
+    return problems
 
 
 def default_inputs(processor: LoadedProcessor) -> dict[str, Any]:
@@ -65,36 +120,151 @@ def default_inputs(processor: LoadedProcessor) -> dict[str, Any]:
     examples = processor.spec.inputs.get("examples")
     if isinstance(examples, list) and examples and isinstance(examples[0], dict):
         return examples[0]
-    raise UsageError(
-        f"{processor.ref}: no --inputs-json given and its inputs schema has no `examples`.",
-        remedy="Pass --inputs-json, or add `examples: [{...}]` to `inputs` in registry.yaml.",
+    raise InputsError(
+        f"{processor.ref}: the run stage has no inputs: none were given and the inputs schema of "
+        f"{processor.path} has no `examples`.",
+        remedy="Pass inputs (--inputs-json, or the action's inputs-json), or add `examples: [{...}]` to `inputs` "
+        "in registry.yaml.",
+        details={"file": str(processor.path)},
     )
 
 
-class Pipeline:
-    def __init__(self, request: PipelineRequest, progress: Callable[[str], None] = output.progress):
-        self.request = request
-        self.progress = progress
-        self.target = get_target(request.target)
-        self.processor = load_processor(request.ref)
-        self.clients = RegistryClients()
+def deploy_source(env: Environment | None, pushed: PushRecord | None) -> str:
+    """Where the deployed digest comes from: `pushed` (dev, after a push) or `pin` (everything else)."""
+    return "pushed" if env == "dev" and pushed is not None else "pin"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The request and what each processor's run reports
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PipelineRequest:
+    refs: list[ProcessorRef]
+    env: Environment | None
+    target: str = "local"
+    mode: str | None = "mock"
+    stages: Sequence[str] = ()
+    platforms: list[str] | None = None
+    build_args: dict[str, str] = field(default_factory=dict)
+    repository: str | None = None  # push (and pin) there instead of image.repository
+    from_push: Path | None = None  # a push record (file or folder of push-<slug>.json) instead of build+push
+    pr_base: str | None = None
+    pr_remote: str = "origin"
+    open_pr: bool = True  # False: push the bot branch but open no PR
+    inputs: dict[str, Any] | None = None
+    timeout_s: float | None = None
+    fail_on_missing: bool | None = None  # None: only in real mode
+    keep_going: bool = False
+    repo_root: Path | None = None
+    debug: bool = False  # the build's full engine output
+
+    def check(self) -> None:
+        problems = stage_problems(
+            self.stages, env=self.env, mode=self.mode, from_push=self.from_push is not None, pr_base=self.pr_base
+        )
+        if self.env is not None and self.env not in ENVIRONMENTS:
+            problems.insert(0, f"{self.env!r} is not an environment; expected dev, staging or main.")
+        if self.mode and self.mode not in MODES:
+            problems.append(f"{self.mode!r} is not a mode; expected mock or real.")
+        if not self.refs:
+            problems.append("no processor ref given.")
+        if problems:
+            raise UsageError("cannot run these stages:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass
+class StageReport:
+    name: str
+    status: str  # ok | failed
+    seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": self.name, "status": self.status, "seconds": round(self.seconds, 3), **self.detail}
+
+
+@dataclass
+class ProcessorResult:
+    """What one processor's run did: the facts every front end reports (JSON, outputs, summary)."""
+
+    ref: str
+    registry_path: Path | None = None
+    pins_before: dict[str, str | None] = field(default_factory=dict)
+    pushed: PushRecord | None = None
+    pins: dict[str, Any] = field(default_factory=dict)
+    pr_url: str = ""
+    pr_action: str = ""
+    app: str = ""
+    url: str = ""
+    platform: str = ""
+    deployed: str = ""
+    verified: bool | None = None
+    secrets: dict[str, Any] = field(default_factory=dict)
+    envelope: dict[str, Any] | None = None
+    reports: list[StageReport] = field(default_factory=list)
+    error: TheoryDeployError | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"ref": self.ref, "app": self.app, "stages": [r.to_json() for r in self.reports]}
+        if self.pushed is not None:
+            data["pushed"] = self.pushed.to_json()
+        if self.deployed:
+            data["deployed"] = self.deployed
+        if self.verified is not None:
+            data["verified"] = self.verified
+        if self.error is not None:
+            data["error"] = {"code": self.error.code, "message": self.error.render()}
+        return data
+
+
+# ---------------------------------------------------------------------------------------------------
+# One processor through its stages
+# ---------------------------------------------------------------------------------------------------
+
+
+class _ProcessorRun:
+    def __init__(self, request: PipelineRequest, ref: ProcessorRef, target: Target, clients: RegistryClients):
+        self.request, self.ref, self.target, self.clients = request, ref, target, clients
+        self.result = ProcessorResult(str(ref))
+        self.processor = load_processor(ref, request.repo_root)
+        self.result.registry_path = self.processor.path
+        self.result.pins_before = {str(arch): pin for arch, pin in self.processor.spec.pins().items()}
         self.built: dict[str, build_mod.BuiltImage] = {}
-        self.pushed: push.PushResult | None = None
+        if request.from_push is not None:
+            self.result.pushed = PushRecord.read(request.from_push, ref.slug)
+
+    def app(self) -> AppContext:
+        assert self.request.env is not None  # stage_problems refuses target stages without an environment
+        return AppContext.for_processor(self.processor, self.request.env)
 
     def _repository(self) -> ImageRef:
-        # Pins must name image.repository, so the pipeline pushes exactly there (to run against another
-        # registry, move the processor first: `processorctl set-repository`).
-        return parse_repository(self.processor.spec.image.repository, where="image.repository")
+        # Pins must name image.repository: pushing elsewhere (`repository`) moves the processor there first.
+        text = self.request.repository or self.processor.spec.image.repository
+        return parse_repository(text, where="repository" if self.request.repository else "image.repository")
 
-    def _app(self) -> AppContext:
-        return AppContext.for_processor(self.processor, self.request.env)
+    def _oci_to_deploy(self) -> str | None:
+        """dev after a push: the pushed digest for this target's platform; otherwise None (the pin)."""
+        pushed = self.result.pushed
+        if deploy_source(self.request.env, pushed) != "pushed" or pushed is None:
+            return None
+        digest = pushed.platforms.get(self.target.platform)
+        if not digest:
+            raise UsageError(
+                f"{self.ref}: the push has no {self.target.platform} digest, which the {self.target.kind} target "
+                f"runs (pushed: {', '.join(pushed.platforms) or 'none'}).",
+                remedy=f"Build linux/{self.target.platform} too (--platforms).",
+            )
+        return digest
 
     # --- stages --------------------------------------------------------------------------------------
     def stage_build(self) -> dict[str, Any]:
         platforms = self.request.platforms or self.processor.spec.platform_names()
-        if self.target.platform not in platforms and {"start", "verify", "run"} & set(self.request.stages):
+        if self.target.platform not in platforms and set(TARGET_STAGES) & set(self.request.stages):
             raise UsageError(
-                f"--platforms {','.join(platforms)} leaves out {self.target.platform}, which the {self.target.kind} target runs."
+                f"--platforms {','.join(platforms)} leaves out {self.target.platform}, which the "
+                f"{self.target.kind} target runs."
             )
         self.built = build_mod.build_platform_images(
             self.processor.spec,
@@ -102,99 +272,200 @@ class Pipeline:
             platforms,
             self.request.build_args,
             registry_path=self.processor.path,
+            debug=self.request.debug,
         )
         return {"images": {arch: b.image_id for arch, b in self.built.items()}}
 
     def stage_push(self) -> dict[str, Any]:
-        if not self.built:
-            raise UsageError("push needs the build stage in the same run (add build to --stages).")
         repository = self._repository()
-        self.pushed = push.push_platform_images(
+        pushed = push.push_platform_images(
             self.built, repository, self.clients(repository.registry), tag=self.processor.ref.slug
         )
+        self.result.pushed = PushRecord.from_result(str(self.ref), pushed)
         return {
-            **self.pushed.to_json(),
-            "uploaded_blobs": self.pushed.uploaded_blobs,
-            "skipped_blobs": self.pushed.skipped_blobs,
-            "mounted_blobs": self.pushed.mounted_blobs,
+            **pushed.to_json(),
+            "uploaded_blobs": pushed.uploaded_blobs,
+            "skipped_blobs": pushed.skipped_blobs,
+            "mounted_blobs": pushed.mounted_blobs,
         }
 
     def stage_pin(self) -> dict[str, Any]:
-        if self.pushed is None:
-            raise UsageError("pin needs the push stage in the same run (add push to --stages).")
-        wanted = {arch: str(ref) for arch, ref in self.pushed.platforms.items()}
-        result = pin.verify_and_pin(self.processor, wanted, self.clients)
-        self.processor = load_processor(self.request.ref, self.processor.repo_root)  # re-read the new pins
-        return {"pins": result["pins"], "changed": result["changed"]}
+        pushed = self.result.pushed
+        assert pushed is not None  # stage_problems: pin needs a push or from-push
+        repository = self.request.repository
+        if repository and repository != self.processor.spec.image.repository:
+            # Pins always name image.repository. Pinning what went elsewhere (a loopback registry in a
+            # smoke test) moves this work tree's registry.yaml there first; never in a run whose pins go
+            # into a pull request.
+            if "pr" in self.request.stages:
+                raise UsageError(
+                    f"{self.ref}: repository {repository} is not image.repository "
+                    f"({self.processor.spec.image.repository}); a pin PR must pin image.repository.",
+                    remedy="Drop the repository input, or the pr stage.",
+                )
+            set_repository(self.processor.path, repository)
+            gha.annotate("notice", f"{self.ref}: image.repository set to {repository} in this work tree only")
+            self.processor = load_processor(self.ref, self.processor.repo_root)
+        result = pin.verify_and_pin(self.processor, dict(pushed.platforms), self.clients)
+        self.processor = load_processor(self.ref, self.processor.repo_root)  # re-read the new pins
+        self.result.pins = result["pins"]
+        return {"pins": result["pins"], "changed": result["changed"], "file": result["file"]}
+
+    def stage_pr(self) -> dict[str, Any]:
+        from .cli.pr_cmds import propose_pins  # the PR algorithm needs git and GitHub: loaded when used
+
+        assert self.request.pr_base  # stage_problems: pr needs a base branch
+        result = propose_pins(
+            [self.processor], base=self.request.pr_base, remote=self.request.pr_remote, open_pr=self.request.open_pr
+        )
+        self.result.pr_url = str(result.get("pr_url") or "")
+        processors = result.get("processors") or [{}]
+        opened = processors[0].get("pr") or {}
+        self.result.pr_action = str(opened.get("result") or processors[0].get("status") or "none")
+        return {"pr_url": self.result.pr_url, "action": self.result.pr_action}
 
     def stage_start(self) -> dict[str, Any]:
-        app = self._app()
-        return self.target.start(app, self.target.image_to_deploy(app, None))
+        app = self.app()
+        image = self.target.image_to_deploy(app, self._oci_to_deploy())
+        self.result.deployed = str(image)
+        result = self.target.start(app, image)
+        self.result.app = str(result.get("app") or app.name)
+        self.result.url = str(result.get("url") or result.get("web_url") or "")
+        return result
 
     def stage_sync_secrets(self) -> dict[str, Any]:
         # Real mode cannot run without its required secrets: fail here, naming them, not mid-run.
-        return self.target.sync_secrets(self._app(), check=False, fail_on_missing=self.request.mode == "real")
+        fail = self.request.fail_on_missing
+        if fail is None:
+            fail = self.request.mode == "real"
+        result = self.target.sync_secrets(self.app(), check=False, fail_on_missing=fail)
+        self.result.secrets = {k: result[k] for k in ("present", "missing") if k in result}
+        return result
 
     def stage_verify(self) -> dict[str, Any]:
-        return self.target.verify_digest(self._app())
+        self.result.verified = False
+        result = self.target.verify_digest(self.app(), self._oci_to_deploy())
+        self.result.verified = bool(result.get("verified"))
+        self.result.app = self.result.app or str(result.get("app") or "")
+        self.result.deployed = self.result.deployed or str(result.get("expected") or "")
+        return result
 
     def stage_run(self) -> dict[str, Any]:
         inputs = self.request.inputs if self.request.inputs is not None else default_inputs(self.processor)
         timeout = self.request.timeout_s or float(self.processor.spec.runtime.timeout_s)
+        assert self.request.mode  # stage_problems: run needs a mode
         result = self.target.run(
-            self._app(), mode=self.request.mode, inputs=inputs, timeout_s=timeout, stream_tokens=False
+            self.app(), mode=self.request.mode, inputs=inputs, timeout_s=timeout, stream_tokens=False
         )
+        self.result.envelope = result["envelope"]
         return {"envelope": result["envelope"]}
 
     # --- driver --------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        reports: list[StageReport] = []
-        handlers = {
+    def run(self, progress: Callable[[str], None], label: str) -> ProcessorResult:
+        handlers: dict[str, Callable[[], dict[str, Any]]] = {
             "build": self.stage_build,
             "push": self.stage_push,
             "pin": self.stage_pin,
+            "pr": self.stage_pr,
             "start": self.stage_start,
             "sync-secrets": self.stage_sync_secrets,
             "verify": self.stage_verify,
             "run": self.stage_run,
         }
-        started = time.monotonic()
-        try:
-            for name in STAGES:
-                if name not in self.request.stages:
-                    reports.append(StageReport(name, "skipped", 0.0))
-                    continue
-                self.progress(f"==> {name}")
-                t0 = time.monotonic()
-                try:
-                    detail = handlers[name]()
-                except TheoryDeployError as err:
-                    reports.append(
-                        StageReport(
-                            name,
-                            "failed",
-                            time.monotonic() - t0,
-                            {"error": {"code": err.code, "message": err.render()}},
-                        )
+        if self.request.env is not None and any(s in TARGET_STAGES for s in self.request.stages):
+            self.result.platform = self.target.platform
+            self.result.app = self.app().name
+        for name in self.request.stages:
+            progress(f"==> {label}{name}")
+            t0 = time.monotonic()
+            try:
+                with gha.group(f"theory-deploy {name}: {self.ref}"):
+                    detail = dict(handlers[name]())
+            except TheoryDeployError as err:
+                self.result.reports.append(
+                    StageReport(
+                        name, "failed", time.monotonic() - t0, {"error": {"code": err.code, "message": err.render()}}
                     )
-                    err.details = {**err.details, "stage": name, "stages": [r.to_json() for r in reports]}
-                    err.message = f"pipeline stopped at {name}: {err.message}"
-                    raise
-                detail.pop("summary", None)
-                report = StageReport(name, "ok", time.monotonic() - t0, detail)
-                reports.append(report)
-                self.progress(f"<== {name}: ok in {report.seconds:.1f}s")
+                )
+                err.details = {**err.details, "stage": name, "stages": [r.to_json() for r in self.result.reports]}
+                err.message = f"{label}pipeline stopped at {name}: {err.message}"
+                self.result.error = err
+                return self.result
+            detail.pop("summary", None)
+            report = StageReport(name, "ok", time.monotonic() - t0, detail)
+            self.result.reports.append(report)
+            progress(f"<== {label}{name}: ok in {report.seconds:.1f}s")
+        return self.result
+
+
+# ---------------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------------
+
+
+class Pipeline:
+    def __init__(self, request: PipelineRequest, progress: Callable[[str], None] = output.progress):
+        request.check()
+        self.request = request
+        self.progress = progress
+        self.target = get_target(request.target)
+        self.results: list[ProcessorResult] = []
+
+    def run_all(self) -> list[ProcessorResult]:
+        """Run every ref; stop at the first failure unless keep_going. Failures are in the results."""
+        clients = RegistryClients()
+        several = len(self.request.refs) > 1
+        try:
+            for ref in self.request.refs:
+                try:
+                    run = _ProcessorRun(self.request, ref, self.target, clients)
+                except TheoryDeployError as err:  # the processor cannot even be loaded
+                    result = ProcessorResult(str(ref), error=err)
+                else:
+                    result = run.run(self.progress, f"{ref}: " if several else "")
+                self.results.append(result)
+                if result.error is not None and not self.request.keep_going:
+                    break
         finally:
-            self.clients.close()
-        app = self._app()
-        lines = [f"pipeline {self.request.ref} -> {self.request.target}/{self.request.env} ({app.name}): ok"]
-        lines += [f"  {r.name:<13} {r.status:<7} {r.seconds:6.1f}s" for r in reports]
-        return {
-            "ref": str(self.request.ref),
-            "env": self.request.env,
-            "target": self.request.target,
-            "app": app.name,
-            "seconds": round(time.monotonic() - started, 3),
-            "stages": [r.to_json() for r in reports],
+            clients.close()
+        return self.results
+
+    def run(self) -> dict[str, Any]:
+        """Run, and return the report as a verb's JSON; raise the first failure (with every result)."""
+        started = time.monotonic()
+        results = self.run_all()
+        failed = [r for r in results if r.error is not None]
+        if failed:
+            err = failed[0].error
+            assert err is not None
+            if len(self.request.refs) > 1:
+                err.details = {**err.details, "results": [r.to_json() for r in results]}
+                if len(failed) > 1:
+                    err.message += f" ({len(failed)} of {len(self.request.refs)} processors failed.)"
+            raise err
+        return self._report(results, time.monotonic() - started)
+
+    def _report(self, results: list[ProcessorResult], seconds: float) -> dict[str, Any]:
+        request = self.request
+        where = f"{request.target}/{request.env}" if request.env else "registry"
+        lines = []
+        for r in results:
+            lines.append(f"pipeline {r.ref} -> {where}" + (f" ({r.app})" if r.app else "") + ": ok")
+            lines += [f"  {s.name:<13} {s.status:<7} {s.seconds:6.1f}s" for s in r.reports]
+        report: dict[str, Any] = {
+            "env": request.env,
+            "target": request.target,
+            "seconds": round(seconds, 3),
             "summary": "\n".join(lines),
         }
+        if len(results) == 1:  # one ref: the stages at the top level, as the verb has always printed
+            only = results[0]
+            report.update(ref=only.ref, app=only.app, stages=[s.to_json() for s in only.reports])
+        else:
+            report["results"] = [r.to_json() for r in results]
+        return report
+
+
+def platform_of(target: str) -> Platform:
+    """The platform a target runs, without building the target (the Modal SDK stays unloaded)."""
+    return get_target(target).platform if target == "local" else "amd64"

@@ -9,9 +9,9 @@ moved on does not count) against HEAD and maps every changed file to a processor
   change with it;
 - anything else (docs, tests, other workflows) touches none.
 
-Loops (original item 11): a change whose only edits are `image.platforms` pin lines in registry.yaml
-files, which is exactly what the pin bot commits, builds nothing. `gitpr.is_pin_only_change` decides
-that for the whole change; per processor, a registry.yaml that differs only in its pins is likewise
+Bot loops: a change whose only edits are `image.platforms` pin lines in registry.yaml files, which
+is exactly what the pin bot commits, builds nothing. `registry_pins.is_pin_only_change` decides that
+for the whole change; per processor, a registry.yaml that differs only in its pins is likewise
 "pinned, not changed". Such processors are still listed for *deploy* (in staging and main a pin
 change is a promotion), never for *build*.
 
@@ -23,16 +23,14 @@ GitHub matrices: `build_matrix` (processor by platform, with the runner and whet
 from __future__ import annotations
 
 import re
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-
 from .errors import GitError, InvalidEnvError, ProcessorNotFoundError, UsageError
+from .gitrun import Git
 from .refs import ENVIRONMENTS, Environment, ProcessorRef, parse_platforms
 from .registry_file import REGISTRY_FILE, LoadedProcessor, discover, load_path
+from .registry_pins import is_pin_only_change, is_pin_only_in_file
 
 # Paths whose change touches every processor. Directories end with '/'.
 SHARED_PATHS: tuple[str, ...] = ("runtime/",)
@@ -51,34 +49,6 @@ _ZERO_SHA = re.compile(r"^0+$")
 _GIT_TIMEOUT_S = 60
 
 
-@dataclass(frozen=True)
-class _Git:
-    root: Path
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        try:
-            proc = subprocess.run(
-                ["git", "-C", str(self.root), *args],
-                capture_output=True,
-                text=True,
-                timeout=_GIT_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise GitError(f"git {' '.join(args)} failed in {self.root}: {exc}") from None
-        if check and proc.returncode != 0:
-            raise GitError(f"git {' '.join(args)} failed in {self.root}: {proc.stderr.strip()}")
-        return proc
-
-    def rev(self, rev: str) -> str | None:
-        proc = self.run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
-        return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
-
-    def show(self, rev: str, path: str) -> str | None:
-        proc = self.run("show", f"{rev}:{path}", check=False)
-        return proc.stdout if proc.returncode == 0 else None
-
-
 def _touches(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(path == p.rstrip("/") or (p.endswith("/") and path.startswith(p)) for p in prefixes)
 
@@ -88,36 +58,6 @@ def _processor_folder(path: str) -> str | None:
     if len(parts) >= 4 and parts[0] == "processors":
         return f"{parts[1]}/{parts[2]}"
     return None
-
-
-def _without_pins(text: str | None) -> Any:
-    """The registry.yaml document with `image.platforms` set aside, or None if it cannot be read."""
-    if text is None:
-        return None
-    try:
-        doc = YAML(typ="safe").load(text)
-    except Exception:  # noqa: BLE001 - unreadable YAML is "not pin-only", never a crash here
-        return None
-    if isinstance(doc, dict) and isinstance(doc.get("image"), dict):
-        doc["image"].pop("platforms", None)
-    return doc
-
-
-def _pin_only_in_file(git: _Git, base: str, head: str, path: str) -> bool:
-    old, new = git.show(base, path), git.show(head, path)
-    if old is None or new is None:
-        return False
-    before, after = _without_pins(old), _without_pins(new)
-    return before is not None and before == after
-
-
-def _pin_only_change(root: Path, base: str, head: str) -> bool | None:
-    """gitpr's whole-change verdict when that module is there; None when it is not."""
-    try:
-        from .gitpr import is_pin_only_change
-    except ImportError:  # pragma: no cover - gitpr ships with the product; kept optional on purpose
-        return None
-    return bool(is_pin_only_change(root, base, head))
 
 
 def deploy_env(requested: str | None, branch: str | None) -> Environment:
@@ -226,7 +166,7 @@ def compute_plan(
         reason = "all processors (asked for)"
     else:
         assert base is not None
-        git = _Git(root)
+        git = Git(root, timeout=_GIT_TIMEOUT_S)
         head_sha = git.rev(head)
         if head_sha is None:
             raise GitError(f"{head!r} is not a commit in {root}.")
@@ -244,8 +184,7 @@ def compute_plan(
             resolved_base = merge_base
             listing = git.run("diff", "--name-only", "--no-renames", "-z", merge_base, head_sha).stdout
             changed = sorted(f for f in listing.split("\0") if f)
-            whole = _pin_only_change(root, merge_base, head_sha) if changed else False
-            pin_only = bool(whole)
+            pin_only = bool(changed) and is_pin_only_change(root, merge_base, head_sha)
             if any(_touches(f, SHARED_PATHS) for f in changed) and not pin_only:
                 deploys = builds = everything
                 reason = "the shared runtime (runtime/) changed: all processors"
@@ -263,7 +202,8 @@ def compute_plan(
                     loaded = by_folder[folder]
                     deploys.append(loaded)
                     only_pins = pin_only or all(
-                        Path(f).name == REGISTRY_FILE and _pin_only_in_file(git, merge_base, head_sha, f) for f in files
+                        Path(f).name == REGISTRY_FILE and is_pin_only_in_file(git, merge_base, head_sha, f)
+                        for f in files
                     )
                     if not only_pins:
                         builds.append(loaded)

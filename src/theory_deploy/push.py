@@ -24,13 +24,11 @@ Tags (moving, for people browsing the registry; pins never use them): the index 
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping
@@ -39,8 +37,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import output
-from .build import BuiltImage, docker_client_candidates, find_builder, inspect_image
-from .errors import DockerUnavailableError, ImagePushError, TheoryDeployError
+from .build import BuiltImage
+from .docker import Docker, docker_client, inspect_image
+from .errors import ImagePushError, TheoryDeployError
 from .files import atomic_write
 from .oci import (
     OCI_CONFIG,
@@ -53,6 +52,7 @@ from .oci import (
 from .refs import PLATFORMS, ImageRef
 
 GZIP_LEVEL = 6
+SAVE_TIMEOUT_S = 3600.0
 _CHUNK = 1024 * 1024
 
 
@@ -471,27 +471,14 @@ def push_platform_images(
 # ---------------------------------------------------------------------------------------------------
 
 
-def docker_client_default() -> str:
-    with contextlib.suppress(TheoryDeployError):
-        return find_builder().client
-    candidates = docker_client_candidates()
-    if not candidates:
-        raise DockerUnavailableError("no docker client found (PATH, /usr/bin/docker); set THEORY_DOCKER.")
-    return candidates[0]
+# The client build and the local target use too (docker.py chooses it); the name callers know.
+docker_client_default = docker_client
 
 
 def _docker_save(client: str, image_id: str, dest: Path) -> None:
-    try:
-        proc = subprocess.run(
-            [client, "save", "-o", str(dest), image_id],
-            capture_output=True,
-            text=True,
-            timeout=3600,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DockerUnavailableError(f"{client} save {image_id} failed: {exc}.") from None
+    proc = Docker(client).run(
+        ["save", "-o", str(dest), image_id], timeout=SAVE_TIMEOUT_S, check=False, what=f"docker save {image_id}"
+    )
     if proc.returncode != 0:
         raise ImagePushError(
             f"docker save {image_id} failed: {proc.stderr.strip()[-500:]}",

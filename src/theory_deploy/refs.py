@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from .errors import GitContextError, InvalidEnvError, InvalidRefError, NotADigestError
+from .gitrun import Git
 
 # ---------------------------------------------------------------------------------------------------
 # Processor refs
@@ -115,17 +115,14 @@ def app_name(ref: ProcessorRef, env: Environment, identity: DevIdentity | None =
 
 
 def _git(args: list[str], cwd: Path | None) -> str | None:
-    try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    out = proc.stdout.strip()
-    return out if proc.returncode == 0 and out else None
+    """git's answer, or None when there is none (no git, not a checkout, detached HEAD, unset)."""
+    return Git(cwd or Path.cwd(), timeout=10).try_out(*args)
 
 
 def resolve_dev_identity(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> DevIdentity:
     """Branch: GIT_BRANCH, else GITHUB_HEAD_REF, else GITHUB_REF_NAME (Actions), else git's branch.
-    User: GIT_USER, else GITHUB_ACTOR, else git's user.name. Never the repo owner (original item 17).
+    User: GIT_USER, else GITHUB_ACTOR, else git's user.name. Never the repository's owner: a dev app
+    belongs to whoever deploys it.
     """
     env = os.environ if environ is None else environ
     in_actions = env.get("GITHUB_ACTIONS") == "true"

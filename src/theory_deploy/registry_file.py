@@ -5,10 +5,13 @@ and value stands, and then validated by one pydantic model. Every problem (pydan
 cross-field checks) is reported as `file:line:col: message`, all at once.
 
 Writing pins: a pin write changes *only* the characters of the pin values. Instead of re-serialising
-the document (which reflows quoting, spacing and comments, the original's item 13), the new digest
-is spliced into the original text at the position the parser recorded, and the result is re-parsed
-to prove nothing else moved. Writes are atomic (temp file, fsync, rename) and serialised by an
+the document (which would reflow quoting, spacing and comments), the new digest is spliced into
+the file's text at the position the parser recorded, and the result is re-parsed to prove nothing
+else moved. Writes are atomic (temp file, fsync, rename) and serialised by an
 exclusive lock on the processor's folder, so concurrent pinners never lose an update.
+
+Reading pins out of a registry.yaml *text* (another revision's, a base branch's), their line numbers
+and their history through git live next door, in registry_pins.py.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from . import secrets
+from . import secret_values
 from .errors import SecretStoreError
 from .files import atomic_write
 
@@ -110,7 +110,7 @@ class SecretStore:
         _make_private_dir(self.dir)
 
     def _path(self, name: str) -> Path:
-        if not secrets.ENV_NAME_RE.match(name):
+        if not secret_values.ENV_NAME_RE.match(name):
             raise SecretStoreError(f"{name!r} is not a valid secret name (letters, digits, '_').")
         return self.dir / name
 
@@ -153,13 +153,13 @@ class SecretStore:
         if not isinstance(pairs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs.items()):
             raise SecretStoreError(f"{self._path(name)} does not hold a JSON object of strings.")
         for value in pairs.values():
-            secrets.register_secret_value(value)
+            secret_values.register_secret_value(value)
         return pairs
 
     def value(self, name: str) -> dict[str, str] | None:
         """The keys of `name` if it has a complete value (every key non-empty), else None."""
         pairs = self.read(name)
-        keys = secrets.keys_for(name)
+        keys = secret_values.keys_for(name)
         if not pairs or not all(pairs.get(key) for key in keys):
             return None
         return {key: pairs[key] for key in keys}
@@ -179,7 +179,7 @@ class SecretStore:
 
     def write(self, name: str, pairs: dict[str, str]) -> Change:
         for value in pairs.values():
-            secrets.register_secret_value(value)
+            secret_values.register_secret_value(value)
         change = self.compare(name, pairs)
         if change != "unchanged":
             self._write_file(self._path(name), _canonical(pairs))
@@ -196,7 +196,7 @@ class SecretStore:
     def names(self) -> list[str]:
         if not self.dir.is_dir():
             return []
-        return sorted(p.name for p in self.dir.iterdir() if p.is_file() and secrets.ENV_NAME_RE.match(p.name))
+        return sorted(p.name for p in self.dir.iterdir() if p.is_file() and secret_values.ENV_NAME_RE.match(p.name))
 
     def register_all(self) -> None:
         """Register every value in this environment's store with the scrubber (before printing logs)."""

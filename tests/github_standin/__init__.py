@@ -1,4 +1,4 @@
-"""A local stand-in for GitHub's REST API (the pull-request endpoints), for tests only.
+"""A local stand-in for GitHub's REST API (the pull-request and issue endpoints), for tests only.
 
 Never imported by `src/`. See `server.py` for the endpoints it answers.
 """

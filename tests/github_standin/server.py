@@ -1,4 +1,5 @@
-"""A stand-in for the few GitHub REST endpoints theory-deploy's bot-PR step calls through PyGithub.
+"""A stand-in for the few GitHub REST endpoints theory-deploy calls through PyGithub: the bot-PR
+step's pull requests and the drift report's issues.
 
 Endpoints (all JSON, shaped like api.github.com's answers as far as PyGithub reads them):
 
@@ -9,8 +10,18 @@ Endpoints (all JSON, shaped like api.github.com's answers as far as PyGithub rea
                                                    not on the remote / has no commits over base
 - `PATCH /repos/{owner}/{repo}/pulls/{number}`  -> title, body, base, state
 - `GET  /repos/{owner}/{repo}/pulls/{number}`
+- `GET  /repos/{owner}/{repo}/issues?state=&labels=a,b&per_page=&page=` (every label must match)
+- `POST /repos/{owner}/{repo}/issues`           -> 201; 422 without a title or with labels that are
+                                                   not a list of strings
+- `GET  /repos/{owner}/{repo}/issues/{number}`  -> 404 for an unknown issue
+- `PATCH /repos/{owner}/{repo}/issues/{number}` -> title, body, state, state_reason, labels; 404 for
+                                                   an unknown issue, 422 for another state or reason
+- `POST /repos/{owner}/{repo}/issues/{number}/comments` -> 201; 404 unknown issue, 422 empty body
 - `POST /app/installations/{id}/access_tokens`  -> a fresh installation token (needs a Bearer JWT
                                                    signed by the configured app key)
+
+Issues and pull requests share one number sequence, as on GitHub (unlike GitHub, pull requests
+carry no labels here and are not listed among the issues).
 
 Every request needs `Authorization: token X` or `Bearer X` with a known token (401 "Bad credentials"
 otherwise). Every request is recorded in `requests` (method, path, query, headers, JSON body,
@@ -68,6 +79,8 @@ class StandInState:
     installation_id: int | None = None
     git_remote: Path | None = None
     pulls: list[dict[str, Any]] = field(default_factory=list)
+    issues: list[dict[str, Any]] = field(default_factory=list)
+    comments: list[dict[str, Any]] = field(default_factory=list)  # {"issue": number, "body": ...}
     requests: list[RecordedRequest] = field(default_factory=list)
     failures: list[_Failure] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -144,6 +157,16 @@ class GitHubStandIn:
     def pulls(self) -> list[dict[str, Any]]:
         with self.state.lock:
             return [dict(p) for p in self.state.pulls]
+
+    @property
+    def issues(self) -> list[dict[str, Any]]:
+        with self.state.lock:
+            return [dict(i, labels=list(i["labels"])) for i in self.state.issues]
+
+    @property
+    def comments(self) -> list[dict[str, Any]]:
+        with self.state.lock:
+            return [dict(c) for c in self.state.comments]
 
     def clear_requests(self) -> None:
         with self.state.lock:
@@ -278,6 +301,21 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, self._pull_json(pr))
             if method == "PATCH":
                 return self._edit_pull(pr, body if isinstance(body, dict) else {})
+        if rest == "/issues" and method == "GET":
+            return self._list_issues(query)
+        if rest == "/issues" and method == "POST":
+            return self._create_issue(body if isinstance(body, dict) else {})
+        match = re.fullmatch(r"/issues/(\d+)(/comments)?", rest)
+        if match:
+            issue = next((i for i in st.issues if i["number"] == int(match[1])), None)
+            if issue is None:
+                return self._error(404, "Not Found")
+            if match[2] and method == "POST":
+                return self._comment(issue, body if isinstance(body, dict) else {})
+            if not match[2] and method == "GET":
+                return self._send(200, self._issue_json(issue))
+            if not match[2] and method == "PATCH":
+                return self._edit_issue(issue, body if isinstance(body, dict) else {})
         return self._error(404, "Not Found")
 
     # --- resources -------------------------------------------------------------------------------
@@ -431,3 +469,134 @@ class _Handler(BaseHTTPRequestHandler):
             pr["state"] = body["state"]
         pr["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._send(200, self._pull_json(pr))
+
+    # --- issues ----------------------------------------------------------------------------------
+    def _issue_json(self, issue: dict[str, Any]) -> dict[str, Any]:
+        st = self.standin_state
+        base = self._base()
+        number = issue["number"]
+        return {
+            "id": 5000 + number,
+            "node_id": f"I_{number}",
+            "number": number,
+            "state": issue["state"],
+            "state_reason": issue["state_reason"],
+            "title": issue["title"],
+            "body": issue["body"],
+            "labels": [
+                {
+                    "id": 100 + n,
+                    "name": name,
+                    "color": "ededed",
+                    "url": f"{base}/repos/{st.owner}/{st.repo}/labels/{name}",
+                }
+                for n, name in enumerate(issue["labels"])
+            ],
+            "comments": sum(1 for c in st.comments if c["issue"] == number),
+            "url": f"{base}/repos/{st.owner}/{st.repo}/issues/{number}",
+            "repository_url": f"{base}/repos/{st.owner}/{st.repo}",
+            "html_url": f"https://github.example/{st.owner}/{st.repo}/issues/{number}",
+            "user": {"login": "theory-deploy[bot]", "id": 3, "type": "Bot"},
+            "created_at": issue["created_at"],
+            "updated_at": issue["updated_at"],
+            "closed_at": issue["closed_at"],
+        }
+
+    @staticmethod
+    def _invalid(resource: str, field_name: str, code: str) -> dict[str, Any]:
+        return {"resource": resource, "field": field_name, "code": code}
+
+    def _list_issues(self, query: dict[str, str]) -> None:
+        st = self.standin_state
+        state = query.get("state", "open")
+        wanted = [name for name in query.get("labels", "").split(",") if name]
+        found = [
+            i
+            for i in st.issues
+            if (state == "all" or i["state"] == state) and all(name in i["labels"] for name in wanted)
+        ]
+        found.sort(key=lambda i: i["number"], reverse=True)  # GitHub's default: newest first
+        per_page = max(1, min(100, int(query.get("per_page", 30))))
+        page = max(1, int(query.get("page", 1)))
+        chunk = found[(page - 1) * per_page : page * per_page]
+        headers = {}
+        if page * per_page < len(found):
+            headers["Link"] = (
+                f"<{self._base()}/repos/{st.owner}/{st.repo}/issues?state={state}&labels={','.join(wanted)}"
+                f'&per_page={per_page}&page={page + 1}>; rel="next"'
+            )
+        self._send(200, [self._issue_json(i) for i in chunk], headers)
+
+    def _create_issue(self, body: dict[str, Any]) -> None:
+        st = self.standin_state
+        title = body.get("title")
+        if not isinstance(title, str) or not title.strip():
+            return self._error(422, "Validation Failed", errors=[self._invalid("Issue", "title", "missing_field")])
+        labels = body.get("labels", [])
+        if not isinstance(labels, list) or not all(isinstance(name, str) for name in labels):
+            return self._error(422, "Validation Failed", errors=[self._invalid("Issue", "labels", "invalid")])
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        issue = {
+            "number": st.next_number,
+            "state": "open",
+            "state_reason": None,
+            "title": title,
+            "body": body.get("body"),
+            "labels": list(dict.fromkeys(labels)),
+            "created_at": now,
+            "updated_at": now,
+            "closed_at": None,
+        }
+        st.next_number += 1
+        st.issues.append(issue)
+        self._send(201, self._issue_json(issue))
+
+    def _edit_issue(self, issue: dict[str, Any], body: dict[str, Any]) -> None:
+        state = body.get("state", issue["state"])
+        if state not in ("open", "closed"):
+            return self._error(422, "Validation Failed", errors=[self._invalid("Issue", "state", "invalid")])
+        reason = body.get("state_reason")
+        if reason not in (None, "completed", "not_planned", "reopened"):
+            return self._error(422, "Validation Failed", errors=[self._invalid("Issue", "state_reason", "invalid")])
+        if "title" in body and not (isinstance(body["title"], str) and body["title"].strip()):
+            return self._error(422, "Validation Failed", errors=[self._invalid("Issue", "title", "missing_field")])
+        for key in ("title", "body"):
+            if key in body:
+                issue[key] = body[key]
+        if isinstance(body.get("labels"), list):
+            issue["labels"] = [str(name) for name in body["labels"]]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if state != issue["state"]:
+            issue["state"] = state
+            issue["closed_at"] = now if state == "closed" else None
+            issue["state_reason"] = reason or ("completed" if state == "closed" else "reopened")
+        elif reason is not None:
+            issue["state_reason"] = reason
+        issue["updated_at"] = now
+        self._send(200, self._issue_json(issue))
+
+    def _comment(self, issue: dict[str, Any], body: dict[str, Any]) -> None:
+        st = self.standin_state
+        text = body.get("body")
+        if not isinstance(text, str) or not text.strip():
+            return self._error(
+                422, "Validation Failed", errors=[self._invalid("IssueComment", "body", "missing_field")]
+            )
+        comment_id = 9000 + len(st.comments)
+        st.comments.append({"issue": issue["number"], "body": text, "id": comment_id})
+        issue["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        base = self._base()
+        self._send(
+            201,
+            {
+                "id": comment_id,
+                "node_id": f"IC_{comment_id}",
+                "body": text,
+                "url": f"{base}/repos/{st.owner}/{st.repo}/issues/comments/{comment_id}",
+                "html_url": f"https://github.example/{st.owner}/{st.repo}/issues/{issue['number']}#issuecomment-{comment_id}",
+                "issue_url": f"{base}/repos/{st.owner}/{st.repo}/issues/{issue['number']}",
+                "user": {"login": "theory-deploy[bot]", "id": 3, "type": "Bot"},
+                "created_at": issue["updated_at"],
+                "updated_at": issue["updated_at"],
+            },
+        )

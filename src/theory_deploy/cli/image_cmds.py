@@ -1,10 +1,11 @@
-"""processorctl verbs for images: `build`, `push`, `pin`, and `publish` (all three in one).
+"""processorctl verbs for images: `build`, `push`, `pin`, `publish` (all three in one), and `merge`.
 
     processorctl build   --ref llm/litellm@1 [--platforms linux/amd64,linux/arm64] [--build-arg K=V ...]
     processorctl push    --ref llm/litellm@1 [--platforms ...] [--repository REPO] [--json]
     processorctl pin     --ref llm/litellm@1 --platform amd64 --oci REPO@sha256:... [--repository REPO]
     processorctl pin     --ref llm/litellm@1 --from-push push.json
     processorctl publish --ref llm/litellm@1 [--platforms ...] [--build-arg K=V ...] [--repository REPO]
+    processorctl merge   --ref llm/litellm@1 --from DIR [--out DIR]
 
 `push --json` prints {"index": "<repo>@sha256:...", "platforms": {"amd64": ..., "arm64": ...}}, which
 `pin --from-push` reads back. Registry credentials come from REGISTRY_USERNAME/REGISTRY_PASSWORD.
@@ -13,19 +14,24 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from .. import build as build_mod
-from .. import output, pin, push, registry_file
-from ..errors import ImageBuildError, TheoryDeployError, UsageError
+from .. import output, pin, push, push_records, registry_file
+from ..errors import ImageBuildError, UsageError
 from ..oci import RegistryClients
+from ..pipeline import Pipeline, PipelineRequest
+from ..push_records import PushRecord
 from ..refs import ImageRef, ProcessorRef, parse_platform, parse_platforms, parse_repository
 
 
 def _load(args: argparse.Namespace) -> registry_file.LoadedProcessor:
-    return registry_file.load_processor(ProcessorRef.parse(args.ref))
+    return _load_ref(args.ref)
+
+
+def _load_ref(text: str) -> registry_file.LoadedProcessor:
+    return registry_file.load_processor(ProcessorRef.parse(text))
 
 
 def _platforms(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -> list[str]:
@@ -156,23 +162,10 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _read_push_file(path: str) -> dict[str, str]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"--from-push {path}: cannot read: {exc.strerror}.") from None
-    except ValueError:
-        raise UsageError(f"--from-push {path}: not JSON (expected the output of `processorctl push --json`).") from None
-    platforms = data.get("platforms") if isinstance(data, dict) else None
-    if not isinstance(platforms, dict) or not platforms:
-        raise UsageError(f'--from-push {path}: no "platforms" object (expected `processorctl push --json` output).')
-    return {str(parse_platform(k, where=f"--from-push {path}")): str(v) for k, v in platforms.items()}
-
-
 def cmd_pin(args: argparse.Namespace) -> dict[str, Any]:
     loaded = _load(args)
     if args.from_push:
-        wanted = _read_push_file(args.from_push)
+        wanted = dict(PushRecord.read(Path(args.from_push), loaded.ref.slug, where="--from-push").platforms)
         if args.platform:
             arch = parse_platform(args.platform)
             if arch not in wanted:
@@ -195,25 +188,67 @@ def cmd_pin(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_publish(args: argparse.Namespace) -> dict[str, Any]:
+    """build, push and pin, through the stage engine: exactly what `theory-deploy pipeline` and the
+    actions run for those stages."""
     loaded = _load(args)
-    built = _do_build(args, loaded)
-    clients = RegistryClients()
-    try:
-        pushed = _do_push(args, loaded, built, clients)
-        pinned = pin.verify_and_pin(loaded, {a: str(r) for a, r in pushed.platforms.items()}, clients)
-    except TheoryDeployError:
-        raise
-    finally:
-        clients.close()
+    request = PipelineRequest(
+        refs=[loaded.ref],
+        env=None,
+        mode=None,
+        stages=("build", "push", "pin"),
+        platforms=_platforms(args, loaded),
+        build_args=parse_build_args(args.build_arg),
+        repository=str(_repository(args, loaded)) if getattr(args, "repository", None) else None,
+        repo_root=loaded.repo_root,
+        debug=bool(args.debug),
+    )
+    report = Pipeline(request).run()
+    by_stage = {s["stage"]: s for s in report["stages"]}
+    pushed, pinned = by_stage["push"], by_stage["pin"]
+    lines = [f"published {loaded.ref}:", f"index: {pushed['index']}"]
+    lines += [f"  {arch}: {ref}" for arch, ref in pushed["platforms"].items()]
+    lines.append(f"uploaded {pushed['uploaded_blobs']} blob(s), {pushed['skipped_blobs']} already in the registry")
+    lines += [
+        f"  pin {arch}: " + (f"{o['old'] or '(none)'} -> {o['new']}" if o["changed"] else f"unchanged ({o['new']})")
+        for arch, o in pinned["pins"].items()
+    ]
     return {
         "ref": str(loaded.ref),
-        **pushed.to_json(),
-        "uploaded_blobs": pushed.uploaded_blobs,
+        "index": pushed["index"],
+        "platforms": pushed["platforms"],
+        "uploaded_blobs": pushed["uploaded_blobs"],
         "pins": pinned["pins"],
         "changed": pinned["changed"],
         "file": pinned["file"],
-        "summary": "\n".join([f"published {loaded.ref}:", *_push_summary(pushed), pinned["summary"]]),
+        "summary": "\n".join(lines),
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# merge
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
+    """Join the per-platform pushes of each processor (one push-<slug>.json per build job) into one index."""
+    merged = []
+    clients = RegistryClients()
+    try:
+        for text in args.ref:
+            loaded = _load_ref(text)
+            slug = loaded.ref.slug
+            platforms = push_records.collect_records(Path(args.source), slug)
+            record = push_records.merge(str(loaded.ref), slug, platforms, clients)
+            if args.out:
+                record.write(Path(args.out), slug)
+            merged.append(record.to_json())
+    finally:
+        clients.close()
+    lines = [f"{m['ref']}: index {m['index']} over {', '.join(sorted(m['platforms']))}" for m in merged]
+    result: dict[str, Any] = {"merged": merged, "summary": "\n".join(lines)}
+    if len(merged) == 1:
+        result.update(merged[0])
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -281,3 +316,20 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     ref_flag(pb)
     platforms_flag(pb)
     build_arg_flag(pb)
+
+    mg = add_verb(
+        subparsers,
+        parent,
+        "merge",
+        cmd_merge,
+        "join per-platform pushes (push-<slug>.json from each build job) into one multi-arch index",
+    )
+    mg.add_argument("--ref", required=True, action="append", help="processor ref (repeatable)")
+    mg.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="DIR",
+        help="folder holding the push-<slug>.json records (any depth)",
+    )
+    mg.add_argument("--out", metavar="DIR", help="write the merged push-<slug>.json here (for pin --from-push)")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from .. import errors
-from ..pipeline import STAGES, Pipeline, PipelineRequest, parse_stages
-from ..refs import ProcessorRef, parse_env, parse_platforms
+from ..pipeline import STAGES, Pipeline, PipelineRequest, parse_stages, resolve_stages
+from ..plan import split_refs
+from ..refs import ProcessorRef, parse_env, parse_platforms, parse_repository
 from ..targets import TARGET_KINDS
 from ..targets.base import parse_inputs
 from . import framework
@@ -16,16 +18,24 @@ from .image_cmds import parse_build_args
 
 def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     inputs = parse_inputs(args.inputs_json, args.inputs_file) if (args.inputs_json or args.inputs_file) else None
+    env = parse_env(args.env)
+    mode = None if args.mode == "none" else args.mode
+    requested = parse_stages(args.stages)
     request = PipelineRequest(
-        ref=ProcessorRef.parse(args.ref),
-        env=parse_env(args.env),
+        refs=[ProcessorRef.parse(item) for item in split_refs(",".join(args.ref))],
+        env=env,
         target=args.target,
-        mode=args.mode,
+        mode=mode,
+        stages=resolve_stages(requested, env=env, mode=mode, open_pr=False),
         platforms=list(parse_platforms(args.platforms)) if args.platforms else None,
         build_args=parse_build_args(args.build_arg),
-        stages=parse_stages(args.stages),
+        repository=str(parse_repository(args.repository)) if args.repository else None,
+        from_push=Path(args.from_push) if args.from_push else None,
+        pr_base=args.pr_base,
+        open_pr=not args.no_pr,
         inputs=inputs,
         timeout_s=args.timeout,
+        keep_going=args.keep_going,
     )
     return Pipeline(request).run()
 
@@ -50,13 +60,27 @@ def parser() -> argparse.ArgumentParser:
         cmd_pipeline,
         "build → push → pin → start → sync-secrets → verify → run, stopping at the first failure",
     )
-    run.add_argument("--ref", required=True, help="processor ref, e.g. llm/litellm@1")
+    run.add_argument(
+        "--ref",
+        required=True,
+        action="append",
+        help="processor ref, e.g. llm/litellm@1 (repeatable, or comma separated)",
+    )
     run.add_argument("--env", required=True, help="dev, staging or main")
     run.add_argument("--target", choices=TARGET_KINDS, default="local", help="where to run it (default: local)")
-    run.add_argument("--mode", choices=["mock", "real"], default="mock")
+    run.add_argument("--mode", choices=["mock", "real", "none"], default="mock", help="run mode; none: no run stage")
     run.add_argument("--platforms", help="e.g. linux/amd64,linux/arm64 (default: build.platforms)")
     run.add_argument("--build-arg", action="append", metavar="KEY=VALUE", help="docker build argument (repeatable)")
-    run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
+    run.add_argument(
+        "--stages",
+        help=f"comma-separated subset of {','.join(STAGES)} (default: all, which in staging and main is "
+        "start,sync-secrets,verify,run: promotion never rebuilds)",
+    )
+    run.add_argument("--repository", help="push and pin to this repository (moves image.repository in the work tree)")
+    run.add_argument("--from-push", help="a `processorctl push --json` file, or a folder of push-<slug>.json: no build")
+    run.add_argument("--pr-base", help="branch the pin PR targets (stage pr)")
+    run.add_argument("--no-pr", action="store_true", help="stage pr pushes the bot branch but opens no PR")
+    run.add_argument("--keep-going", action="store_true", help="with several refs, go on after a failure")
     run.add_argument("--inputs-json", help="inputs for the run stage (default: the inputs schema's first example)")
     run.add_argument("--inputs-file", help="path of a JSON file holding the inputs")
     run.add_argument("--timeout", type=float, help="run stage deadline in seconds (default: runtime.timeout_s)")

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 from typing import Any
 
 from .. import gitpr, output, pin
-from ..errors import PlatformMismatchError
+from ..errors import PlatformMismatchError, UsageError
+from ..github_client import GitHubClient
+from ..gitrun import Git, not_an_option
 from ..oci import RegistryClients
 from ..refs import ProcessorRef
-from ..registry_file import load_processor
+from ..registry_file import LoadedProcessor, load_processor
+from ..registry_pins import pins_at
 from .framework import add_verb
-
-
-def _pins_at(repo_root: Any, rev: str, relative: str) -> dict[str, str | None]:
-    proc = subprocess.run(
-        ["git", "show", f"{rev}:{relative}"], cwd=repo_root, capture_output=True, text=True, timeout=30, check=False
-    )
-    return gitpr.pins_in_text(proc.stdout if proc.returncode == 0 else None)
 
 
 def verify_proposed_pins(changes: list[gitpr.PinChange]) -> None:
@@ -45,16 +40,21 @@ def verify_proposed_pins(changes: list[gitpr.PinChange]) -> None:
         clients.close()
 
 
-def cmd_pr(args: argparse.Namespace) -> dict[str, Any]:
+def propose_pins(
+    processors: list[LoadedProcessor], *, base: str, remote: str = "origin", open_pr: bool = True
+) -> dict[str, Any]:
+    """Commit the work tree's pins of `processors` to their bot branches and open or update one PR
+    each (only the branch, with `open_pr` False). Pins equal to the base branch's propose nothing."""
+    not_an_option(remote, "remote", UsageError)
+    not_an_option(base, "base branch", UsageError)
     changes: list[gitpr.PinChange] = []
     repo_root = None
-    for text in args.ref:
-        processor = load_processor(ProcessorRef.parse(text))
+    for processor in processors:
         repo_root = processor.repo_root
         relative = processor.path.resolve().relative_to(processor.repo_root.resolve()).as_posix()
         # "old" is only for the commit message and PR body; what really changes is decided against
         # the freshly fetched base inside publish_pin_pr, where the pins are re-applied.
-        before = _pins_at(processor.repo_root, f"{args.remote}/{args.base}", relative)
+        before = pins_at(Git(processor.repo_root, timeout=30), f"{remote}/{base}", relative) or {}
         platforms: dict[str, tuple[str | None, str | None]] = {
             platform: (before.get(platform), pin)
             for platform, pin in processor.spec.pins().items()
@@ -65,12 +65,12 @@ def cmd_pr(args: argparse.Namespace) -> dict[str, Any]:
     if not changes or repo_root is None:
         return {"processors": [], "summary": "no pins differ from the base branch: nothing to commit, no PR"}
     verify_proposed_pins(changes)
-    github = None if args.no_pr else gitpr.GitHubClient.from_env()
+    github = GitHubClient.from_env() if open_pr else None
     result = gitpr.publish_pin_pr(
         repo_root,
         changes,
-        remote=args.remote,
-        base_branch=args.base,
+        remote=remote,
+        base_branch=base,
         github=github,
         reapply=gitpr.pin_reapplier(changes),
     )
@@ -78,6 +78,11 @@ def cmd_pr(args: argparse.Namespace) -> dict[str, Any]:
     result["pr_url"] = urls[0] if len(urls) == 1 else None
     result["pr_urls"] = urls
     return result
+
+
+def cmd_pr(args: argparse.Namespace) -> dict[str, Any]:
+    processors = [load_processor(ProcessorRef.parse(text)) for text in args.ref]
+    return propose_pins(processors, base=args.base, remote=args.remote, open_pr=not args.no_pr)
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """The one interface every target (the local Docker engine, Modal) implements, and the logic they share.
 
 A target knows how to start, stop, inspect and reach an app. What must behave identically on every
-target lives here once: which image a start deploys (the pin, or a verified `--oci`), how
+target lives here once: which image a start deploys (the pin, or a `--oci` verified in the registry
+as this target's platform manifest), how
 verify-digest compares the pin with independent readings of what runs (failing closed), how a run
 talks theory.run.v1, how rollback finds an earlier pin in git history, and which dev apps
 cleanup-dev stops (by the branch recorded on each app at deploy time, never by parsing its name).
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import uuid
 from abc import ABC, abstractmethod
@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from .. import output, protocol
 from ..errors import (
     DeployError,
+    ImagePullError,
     InputsError,
     RegistryMismatchError,
     RevisionError,
@@ -30,6 +31,9 @@ from ..errors import (
     UsageError,
     error_for_code,
 )
+from ..gitrun import Git
+from ..oci import RegistryClients
+from ..pin import verify_pin_candidate
 from ..refs import (
     DIGEST_RE,
     DevIdentity,
@@ -40,6 +44,7 @@ from ..refs import (
     resolve_dev_identity,
 )
 from ..registry_file import LoadedProcessor, check_file
+from ..registry_pins import pin_history
 
 
 @dataclass(frozen=True)
@@ -113,10 +118,6 @@ class Target(ABC):
         """The platform whose pin this target runs (Modal: amd64; local: the host's)."""
 
     @abstractmethod
-    def verify_image(self, oci: ImageRef) -> ImageRef:
-        """Prove `oci` is this target's platform manifest in the registry; return the manifest ref."""
-
-    @abstractmethod
     def start(self, app: AppContext, image: ImageRef, *, dry_run: bool = False) -> dict[str, Any]: ...
 
     @abstractmethod
@@ -149,6 +150,19 @@ class Target(ABC):
         why it was left alone (gone meanwhile, or `changed_since_listing` says it was redeployed)."""
 
     # --- shared behaviour ----------------------------------------------------------------------------
+    def verify_image(self, oci: ImageRef) -> ImageRef:
+        """Prove `oci` is (or, for an index, lists) this target's platform manifest; return the manifest ref.
+
+        The registry is asked, with REGISTRY_USERNAME/REGISTRY_PASSWORD when both are set, and what it
+        serves is hashed (`pin.verify_pin_candidate`)."""
+        if oci.digest is None:
+            raise ImagePullError(f"{oci}: not a digest ref.")
+        clients = RegistryClients()
+        try:
+            return verify_pin_candidate(str(oci), self.platform, clients).ref
+        finally:
+            clients.close()
+
     def image_to_deploy(self, app: AppContext, oci: str | None) -> ImageRef:
         """The pin for this target's platform, or `--oci` once proven to be that platform's manifest."""
         if oci:
@@ -238,8 +252,8 @@ class Target(ABC):
         """Stop every dev app theory-deploy deployed whose recorded branch is not in `existing_branches`.
 
         Only the `dev` environment is read or touched. The branch is the one recorded on the app at
-        deploy time (label/tag `theory.branch`), never derived from the app's name (original item 10).
-        Apps not managed by theory-deploy, or without a recorded branch, are skipped and never stopped.
+        deploy time (label/tag `theory.branch`), never derived from the app's name: names are sanitised
+        and may be cut, so no branch can be read back from one. Apps not managed by theory-deploy, or without a recorded branch, are skipped and never stopped.
         """
         branches = {b for b in existing_branches if b}
         if not branches:
@@ -384,27 +398,23 @@ def read_branches(path: str) -> list[str]:
     return branches
 
 
-def _git(repo_root: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=repo_root, capture_output=True, text=True, timeout=30, check=False)
-    if proc.returncode != 0:
-        raise RevisionError(f"git {' '.join(args)}: {proc.stderr.strip() or 'failed'}")
-    return proc.stdout
-
-
 def earlier_pin(processor: LoadedProcessor, platform: Platform, to: str) -> ImageRef:
-    """`--to` as a digest (must have been pinned in git history) or a git revision (read its pin)."""
+    """`--to` as a digest (it must have been this platform's pin at some revision of registry.yaml) or
+    a git revision (read that revision's pin). Failures are RevisionError."""
     relative = processor.path.resolve().relative_to(processor.repo_root.resolve()).as_posix()
+    git = Git(processor.repo_root, timeout=30, error=RevisionError)
     digest = digest_of(to) or (to if DIGEST_RE.match(to) else None)
     if digest:
-        history = _git(processor.repo_root, "log", "-p", "--format=", "--", relative)
-        for line in history.splitlines():
-            if line.startswith(("+", "-")) and f"{platform}:" in line and digest in line:
-                candidate = line.split(f"{platform}:", 1)[1].split("#", 1)[0].strip().strip("'\"")
-                return ImageRef.parse_digest_ref(candidate, where="--to")
+        for state in pin_history(git, relative):
+            pinned = state.pins.get(platform)
+            if pinned and digest_of(pinned) == digest:
+                return ImageRef.parse_digest_ref(pinned, where=f"--to (pinned at {state.rev[:12]})")
         raise RevisionError(
             f"--to {to}: registry.yaml never pinned {platform} to that digest ({relative} git history).",
         )
-    text = _git(processor.repo_root, "show", f"{to}:{relative}")
+    text = git.show(to, relative)
+    if text is None:
+        raise RevisionError(f"--to {to}: no {relative} at that revision (or no such revision).")
     spec, problems = check_file(processor.path, text)
     if spec is None:
         raise RevisionError(

@@ -2,12 +2,13 @@
 
 `localctl` takes exactly `modalctl`'s verbs; this module is what they do here.
 
-**The engine.** Driven through the `docker` CLI with a timeout on every call, not the Engine API:
-the CLI already honours everything a user may have configured (DOCKER_HOST, TLS, ssh://), it
-passes registry credentials to the daemon for us, and `docker run -e NAME` copies a value from
-*its own* environment, so no secret value is ever on a command line (where `ps` would show it).
-The client is `$THEORY_DOCKER`, else `$DOCKER`, else Debian's `/usr/bin/docker`, else `docker` on
-PATH. A client that cannot reach a daemon is `ERR_DOCKER`.
+**The engine.** Driven through the `docker` CLI (`docker.Docker`: a timeout on every call), not the
+Engine API: the CLI already honours everything a user may have configured (DOCKER_HOST, TLS,
+ssh://), it passes registry credentials to the daemon for us, and `docker run -e NAME` copies a
+value from *its own* environment, so no secret value is ever on a command line (where `ps` would
+show it). The client is the one build and push use (`docker.docker_client`: `$THEORY_DOCKER` or
+`$DOCKER`, else the first installed client that can build with BuildKit). A client that cannot
+reach a daemon is `ERR_DOCKER`.
 
 **What runs.** `start` verifies the pin (or `--oci`) in the registry as this host's platform
 manifest, `docker pull`s exactly `repo@sha256:...` (with REGISTRY_USERNAME/REGISTRY_PASSWORD, when
@@ -22,7 +23,7 @@ Re-running `start`: same digest, same secrets, same arguments, still running →
 an exited container) → `restarted`. A container with the app's name that theory-deploy did not
 create is never touched.
 
-**Secrets, and the order start → sync-secrets** (the guide's order, which the original broke).
+**Secrets, and the order start → sync-secrets** (the documented order; the reverse works too).
 Containers get values only from the local secret store (`secret_store.py`), never straight from
 the shell, exactly as a Modal function only sees Modal secrets. So, mirroring Modal, where deploying
 binds secrets by name and `sync-secrets` sets their values:
@@ -60,7 +61,8 @@ from typing import Any, ClassVar
 
 import httpx
 
-from .. import output, secrets
+from .. import output, secret_values
+from ..docker import DOCKER_TIMEOUT_S, Docker, tail_text
 from ..errors import (
     DeployError,
     DockerUnavailableError,
@@ -82,17 +84,8 @@ MANAGED_LABEL = "theory.managed"
 START_TIMEOUT_ENV = "THEORY_LOCAL_START_TIMEOUT"
 DEFAULT_START_TIMEOUT_S = 120.0
 PULL_TIMEOUT_S = 900.0
-DOCKER_TIMEOUT_S = 60.0
 HEALTH_REQUEST_TIMEOUT_S = 5.0
 LOG_LINES_ON_FAILURE = 25
-
-_DAEMON_DOWN_MARKERS = (
-    "cannot connect to the docker daemon",
-    "is the docker daemon running",
-    "error during connect",
-    "permission denied while trying to connect to the docker daemon",
-    "docker daemon is not running",
-)
 
 
 def host_platform() -> Platform:
@@ -107,88 +100,9 @@ def host_platform() -> Platform:
     )
 
 
-def _tail_text(text: str, limit: int = 600) -> str:
-    text = secrets.scrub(text.strip())
-    return text if len(text) <= limit else "..." + text[-limit:]
-
-
 # ---------------------------------------------------------------------------------------------------
-# The docker CLI
+# Registry credentials for docker pull
 # ---------------------------------------------------------------------------------------------------
-
-
-def docker_binary() -> str:
-    for candidate in (os.environ.get("THEORY_DOCKER"), os.environ.get("DOCKER")):
-        if candidate:
-            return candidate
-    if os.access("/usr/bin/docker", os.X_OK):
-        return "/usr/bin/docker"
-    return shutil.which("docker") or "docker"
-
-
-class Docker:
-    """The docker CLI: every call has a timeout; an unreachable daemon is DockerUnavailableError."""
-
-    def __init__(self, binary: str | None = None) -> None:
-        self.binary = binary or docker_binary()
-
-    def run(
-        self,
-        args: list[str],
-        *,
-        timeout: float = DOCKER_TIMEOUT_S,
-        env: dict[str, str] | None = None,
-        check: bool = True,
-        what: str | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        what = what or f"docker {args[0]}"
-        try:
-            proc = subprocess.run(
-                [self.binary, *args],
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=timeout,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise DockerUnavailableError(
-                f"no docker client at {self.binary!r}.",
-                remedy="Install the docker CLI, or set THEORY_DOCKER to its path.",
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise DockerUnavailableError(f"{what}: the Docker engine did not answer within {timeout:.0f}s.") from None
-        if proc.returncode != 0:
-            self.raise_if_daemon_down(proc.stderr)
-            if check:
-                raise DeployError(f"{what} failed (exit {proc.returncode}): {_tail_text(proc.stderr)}")
-        return proc
-
-    @staticmethod
-    def raise_if_daemon_down(stderr: str) -> None:
-        lowered = stderr.lower()
-        if any(marker in lowered for marker in _DAEMON_DOWN_MARKERS):
-            raise DockerUnavailableError(f"the Docker engine is not reachable: {_tail_text(stderr, 300)}")
-
-    def inspect_container(self, name: str) -> dict[str, Any] | None:
-        proc = self.run(["container", "inspect", "--", name], check=False, what=f"docker inspect {name}")
-        if proc.returncode != 0:
-            if "no such" in proc.stderr.lower():
-                return None
-            raise DeployError(f"docker inspect {name} failed: {_tail_text(proc.stderr)}")
-        data = json.loads(proc.stdout or "[]")
-        return data[0] if data else None
-
-    def inspect_image(self, ref: str) -> dict[str, Any] | None:
-        proc = self.run(["image", "inspect", "--", ref], check=False, what=f"docker image inspect {ref}")
-        if proc.returncode != 0:
-            if "no such" in proc.stderr.lower():
-                return None
-            raise DeployError(f"docker image inspect {ref} failed: {_tail_text(proc.stderr)}")
-        data = json.loads(proc.stdout or "[]")
-        return data[0] if data else None
 
 
 @contextlib.contextmanager
@@ -200,7 +114,7 @@ def registry_auth_env(registry: str, base_env: dict[str, str] | None = None) -> 
     argument (nothing like `docker login -p`). Without them: the caller's own docker config.
     """
     env = dict(os.environ if base_env is None else base_env)
-    credentials = secrets.registry_credentials()
+    credentials = secret_values.registry_credentials()
     if credentials is None:
         yield env
         return
@@ -208,7 +122,7 @@ def registry_auth_env(registry: str, base_env: dict[str, str] | None = None) -> 
     folder = tempfile.mkdtemp(prefix="theory-docker-config-")  # 0700
     try:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        secrets.register_secret_value(token)
+        secret_values.register_secret_value(token)
         path = os.path.join(folder, "config.json")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -301,25 +215,6 @@ class LocalTarget(Target):
             yield
 
     # --- images ----------------------------------------------------------------------------------------
-    def verify_image(self, oci: ImageRef) -> ImageRef:
-        """Prove `oci` is (or, for an index, lists) this host's platform manifest; return the manifest ref."""
-        if oci.digest is None:
-            raise ImagePullError(f"{oci}: not a digest ref.")
-        from ..oci import RegistryClient
-        from ..pin import verify_pin_candidate
-
-        clients: list[RegistryClient] = []
-
-        def client_for(registry: str) -> RegistryClient:
-            clients.append(RegistryClient(registry, credentials=secrets.registry_credentials()))
-            return clients[-1]
-
-        try:
-            return verify_pin_candidate(str(oci), self.platform, client_for).ref
-        finally:
-            for client in clients:
-                client.close()
-
     def _pull(self, image: ImageRef) -> None:
         output.progress(f"pulling {image}")
         with registry_auth_env(image.registry) as env:
@@ -332,7 +227,7 @@ class LocalTarget(Target):
             )
         if proc.returncode == 0:
             return
-        message = _tail_text(proc.stderr or proc.stdout)
+        message = tail_text(proc.stderr or proc.stdout)
         lowered = message.lower()
         if "unauthorized" in lowered or "denied" in lowered or "authentication required" in lowered:
             raise RegistryAuthError(f"docker pull {image}: {message}")
@@ -457,7 +352,7 @@ class LocalTarget(Target):
             output.progress(f"removing the old container {app.name} ({_short(existing.get('Id'))})")
             self._remove(app.name)
         env = dict(os.environ)
-        for key in [k for name in plan.names for k in secrets.keys_for(name)]:
+        for key in [k for name in plan.names for k in secret_values.keys_for(name)]:
             env.pop(key, None)  # only the store's values reach the container
         env.update(plan.env_values())
         attempts = [args]
@@ -472,7 +367,7 @@ class LocalTarget(Target):
             if attempt is not args:
                 self.docker.run(["rm", "--force", app.name], check=False, what=f"docker rm {app.name}")
                 continue
-            raise DeployError(f"docker run {app.name} failed: {_tail_text(proc.stderr)}")
+            raise DeployError(f"docker run {app.name} failed: {tail_text(proc.stderr)}")
         container = self.docker.inspect_container(app.name)
         if container is None:
             raise DeployError(f"{app.name}: the container vanished right after docker run.")
@@ -484,7 +379,7 @@ class LocalTarget(Target):
         )
         proc = self.docker.run(["rm", "--force", name], check=False, what=f"docker rm {name}")
         if proc.returncode != 0 and "no such" not in proc.stderr.lower():
-            raise DeployError(f"docker rm {name} failed: {_tail_text(proc.stderr)}")
+            raise DeployError(f"docker rm {name} failed: {tail_text(proc.stderr)}")
 
     def _wait_healthy(self, app: AppContext, container: dict[str, Any]) -> dict[str, Any]:
         spec = app.processor.spec
@@ -525,7 +420,7 @@ class LocalTarget(Target):
             self._store(app).register_all()
         proc = self.docker.run(["logs", "--tail", str(LOG_LINES_ON_FAILURE), app.name], check=False, what="docker logs")
         text = (proc.stdout or "") + (proc.stderr or "")
-        lines = [secrets.scrub(line) for line in text.splitlines()[-LOG_LINES_ON_FAILURE:]]
+        lines = [secret_values.scrub(line) for line in text.splitlines()[-LOG_LINES_ON_FAILURE:]]
         return "\n".join(f"  | {line}" for line in lines) or "  | (no output)"
 
     def _healthz(self, base_url: str, path: str) -> dict[str, Any]:
@@ -730,33 +625,16 @@ class LocalTarget(Target):
         # Every value the container could know is registered before a single line is printed.
         self._store(app).register_all()
         names, _required = app.processor.spec.secret_names()
-        secrets.read_from_environment(names)
-        args = [
-            self.docker.binary,
-            "logs",
-            "--tail",
-            str(max(tail, 0)),
-            *(["--follow"] if follow else []),
-            app.name,
-        ]
-        try:
-            proc = subprocess.Popen(
-                args,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                errors="replace",
-            )
-        except FileNotFoundError:
-            raise DockerUnavailableError(f"no docker client at {self.docker.binary!r}.") from None
+        secret_values.read_from_environment(names)
+        args = ["logs", "--tail", str(max(tail, 0)), *(["--follow"] if follow else []), app.name]
+        proc = self.docker.popen(args)
         lines: list[str] = []
         count = 0
         try:
             assert proc.stdout is not None
             if follow:
                 for raw in proc.stdout:
-                    sys.stdout.write(secrets.scrub(raw.rstrip("\n")) + "\n")
+                    sys.stdout.write(secret_values.scrub(raw.rstrip("\n")) + "\n")
                     sys.stdout.flush()
                     count += 1
             else:
@@ -766,7 +644,7 @@ class LocalTarget(Target):
                     raise DockerUnavailableError(
                         f"docker logs {app.name}: no answer within {DOCKER_TIMEOUT_S:.0f}s."
                     ) from None
-                lines = [secrets.scrub(line) for line in (text or "").splitlines()]
+                lines = [secret_values.scrub(line) for line in (text or "").splitlines()]
                 count = len(lines)
         finally:
             if proc.poll() is None:
@@ -787,7 +665,7 @@ class LocalTarget(Target):
     ) -> dict[str, Any]:
         check = check or dry_run
         names, required = app.processor.spec.secret_names()
-        found = secrets.read_from_environment(names)
+        found = secret_values.read_from_environment(names)
         missing_required = [n for n in required if n in found.missing]
         if fail_on_missing and missing_required:
             raise MissingSecretError(

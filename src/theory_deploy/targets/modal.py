@@ -5,7 +5,7 @@
 
 **Every call names its environment.** `environment_name=` is passed explicitly to every SDK call
 and to every `Secret.from_name` in the generated module; MODAL_ENVIRONMENT and profiles are never
-consulted for it, so nothing can land in (or be read from) `main` by default (original items 5, 9).
+consulted for it, so nothing can land in (or be read from) `main` by default.
 
 **Every call has a deadline.** SDK calls run as their `.aio` variants under `asyncio.wait_for`:
 THEORY_MODAL_TIMEOUT_S (default 60 s) each, the deploy itself THEORY_MODAL_DEPLOY_TIMEOUT_S
@@ -25,8 +25,8 @@ tag=sha256-<40 hex>, strategy="rolling")`. Before deploying it:
   * makes sure every secret it binds exists, creating a *placeholder* for each missing one (its
     keys with empty values, which processors treat as unset; for `api.auth_secret` a random
     token nobody knows, so an endpoint that wants auth is locked, never open). An existing secret
-    is never touched. So the guide's order start → sync-secrets works with a brand-new secret
-    (original item 6); mock runs work at once, real runs answer ERR_MISSING_SECRET until synced.
+    is never touched. So the documented order start → sync-secrets works with a brand-new
+    secret; mock runs work at once, real runs answer ERR_MISSING_SECRET until synced.
 `--dry-run` returns the plan and the module text and makes no call at all.
 
 **What a deploy records** (app tags, so audits and cleanup never parse app names): theory.managed,
@@ -35,8 +35,8 @@ characters do not fit a 63-character tag), theory.image (the repository) and the
 
 **sync-secrets.** Values come from this process's environment (registered with the scrubber before
 anything prints). A secret missing in Modal is created; an existing one is *updated*
-(`Secret.update`, which overwrites the keys we send; `allow_existing=True` would keep old values,
-original item 3). Modal never returns secret values, so whether a value changed cannot be known:
+(`Secret.update`, which overwrites the keys we send; `allow_existing=True` would keep the old
+values). Modal never returns secret values, so whether a value changed cannot be known:
 every existing secret with a value here is re-sent and reported `updated`; `unchanged` is always
 empty on Modal (honest, not guessed). Keys we do not send are left as they are. `--check` only
 looks; `--fail-on-missing` fails before changing anything when a required secret (REGISTRY_AUTH
@@ -75,7 +75,7 @@ import modal
 import modal.exception
 from modal.config import config as modal_config
 
-from .. import output, protocol, secrets
+from .. import output, protocol, secret_values
 from ..errors import (
     DeployError,
     FunctionNotFoundError,
@@ -89,7 +89,7 @@ from ..errors import (
     TheoryDeployError,
 )
 from ..refs import DIGEST_RE, Environment, ImageRef, Platform
-from ..secrets import REGISTRY_AUTH, REGISTRY_AUTH_KEYS, keys_for
+from ..secret_values import REGISTRY_AUTH, REGISTRY_AUTH_KEYS, keys_for
 from . import modal_app
 from .base import AppContext, DigestReadings, Endpoint, ListedApp, Target, changed_since_listing, digest_of
 from .modal_app import DIGEST_LABEL, FUNCTION_NAME, MANAGED_TAG, MODULE_NAME, SPEC_LABEL, DeployPlan
@@ -148,8 +148,8 @@ class ModalTarget(Target):
     def _require_credentials(self) -> None:
         token_id = os.environ.get("MODAL_TOKEN_ID") or modal_config.get("token_id")
         token_secret = os.environ.get("MODAL_TOKEN_SECRET") or modal_config.get("token_secret")
-        secrets.register_secret_value(token_id)
-        secrets.register_secret_value(token_secret)
+        secret_values.register_secret_value(token_id)
+        secret_values.register_secret_value(token_secret)
         if not token_id or not token_secret:
             missing = [n for n, v in (("MODAL_TOKEN_ID", token_id), ("MODAL_TOKEN_SECRET", token_secret)) if not v]
             raise ModalAuthError(f"no Modal credentials: {' and '.join(missing)} not set (and no ~/.modal.toml token).")
@@ -177,7 +177,7 @@ class ModalTarget(Target):
         except TheoryDeployError:
             raise
         except modal.exception.Error as exc:
-            message = secrets.scrub(str(exc).strip() or type(exc).__name__)
+            message = secret_values.scrub(str(exc).strip() or type(exc).__name__)
             mapped = on_error(exc, message) if on_error else None
             raise (mapped or self._translate(what, exc, message, env, not_found)) from None
         except (OSError, grpclib.exceptions.StreamTerminatedError, grpclib.exceptions.ProtocolError) as exc:
@@ -269,7 +269,7 @@ class ModalTarget(Target):
         if not name:
             return None
         token = os.environ.get("THEORY_AUTH_TOKEN") or os.environ.get(name) or None
-        secrets.register_secret_value(token)
+        secret_values.register_secret_value(token)
         return token
 
     # --- secrets ------------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ class ModalTarget(Target):
         if await self._secret(env, REGISTRY_AUTH, REGISTRY_AUTH_KEYS) is not None:
             return "present"
         existing = await self._secret(env, REGISTRY_AUTH)
-        credentials = secrets.registry_credentials()
+        credentials = secret_values.registry_credentials()
         problem = f"lacks the keys {' and '.join(REGISTRY_AUTH_KEYS)}" if existing is not None else "does not exist"
         if credentials is None:
             raise MissingSecretError(
@@ -338,7 +338,7 @@ class ModalTarget(Target):
     def _placeholder(self, app: AppContext, name: str) -> dict[str, str]:
         if name == app.processor.spec.api.auth_secret:
             token = token_urlsafe(32)  # locks the endpoint until sync-secrets sets the real token
-            secrets.register_secret_value(token)
+            secret_values.register_secret_value(token)
             return {name: token}
         return {key: "" for key in keys_for(name)}
 
@@ -353,25 +353,6 @@ class ModalTarget(Target):
             elif await self._create_secret(app.env, name, self._placeholder(app, name)):
                 declared.append(name)
         return declared, lacking
-
-    # --- images -------------------------------------------------------------------------------------
-    def verify_image(self, oci: ImageRef) -> ImageRef:
-        """Prove `oci` is (or is an index listing) the linux/amd64 manifest; return the manifest ref."""
-        from ..oci import RegistryClient
-        from ..pin import verify_pin_candidate
-
-        clients: list[RegistryClient] = []
-
-        def factory(registry: str) -> RegistryClient:
-            client = RegistryClient(registry, credentials=secrets.registry_credentials())
-            clients.append(client)
-            return client
-
-        try:
-            return verify_pin_candidate(str(oci), self.platform, factory).ref
-        finally:
-            for client in clients:
-                client.close()
 
     # --- start --------------------------------------------------------------------------------------
     def plan(self, app: AppContext, image: ImageRef) -> DeployPlan:
@@ -643,7 +624,7 @@ class ModalTarget(Target):
         self._require_credentials()
         # Every value this process knows is registered before a single line is printed.
         names, _required = app.processor.spec.secret_names()
-        secrets.read_from_environment([*names, REGISTRY_AUTH])
+        secret_values.read_from_environment([*names, REGISTRY_AUTH])
         return asyncio.run(self._logs(app, follow, tail))
 
     async def _logs(self, app: AppContext, follow: bool, tail: int) -> dict[str, Any]:
@@ -655,7 +636,7 @@ class ModalTarget(Target):
             # --follow is human mode (the CLI refuses it with --json): lines go to stdout, scrubbed.
             async for entry in handle.logs.stream.aio(timeout=idle):
                 for line in str(entry.message).splitlines():
-                    sys.stdout.write(secrets.scrub(line) + "\n")
+                    sys.stdout.write(secret_values.scrub(line) + "\n")
                     count += 1
                 sys.stdout.flush()
             result["line_count"] = count
@@ -666,7 +647,7 @@ class ModalTarget(Target):
             return [str(entry.message) async for entry in handle.logs.tail.aio(max(tail, 0))]
 
         messages = await self._call(f"reading the logs of {app.name} in {app.env}", collect(), env=app.env)
-        lines = [secrets.scrub(line) for message in messages for line in message.splitlines()]
+        lines = [secret_values.scrub(line) for message in messages for line in message.splitlines()]
         result.update(lines=lines, line_count=len(lines))
         result["summary"] = "\n".join(lines) if lines else f"(no log lines from {app.name})"
         return result
@@ -678,7 +659,7 @@ class ModalTarget(Target):
         check = check or dry_run
         names, required = app.processor.spec.secret_names()
         all_names = [*names, REGISTRY_AUTH]
-        found = secrets.read_from_environment(all_names)  # registers every value with the scrubber
+        found = secret_values.read_from_environment(all_names)  # registers every value with the scrubber
         missing_required = [n for n in [*required, REGISTRY_AUTH] if n in found.missing]
         if fail_on_missing and missing_required:
             raise MissingSecretError(
@@ -694,7 +675,7 @@ class ModalTarget(Target):
         self,
         app: AppContext,
         names: list[str],
-        found: secrets.SecretValues,
+        found: secret_values.SecretValues,
         missing_required: list[str],
         check: bool,
     ) -> dict[str, Any]:

@@ -7,8 +7,8 @@ that record the deploy so that `status`, `verify-digest` and cleanup never parse
 **The module.** Its top-level imports are the standard library and `modal` only, because Modal
 imports it inside the processor's image, which has neither theory-deploy nor our dependencies.
 Every value is a Python literal written with `repr()`, so no input can inject code. Every Modal
-object that has an environment names it (`ENV`), never relying on MODAL_ENVIRONMENT (original
-item 9). The function serves the processor's own FastAPI object (`app:app` in WORKDIR /app) with
+object that has an environment names it (`ENV`), never relying on MODAL_ENVIRONMENT. The
+function serves the processor's own FastAPI object (`app:app` in WORKDIR /app) with
 `@modal.asgi_app()`, and `@modal.concurrent(max_inputs=N)` lets one container hold N WebSocket
 connections at once (each connection is one Modal input).
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..refs import ImageRef
-from ..secrets import REGISTRY_AUTH
+from ..secret_values import REGISTRY_AUTH
 
 TEMPLATE_VERSION = "1"  # bump when the module's shape changes: every app then redeploys once
 MODULE_NAME = "theory_modal_app"  # stable: the module's name is part of Modal's function definition

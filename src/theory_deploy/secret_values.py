@@ -3,6 +3,8 @@
 Values are read from the process environment by name. Every value read is registered with the
 scrubber (and masked in GitHub Actions with `::add-mask::`) *before* anything could print it, so a
 value that slips into a message by mistake still prints as `***`.
+
+(Named `secret_values`, not `secrets`, so it never shadows the standard library's `secrets`.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ _MIN_SCRUB_LEN = 4
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# The guide's registry pull secret holds two keys; every other secret holds one key named like it.
+# The registry pull secret (REGISTRY_AUTH) holds two keys; every other secret holds one key named like it.
 REGISTRY_AUTH = "REGISTRY_AUTH"
 REGISTRY_AUTH_KEYS = ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")
 
@@ -68,7 +70,7 @@ def read_from_environment(names: Iterable[str], environ: Mapping[str, str] | Non
 
 
 def registry_credentials(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-    """REGISTRY_USERNAME/REGISTRY_PASSWORD (the keys of the guide's REGISTRY_AUTH), if both are set."""
+    """REGISTRY_USERNAME/REGISTRY_PASSWORD (the keys of the REGISTRY_AUTH secret), if both are set."""
     env = os.environ if environ is None else environ
     user, password = env.get("REGISTRY_USERNAME", ""), env.get("REGISTRY_PASSWORD", "")
     register_secret_value(password)

@@ -1,0 +1,266 @@
+"""The GitHub REST calls theory-deploy makes, over PyGithub, with typed errors and no token leaks.
+
+`GitHubClient` is used by the pin bot (find, open or update the one pull request of a bot branch)
+and by the nightly drift report (find, open, update, comment on and close its issue). Every call
+goes through `_call`, which retries transient failures (PyGithub's `GithubRetry`) and turns
+GitHub's answers into `GitHubError` with the HTTP status in `details` and a remedy for that status.
+The token or GitHub App key is registered with the scrubber and masked out of every message.
+
+Credentials: `GITHUB_TOKEN` (or `GH_TOKEN`), or a GitHub App (`GITHUB_APP_ID`,
+`GITHUB_APP_PRIVATE_KEY`, `GITHUB_APP_INSTALLATION_ID`); `GITHUB_REPOSITORY` is owner/name and
+`GITHUB_API_URL` the API root (GitHub Enterprise, or a local stand-in in tests).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+from . import secret_values as _secrets
+from .errors import GitHubError
+from .gitrun import mask_tokens
+
+DEFAULT_API_URL = "https://api.github.com"
+
+_REMEDY_BY_STATUS = {
+    401: "The GitHub token is invalid or expired: set GITHUB_TOKEN (or the GITHUB_APP_* variables) to a valid one.",
+    403: (
+        "The token may not do this: it needs contents: write and pull-requests: write. With GITHUB_TOKEN, "
+        "also enable Settings > Actions > General > "
+        "'Allow GitHub Actions to create and approve pull requests'."
+    ),
+    404: "Repository not found or not visible to the token: check GITHUB_REPOSITORY (owner/name) and GITHUB_API_URL.",
+    422: "GitHub refused the request as invalid: check that the pin branch was pushed and that the base branch exists.",
+}
+# Issue calls (the drift report) need other permissions and fail for other reasons than PR calls.
+_ISSUE_REMEDY_BY_STATUS = {
+    **_REMEDY_BY_STATUS,
+    403: "The token may not write issues: give the workflow `permissions: issues: write`.",
+    404: "No such issue or repository visible to the token: check the issue number, GITHUB_REPOSITORY and GITHUB_API_URL.",
+    422: "GitHub refused the issue as invalid: it needs a non-empty title (and a comment a non-empty body).",
+}
+
+
+class GitHubClient:
+    """The pull-request calls of the pin bot and the issue calls of the drift report, over PyGithub."""
+
+    def __init__(
+        self,
+        repository: str,
+        *,
+        token: str | None = None,
+        app_id: int | str | None = None,
+        app_private_key: str | None = None,
+        installation_id: int | str | None = None,
+        base_url: str = DEFAULT_API_URL,
+        timeout: int = 15,
+        retries: int = 3,
+        seconds_between_requests: float | None = 0.25,
+        seconds_between_writes: float | None = 1.0,
+    ) -> None:
+        from github import Auth, Github
+        from github.GithubRetry import GithubRetry
+
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repository or ""):
+            raise GitHubError(
+                f"GITHUB_REPOSITORY {repository!r} is not owner/name.",
+                remedy="Set GITHUB_REPOSITORY=owner/name (GitHub Actions sets it for you).",
+            )
+        self.repository = repository
+        self.owner = repository.split("/", 1)[0]
+        self.base_url = (base_url or DEFAULT_API_URL).rstrip("/")
+        self._secrets: list[str] = []
+        auth: Any
+        if token:
+            self._secrets.append(token)
+            auth = Auth.Token(token)
+            self.auth_kind = "token"
+        elif app_id and app_private_key and installation_id:
+            self._secrets.append(app_private_key)
+            try:
+                auth = Auth.AppAuth(int(app_id), app_private_key).get_installation_auth(int(installation_id))
+            except (ValueError, TypeError) as exc:
+                raise GitHubError(
+                    "GITHUB_APP_ID and GITHUB_APP_INSTALLATION_ID must be numbers.",
+                    remedy="Copy them from the GitHub App's settings page and its installation URL.",
+                ) from exc
+            self.auth_kind = "app"
+        else:
+            raise GitHubError(
+                "No GitHub credentials: GITHUB_TOKEN is not set (nor GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY "
+                "and GITHUB_APP_INSTALLATION_ID).",
+                remedy="In a workflow pass `env: GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}` "
+                "(permissions: contents: write, pull-requests: write), or the GitHub App's variables.",
+            )
+        if token:
+            _secrets.register_secret_value(token)
+        self._gh = Github(
+            base_url=self.base_url,
+            auth=auth,
+            timeout=timeout,
+            retry=GithubRetry(total=retries) if retries else None,
+            seconds_between_requests=seconds_between_requests,
+            seconds_between_writes=seconds_between_writes,
+            user_agent="theory-deploy",
+        )
+        self._repo: Any = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> GitHubClient:
+        env = os.environ if environ is None else environ
+        repository = env.get("GITHUB_REPOSITORY", "")
+        if not repository:
+            raise GitHubError(
+                "GITHUB_REPOSITORY is not set.",
+                remedy="Set GITHUB_REPOSITORY=owner/name (GitHub Actions sets it for you).",
+            )
+        app = (
+            env.get("GITHUB_APP_ID"),
+            env.get("GITHUB_APP_PRIVATE_KEY"),
+            env.get("GITHUB_APP_INSTALLATION_ID"),
+        )
+        token = None if all(app) else (env.get("GITHUB_TOKEN") or env.get("GH_TOKEN"))
+        return cls(
+            repository,
+            token=token,
+            app_id=app[0],
+            app_private_key=app[1],
+            installation_id=app[2],
+            base_url=env.get("GITHUB_API_URL") or DEFAULT_API_URL,
+            **kwargs,
+        )
+
+    # --- error handling ---------------------------------------------------------------------------
+    def _error(self, action: str, exc: BaseException, remedies: Mapping[int, str] = _REMEDY_BY_STATUS) -> GitHubError:
+        from github import GithubException
+
+        status: int | None = None
+        if isinstance(exc, GithubException):
+            status = exc.status
+            data = exc.data if isinstance(exc.data, dict) else {}
+            message = str(data.get("message") or exc.message or "").strip()
+            extra = [str(e.get("message") or e.get("code")) for e in data.get("errors", []) if isinstance(e, dict)]
+            if extra:
+                message = f"{message} ({'; '.join(extra)})"
+            text = f"GitHub {action} for {self.repository} failed: HTTP {status}: {message or 'no message'}."
+            remedy = remedies.get(
+                status or 0,
+                "GitHub answered with an error: check https://www.githubstatus.com and re-run (re-runs are safe).",
+            )
+        else:
+            text = f"GitHub {action} for {self.repository}: cannot reach {self.base_url} ({type(exc).__name__}: {exc})."
+            remedy = "Check network access to GITHUB_API_URL and re-run (re-runs are safe)."
+        err = GitHubError(mask_tokens(text, *self._secrets), remedy=remedy, details={"status": status})
+        err.status = status  # type: ignore[attr-defined]
+        return err
+
+    def _call(self, action: str, fn: Callable[[], Any], remedies: Mapping[int, str] = _REMEDY_BY_STATUS) -> Any:
+        import requests
+        from github import GithubException
+
+        try:
+            return fn()
+        except (GithubException, requests.exceptions.RequestException) as exc:
+            raise self._error(action, exc, remedies) from None
+
+    def _repository(self) -> Any:
+        if self._repo is None:
+            self._repo = self._call("repository lookup", lambda: self._gh.get_repo(self.repository))
+        return self._repo
+
+    # --- pull requests ----------------------------------------------------------------------------
+    def find_open_prs(self, branch: str) -> list[Any]:
+        repo = self._repository()
+        pulls = self._call(
+            "pull request lookup",
+            lambda: list(repo.get_pulls(state="open", head=f"{self.owner}:{branch}")),
+        )
+        return sorted((p for p in pulls if p.head.ref == branch), key=lambda p: p.number)
+
+    def open_or_update_pr(self, branch: str, base: str, title: str, body: str) -> tuple[str, str]:
+        """Return (html_url, "created" | "updated" | "unchanged"). Never opens a second PR for a branch."""
+        for _ in range(2):
+            existing = self.find_open_prs(branch)
+            if existing:
+                pr = existing[0]
+                if pr.title == title and _norm(pr.body) == _norm(body):
+                    return pr.html_url, "unchanged"
+                self._call(f"update of PR #{pr.number}", partial(pr.edit, title=title, body=body))
+                return pr.html_url, "updated"
+            repo = self._repository()
+            try:
+                pr = self._call(
+                    "pull request creation",
+                    partial(repo.create_pull, base=base, head=branch, title=title, body=body),
+                )
+            except GitHubError as err:
+                if getattr(err, "status", None) == 422 and "already exists" in err.message:
+                    continue  # another job created it between our lookup and create: update that one
+                raise
+            return pr.html_url, "created"
+        raise GitHubError(f"GitHub reported an open PR for {branch} but none could be found.")
+
+    # --- issues -----------------------------------------------------------------------------------
+    def find_open_issues(self, label: str) -> list[dict[str, Any]]:
+        """Open issues (not pull requests) carrying `label`, oldest first: [{number, title, body}]."""
+        repo = self._repository()
+        issues = self._call(
+            f"lookup of open issues labelled {label!r}",
+            lambda: list(repo.get_issues(state="open", labels=[label])),
+            _ISSUE_REMEDY_BY_STATUS,
+        )
+        found = [
+            {"number": i.number, "title": i.title, "body": i.body or ""}
+            for i in issues
+            if i.pull_request is None  # GitHub lists pull requests among issues too
+        ]
+        return sorted(found, key=lambda i: i["number"])
+
+    def create_issue(self, title: str, body: str, labels: list[str] | None = None) -> int:
+        """Open an issue; return its number."""
+        repo = self._repository()
+        issue = self._call(
+            "issue creation",
+            partial(repo.create_issue, title=title, body=body, labels=list(labels or [])),
+            _ISSUE_REMEDY_BY_STATUS,
+        )
+        return int(issue.number)
+
+    def update_issue(
+        self,
+        number: int,
+        *,
+        body: str | None = None,
+        state: str | None = None,
+        state_reason: str | None = None,
+    ) -> None:
+        """Change an issue's body and/or state ("open" | "closed"; state_reason e.g. "completed")."""
+        if state is not None and state not in ("open", "closed"):
+            raise GitHubError(f"issue state must be 'open' or 'closed', not {state!r}.", remedy="Pass open or closed.")
+        changes: dict[str, Any] = {}
+        if body is not None:
+            changes["body"] = body
+        if state is not None:
+            changes["state"] = state
+        if state_reason is not None:
+            changes["state_reason"] = state_reason
+        if not changes:
+            return
+        issue = self._issue(number)
+        self._call(f"update of issue #{number}", partial(issue.edit, **changes), _ISSUE_REMEDY_BY_STATUS)
+
+    def comment_on_issue(self, number: int, body: str) -> None:
+        issue = self._issue(number)
+        self._call(f"comment on issue #{number}", partial(issue.create_comment, body), _ISSUE_REMEDY_BY_STATUS)
+
+    def _issue(self, number: int) -> Any:
+        repo = self._repository()
+        # Lazy in PyGithub: no request until the edit or comment itself.
+        return self._call(f"lookup of issue #{number}", partial(repo.get_issue, int(number)), _ISSUE_REMEDY_BY_STATUS)
+
+
+def _norm(text: str | None) -> str:
+    return (text or "").replace("\r\n", "\n").strip()

@@ -1,0 +1,228 @@
+"""The one way theory-deploy runs git.
+
+`Git(cwd)` runs `git` in one folder with a fixed configuration, whoever calls it:
+
+- a scrubbed environment: variables that would point git at another repository, index or object
+  store (`GIT_DIR`, `GIT_WORK_TREE`, `GIT_INDEX_FILE`, ...; set for instance when a git hook runs
+  us) are dropped, output is in the C locale, and git never prompts (`GIT_TERMINAL_PROMPT=0`);
+- hooks disabled (`core.hooksPath=/dev/null`), no signing, no auto-gc, no LFS smudging;
+- stdin from /dev/null and a timeout on every call (a longer one for calls that reach a remote);
+- failures raised as a typed error (`GitError` unless the caller names another, e.g. rollback's
+  `RevisionError`), with anything shaped like a token masked in the message.
+
+Values a user supplies (a revision, a branch, a remote) must never be read as an option:
+`rev`, `blob` and `show` refuse a value starting with `-`, and `not_an_option` does the same for a
+caller that puts such a value on a command line itself.
+
+`try_out` is for best-effort readings (the branch name, a label): it returns None instead of raising.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+from . import secret_values as _secrets
+from .errors import GitError, TheoryDeployError
+
+LOCAL_TIMEOUT_S = 120
+NETWORK_TIMEOUT_S = 300
+
+# Variables that would point git at another repository, index or object store than the one we name.
+_ENV_DROP = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_QUARANTINE_PATH",
+    "GIT_PREFIX",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_SHALLOW_FILE",
+    "GIT_GRAFT_FILE",
+    "GIT_REPLACE_REF_BASE",
+)
+
+_CONFIG = (
+    "core.hooksPath=/dev/null",
+    "commit.gpgsign=false",
+    "tag.gpgsign=false",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "log.showSignature=false",
+    "rebase.updateRefs=false",
+    "rebase.autoStash=false",
+    "core.quotePath=false",
+    "advice.detachedHead=false",
+)
+
+
+class Identity(Protocol):
+    """Who commits: the author and committer name and email of every commit the runner makes."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def email(self) -> str: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# Masking
+# ---------------------------------------------------------------------------------------------------
+
+_TOKEN_PATTERNS = (
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9_]{16,}"),
+    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
+    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),  # JWTs
+    re.compile(r"(?i)(?<=authorization: )(?:token|bearer|basic) \S+"),
+    re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),  # user:password@ in URLs
+    re.compile(r"(?<=x-access-token:)[^@\s]+"),
+)
+
+
+def mask_tokens(text: str, *secret_values: str | None) -> str:
+    """Replace the given secret values and anything shaped like a GitHub token or JWT with `***`."""
+    for value in sorted((v for v in secret_values if v), key=len, reverse=True):
+        text = text.replace(value, "***")
+    for pattern in _TOKEN_PATTERNS:
+        text = pattern.sub("***", text)
+    return _secrets.scrub(text)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values that must not become options
+# ---------------------------------------------------------------------------------------------------
+
+
+def not_an_option(value: str, what: str, error: type[TheoryDeployError] = GitError) -> str:
+    """Return `value`, or raise `error` when git would read it as an option (or it is empty)."""
+    if not value:
+        raise error(f"{what} is empty.")
+    if value.startswith("-"):
+        raise error(
+            f"{what} {value!r} starts with '-', so git would read it as an option; refusing it.",
+            remedy=f"Pass a real {what} (a name or a commit sha, not starting with '-').",
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------------------
+
+
+class Git:
+    """Runs git in one folder with a fixed, hook-free, prompt-free configuration."""
+
+    def __init__(
+        self,
+        cwd: Path,
+        identity: Identity | None = None,
+        *,
+        timeout: float = LOCAL_TIMEOUT_S,
+        error: type[TheoryDeployError] = GitError,
+    ) -> None:
+        self.cwd = Path(cwd)
+        self.identity = identity
+        self.timeout = timeout
+        self.error = error
+        env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
+        env.update(
+            LC_ALL="C",
+            LANGUAGE="C",
+            GIT_TERMINAL_PROMPT="0",
+            GCM_INTERACTIVE="never",
+            GIT_LFS_SKIP_SMUDGE="1",
+            GIT_OPTIONAL_LOCKS="0",
+        )
+        if identity is not None:
+            env.update(
+                GIT_AUTHOR_NAME=identity.name,
+                GIT_AUTHOR_EMAIL=identity.email,
+                GIT_COMMITTER_NAME=identity.name,
+                GIT_COMMITTER_EMAIL=identity.email,
+            )
+        self.env = env
+
+    def with_cwd(self, cwd: Path) -> Git:
+        return Git(cwd, self.identity, timeout=self.timeout, error=self.error)
+
+    def run(
+        self, *args: str, check: bool = True, network: bool = False, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `git ARGS`; raise `self.error` when git is missing, times out, or (with check) fails."""
+        argv = ["git"]
+        for setting in _CONFIG:
+            argv += ["-c", setting]
+        argv += args
+        limit = timeout or (max(self.timeout, NETWORK_TIMEOUT_S) if network else self.timeout)
+        try:
+            proc = subprocess.run(
+                argv,
+                cwd=self.cwd,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=limit,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError as exc:
+            if not self.cwd.is_dir():
+                raise self.error(f"{self.cwd} is not a folder; cannot run git there.") from exc
+            raise self.error("git is not installed (no `git` on PATH).", remedy="Install git.") from exc
+        except OSError as exc:
+            raise self.error(f"cannot run git in {self.cwd}: {exc.strerror or exc}.") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise self.error(
+                mask_tokens(f"`git {' '.join(args[:2])}` in {self.cwd} did not finish in {exc.timeout:.0f}s."),
+                remedy="Check network access to the git remote and re-run; nothing was changed in your work tree.",
+            ) from None
+        if check and proc.returncode != 0:
+            raise self.error(
+                mask_tokens(
+                    f"`git {' '.join(args)}` failed in {self.cwd} (exit {proc.returncode}): "
+                    f"{(proc.stderr or proc.stdout).strip()}"
+                )
+            )
+        return proc
+
+    def out(self, *args: str, network: bool = False) -> str:
+        """Stripped stdout of a call that must succeed."""
+        return self.run(*args, network=network).stdout.strip()
+
+    def ok(self, *args: str) -> bool:
+        return self.run(*args, check=False).returncode == 0
+
+    def try_out(self, *args: str) -> str | None:
+        """Stripped stdout, or None when git is missing, fails, times out or prints nothing."""
+        try:
+            proc = self.run(*args, check=False)
+        except TheoryDeployError:
+            return None
+        out = proc.stdout.strip()
+        return out if proc.returncode == 0 and out else None
+
+    def rev(self, spec: str) -> str | None:
+        """The commit sha `spec` names, or None when it names none. Refuses an option-like value."""
+        not_an_option(spec, "revision", self.error)
+        proc = self.run("rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}", check=False)
+        sha = proc.stdout.strip()
+        return sha if proc.returncode == 0 and sha else None
+
+    def blob(self, rev: str, path: str) -> str | None:
+        """The blob id of `path` at `rev` (`:0` is the index), or None when there is no such file."""
+        not_an_option(rev, "revision", self.error)
+        proc = self.run("rev-parse", "--verify", "--quiet", f"{rev}:{path}", check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def show(self, rev: str, path: str) -> str | None:
+        """The text of `path` at `rev`, or None when the revision or the file does not exist."""
+        not_an_option(rev, "revision", self.error)
+        proc = self.run("show", f"{rev}:{path}", check=False)
+        return proc.stdout if proc.returncode == 0 else None

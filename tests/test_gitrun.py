@@ -9,7 +9,8 @@ import pytest
 
 from theory_deploy.errors import GitError, RevisionError
 from theory_deploy.gitrun import Git, mask_tokens, not_an_option
-from theory_deploy.registry_pins import pin_history, pin_line, pin_lines, pins_at, pins_in_text
+from theory_deploy.registry_file import pin_line
+from theory_deploy.registry_pins import pin_history, pin_lines, pins_at, pins_in_text
 
 REPO = "127.0.0.1:5000/acme/llm-litellm"
 A = f"{REPO}@sha256:{'a' * 64}"
@@ -167,3 +168,25 @@ def test_no_stray_git_subprocesses_in_src() -> None:
         if p.name != "gitrun.py" and ('["git"' in p.read_text() or "['git'" in p.read_text())
     ]
     assert offenders == [], offenders
+
+
+def test_rollback_finds_earlier_pins_through_the_history(repo: Path) -> None:
+    from theory_deploy.registry_file import load_path
+    from theory_deploy.targets.base import earlier_pin
+
+    first = commit_registry(repo, registry_text(A), "pin A")
+    commit_registry(repo, registry_text(B, A), "pin B")
+    processor = load_path(repo / "processors/llm/litellm/registry.yaml", repo)
+    assert str(earlier_pin(processor, "amd64", f"sha256:{'a' * 64}")) == A
+    assert str(earlier_pin(processor, "amd64", A)) == A
+    assert str(earlier_pin(processor, "arm64", f"sha256:{'a' * 64}")) == A
+    assert str(earlier_pin(processor, "amd64", first)) == A
+    assert str(earlier_pin(processor, "amd64", "HEAD")) == B
+    with pytest.raises(RevisionError, match="never pinned arm64"):
+        earlier_pin(processor, "arm64", f"sha256:{'b' * 64}")  # B was only ever amd64's pin
+    with pytest.raises(RevisionError, match="had no arm64 pin"):
+        earlier_pin(processor, "arm64", first)
+    with pytest.raises(RevisionError, match="starts with '-'"):
+        earlier_pin(processor, "amd64", "--output=/tmp/x")
+    with pytest.raises(RevisionError, match="no such revision"):
+        earlier_pin(processor, "amd64", "nope")

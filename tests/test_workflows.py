@@ -287,7 +287,12 @@ def test_composite_actions_reach_their_files_through_action_path(path: Path) -> 
         assert not str(step.get("uses", "")).startswith("./"), "uses: ./ resolves in the caller's workspace"
         if "run" in step:
             assert step.get("shell") == "bash"
-            assert "$GITHUB_ACTION_PATH/" in step["run"]
+            # Our code is reached through the action's own folder: the bootstrap by its path, every
+            # later step as a module of the venv that bootstrap built from that folder. `-I` keeps the
+            # caller's working directory (and PYTHON* variables) off sys.path.
+            if "$GITHUB_ACTION_PATH/" not in step["run"]:
+                assert " -I -m theory_deploy.action " in step["run"], step["run"]
+                assert step["env"]["THEORY_VENV"] == "${{ steps.setup.outputs.venv }}"
             assert "${THEORY_PYTHON" not in step["run"]
     for name in doc.get("inputs") or {}:
         assert f"inputs.{name}" in used_in_env, f"{rel(path)}: input {name} reaches no step (through env:)"

@@ -72,8 +72,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import output
 from .errors import (
     GitError,
+    PlatformMismatchError,
     ProcessorNotFoundError,
     PushConflictError,
     TheoryDeployError,
@@ -81,8 +83,11 @@ from .errors import (
 )
 from .github_client import GitHubClient
 from .gitrun import Git, mask_tokens, not_an_option
+from .oci import RegistryClients
+from .pin import verify_pin_candidate
 from .refs import ProcessorRef
-from .registry_pins import is_pin_only_change, pins_in_text
+from .registry_file import LoadedProcessor
+from .registry_pins import is_pin_only_change, pins_at, pins_in_text
 
 __all__ = [  # GitHubClient, is_pin_only_change and mask_tokens live elsewhere; tests import them from here
     "BOT_TRAILER",
@@ -98,7 +103,9 @@ __all__ = [  # GitHubClient, is_pin_only_change and mask_tokens live elsewhere; 
     "pin_reapplier",
     "pr_body",
     "pr_title",
+    "propose_pins",
     "publish_pin_pr",
+    "verify_proposed_pins",
 ]
 
 BRANCH_PREFIX = "theory-deploy/pin/"
@@ -625,4 +632,73 @@ def _finish(
             err.details.setdefault("pushed", status == "pushed")
             raise
         result["pr"] = {"url": url, "result": outcome}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# From a work tree's pins to the PRs
+# ---------------------------------------------------------------------------------------------------
+
+
+def verify_proposed_pins(changes: list[PinChange]) -> None:
+    """Ask the registry about every pin the PR would propose, exactly as `pin` does: a hand-edited
+    registry.yaml must not get a digest the registry lacks, or one for the wrong platform, into review."""
+    clients = RegistryClients()
+    try:
+        for change in changes:
+            for platform, (_old, new) in change.platforms.items():
+                if new is None:
+                    continue
+                where = f"{change.registry_path} image.platforms.{platform}"
+                candidate = verify_pin_candidate(
+                    new, platform, clients, expected_repository=change.repository, where=where
+                )
+                if candidate.pin != new:
+                    raise PlatformMismatchError(
+                        f"{where}: {new} is a multi-platform index, not the linux/{platform} manifest "
+                        f"({candidate.pin}).",
+                        remedy=f"Pin the manifest: `processorctl pin --ref {change.ref} --platform {platform} --oci {new}`.",
+                    )
+                output.progress(f"verified {platform}: {new} is a linux/{platform} image manifest")
+    finally:
+        clients.close()
+
+
+def propose_pins(
+    processors: list[LoadedProcessor], *, base: str, remote: str = "origin", open_pr: bool = True
+) -> dict[str, Any]:
+    """Commit the work tree's pins of `processors` to their bot branches and open or update one PR
+    each (only the branch, with `open_pr` False). Pins equal to the base branch's propose nothing."""
+    not_an_option(remote, "remote", UsageError)
+    not_an_option(base, "base branch", UsageError)
+    changes: list[PinChange] = []
+    repo_root = None
+    for processor in processors:
+        repo_root = processor.repo_root
+        relative = processor.path.resolve().relative_to(processor.repo_root.resolve()).as_posix()
+        # "old" is only for the commit message and PR body; what really changes is decided against
+        # the freshly fetched base inside publish_pin_pr, where the pins are re-applied.
+        before = pins_at(Git(processor.repo_root, timeout=30), f"{remote}/{base}", relative) or {}
+        platforms: dict[str, tuple[str | None, str | None]] = {
+            platform: (before.get(platform), pin)
+            for platform, pin in processor.spec.pins().items()
+            if pin is not None and before.get(platform) != pin
+        }
+        if platforms:
+            changes.append(PinChange(str(processor.ref), relative, processor.spec.image.repository, platforms))
+    if not changes or repo_root is None:
+        return {"processors": [], "summary": "no pins differ from the base branch: nothing to commit, no PR"}
+    verify_proposed_pins(changes)
+    github = GitHubClient.from_env() if open_pr else None
+    result = publish_pin_pr(
+        repo_root,
+        changes,
+        remote=remote,
+        base_branch=base,
+        github=github,
+        reapply=pin_reapplier(changes),
+    )
+    urls = [p["pr"]["url"] for p in result["processors"] if p.get("pr")]
+    result["pr_url"] = urls[0] if len(urls) == 1 else None
+    result["pr_urls"] = urls
     return result

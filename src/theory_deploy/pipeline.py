@@ -312,7 +312,7 @@ class _ProcessorRun:
         return {"pins": result["pins"], "changed": result["changed"], "file": result["file"]}
 
     def stage_pr(self) -> dict[str, Any]:
-        from .cli.pr_cmds import propose_pins  # the PR algorithm needs git and GitHub: loaded when used
+        from .gitpr import propose_pins  # git and the GitHub client: loaded only when a PR is asked for
 
         assert self.request.pr_base  # stage_problems: pr needs a base branch
         result = propose_pins(

@@ -362,6 +362,29 @@ class LoadedProcessor:
         return ImageRef.parse_digest_ref(pin, where=f"{_display(self.path)} image.platforms.{platform}")
 
 
+def pin_line(path_or_text: os.PathLike[str] | str, platform: str) -> int | None:
+    """1-based line of `image.platforms.<platform>`'s value (for annotations), or None when there is
+    none or the file cannot be read. A path (`Path`, any `os.PathLike`) is read from disk; a `str` is
+    the registry.yaml text itself. `platform` may be `amd64` or `linux/amd64`."""
+    if isinstance(path_or_text, os.PathLike):
+        try:
+            text = Path(path_or_text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+    else:
+        text = path_or_text
+    try:
+        doc = _yaml().load(text)
+    except (YAMLError, ValueError):
+        return None
+    image = doc.get("image") if isinstance(doc, CommentedMap) else None
+    platforms = image.get("platforms") if isinstance(image, CommentedMap) else None
+    short = platform.removeprefix("linux/")
+    if not isinstance(platforms, CommentedMap) or short not in platforms:
+        return None
+    return int(platforms.lc.value(short)[0]) + 1
+
+
 def load_path(path: Path, repo_root: Path | None = None) -> LoadedProcessor:
     spec, problems = check_file(path)
     if problems or spec is None:

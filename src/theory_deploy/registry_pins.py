@@ -5,7 +5,8 @@ one place that *reads* pins out of a registry.yaml text that may not be the chec
 branch's, an earlier revision's), where the pin lines are, and how the pins changed over history:
 
 - `pins_in_text(text)`: `{platform: pin or None}`, tolerant of unreadable text ({}).
-- `pin_lines(text)` / `pin_line(path_or_text, platform)`: where the pins stand (1-based lines).
+- `pin_lines(text)`: every line the pins stand on (1-based); `registry_file.pin_line` gives the
+  line of one platform's pin, for annotations.
 - `without_pins(text)`: the document with the pins set aside, to tell a pin-only edit from a change.
 - `pins_at(git, rev, path)` and `pin_history(git, path)`: the pins at one revision, and at every
   revision that changed the file (newest first), read with the YAML parser, never grepped from diffs.
@@ -15,7 +16,6 @@ branch's, an earlier revision's), where the pin lines are, and how the pins chan
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,25 +84,6 @@ def pin_lines(text: str) -> set[int] | None:
     elif platforms is not None:
         return None
     return lines
-
-
-def pin_line(path_or_text: os.PathLike[str] | str, platform: str) -> int | None:
-    """1-based line of `image.platforms.<platform>`'s value (for annotations), or None when there is
-    none or the file cannot be read. A path (`Path`, any `os.PathLike`) is read from disk; a `str` is
-    the registry.yaml text itself."""
-    if isinstance(path_or_text, os.PathLike):
-        try:
-            text = Path(path_or_text).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return None
-    else:
-        text = path_or_text
-    image = _rt_image(text)
-    platforms = image.get("platforms") if image is not None else None
-    short = platform.removeprefix("linux/")
-    if not isinstance(platforms, CommentedMap) or short not in platforms:
-        return None
-    return int(platforms.lc.value(short)[0]) + 1
 
 
 def without_pins(text: str | None) -> Any:

@@ -176,7 +176,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _check_marked(fixture: str) -> None:
-    """Fail the current test if it reaches a service fixture without that service's marker."""
+    """Fail the current test if it reaches a service fixture without that service's marker.
+
+    Requesting the fixture as an argument marks the test (above), so this only catches dynamic use
+    (``request.getfixturevalue``). The fixtures are session-scoped, so the check runs on first use;
+    pytest then re-raises the same failure to every later user, naming the unmarked test.
+    """
     item = _current_item[0] if _current_item else None
     if item is None:
         return
@@ -261,7 +266,8 @@ def auth_registry() -> AuthRegistry:
     pw_file = env.get("THEORY_AUTH_REGISTRY_PASSWORD_FILE", "")
     if not host or _http_status(f"http://{host}/v2/") != 401 or not pw_file or not Path(pw_file).is_file():
         pytest.skip(
-            f"auth registry {host or '(unset)'} not up (or password file missing); run `scripts/dev-services up`"
+            f"auth registry {host or '(unset)'} not up (or password file missing); run `scripts/dev-services up`. "
+            f"{_services.get('up_error', '')}".strip()
         )
     password = Path(pw_file).read_text().strip()
     return AuthRegistry(host=host, user=env.get("THEORY_AUTH_REGISTRY_USER", "theory"), password=password)

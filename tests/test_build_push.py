@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from theory_deploy import build, oci, push, registry_file
+from theory_deploy import build, docker, oci, push, registry_file
 from theory_deploy.cli import framework, processorctl
 from theory_deploy.errors import DockerUnavailableError, ImageBuildError
 from theory_deploy.oci import RegistryClient, RetryPolicy
@@ -196,7 +196,7 @@ def test_build_failure_shows_the_log_tail(env: Path, registry: str) -> None:
 def test_build_command_flags(tmp_path: Path) -> None:
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
-    builder = build.Builder("/usr/bin/docker", "buildkit")
+    builder = docker.Builder("/usr/bin/docker", "buildkit")
     cmd = build.build_command(
         builder,
         platform="arm64",
@@ -214,7 +214,7 @@ def test_build_command_flags(tmp_path: Path) -> None:
     assert "--pull" in cmd and f"id=ca_bundle,src={ca}" in cmd and "K=V" in cmd and "a=b" in cmd
     assert builder.env()["DOCKER_BUILDKIT"] == "1"
     bx = build.build_command(
-        build.Builder("docker", "buildx"),
+        docker.Builder("docker", "buildx"),
         platform="amd64",
         context=tmp_path,
         dockerfile=tmp_path / "Dockerfile",
@@ -237,7 +237,7 @@ def test_a_new_client_without_buildx_is_refused(monkeypatch: pytest.MonkeyPatch)
         pytest.skip("needs a docker client >= 23 without buildx at /usr/local/bin/docker")
     monkeypatch.setenv("THEORY_DOCKER", new_client)
     with pytest.raises(DockerUnavailableError, match="no buildx plugin"):
-        build.find_builder()
+        docker.find_builder()
 
 
 @pytest.mark.slow

@@ -9,6 +9,9 @@ This module holds the publish algorithm and its messages (commit message, PR tit
 runs through `gitrun.Git`, pins are read with `registry_pins`, and GitHub is reached through
 `github_client.GitHubClient`.
 
+Why one file of this size: the steps below share one worktree, one lease and one bot identity;
+split up, one invariant (never overwrite a commit the bot did not make) would be spread over files.
+
 How a pin reaches the branch
 ----------------------------
 1. `git ls-remote` + `git fetch` of the base branch and the bot branch into a private ref namespace

@@ -1,6 +1,10 @@
 """A Distribution API v2 client over plain httpx: auth, retries, manifests, blobs, indexes.
 
 Why not a library: `oras` cannot push an index and the docker SDK gives no per-platform digests.
+Why one file of this size: auth, retries, body verification and the connection pool share state
+(the token cache per scope, the retry budget), and every caller relies on one rule for when a body
+is trusted. Split up, two halves could disagree on that rule.
+
 This client speaks just enough of the API for theory-deploy:
 
 * **Auth.** Anonymous first. A `401` with `WWW-Authenticate: Basic` makes it send the credentials;

@@ -38,7 +38,8 @@ from typing import IO, Any
 
 from . import output
 from .build import BuiltImage
-from .docker import Docker, docker_client, inspect_image
+from .docker import Docker, inspect_image
+from .docker import docker_client as default_docker_client
 from .errors import ImagePushError, TheoryDeployError
 from .files import atomic_write
 from .oci import (
@@ -234,7 +235,7 @@ class Pusher:
         self.client = client
         self.repo = repository.path
         self.repository = repository
-        self.docker = docker_client or docker_client_default()
+        self.docker = docker_client or default_docker_client()
         self.cache = cache or BlobCache(default_cache_dir())
         self.progress = progress
         self.uploaded = 0
@@ -469,10 +470,6 @@ def push_platform_images(
 # ---------------------------------------------------------------------------------------------------
 # docker helpers
 # ---------------------------------------------------------------------------------------------------
-
-
-# The client build and the local target use too (docker.py chooses it); the name callers know.
-docker_client_default = docker_client
 
 
 def _docker_save(client: str, image_id: str, dest: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import build as build_mod
-from .. import output, pin, push, push_records, registry_file
+from .. import docker, output, pin, push, push_records, registry_file
 from ..errors import ImageBuildError, UsageError
 from ..oci import RegistryClients
 from ..pipeline import Pipeline, PipelineRequest
@@ -81,7 +81,7 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _local_images(loaded: registry_file.LoadedProcessor, platforms: list[str]) -> dict[str, build_mod.BuiltImage]:
-    client = push.docker_client_default()
+    client = docker.docker_client()
     built: dict[str, build_mod.BuiltImage] = {}
     context = (loaded.folder / loaded.spec.build.context).resolve()
     revision = build_mod.source_revision(context)

@@ -2,6 +2,9 @@
 
 `localctl` takes exactly `modalctl`'s verbs; this module is what they do here.
 
+Why one file of this size: it is one implementation of `base.Target`, verb by verb, the local
+counterpart of targets/modal.py; reading it top to bottom tells what each verb does on this engine.
+
 **The engine.** Driven through the `docker` CLI (`docker.Docker`: a timeout on every call), not the
 Engine API: the CLI already honours everything a user may have configured (DOCKER_HOST, TLS,
 ssh://), it passes registry credentials to the daemon for us, and `docker run -e NAME` copies a

@@ -3,6 +3,9 @@
 `modalctl` takes exactly `localctl`'s verbs; this module is what they do on Modal, through the
 `modal` SDK (pinned exactly; tests/test_modal_sdk_surface.py guards every call made here).
 
+Why one file of this size: it is one implementation of `base.Target`, verb by verb, the Modal
+counterpart of targets/local.py; the generated deploy module lives apart, in modal_app.py.
+
 **Every call names its environment.** `environment_name=` is passed explicitly to every SDK call
 and to every `Secret.from_name` in the generated module; MODAL_ENVIRONMENT and profiles are never
 consulted for it, so nothing can land in (or be read from) `main` by default.

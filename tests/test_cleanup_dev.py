@@ -1,6 +1,6 @@
 """`cleanup-dev` on both targets: stop the dev apps whose RECORDED branch no longer exists.
 
-Original item 10: the old cleanup rebuilt branch names by splitting app names on `-` and stopped the
+The trap: a cleanup that rebuilds branch names by splitting app names on `-` stops the
 wrong apps. Here the branches are chosen so that any name-splitting rule picks the wrong app:
 `feat` + user `x-alice` and `feat-x` + user `bob` give `feat-x-alice-…` and `feat-x-bob-…`; with
 `feat` deleted and `feat-x` kept, "first part" stops both, "all but the user part" stops neither.

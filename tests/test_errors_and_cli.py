@@ -32,7 +32,7 @@ def test_codes_and_exit_codes_are_unique_and_stable():
     assert len(set(exits)) == len(exits)
     assert all(code.startswith("ERR_") for code in codes)
     assert all(cls.remedy for cls in errors.ALL_ERRORS)
-    # kept from the original system, meaning the same thing
+    # codes processors and earlier tooling already emit keep their meaning
     for kept in [
         "ERR_IMAGE_UNPINNED",
         "ERR_IMAGE_PULL",

@@ -2,7 +2,7 @@
 
 Most tests drive the real CLI (`modalctl`) in a subprocess pointed at the stand-in
 (`ModalStandIn.env_vars()`), with MODAL_ENVIRONMENT=main set as a trap: nothing may land there.
-Each defect of the original system (reference/original-system.md) has a test that would have caught it:
+Each defect a deploy tool of this kind is known to have had has a test here that would catch it:
 
 * 1, 2 (verify always failed; the digest was only self-reported):
   test_verify_passes_when_right_and_fails_when_wrong, test_verify_fails_closed
@@ -459,7 +459,7 @@ def test_start_records_everything_then_is_unchanged(dev_world: World) -> None:
         "THEORY_APP": name,
         "THEORY_ENV": "dev",
     }
-    # REGISTRY_AUTH holds exactly the two keys (original item 20); placeholders are empty, never guessed.
+    # REGISTRY_AUTH holds exactly the two keys private pulls need; placeholders are empty, never guessed.
     assert w.cp.state.secret_values("dev", "REGISTRY_AUTH") == {
         "REGISTRY_USERNAME": "bot",
         "REGISTRY_PASSWORD": w.canaries["REGISTRY_PASSWORD"],
@@ -481,7 +481,7 @@ def test_start_records_everything_then_is_unchanged(dev_world: World) -> None:
 
 
 def test_every_call_names_the_target_environment(world: World) -> None:
-    """Original item 9: with MODAL_ENVIRONMENT=main set, nothing may reach `main`, no call may be unnamed."""
+    """Lookups never fall back to `main`: with MODAL_ENVIRONMENT=main set, nothing may reach `main`, no call may be unnamed."""
     env = world.secrets_env(
         OPENAI_API_KEY=world.canaries["OPENAI_API_KEY"],
         THEORY_CANARY_SECRET=world.canaries["THEORY_CANARY_SECRET"],
@@ -572,7 +572,7 @@ def test_image_build_failure_is_an_image_pull_error(tmp_path: Path, canaries: di
 
 
 def test_secrets_land_in_the_target_environment_only(world: World) -> None:
-    """Original item 5: sync names the environment; nothing reaches dev or main."""
+    """Sync names the environment (secrets once landed in whichever was active); nothing reaches dev or main."""
     env = world.secrets_env(
         OPENAI_API_KEY=world.canaries["OPENAI_API_KEY"],
         THEORY_CANARY_SECRET=world.canaries["THEORY_CANARY_SECRET"],
@@ -587,7 +587,7 @@ def test_secrets_land_in_the_target_environment_only(world: World) -> None:
 
 
 def test_start_then_sync_with_a_brand_new_secret(world: World) -> None:
-    """Original item 6: the guide's order start → sync-secrets, with secrets that exist nowhere yet."""
+    """The documented order start → sync-secrets, with secrets that exist nowhere yet."""
     world.ok("start", extra=world.secrets_env())
     fn = world.cp.state.deployed_app("staging", world.name).functions["web"]
     bound = {world.cp.state.secrets_by_id[i].name: i for i in fn.secret_ids}
@@ -606,7 +606,7 @@ def test_start_then_sync_with_a_brand_new_secret(world: World) -> None:
 
 
 def test_rotated_value_reaches_modal(world: World) -> None:
-    """Original item 3: create-with-allow-existing kept old values; an update must replace them."""
+    """Rotation: create-with-allow-existing keeps old values; an update must replace them."""
     world.ok("sync-secrets", extra=world.secrets_env(OPENAI_API_KEY="old-value-1111"))
     assert world.cp.state.secret_values("staging", "OPENAI_API_KEY") == {"OPENAI_API_KEY": "old-value-1111"}
     rotated = world.canaries["OPENAI_API_KEY"]
@@ -622,7 +622,7 @@ def test_rotated_value_reaches_modal(world: World) -> None:
 
 
 def test_sync_report_check_and_fail_on_missing(world: World) -> None:
-    """Original item 4: the report is right by name, --check changes nothing, the failure branch runs."""
+    """The sync report is right by name, --check changes nothing, the failure branch runs."""
     env = world.secrets_env(OPENAI_API_KEY=world.canaries["OPENAI_API_KEY"])
     check = world.ok("sync-secrets", "--check", extra=env)
     assert check["check"] is True
@@ -681,7 +681,7 @@ def _hand_deploy(world: World, tmp_path: Path, *, image_ref: str, digest: str, t
 
 
 def test_verify_passes_when_right_and_fails_when_wrong(world: World, tmp_path: Path) -> None:
-    """Original items 1 and 2: verify must pass for what runs and fail, naming both digests, otherwise."""
+    """verify must pass for what runs and fail, naming both digests, otherwise."""
     world.ok("start", extra=world.secrets_env())
     ok = world.ok("verify-digest")
     assert ok["verified"] is True and ok["readings"] == {"deploy_record": D_A, "healthz": D_A}

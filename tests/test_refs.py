@@ -1,4 +1,4 @@
-"""Processor refs, environments and app names: the guide's cases, and properties over any input."""
+"""Processor refs, environments and app names: the documented examples (README), and properties over any input."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ process exit code and a default remedy. The CLI turns any of them into a one-lin
 --debug is given. The README's error table is generated from `ALL_ERRORS` and a test keeps it in sync.
 
 Exit code 2 is reserved for usage errors (argparse's own convention), 1 for bugs (`ERR_INTERNAL`).
-Codes kept from the original system mean the same thing here.
+Codes that processors and earlier deploy tooling already emit (ERR_IMAGE_UNPINNED, ERR_MISSING_SECRET,
+ERR_WS_PROTOCOL, ...) keep their meaning, so scripts that match on them keep working.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The verbs shared by `localctl` and `modalctl`: one parser builder, so both tools take exactly the
-same verbs and flags (the guide's), and differ only in the target behind them."""
+same verbs and flags (README, "The CLI"), and differ only in the target behind them."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ Fixtures: ``repo_root``, ``docker_cli``, ``registry``, ``auth_registry``, ``base
 
 Markers say what a test needs (registered in pyproject.toml). ``pytest_collection_modifyitems``
 below adds them from the fixtures a test requests, directly or through other fixtures, so a new
-test is marked correctly without anyone remembering to:
+test is marked correctly without anyone remembering to (``EXTRA_MARKERS`` covers the few tests
+whose need does not show in their fixtures):
 
 - ``docker``: a Docker engine (``docker_cli``, ``base_image``);
 - ``registry``: the loopback registries (``registry``, ``auth_registry``, ``base_image``);
@@ -147,6 +148,14 @@ SERVICE_FIXTURES: dict[str, tuple[str, ...]] = {
     "base_image": ("docker", "registry"),
 }
 SERVICE_MARKERS = ("docker", "registry")
+# Markers for tests that need them but do not carry them in their own file (yet). Keys are node ids
+# or node-id prefixes; prefer a `pytestmark` / decorator in the test file and drop the entry here.
+EXTRA_MARKERS: dict[str, tuple[str, ...]] = {
+    # every test runs scripts/action-entrypoint (a Python process or two) in a subprocess
+    "tests/test_action_glue.py::": ("slow",),
+    # the real `setup` verb: pip installs requirements/lock.txt from the package index
+    "tests/test_action_glue.py::test_setup_builds_a_private_hash_locked_venv_once": ("network",),
+}
 NOT_FAST_MARKERS = (*SERVICE_MARKERS, "network", "slow")
 
 _service_tests: set[str] = set()  # node ids of the docker- or registry-marked tests
@@ -158,6 +167,11 @@ _current_item: list[pytest.Item] = []  # the test being set up / run, for _check
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     conflicts = []
     for item in items:
+        for prefix, extra in EXTRA_MARKERS.items():
+            if item.nodeid.startswith(prefix):
+                for marker in extra:
+                    if item.get_closest_marker(marker) is None:
+                        item.add_marker(marker)
         names = set(getattr(item, "fixturenames", ()))
         for fixture, markers in SERVICE_FIXTURES.items():
             if fixture in names:

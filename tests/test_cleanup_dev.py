@@ -162,6 +162,7 @@ def modal_world(tmp_path: Path) -> Iterator[ModalWorld]:
         yield world
 
 
+@pytest.mark.slow
 def test_modal_app_names_are_ambiguous_on_purpose(modal_world: ModalWorld) -> None:
     apps = modal_world.apps
     slug = apps["staging"]
@@ -170,6 +171,7 @@ def test_modal_app_names_are_ambiguous_on_purpose(modal_world: ModalWorld) -> No
     assert not modal_world.live("dev", apps["D"])
 
 
+@pytest.mark.slow
 def test_modal_cleanup_stops_exactly_the_app_of_the_deleted_branch(modal_world: ModalWorld) -> None:
     w, apps = modal_world, modal_world.apps
     dev_before = {a.name for a in w.cp.state.apps_in("dev") if a.state == "deployed"}
@@ -228,6 +230,7 @@ def test_modal_cleanup_stops_exactly_the_app_of_the_deleted_branch(modal_world: 
     assert "would stop 0, kept 2, skipped 3" in human.stdout and "dry run" in human.stdout
 
 
+@pytest.mark.slow
 def test_modal_cleanup_reads_stdin_and_refuses_an_empty_list(modal_world: ModalWorld) -> None:
     w, apps = modal_world, modal_world.apps
     before = len(w.cp.state.calls)
@@ -248,6 +251,7 @@ def test_modal_cleanup_reads_stdin_and_refuses_an_empty_list(modal_world: ModalW
     assert run.code == 0 and _names(run.out["stopped"]) == [apps["A"]]
 
 
+@pytest.mark.slow
 def test_cleanup_takes_no_ref_or_env(modal_world: ModalWorld) -> None:
     path = modal_world.tmp / "b.txt"
     path.write_text("main\n")

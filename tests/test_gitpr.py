@@ -19,6 +19,9 @@ from theory_deploy import gitpr, registry_file
 from theory_deploy.errors import GitError, GitHubError, PushConflictError
 from theory_deploy.gitpr import GitHubClient, PinChange, is_bot_commit, is_pin_only_change, publish_pin_pr
 
+# Every test runs real git against bare remotes and PyGithub against the stand-in server.
+pytestmark = pytest.mark.slow
+
 TOKEN = "ghp_" + "T0ken" * 8
 REF = "llm/litellm@1"
 REG = "processors/llm/litellm/registry.yaml"

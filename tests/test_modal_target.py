@@ -47,6 +47,9 @@ from theory_deploy.targets import modal_app
 from theory_deploy.targets.base import AppContext
 from theory_deploy.targets.modal import ModalTarget
 
+# Every test starts the Modal stand-in and runs the real SDK (mostly `modalctl` subprocesses).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 MODALCTL = Path(sys.executable).with_name("modalctl")
 SECRET_NAMES = ("OPENAI_API_KEY", "THEORY_CANARY_SECRET", "LITELLM_API_BASE", "THEORY_AUTH")

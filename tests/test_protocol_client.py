@@ -328,6 +328,7 @@ def test_deadline_is_total_even_with_heartbeats() -> None:
     assert "running" in str(ei.value)
 
 
+@pytest.mark.slow
 def test_long_quiet_run_survives_with_heartbeats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The original's 15 s per-frame idle limit killed quiet runs; here only the total deadline counts."""
 

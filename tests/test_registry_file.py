@@ -189,6 +189,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_moment_leaves_the_old_file_or_the_new(repo):
     path = registry(repo)
     for attempt in range(8):

@@ -157,6 +157,7 @@ def test_inputs_errors_name_the_field(serve: Any, bad: dict[str, Any], pointer: 
 # --- real mode ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real LiteLLM: its import alone takes seconds
 def test_real_mode_streams_through_litellm_to_the_standin(serve: Any, standin: OpenAIStandIn) -> None:
     key = make_canary()
     s = serve({"OPENAI_API_KEY": key, "LITELLM_API_BASE": standin.base_url()})
@@ -183,6 +184,7 @@ def test_real_mode_streams_through_litellm_to_the_standin(serve: Any, standin: O
     assert standin.requests[-1]["body"]["model"] == "gpt-4.1-nano"
 
 
+@pytest.mark.slow  # real LiteLLM: its import alone takes seconds
 def test_real_mode_provider_error_is_scrubbed(serve: Any, standin: OpenAIStandIn) -> None:
     key = make_canary()
     standin.fail_status = 401
@@ -195,6 +197,7 @@ def test_real_mode_provider_error_is_scrubbed(serve: Any, standin: OpenAIStandIn
     assert_no_canary(json.dumps(env), [key])
 
 
+@pytest.mark.slow  # real LiteLLM: its import alone takes seconds
 def test_real_mode_unreachable_provider_is_err_provider(serve: Any) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -234,6 +237,7 @@ def _free_port() -> int:
     return port
 
 
+@pytest.mark.slow
 def test_canary_key_never_appears_in_frames_or_logs(standin: OpenAIStandIn, tmp_path: Path) -> None:
     key = make_canary()
     standin.reply = f"Your key is {key} as requested."  # even a provider echoing it gets masked

@@ -363,6 +363,7 @@ def test_registry_timeout_gives_err_timeout(make_server: Any) -> None:
 # --- heartbeats, concurrency, cancellation ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_heartbeats_while_handler_is_quiet(make_server: Any) -> None:
     s = make_server(env={"THEORY_HEARTBEAT_S": "0.2"})
     frames, code = asyncio.run(collect(s.ws_url(), run_open(sleep_s=1.3), bound_s=10))

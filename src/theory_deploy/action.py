@@ -74,14 +74,18 @@ def _input_name(variable: str) -> str:
     )
 
 
-def hand_over_tokens() -> None:
-    """Mask every token input, then give the non-empty ones to this process under their real names."""
+def hand_over_tokens() -> set[str]:
+    """Mask every token input, then give the non-empty ones to this process under their real names.
+    Returns the names that came from inputs (a `github-token` input is what asks for the pin PR)."""
+    given = set()
     for source, name in TOKEN_INPUTS.items():
         value = os.environ.pop(source, "")
         if value:
             register_secret_value(value)
             gha.add_mask(value)  # even a value too short for the scrubber is masked in the log
             os.environ[name] = value
+            given.add(name)
+    return given
 
 
 def repo_root() -> Path:
@@ -118,7 +122,7 @@ def _refs(problems: list[str], root: Path | None) -> list[ProcessorRef]:
     return refs
 
 
-def read_request() -> PipelineRequest:
+def read_request(tokens_given: set[str] | None = None) -> PipelineRequest:
     """Every input checked before anything runs; all problems are reported at once, each naming its input."""
     problems: list[str] = []
     try:
@@ -182,7 +186,7 @@ def read_request() -> PipelineRequest:
         # Promotion deploys the pin, never what a push file names: the file is not read at all.
         from_push = None
     stages = resolve_stages(
-        requested, env=environment, mode=mode or None, open_pr=bool(os.environ.get("THEORY_IN_GITHUB_TOKEN"))
+        requested, env=environment, mode=mode or None, open_pr="GITHUB_TOKEN" in (tokens_given or set())
     )
     if requested is None and from_push is not None:
         stages = [s for s in stages if s not in ("build", "push")]
@@ -234,8 +238,7 @@ def shown(path: Path | str) -> str:
 
 
 def cmd_deploy() -> None:
-    hand_over_tokens()
-    request = read_request()
+    request = read_request(hand_over_tokens())
     results = Pipeline(request).run_all()
     records: list[dict[str, Any]] = []
     folder = out_dir()

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import output
 from .docker import Builder, Docker, find_builder, inspect_image
-from .errors import ImageBuildError
+from .errors import ImageBuildError, ValidationError
 from .gitrun import Git
 from .refs import ProcessorRef, parse_platform
 
@@ -164,8 +164,24 @@ def build_platform_images(
     """
     ref = ProcessorRef.parse(spec.ref, where="registry.yaml ref")
     folder = registry_path.parent if registry_path is not None else repo_root / "processors" / ref.namespace / ref.name
+    shown = f"{folder / 'registry.yaml'}"
+    for field, value in (("context", spec.build.context), ("dockerfile", spec.build.dockerfile)):
+        if "\0" in value:
+            raise ValidationError(f"{shown}: build.{field} contains a NUL byte (\\0), which no path may hold.")
     context = (folder / spec.build.context).resolve()
     dockerfile = (context / spec.build.dockerfile).resolve()
+    # validate refuses these already; checked again here, right before docker sees the paths, so no
+    # file outside the repository is ever sent to the engine (nor quoted back in a build error).
+    root = repo_root.resolve()
+    for field, value, resolved in (
+        ("context", spec.build.context, context),
+        ("dockerfile", spec.build.dockerfile, dockerfile),
+    ):
+        if resolved != root and root not in resolved.parents:
+            raise ValidationError(
+                f"{shown}: build.{field} {value!r} resolves to {resolved}, outside the repository {root}.",
+                remedy=f"Point build.{field} at a path inside the repository (symlinks are followed).",
+            )
     if not context.is_dir():
         raise ImageBuildError(
             f"{ref}: build.context {spec.build.context!r} is not a folder ({context}).",

@@ -26,10 +26,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import GitError, InvalidEnvError, ProcessorNotFoundError, UsageError
+from .errors import GitError, InvalidEnvError, ProcessorNotFoundError, UsageError, ValidationError
 from .gitrun import Git
 from .refs import ENVIRONMENTS, Environment, ProcessorRef, parse_platforms
-from .registry_file import REGISTRY_FILE, LoadedProcessor, discover, load_path
+from .registry_file import REGISTRY_FILE, LoadedProcessor, discover, load_path, slug_collisions
 from .registry_pins import is_pin_only_change, is_pin_only_in_file
 
 # Paths whose change touches every processor. Directories end with '/'.
@@ -87,6 +87,13 @@ def _processors(root: Path) -> dict[str, LoadedProcessor]:
     for path in discover(root):
         loaded = load_path(path, root)
         found[loaded.ref.folder] = loaded
+    collisions = slug_collisions((p.path, p.spec) for p in found.values())
+    if collisions:
+        first = collisions[0]
+        raise ValidationError(
+            "\n".join(str(p) for p in collisions),
+            details={"file": first.file, "line": first.line, "problems": [p.to_json() for p in collisions]},
+        )
     return found
 
 

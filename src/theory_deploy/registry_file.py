@@ -21,6 +21,8 @@ import io
 import json
 import os
 import re
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,11 +33,13 @@ from pydantic import ValidationError as PydanticValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
 
 from .errors import (
     ImageUnpinnedError,
     ProcessorNotFoundError,
     TheoryDeployError,
+    UsageError,
     ValidationError,
 )
 from .files import atomic_write, exclusive_lock
@@ -179,18 +183,186 @@ def _yaml() -> YAML:
 
 
 def _display(path: Path) -> str:
+    """The path as the user knows it: relative to the working folder when inside it, symlinks kept
+    (a registry.yaml symlinked elsewhere is reported under its own name)."""
+    cwd = Path.cwd().resolve()
     with contextlib.suppress(ValueError):
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(Path(os.path.abspath(path)).relative_to(cwd))
+    with contextlib.suppress(ValueError, OSError, RuntimeError):
+        return str(path.resolve().relative_to(cwd))
     return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Limits: what a registry.yaml may be before it is parsed
+# ---------------------------------------------------------------------------------------------------
+#
+# registry.yaml comes from pull requests, so it is hostile input until checked. Before anything is
+# parsed: only a regular file is opened (never a FIFO or a device, which would block or never end),
+# at most the size cap is read, and the bytes must be UTF-8. Before the document is built: one pass
+# over the parser's events (iterative, stopping at the first breach) bounds the nesting depth and
+# the number of nodes, and refuses aliases (`*name`): an alias makes the document that validation,
+# the build and the runtime see larger than the file (the "billion laughs"), and nothing needs one
+# (the `inputs` JSON Schema reuses sub-schemas with `$defs`/`$ref`, which every consumer understands).
+
+MAX_BYTES_ENV = "THEORY_MAX_REGISTRY_BYTES"
+DEFAULT_MAX_BYTES = 1024 * 1024
+MAX_NODES_ENV = "THEORY_MAX_REGISTRY_NODES"
+DEFAULT_MAX_NODES = 20_000
+MAX_DEPTH = 64
+
+
+def _env_limit(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = int(raw) if raw.isdigit() else 0
+    if value <= 0:
+        raise UsageError(
+            f"{name}={raw!r} is not a positive whole number.",
+            remedy=f"Unset {name} (default {default}) or set it to a positive whole number.",
+        )
+    return value
+
+
+def max_registry_bytes() -> int:
+    """The size cap of one registry.yaml in bytes (THEORY_MAX_REGISTRY_BYTES, default 1 MiB)."""
+    return _env_limit(MAX_BYTES_ENV, DEFAULT_MAX_BYTES)
+
+
+def max_registry_nodes() -> int:
+    """The cap on YAML nodes (scalars, mappings, sequences) in one registry.yaml."""
+    return _env_limit(MAX_NODES_ENV, DEFAULT_MAX_NODES)
+
+
+class _Refused(Exception):
+    """A registry.yaml refused before parsing; carries the position and the message of its Problem."""
+
+    def __init__(self, line: int, col: int, message: str):
+        super().__init__(message)
+        self.line, self.col, self.message = line, col, message
+
+
+def _size_refusal(size: int | str, limit: int) -> _Refused:
+    return _Refused(
+        1,
+        1,
+        f"file is {size} bytes, over the registry.yaml size limit of {limit} bytes "
+        f"(raise it with {MAX_BYTES_ENV}=<bytes>)",
+    )
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        boms = {b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+        hint = next(
+            (f"; it starts with a {name} byte-order mark" for bom, name in boms.items() if data.startswith(bom)), ""
+        )
+        raise _Refused(
+            line,
+            col,
+            f"not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} is not valid UTF-8{hint}; "
+            "registry.yaml must be encoded as UTF-8",
+        ) from None
+
+
+def read_registry_text(path: Path) -> str:
+    """The text of a registry.yaml on disk, within the limits. Raises OSError (FileNotFoundError when
+    absent) or _Refused. Symlinks are followed, but what they lead to must be a regular file; it is
+    opened non-blocking, so a FIFO can never hang the open."""
+    limit = max_registry_bytes()
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Refused(
+                1, 1, f"{_file_kind(info.st_mode)}, not a regular file; registry.yaml must be a regular file"
+            )
+        if info.st_size > limit:
+            raise _size_refusal(info.st_size, limit)
+        chunks: list[bytes] = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise _size_refusal(f"more than {limit}", limit)
+    return _decode(data)
+
+
+def check_yaml_limits(text: str) -> None:
+    """Raise _Refused when `text` breaks a limit: size, nesting depth, node count, or any alias.
+    Text that does not parse is left to the loader, which reports it with its position."""
+    limit = max_registry_bytes()
+    size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise _size_refusal(size, limit)
+    max_nodes = max_registry_nodes()
+    depth = nodes = 0
+    try:
+        for event in YAML(typ="rt").parse(text):
+            mark = event.start_mark
+            line, col = (int(mark.line) + 1, int(mark.column) + 1) if mark is not None else (1, 1)
+            if isinstance(event, AliasEvent):
+                raise _Refused(
+                    line,
+                    col,
+                    f"YAML alias *{event.anchor} is not allowed in registry.yaml (aliases can expand a small "
+                    "file into a huge document); write the value out, or use $defs/$ref inside `inputs`",
+                )
+            if isinstance(event, CollectionStartEvent | ScalarEvent):
+                nodes += 1
+                if nodes > max_nodes:
+                    raise _Refused(
+                        line,
+                        col,
+                        f"more than {max_nodes} YAML nodes, the registry.yaml limit "
+                        f"(raise it with {MAX_NODES_ENV}=<count>)",
+                    )
+            if isinstance(event, CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _Refused(line, col, f"nested more than {MAX_DEPTH} levels deep, the registry.yaml limit")
+            elif isinstance(event, CollectionEndEvent):
+                depth -= 1
+    except YAMLError:
+        return
 
 
 def _load_document(path: Path, text: str | None = None) -> tuple[Any, list[Problem]]:
     shown = _display(path)
     try:
         if text is None:
-            text = path.read_text(encoding="utf-8")
+            text = read_registry_text(path)
+        check_yaml_limits(text)
     except FileNotFoundError:
         return None, [Problem(shown, 1, 1, "file not found")]
+    except _Refused as refused:
+        return None, [Problem(shown, refused.line, refused.col, refused.message)]
     except OSError as exc:
         return None, [Problem(shown, 1, 1, f"cannot read: {exc.strerror}")]
     try:
@@ -201,9 +373,23 @@ def _load_document(path: Path, text: str | None = None) -> tuple[Any, list[Probl
         return None, [Problem(shown, line, col, f"not valid YAML: {exc.problem or exc.context}")]
     except (YAMLError, ValueError) as exc:  # ruamel raises a few unmarked errors
         return None, [Problem(shown, 1, 1, f"not valid YAML: {exc}")]
+    except RecursionError:  # the limits above should make this unreachable; never a traceback
+        return None, [Problem(shown, 1, 1, f"nested too deeply (limit {MAX_DEPTH} levels)")]
     if not isinstance(doc, CommentedMap):
         return None, [Problem(shown, 1, 1, "expected a mapping at the top level")]
     return doc, []
+
+
+def safe_yaml_text(text: str | None) -> str | None:
+    """`text` when it is within the limits, else None: for the tolerant readers of other revisions'
+    registry.yaml texts (registry_pins), which treat an unreadable text as no text."""
+    if text is None:
+        return None
+    try:
+        check_yaml_limits(text)
+    except _Refused:
+        return None
+    return text
 
 
 def _plain(node: Any) -> Any:
@@ -228,7 +414,119 @@ def _pydantic_message(error: Any) -> str:
     return f"{where}: {error['msg']}"
 
 
-def _cross_checks(data: dict[str, Any], doc: Any, path: Path, shown: str) -> list[Problem]:
+# Secret names a processor may not ask for. A processor secret's value is copied from the deployer's
+# environment (sync-secrets) into the processor's container, so naming a variable that holds one of
+# the deployer's own credentials (Modal token, registry password, GitHub token, the action's
+# THEORY_IN_* inputs) would hand it to the processor; and the product itself sets some variables in
+# every container (IMAGE_DIGEST, PORT, THEORY_REF/ENV/APP; the runtime reads THEORY_HEARTBEAT_S, ...),
+# which a secret must not override. REGISTRY_AUTH is the Modal pull secret (REGISTRY_USERNAME and
+# REGISTRY_PASSWORD), never a processor secret. Loader and interpreter variables (PATH, LD_*,
+# PYTHON*) would change what code runs.
+RESERVED_SECRET_PREFIXES: tuple[str, ...] = (
+    "MODAL_",
+    "REGISTRY_",
+    "GITHUB_",
+    "GH_",
+    "GIT_",
+    "ACTIONS_",
+    "RUNNER_",
+    "DOCKER_",
+    "THEORY_IN_",
+    "LD_",
+    "DYLD_",
+    "PYTHON",
+    "PIP_",
+)
+RESERVED_SECRET_NAMES: frozenset[str] = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "SHELL",
+        "PWD",
+        "HOSTNAME",
+        "TMPDIR",
+        "PORT",
+        "IMAGE_DIGEST",
+        "CI",
+        "THEORY_REF",
+        "THEORY_ENV",
+        "THEORY_APP",
+        "THEORY_AUTH_TOKEN",
+        "THEORY_HEARTBEAT_S",
+        "THEORY_OPEN_TIMEOUT_S",
+        "THEORY_WS_DENIAL",
+        "THEORY_REPO_ROOT",
+        "THEORY_STATE_DIR",
+        "THEORY_DOCKER",
+        "THEORY_BUILD_ARGS",
+        "THEORY_BUILD_CA_BUNDLE",
+        "THEORY_INPUTS_JSON",
+    }
+)
+
+
+def reserved_secret_reason(name: str) -> str | None:
+    """Why `name` may not be a processor secret, or None when it may."""
+    upper = name.upper()
+    if upper in RESERVED_SECRET_NAMES:
+        return "the deployer or the runtime sets or reads that variable itself"
+    for prefix in RESERVED_SECRET_PREFIXES:
+        if upper.startswith(prefix):
+            return f"names starting with {prefix} hold the deployer's own credentials or configuration"
+    return None
+
+
+def _repo_root_of(path: Path) -> Path | None:
+    """The repository a registry.yaml belongs to, read from where it *stands* (symlinks not followed):
+    processors/<ns>/<name>/registry.yaml under it, else the nearest folder upwards with processors/."""
+    absolute = Path(os.path.abspath(path))
+    parents = absolute.parents
+    if len(parents) >= 4 and parents[2].name == "processors":
+        return parents[3]
+    for folder in parents:
+        if (folder / "processors").is_dir():
+            return folder
+    return None
+
+
+def _outside(resolved: Path, root: Path) -> bool:
+    return resolved != root and root not in resolved.parents
+
+
+def _location_problem(path: Path, shown: str, root: Path | None) -> Problem | None:
+    """A registry.yaml (or its processor folder) that is a symlink leading out of the repository."""
+    if root is None:
+        return None
+    real_root = root.resolve()
+    real = Path(os.path.realpath(path))
+    if _outside(real, real_root):
+        return Problem(
+            shown,
+            1,
+            1,
+            f"resolves to {real}, outside the repository {real_root} (a symlinked file or processor folder?); "
+            "registry.yaml and its processor folder must be inside the repository",
+        )
+    return None
+
+
+def _strings(node: Any, loc: tuple[Any, ...] = ()) -> Iterable[tuple[tuple[Any, ...], str]]:
+    """Every (location, string) in a plain document, keys included (at their own location)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield (*loc, key), str(key)
+            yield from _strings(value, (*loc, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _strings(value, (*loc, i))
+    elif isinstance(node, str):
+        yield loc, node
+
+
+def _cross_checks(
+    data: dict[str, Any], doc: Any, path: Path, shown: str, repo_root: Path | None = None
+) -> list[Problem]:
     """Checks across fields, run on the raw document so they report even when pydantic also failed."""
     problems: list[Problem] = []
 
@@ -291,17 +589,80 @@ def _cross_checks(data: dict[str, Any], doc: Any, path: Path, shown: str) -> lis
     if isinstance(required, list) and isinstance(optional, list):
         for name in sorted(set(map(str, required)) & set(map(str, optional))):
             at(("secrets", "optional"), f"secret {name!r} is listed as both required and optional")
+
+    for key in ("required", "optional"):
+        names = secrets.get(key)
+        for i, name in enumerate(names if isinstance(names, list) else []):
+            reason = reserved_secret_reason(str(name))
+            if reason:
+                at(
+                    ("secrets", key, i),
+                    f"secrets.{key}: {name!r} is a reserved name and cannot be a processor secret: {reason} "
+                    "(its value would be handed to the processor); rename the secret",
+                )
+    auth_secret = section("api").get("auth_secret")
+    if isinstance(auth_secret, str) and (reason := reserved_secret_reason(auth_secret)):
+        at(
+            ("api", "auth_secret"),
+            f"api.auth_secret: {auth_secret!r} is a reserved name and cannot be a processor secret: {reason}; "
+            "rename the secret",
+        )
+
+    nul_fields: set[tuple[Any, ...]] = set()
+    for loc, value in _strings(data):
+        if "\0" in value:
+            nul_fields.add(loc)
+            field = ".".join(str(p) for p in loc)
+            at(loc, f"{field} contains a NUL byte (\\0), which no path, name or value in registry.yaml may hold")
+
+    build = section("build")
+    if repo_root is not None:
+        real_root = repo_root.resolve()
+        real_folder = Path(os.path.realpath(path)).parent
+        context_value = build.get("context", ".")
+        dockerfile_value = build.get("dockerfile", "Dockerfile")
+        context: Path | None = None
+        for field, value in (("context", context_value), ("dockerfile", dockerfile_value)):
+            if not isinstance(value, str) or ("build", field) in nul_fields:
+                continue
+            base = real_folder if field == "context" else context
+            if base is None:
+                continue
+            try:
+                resolved = Path(os.path.realpath(base / value))
+            except (OSError, ValueError) as exc:
+                at(("build", field), f"build.{field} {value!r} cannot be resolved: {exc}")
+                continue
+            if field == "context":
+                context = resolved
+            if _outside(resolved, real_root):
+                at(
+                    ("build", field),
+                    f"build.{field} {value!r} resolves to {resolved}, outside the repository {real_root}; "
+                    f"build.{field} must stay inside the repository (symlinks are followed)",
+                )
     return problems
 
 
-def check_file(path: Path, text: str | None = None) -> tuple[ProcessorSpec | None, list[Problem]]:
+def check_file(
+    path: Path, text: str | None = None, repo_root: Path | None = None
+) -> tuple[ProcessorSpec | None, list[Problem]]:
     """Every problem in one registry.yaml, and the spec when there are none. `text`, when given, is
-    checked as if it were the file's content (e.g. the file at an earlier git revision)."""
+    checked as if it were the file's content (e.g. the file at an earlier git revision). Paths
+    (the file itself, build.context, build.dockerfile) must stay inside `repo_root` (default: the
+    repository the file stands in; none when it stands in none)."""
     shown = _display(path)
+    root = repo_root if repo_root is not None else _repo_root_of(path)
+    outside = _location_problem(path, shown, root)
+    if outside is not None:
+        return None, [outside]  # never read (nor quote) a file outside the repository
     doc, problems = _load_document(path, text)
     if doc is None:
         return None, problems
-    data = _plain(doc)
+    try:
+        data = _plain(doc)
+    except RecursionError:
+        return None, [Problem(shown, 1, 1, f"nested too deeply (limit {MAX_DEPTH} levels)")]
     spec: ProcessorSpec | None = None
     try:
         spec = ProcessorSpec.model_validate(data)
@@ -310,7 +671,7 @@ def check_file(path: Path, text: str | None = None) -> tuple[ProcessorSpec | Non
             loc = tuple(error["loc"])
             line, col = _position(doc, loc, key=error["type"] == "extra_forbidden")
             problems.append(Problem(shown, line, col, _pydantic_message(error)))
-    problems += _cross_checks(data, doc, path, shown)
+    problems += _cross_checks(data, doc, path, shown, root)
     return (None if problems else spec), sorted(problems, key=lambda p: (p.line, p.col))
 
 
@@ -368,14 +729,16 @@ def pin_line(path_or_text: os.PathLike[str] | str, platform: str) -> int | None:
     the registry.yaml text itself. `platform` may be `amd64` or `linux/amd64`."""
     if isinstance(path_or_text, os.PathLike):
         try:
-            text = Path(path_or_text).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            text = read_registry_text(Path(path_or_text))
+        except (OSError, _Refused):
             return None
     else:
         text = path_or_text
+    if safe_yaml_text(text) is None:
+        return None
     try:
         doc = _yaml().load(text)
-    except (YAMLError, ValueError):
+    except (YAMLError, ValueError, RecursionError):
         return None
     image = doc.get("image") if isinstance(doc, CommentedMap) else None
     platforms = image.get("platforms") if isinstance(image, CommentedMap) else None
@@ -386,7 +749,7 @@ def pin_line(path_or_text: os.PathLike[str] | str, platform: str) -> int | None:
 
 
 def load_path(path: Path, repo_root: Path | None = None) -> LoadedProcessor:
-    spec, problems = check_file(path)
+    spec, problems = check_file(path, repo_root=repo_root)
     if problems or spec is None:
         first = problems[0]
         raise ValidationError(
@@ -395,6 +758,41 @@ def load_path(path: Path, repo_root: Path | None = None) -> LoadedProcessor:
         )
     root = repo_root or path.resolve().parent.parent.parent.parent
     return LoadedProcessor(spec.processor_ref, spec, path, root)
+
+
+def slug_collisions(checked: Iterable[tuple[Path, ProcessorSpec]]) -> list[Problem]:
+    """Processors whose refs share a slug (`a-b/c@1` and `a/b-c@1` are both `a-b-c-v1`): the slug names
+    the Modal app, the pin branch and the CI artifacts, so two processors with one slug would
+    overwrite each other. One problem per later file, at its `ref` line, naming the earlier file."""
+    first: dict[str, tuple[Path, ProcessorSpec]] = {}
+    problems: list[Problem] = []
+    seen: set[Path] = set()
+    for path, spec in checked:
+        real = Path(os.path.realpath(path))
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            slug = spec.processor_ref.slug
+        except TheoryDeployError:
+            continue
+        if slug not in first:
+            first[slug] = (path, spec)
+            continue
+        other_path, other_spec = first[slug]
+        doc, _ = _load_document(path)
+        line, col = _position(doc, ("ref",)) if doc is not None else (1, 1)
+        problems.append(
+            Problem(
+                _display(path),
+                line,
+                col,
+                f"ref {spec.ref!r} has the slug {slug!r}, as does {_display(other_path)} (ref {other_spec.ref!r}); "
+                "the slug names the Modal app, the pin branch and the build artifacts, so it must be unique: "
+                "rename one of the two processors",
+            )
+        )
+    return problems
 
 
 def load_processor(ref: ProcessorRef, repo_root: Path | None = None) -> LoadedProcessor:

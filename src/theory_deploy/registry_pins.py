@@ -28,13 +28,22 @@ from ruamel.yaml.error import YAMLError
 
 from .errors import GitError
 from .gitrun import Git
-from .registry_file import REGISTRY_FILE
+from .registry_file import REGISTRY_FILE, safe_yaml_text
 
 _ZERO_SHA = re.compile(r"^0+$")
 
 
+class _OverLimitError(YAMLError):
+    """A text beyond registry_file's limits (size, depth, nodes, aliases): treated as unreadable."""
+
+
 def _safe_load(text: str) -> Any:
-    return YAML(typ="safe", pure=True).load(text)
+    if safe_yaml_text(text) is None:
+        raise _OverLimitError("registry.yaml text beyond the limits")
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except (ValueError, RecursionError) as exc:
+        raise _OverLimitError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -57,9 +66,11 @@ def pins_in_text(text: str | None) -> dict[str, str | None]:
 
 
 def _rt_image(text: str) -> CommentedMap | None:
+    if safe_yaml_text(text) is None:
+        return None
     try:
         doc = YAML(typ="rt").load(text)
-    except YAMLError:
+    except (YAMLError, ValueError, RecursionError):
         return None
     if not isinstance(doc, CommentedMap) or not isinstance(doc.get("image"), CommentedMap):
         return None

@@ -20,15 +20,20 @@ from ..registry_file import (
     json_schema_text,
     load_processor,
     set_repository,
+    slug_collisions,
 )
 
 
 def cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
     paths = [Path(p) for p in args.paths] or discover(find_repo_root())
     problems: list[Problem] = []
+    valid = []
     for path in paths:
-        _spec, found = check_file(path)
+        spec, found = check_file(path)
         problems += found
+        if spec is not None:
+            valid.append((path, spec))
+    problems += slug_collisions(valid)
     for problem in problems:
         gha.annotate(
             "error", problem.message, file=problem.file, line=problem.line, col=problem.col, title="registry.yaml"

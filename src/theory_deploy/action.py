@@ -428,10 +428,10 @@ def cmd_merge() -> None:
     if problems:
         raise _bad_inputs(problems)
     merged: dict[str, push_records.PushRecord] = {}
-    clients = RegistryClients()
+    processors = [registry_file.load_processor(ref, root) for ref in refs]  # each must exist here
+    clients = RegistryClients(credentials_host=processors[0].registry if processors else None)
     try:
         for ref in refs:
-            registry_file.load_processor(ref, root)  # the processor must exist in this repository
             platforms = push_records.collect_records(source, ref.slug)
             record = push_records.merge(str(ref), ref.slug, platforms, clients)
             record.write(out_dir(), ref.slug)

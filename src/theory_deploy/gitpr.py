@@ -88,7 +88,7 @@ from .github_client import GitHubClient
 from .gitrun import Git, mask_tokens, not_an_option
 from .oci import RegistryClients
 from .pin import verify_pin_candidate
-from .refs import ProcessorRef
+from .refs import ImageRef, ProcessorRef
 from .registry_file import LoadedProcessor
 from .registry_pins import is_pin_only_change, pins_at, pins_in_text
 
@@ -646,7 +646,7 @@ def _finish(
 def verify_proposed_pins(changes: list[PinChange]) -> None:
     """Ask the registry about every pin the PR would propose, exactly as `pin` does: a hand-edited
     registry.yaml must not get a digest the registry lacks, or one for the wrong platform, into review."""
-    clients = RegistryClients()
+    clients = RegistryClients(credentials_host=ImageRef.parse(changes[0].repository).registry if changes else None)
     try:
         for change in changes:
             for platform, (_old, new) in change.platforms.items():

@@ -221,8 +221,32 @@ class Git:
         proc = self.run("rev-parse", "--verify", "--quiet", f"{rev}:{path}", check=False)
         return proc.stdout.strip() if proc.returncode == 0 else None
 
-    def show(self, rev: str, path: str) -> str | None:
-        """The text of `path` at `rev`, or None when the revision or the file does not exist."""
+    def show(self, rev: str, path: str, *, max_bytes: int | None = None) -> str | None:
+        """The text of `path` at `rev`, or None when the revision or the file does not exist.
+
+        The object's size is asked first and a file over `max_bytes` (default THEORY_GIT_MAX_SHOW_BYTES,
+        8 MiB) is refused, so a huge blob at a user-given revision is never read into memory."""
         not_an_option(rev, "revision", self.error)
+        limit = max_bytes if max_bytes is not None else max_show_bytes()
+        sized = self.run("cat-file", "-s", f"{rev}:{path}", check=False)
+        if sized.returncode != 0:
+            return None
+        size = sized.stdout.strip()
+        if not size.isdigit() or int(size) > limit:
+            raise self.error(
+                f"{path} at revision {rev!r} is {size or 'of unknown size'} bytes, over the {limit}-byte "
+                "limit for reading a file from git history.",
+                remedy=f"Pick another revision, or raise the limit with {MAX_SHOW_BYTES_ENV}=<bytes>.",
+            )
         proc = self.run("show", f"{rev}:{path}", check=False)
         return proc.stdout if proc.returncode == 0 else None
+
+
+MAX_SHOW_BYTES_ENV = "THEORY_GIT_MAX_SHOW_BYTES"
+DEFAULT_MAX_SHOW_BYTES = 8 * 1024 * 1024
+
+
+def max_show_bytes() -> int:
+    """The most `Git.show` reads: THEORY_GIT_MAX_SHOW_BYTES when a positive whole number, else 8 MiB."""
+    raw = os.environ.get(MAX_SHOW_BYTES_ENV, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_SHOW_BYTES

@@ -10,7 +10,11 @@ This client speaks just enough of the API for theory-deploy:
 * **Auth.** Anonymous first. A `401` with `WWW-Authenticate: Basic` makes it send the credentials;
   a `401` with `WWW-Authenticate: Bearer realm=...,service=...,scope=...` makes it fetch a token from
   the realm (with Basic credentials when it has them) and retry. Tokens are cached per scope.
-  Credentials are sent only after a challenge, never in a URL, and never appear in a message.
+  Credentials are sent only after a challenge, never in a URL, and never appear in a message. They
+  belong to one registry host (`RegistryClients`): another registry, and a token realm on another
+  host or over plain http, never receive them (THEORY_ALLOW_TOKEN_REALM=host opts a realm in).
+* **Bounds.** Every answer's body is read up to a limit (manifests and configs 4 MiB, tokens 1 MiB,
+  anything else THEORY_REGISTRY_MAX_RESPONSE_BYTES, default 64 MiB) and cut off beyond it.
 * **Retries,** as go-containerregistry does them: 3 attempts, backoff about 1 s then 3 s, on
   408/429/499/500/502/503/504/522 and on connection resets, EOFs and timeouts; `Retry-After` is
   honoured up to a bound. Each retry prints one progress line on stderr. 401/403/404 are never
@@ -82,6 +86,29 @@ ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
 # Configs are small; a blob bigger than this is a layer, and is never downloaded to be inspected.
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
 _MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_MAX_TOKEN_BYTES = 1024 * 1024
+# Any other registry answer (an error body, a token, a tag list, a blob read whole) is cut here, so a
+# registry that answers with an endless body cannot eat memory. THEORY_REGISTRY_MAX_RESPONSE_BYTES raises it.
+MAX_RESPONSE_BYTES_ENV = "THEORY_REGISTRY_MAX_RESPONSE_BYTES"
+_DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# Token services on another host than the registry that may receive the credentials (comma-separated
+# host or host:port); also allows a plain-http realm.
+ALLOW_TOKEN_REALM_ENV = "THEORY_ALLOW_TOKEN_REALM"  # noqa: S105 (a variable name, not a credential)
+# Well-known registries whose token service lives on another host.
+_KNOWN_REALM_HOSTS = {
+    "docker.io": "auth.docker.io",
+    "registry-1.docker.io": "auth.docker.io",
+    "index.docker.io": "auth.docker.io",
+}
+
+
+def _max_response_bytes() -> int:
+    raw = os.environ.get(MAX_RESPONSE_BYTES_ENV, "").strip()
+    try:
+        value = int(raw) if raw else 0
+    except ValueError:
+        value = 0
+    return value if value > 0 else _DEFAULT_MAX_RESPONSE_BYTES
 
 
 def sha256_digest(data: bytes) -> str:
@@ -235,11 +262,14 @@ class RegistryClient:
         transport: httpx.BaseTransport | None = None,
         progress: Callable[[str], None] | None = None,
         max_connections: int = 16,
+        credentials_note: str | None = None,
     ) -> None:
         self.registry = registry
         self.insecure = is_loopback(registry) if insecure is None else insecure
         self.base_url = f"{'http' if self.insecure else 'https'}://{registry}"
         self._credentials = credentials
+        # Why there are no credentials, for messages (e.g. they belong to another registry host).
+        self._credentials_note = credentials_note or "REGISTRY_USERNAME/REGISTRY_PASSWORD unset"
         self.retry = retry or RetryPolicy.from_env()
         self._progress = progress or output.progress
         self._http = httpx.Client(
@@ -311,6 +341,7 @@ class RegistryClient:
         write: bool = False,
         what: str = "",
         before_retry: Callable[[httpx.Response], None] | None = None,
+        max_body: int | None = None,
     ) -> httpx.Response:
         """Send with auth and retries. Returns a response whose status is in `ok` (or 404 when
         `not_found_ok`); raises the right error for anything else."""
@@ -321,7 +352,7 @@ class RegistryClient:
             req_headers = dict(headers or {})
             req_headers.update(self._auth_header(scope))
             try:
-                response = self._send_once(method, url, req_headers, body)
+                response = self._send_once(method, url, req_headers, body, max_body=max_body, what=what)
             except httpx.TransportError as exc:
                 reason = _describe_transport_error(exc)
                 if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError):
@@ -357,12 +388,19 @@ class RegistryClient:
                 continue
             raise self._error_for(method, url, response, write=write, what=what)
 
-    def _send_once(self, method: str, url: str, headers: dict[str, str], body: Body) -> httpx.Response:
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: Body,
+        *,
+        max_body: int | None = None,
+        what: str = "",
+    ) -> httpx.Response:
         self._count("requests")
         if body is None or isinstance(body, bytes):
-            response = self._http.request(method, url, headers=headers, content=body)
-            response.read()
-            return response
+            return self._send_bounded(method, url, headers, body, max_body, what)
         if isinstance(body, Path):
             path = body
 
@@ -371,9 +409,47 @@ class RegistryClient:
         else:
             opener = body
         with opener() as stream:
-            response = self._http.request(method, url, headers=headers, content=_chunks(stream))
-            response.read()
-            return response
+            return self._send_bounded(method, url, headers, _chunks(stream), max_body, what)
+
+    def _send_bounded(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        content: bytes | Iterator[bytes] | None,
+        max_body: int | None,
+        what: str,
+    ) -> httpx.Response:
+        """Send, then read the answer's body (decoded) up to `max_body` bytes, never more: a registry
+        answering a huge or endless body is cut off with ImagePullError instead of eating memory."""
+        limit = max_body if max_body is not None else _max_response_bytes()
+        request = self._http.build_request(method, url, headers=headers, content=content)
+        response = self._http.send(request, stream=True)
+        try:
+            declared = response.headers.get("content-length", "")
+            too_big = method != "HEAD" and declared.isdigit() and int(declared) > limit
+            chunks: list[bytes] = []
+            size = 0
+            if not too_big:
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        too_big = True
+                        break
+                    chunks.append(chunk)
+        finally:
+            response.close()
+        if too_big:
+            raise ImagePullError(
+                f"{method} {what or self._where(url)}: the registry's answer is larger than the "
+                f"{limit}-byte limit for it; refusing to read more.",
+                remedy=f"Check the registry (or a proxy in front of it); if the answer is genuine, raise "
+                f"{MAX_RESPONSE_BYTES_ENV}=<bytes> (manifests and configs have fixed limits of "
+                f"{_MAX_MANIFEST_BYTES} and {_MAX_CONFIG_BYTES} bytes).",
+                details={"registry": self.registry, "limit": limit},
+            )
+        response._content = b"".join(chunks)  # what Response.read() sets; the stream is consumed
+        return response
 
     def _backoff(
         self, method: str, url: str, reason: str, attempt: int, attempts: int, retry_after: str | None
@@ -399,6 +475,15 @@ class RegistryClient:
                 return True
             return False
         if scheme == "bearer" and params.get("realm"):
+            refusal = self._realm_refusal(params["realm"]) if self._credentials else None
+            if refusal:
+                raise RegistryAuthError(
+                    f"{self.registry}: its token service {self._where(params['realm'])} is {refusal}; "
+                    "refusing to send REGISTRY_USERNAME/REGISTRY_PASSWORD there.",
+                    remedy=f"If that token service is trusted for {self.registry}, allow it with "
+                    f"{ALLOW_TOKEN_REALM_ENV}=<its host> (comma-separated for several).",
+                    details={"registry": self.registry},
+                )
             token_scope = _merge_scopes(scope, params.get("scope"))
             token = self._fetch_token(params["realm"], params.get("service"), token_scope)
             with self._lock:
@@ -408,6 +493,29 @@ class RegistryClient:
                     self._tokens[scope or ""] = token
             return True
         return False
+
+    def _realm_refusal(self, realm: str) -> str | None:
+        """Why the credentials must not go to this token realm, or None when they may: the realm must
+        be on the registry's own host over https (plain http only when registry and realm are both
+        loopback and the registry itself is plain http), unless THEORY_ALLOW_TOKEN_REALM names it."""
+        parts = urlsplit(realm)
+        host = (parts.hostname or "").lower()
+        try:
+            port = parts.port
+        except ValueError:
+            return "not a valid URL"
+        allowed = {h.strip().lower() for h in os.environ.get(ALLOW_TOKEN_REALM_ENV, "").split(",") if h.strip()}
+        if host and (host in allowed or (port and f"{host}:{port}" in allowed)):
+            return None
+        registry_host = (urlsplit(f"//{self.registry}").hostname or "").lower()
+        if host != registry_host and host != _KNOWN_REALM_HOSTS.get(registry_host):
+            return f"on another host ({host or '?'}) than the registry ({registry_host})"
+        scheme = parts.scheme.lower()
+        if scheme == "https":
+            return None
+        if scheme == "http" and self.insecure and is_loopback(self.registry) and is_loopback(host):
+            return None
+        return f"reached over {scheme or '?'}://, not https://"
 
     def _fetch_token(self, realm: str, service: str | None, scope: str) -> str:
         query = []
@@ -423,7 +531,7 @@ class RegistryClient:
         attempts = max(1, self.retry.attempts)
         for attempt in range(1, attempts + 1):
             try:
-                response = self._send_once("GET", url, headers, None)
+                response = self._send_once("GET", url, headers, None, max_body=_MAX_TOKEN_BYTES, what="a token")
             except httpx.TransportError as exc:
                 reason = _describe_transport_error(exc)
                 if attempt >= attempts:
@@ -443,11 +551,7 @@ class RegistryClient:
                 )
                 continue
             if response.status_code in (401, 403):
-                who = (
-                    "the given credentials"
-                    if self._credentials
-                    else "anonymous access (no REGISTRY_USERNAME/REGISTRY_PASSWORD)"
-                )
+                who = "the given credentials" if self._credentials else f"anonymous access ({self._credentials_note})"
                 raise RegistryAuthError(
                     f"{self.registry}: the token service {self._where(realm)} refused {who} "
                     f"for scope {scope!r} "
@@ -464,6 +568,14 @@ class RegistryClient:
                 token = None
             if not isinstance(token, str) or not token:
                 raise RegistryAuthError(f"{self.registry}: the token service {self._where(realm)} returned no token.")
+            if not token.isascii() or not token.isprintable() or token != token.strip():
+                raise RegistryAuthError(
+                    f"{self.registry}: the token service {self._where(realm)} returned a token that cannot "
+                    "be sent in an HTTP header (control characters or whitespace)."
+                )
+            from .secret_values import register_secret_value
+
+            register_secret_value(token)
             return token
         raise AssertionError("unreachable")
 
@@ -474,11 +586,7 @@ class RegistryClient:
         subject = what or self._where(url)
         suffix = _registry_error_suffix(response)
         if status in (401, 403):
-            who = (
-                "with the given credentials"
-                if self._credentials
-                else "anonymously (REGISTRY_USERNAME/REGISTRY_PASSWORD unset)"
-            )
+            who = "with the given credentials" if self._credentials else f"anonymously ({self._credentials_note})"
             verb = "write" if write else "read"
             return RegistryAuthError(
                 f"{self.registry} refused to let us {verb} {subject} {who}: {status}{suffix}.",
@@ -543,6 +651,7 @@ class RegistryClient:
             headers={"Accept": ACCEPT_MANIFESTS},
             what=what,
             before_retry=config_instead,
+            max_body=_MAX_MANIFEST_BYTES,
         )
         body = response.content
         if len(body) > _MAX_MANIFEST_BYTES:
@@ -637,7 +746,7 @@ class RegistryClient:
     def get_blob(self, repo: str, digest: str, *, max_bytes: int | None = None) -> bytes:
         url = self.url(f"/v2/{repo}/blobs/{digest}")
         what = f"blob {self.registry}/{repo}@{digest}"
-        response = self._request("GET", url, scope=_pull_scope(repo), what=what)
+        response = self._request("GET", url, scope=_pull_scope(repo), what=what, max_body=max_bytes)
         body = response.content
         if max_bytes is not None and len(body) > max_bytes:
             raise ImagePullError(f"{what} is larger than {max_bytes} bytes.")
@@ -959,18 +1068,38 @@ def _registry_error_suffix(response: httpx.Response) -> str:
 
 
 class RegistryClients:
-    """One RegistryClient per registry host, authenticated with REGISTRY_USERNAME/REGISTRY_PASSWORD
-    when both are set. Callable as a client factory: `clients(host)`."""
+    """One RegistryClient per registry host. REGISTRY_USERNAME/REGISTRY_PASSWORD (when both are set)
+    belong to one registry host and are sent to no other: THEORY_REGISTRY_HOST (or REGISTRY_HOST)
+    when set, else `credentials_host` (the processor's image.repository registry, from callers that
+    know it), else the first registry this factory is asked for (the one the verb was pointed at).
+    Callable as a client factory: `clients(host)`."""
 
-    def __init__(self) -> None:
-        from .secret_values import registry_credentials
+    def __init__(self, credentials_host: str | None = None) -> None:
+        from .secret_values import registry_credentials, registry_credentials_host
 
         self._clients: dict[str, RegistryClient] = {}
         self._credentials = registry_credentials()
+        configured = registry_credentials_host()
+        self._credentials_host = configured or (credentials_host.strip().lower() if credentials_host else None)
+
+    @property
+    def credentials_host(self) -> str | None:
+        """The registry host the credentials are bound to (None until known)."""
+        return self._credentials_host
 
     def __call__(self, registry: str) -> RegistryClient:
         if registry not in self._clients:
-            self._clients[registry] = RegistryClient(registry, credentials=self._credentials)
+            credentials, note = self._credentials, None
+            if credentials is not None:
+                if self._credentials_host is None:
+                    self._credentials_host = registry.lower()
+                if registry.lower() != self._credentials_host:
+                    credentials = None
+                    note = (
+                        f"REGISTRY_USERNAME/REGISTRY_PASSWORD belong to {self._credentials_host}, not to "
+                        f"{registry}; set THEORY_REGISTRY_HOST={registry} to use them here"
+                    )
+            self._clients[registry] = RegistryClient(registry, credentials=credentials, credentials_note=note)
         return self._clients[registry]
 
     def close(self) -> None:

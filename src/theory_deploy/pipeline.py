@@ -413,7 +413,7 @@ class Pipeline:
 
     def run_all(self) -> list[ProcessorResult]:
         """Run every ref; stop at the first failure unless keep_going. Failures are in the results."""
-        clients = RegistryClients()
+        clients = RegistryClients(credentials_host=self._credentials_host())
         several = len(self.request.refs) > 1
         try:
             for ref in self.request.refs:
@@ -429,6 +429,16 @@ class Pipeline:
         finally:
             clients.close()
         return self.results
+
+    def _credentials_host(self) -> str | None:
+        """REGISTRY_USERNAME/REGISTRY_PASSWORD belong to one registry: where this run pushes
+        (`repository`), else the first processor's image.repository (THEORY_REGISTRY_HOST overrides)."""
+        if self.request.repository:
+            return parse_repository(self.request.repository, where="repository").registry
+        try:
+            return load_processor(self.request.refs[0], self.request.repo_root).registry
+        except TheoryDeployError:
+            return None  # the run reports the processor's own error
 
     def run(self) -> dict[str, Any]:
         """Run, and return the report as a verb's JSON; raise the first failure (with every result)."""

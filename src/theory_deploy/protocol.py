@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
 
 from .errors import (
     AuthRequiredError,
@@ -64,10 +66,42 @@ CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL = 4400
 CLOSE_UNAUTHORIZED = 4401
 
+# The largest frame (message) the client accepts; a bigger one ends the run with ERR_WS_PROTOCOL.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_FRAME_BYTES_ENV = "THEORY_WS_MAX_FRAME_BYTES"
+MAX_HEALTH_BYTES = 1024 * 1024  # a health answer is a small JSON object
 USER_AGENT = "theory-deploy (theory.run.v1)"
 
 OnFrame = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+def max_frame_bytes() -> int:
+    """MAX_FRAME_BYTES, or THEORY_WS_MAX_FRAME_BYTES when set to a positive whole number."""
+    raw = os.environ.get(MAX_FRAME_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_FRAME_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{MAX_FRAME_BYTES_ENV}={raw!r} is not a whole number of bytes.") from None
+    if value <= 0:
+        raise UsageError(f"{MAX_FRAME_BYTES_ENV}={raw!r} must be a positive number of bytes.")
+    return value
+
+
+def _bearer_headers(token: str | None) -> dict[str, str]:
+    """`Authorization: Bearer <token>`, refusing (without printing it) a token no header can carry."""
+    if not token:
+        return {}
+    bad = any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token) or token != token.strip() or not token.isascii()
+    if bad:
+        raise AuthRequiredError(
+            "the endpoint's bearer token (THEORY_AUTH_TOKEN or the app's auth secret) contains a newline, "
+            "a control character, surrounding whitespace or non-ASCII characters, so it cannot be sent as "
+            "an HTTP header; refusing to use it (its value is not shown).",
+            remedy="Set the token again without the stray character (e.g. `printf %s`, not `echo`).",
+        )
+    return {"Authorization": f"Bearer {token}"}
 
 
 def ws_url_for(base_url: str, path: str = "/run") -> str:
@@ -166,7 +200,8 @@ async def _run(
     on_frame: OnFrame | None,
     progress: _Progress,
 ) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    headers = _bearer_headers(token) or None
+    limit = max_frame_bytes()
     try:
         ws = await connect(
             url,
@@ -177,7 +212,7 @@ async def _run(
             ping_interval=20,
             ping_timeout=120,  # generous: a busy processor must not be dropped for a late pong
             close_timeout=5,
-            max_size=MAX_FRAME_BYTES,
+            max_size=limit,
         )
     except InvalidStatus as e:
         status = e.response.status_code
@@ -226,6 +261,13 @@ async def _run(
             raise
         except OSError as e:
             raise ProtocolError(f"{url}: connection lost before the RunResult: {e.strerror or e}") from None
+    sent = ws.protocol.close_sent
+    if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+        raise ProtocolError(
+            f"{url} sent a frame larger than the {limit}-byte limit for theory.run.v1 frames "
+            f"({progress.describe()}); the run was abandoned.",
+            remedy=f"Have the processor send smaller frames, or raise the limit with {MAX_FRAME_BYTES_ENV}=<bytes>.",
+        )
     rcvd = ws.protocol.close_rcvd
     code = rcvd.code if rcvd is not None else None
     reason = f" ({rcvd.reason})" if rcvd is not None and rcvd.reason else ""
@@ -244,6 +286,8 @@ def _decode(raw: str | bytes, url: str) -> dict[str, Any]:
         frame = json.loads(raw)
     except ValueError:
         raise ProtocolError(f"{url} sent a frame that is not JSON.") from None
+    except RecursionError:
+        raise ProtocolError(f"{url} sent a frame nested too deeply to parse.") from None
     if not isinstance(frame, dict) or not isinstance(frame.get("kind"), str):
         raise ProtocolError(f"{url} sent a frame without a string `kind`.")
     return frame
@@ -254,10 +298,17 @@ def fetch_health(
 ) -> dict[str, Any]:
     """GET the processor's health endpoint (synchronous): `{"ok": true, "ref", "digest", ...}`."""
     url = _http_base(base_url) + path
-    headers = {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT} if token else {"User-Agent": USER_AGENT}
+    headers = {**_bearer_headers(token), "User-Agent": USER_AGENT}
     try:
         with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
-            resp = client.get(url, headers=headers)
+            with client.stream("GET", url, headers=headers) as resp:
+                body = b""
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_HEALTH_BYTES:
+                        raise ProtocolError(
+                            f"{url} answered more than the {MAX_HEALTH_BYTES}-byte limit for a health check."
+                        )
     except httpx.TimeoutException:
         raise RunTimeoutError(f"{url} did not answer within {timeout_s:g}s.") from None
     except httpx.HTTPError as e:
@@ -269,8 +320,8 @@ def fetch_health(
     if resp.status_code != 200:
         raise ProtocolError(f"{url} answered HTTP {resp.status_code}.")
     try:
-        data = resp.json()
-    except ValueError:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
         raise ProtocolError(f"{url} did not answer JSON.") from None
     if not isinstance(data, dict) or data.get("ok") is not True:
         raise ProtocolError(f"{url} did not report ok: true.")

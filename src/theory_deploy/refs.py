@@ -156,6 +156,16 @@ _HOST_RE = re.compile(
 )
 
 
+# A registry host (253) + a repository path (255) + a tag (128) + a digest (71) fit well within this.
+_MAX_IMAGE_REF_LEN = 1024
+
+
+def _describe_char(ch: str) -> str:
+    """`a newline (U+000A)`: names a character without printing it raw."""
+    names = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", " ": "a space"}
+    return f"{names.get(ch, 'a whitespace or control character')} (U+{ord(ch):04X})"
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """`registry/path[:tag][@sha256:...]`, split into parts. `registry` is the host[:port]."""
@@ -182,7 +192,19 @@ class ImageRef:
 
     @classmethod
     def parse(cls, text: str, *, where: str = "--oci") -> ImageRef:
-        text = (text or "").strip()
+        text = (text or "").strip(" ")
+        bad = next((ch for ch in text if ch.isspace() or not ch.isprintable()), None)
+        if bad is not None:
+            # A newline or control character would otherwise reach a URL or an HTTP request line.
+            raise InvalidRefError(
+                f"{where}: the image ref contains {_describe_char(bad)} at position {text.index(bad) + 1}; "
+                "image refs may not contain whitespace or control characters.",
+                remedy=f"Pass {where} as one line, e.g. ghcr.io/org/name@sha256:<64 hex> (check for a stray newline).",
+            )
+        if len(text) > _MAX_IMAGE_REF_LEN:
+            raise InvalidRefError(
+                f"{where}: the image ref is {len(text)} characters, over the {_MAX_IMAGE_REF_LEN} limit."
+            )
         rest, _, digest_part = text.partition("@")
         digest = digest_part if "@" in text else None
         if digest is not None and not DIGEST_RE.match(digest):

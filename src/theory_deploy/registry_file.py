@@ -710,6 +710,12 @@ class LoadedProcessor:
     def folder(self) -> Path:
         return self.path.parent
 
+    @property
+    def registry(self) -> str:
+        """The registry host of image.repository: where this processor's pins live, and the host
+        REGISTRY_USERNAME/REGISTRY_PASSWORD are bound to unless THEORY_REGISTRY_HOST says otherwise."""
+        return ImageRef.parse(self.spec.image.repository, where="image.repository").registry
+
     def pin_for(self, platform: Platform) -> ImageRef:
         """The pinned digest ref for a platform; ERR_IMAGE_UNPINNED (with file:line) if there is none."""
         pin = self.spec.pins()[platform]

@@ -141,7 +141,7 @@ def _push_summary(result: push.PushResult) -> list[str]:
 def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
     loaded = _load(args)
     built = _local_images(loaded, _platforms(args, loaded))
-    clients = RegistryClients()
+    clients = RegistryClients(credentials_host=_repository(args, loaded).registry)
     try:
         result = _do_push(args, loaded, built, clients)
     finally:
@@ -175,7 +175,7 @@ def cmd_pin(args: argparse.Namespace) -> dict[str, Any]:
         if not args.oci or not args.platform:
             raise UsageError("pin needs --platform and --oci (or --from-push FILE).")
         wanted = {parse_platform(args.platform): args.oci}
-    clients = RegistryClients()
+    clients = RegistryClients(credentials_host=loaded.registry)
     try:
         return pin.verify_and_pin(loaded, wanted, clients)
     finally:
@@ -232,10 +232,10 @@ def cmd_publish(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_merge(args: argparse.Namespace) -> dict[str, Any]:
     """Join the per-platform pushes of each processor (one push-<slug>.json per build job) into one index."""
     merged = []
-    clients = RegistryClients()
+    processors = [_load_ref(text) for text in args.ref]
+    clients = RegistryClients(credentials_host=processors[0].registry)
     try:
-        for text in args.ref:
-            loaded = _load_ref(text)
+        for loaded in processors:
             slug = loaded.ref.slug
             platforms = push_records.collect_records(Path(args.source), slug)
             record = push_records.merge(str(loaded.ref), slug, platforms, clients)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import stat
 import sys
 import uuid
 from abc import ABC, abstractmethod
@@ -31,7 +34,7 @@ from ..errors import (
     UsageError,
     error_for_code,
 )
-from ..gitrun import Git
+from ..gitrun import Git, not_an_option
 from ..oci import RegistryClients
 from ..pin import verify_pin_candidate
 from ..refs import (
@@ -150,14 +153,15 @@ class Target(ABC):
         why it was left alone (gone meanwhile, or `changed_since_listing` says it was redeployed)."""
 
     # --- shared behaviour ----------------------------------------------------------------------------
-    def verify_image(self, oci: ImageRef) -> ImageRef:
+    def verify_image(self, oci: ImageRef, *, credentials_host: str | None = None) -> ImageRef:
         """Prove `oci` is (or, for an index, lists) this target's platform manifest; return the manifest ref.
 
-        The registry is asked, with REGISTRY_USERNAME/REGISTRY_PASSWORD when both are set, and what it
-        serves is hashed (`pin.verify_pin_candidate`)."""
+        The registry is asked, with REGISTRY_USERNAME/REGISTRY_PASSWORD when both are set and belong
+        to its host (`credentials_host`: the processor's image registry), and what it serves is
+        hashed (`pin.verify_pin_candidate`)."""
         if oci.digest is None:
             raise ImagePullError(f"{oci}: not a digest ref.")
-        clients = RegistryClients()
+        clients = RegistryClients(credentials_host=credentials_host)
         try:
             return verify_pin_candidate(str(oci), self.platform, clients).ref
         finally:
@@ -166,7 +170,7 @@ class Target(ABC):
     def image_to_deploy(self, app: AppContext, oci: str | None) -> ImageRef:
         """The pin for this target's platform, or `--oci` once proven to be that platform's manifest."""
         if oci:
-            return self.verify_image(ImageRef.parse_digest_ref(oci))
+            return self.verify_image(ImageRef.parse_digest_ref(oci), credentials_host=_image_registry(app))
         return app.processor.pin_for(self.platform)
 
     def verify_digest(self, app: AppContext, oci: str | None = None) -> dict[str, Any]:
@@ -317,12 +321,20 @@ class Target(ABC):
 
     def rollback(self, app: AppContext, to: str, *, dry_run: bool = False) -> dict[str, Any]:
         target = earlier_pin(app.processor, self.platform, to)
-        image = self.verify_image(target)
+        image = self.verify_image(target, credentials_host=_image_registry(app))
         result = self.start(app, image, dry_run=dry_run)
         result["rolled_back_to"] = str(image)
         verb = "would roll back" if dry_run else "rolled back"
         result["summary"] = f"{verb} {app.name} ({app.env}) to {image}. " + str(result.get("summary", ""))
         return result
+
+
+def _image_registry(app: AppContext) -> str | None:
+    """The registry host of the processor's image.repository: where registry credentials belong."""
+    try:
+        return ImageRef.parse(app.processor.spec.image.repository, where="image.repository").registry
+    except TheoryDeployError:
+        return None
 
 
 def _not_cleanable(listed: ListedApp, env: Environment) -> str | None:
@@ -401,6 +413,7 @@ def read_branches(path: str) -> list[str]:
 def earlier_pin(processor: LoadedProcessor, platform: Platform, to: str) -> ImageRef:
     """`--to` as a digest (it must have been this platform's pin at some revision of registry.yaml) or
     a git revision (read that revision's pin). Failures are RevisionError."""
+    not_an_option(to, "--to", RevisionError)  # never let git read it as an option (e.g. --output=FILE)
     relative = processor.path.resolve().relative_to(processor.repo_root.resolve()).as_posix()
     git = Git(processor.repo_root, timeout=30, error=RevisionError)
     digest = digest_of(to) or (to if DIGEST_RE.match(to) else None)
@@ -426,21 +439,108 @@ def earlier_pin(processor: LoadedProcessor, platform: Platform, to: str) -> Imag
     return ImageRef.parse_digest_ref(pin, where=f"--to {to}")
 
 
+INPUTS_MAX_BYTES_ENV = "THEORY_MAX_INPUTS_BYTES"
+INPUTS_MAX_DEPTH_ENV = "THEORY_MAX_INPUTS_DEPTH"
+DEFAULT_INPUTS_MAX_BYTES = 1024 * 1024  # 1 MiB
+DEFAULT_INPUTS_MAX_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _positive_int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a whole number.") from None
+    if value <= 0:
+        raise UsageError(f"{name}={raw!r} must be a positive whole number.")
+    return value
+
+
+def _json_depth_exceeds(text: str, limit: int) -> bool:
+    """True when `text` nests arrays/objects deeper than `limit` (brackets inside strings don't count).
+
+    Checked before json.loads, whose recursive parser would raise RecursionError on deep input."""
+    depth = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        if match.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _read_inputs_file(path: str, cap: int) -> str:
+    """At most `cap` bytes of a regular file (never a FIFO, device or folder: those could block or
+    never end); UTF-8 text."""
+    where = f"--inputs-file {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise InputsError(f"{where}: {exc.strerror}.") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputsError(
+                f"{where}: not a regular file; --inputs-file reads regular files only (not a FIFO, device or folder).",
+                remedy="Write the inputs to a file, or pass them with --inputs-json.",
+            )
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= cap:
+            chunk = os.read(fd, min(1024 * 1024, cap + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise InputsError(f"{where}: {exc.strerror}.") from None
+    finally:
+        os.close(fd)
+    if size > cap:
+        raise InputsError(
+            f"{where}: larger than the {cap}-byte limit for inputs.",
+            remedy=f"Pass smaller inputs, or raise the limit with {INPUTS_MAX_BYTES_ENV}=<bytes>.",
+        )
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputsError(f"{where}: not UTF-8 text.") from None
+
+
 def parse_inputs(inputs_json: str | None, inputs_file: str | None) -> dict[str, Any]:
+    """The run's inputs: a JSON object from --inputs-json or --inputs-file, at most
+    THEORY_MAX_INPUTS_BYTES (1 MiB) and THEORY_MAX_INPUTS_DEPTH (64) levels of nesting."""
     if inputs_json and inputs_file:
         raise InputsError("give --inputs-json or --inputs-file, not both.")
-    where, text = ("--inputs-json", inputs_json) if inputs_json else ("--inputs-file", None)
+    max_bytes = _positive_int_env(INPUTS_MAX_BYTES_ENV, DEFAULT_INPUTS_MAX_BYTES)
+    max_depth = _positive_int_env(INPUTS_MAX_DEPTH_ENV, DEFAULT_INPUTS_MAX_DEPTH)
+    where, text = ("--inputs-json", inputs_json) if inputs_json else (f"--inputs-file {inputs_file}", None)
     if inputs_file:
-        try:
-            text = Path(inputs_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputsError(f"--inputs-file {inputs_file}: {exc.strerror}.") from None
+        text = _read_inputs_file(inputs_file, max_bytes)
     if text is None:
         return {}
+    if where == "--inputs-json" and len(text.encode("utf-8", errors="surrogatepass")) > max_bytes:
+        raise InputsError(
+            f"--inputs-json: larger than the {max_bytes}-byte limit for inputs.",
+            remedy=f"Pass smaller inputs, or raise the limit with {INPUTS_MAX_BYTES_ENV}=<bytes>.",
+        )
+    if _json_depth_exceeds(text, max_depth):
+        raise InputsError(
+            f"{where}: nested deeper than the limit of {max_depth} levels of arrays/objects.",
+            remedy=f"Flatten the inputs, or raise the limit with {INPUTS_MAX_DEPTH_ENV}=<levels>.",
+        )
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputsError(f"{where}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).") from None
+    except RecursionError:
+        raise InputsError(f"{where}: nested too deeply to parse.") from None
     if not isinstance(value, dict):
         raise InputsError(f"{where}: expected a JSON object.")
     return value

@@ -67,6 +67,7 @@ import httpx
 from .. import output, secret_values
 from ..docker import DOCKER_TIMEOUT_S, Docker, tail_text
 from ..errors import (
+    AuthRequiredError,
     DeployError,
     DockerUnavailableError,
     FunctionNotFoundError,
@@ -118,6 +119,9 @@ def registry_auth_env(registry: str, base_env: dict[str, str] | None = None) -> 
     """
     env = dict(os.environ if base_env is None else base_env)
     credentials = secret_values.registry_credentials()
+    bound = secret_values.registry_credentials_host()
+    if bound is not None and bound != registry.lower():
+        credentials = None  # they belong to another registry host (THEORY_REGISTRY_HOST)
     if credentials is None:
         yield env
         return
@@ -826,6 +830,11 @@ class LocalTarget(Target):
         if spec.api.auth_secret:
             value = self._store(app).value(spec.api.auth_secret)
             token = value[spec.api.auth_secret] if value else None
+            if token:
+                # Sent as `Authorization: Bearer ...`: refuse a value no header can carry, naming the secret.
+                secret_values.check_header_value(
+                    token, f"the secret {spec.api.auth_secret} (the endpoint's bearer token)", AuthRequiredError
+                )
         base = f"http://127.0.0.1:{port}"
         return Endpoint(base_url=base, ws_url=f"ws://127.0.0.1:{port}{spec.api.path}", token=token)
 

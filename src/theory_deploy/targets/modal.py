@@ -80,6 +80,7 @@ from modal.config import config as modal_config
 
 from .. import output, protocol, secret_values
 from ..errors import (
+    AuthRequiredError,
     DeployError,
     FunctionNotFoundError,
     ImagePullError,
@@ -156,6 +157,9 @@ class ModalTarget(Target):
         if not token_id or not token_secret:
             missing = [n for n, v in (("MODAL_TOKEN_ID", token_id), ("MODAL_TOKEN_SECRET", token_secret)) if not v]
             raise ModalAuthError(f"no Modal credentials: {' and '.join(missing)} not set (and no ~/.modal.toml token).")
+        # Sent as request metadata (headers): refuse a value no header can carry, naming the variable.
+        secret_values.check_header_value(str(token_id), "MODAL_TOKEN_ID", ModalAuthError)
+        secret_values.check_header_value(str(token_secret), "MODAL_TOKEN_SECRET", ModalAuthError)
 
     @staticmethod
     def _server() -> str:
@@ -271,8 +275,12 @@ class ModalTarget(Target):
         name = app.processor.spec.api.auth_secret
         if not name:
             return None
+        source = "THEORY_AUTH_TOKEN" if os.environ.get("THEORY_AUTH_TOKEN") else name
         token = os.environ.get("THEORY_AUTH_TOKEN") or os.environ.get(name) or None
         secret_values.register_secret_value(token)
+        if token:
+            # Sent as `Authorization: Bearer ...`: refuse a value no header can carry, naming the variable.
+            secret_values.check_header_value(token, source, AuthRequiredError)
         return token
 
     # --- secrets ------------------------------------------------------------------------------------

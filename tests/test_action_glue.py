@@ -44,6 +44,10 @@ from tests.github_standin import GitHubStandIn
 from tests.helpers import assert_no_canary, make_canaries
 from tests.test_modal_target import HealthServer
 
+# Every test runs the action's steps (Python processes) in subprocesses: a second or more each. The
+# ones that need the Docker engine and the loopback registry also carry `docker` and `registry`.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO / "scripts" / "action-entrypoint"
 BIN = Path(sys.prefix) / "bin"
@@ -58,6 +62,8 @@ GHCR = "ghcr.io/theory-deploy/llm-litellm"
 NOTE_LABEL = "dev.theory.test.note"
 BRANCH, USER = "feat/x", "dev"
 DEV_APP = f"feat-x-dev-{SLUG}"
+LOCAL_BRANCH = "feat/local"  # the dev app of the `local` tests, apart from the module-wide dev run's
+LOCAL_DEV_APP = f"feat-local-dev-{SLUG}"
 # The caller's environment must not leak into an action under test: these are set per test or not at all.
 CLEARED = (
     "MODAL_TOKEN_ID",
@@ -746,7 +752,7 @@ def local(template: Template, tmp_path: Path) -> Iterator[World]:
     shutil.copytree(template.path, repo)
     temp = tmp_path / "runner-temp"
     temp.mkdir()
-    world = World(repo, temp, {**template.env, "THEORY_STATE_DIR": str(tmp_path / "state")})
+    world = World(repo, temp, {**template.env, "GIT_BRANCH": LOCAL_BRANCH, "THEORY_STATE_DIR": str(tmp_path / "state")})
     try:
         yield world
     finally:
@@ -794,7 +800,6 @@ def dev_run(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Ite
     remote = publish(world.repo, BRANCH)
     git(world.repo, "checkout", "--quiet", BRANCH)
     token = make_canaries("GITHUB_TOKEN")["GITHUB_TOKEN"]
-    tags_before = tags(template.repository)
     world.deployed(REF, "dev")
     try:
         with GitHubStandIn(owner="acme", repo="processors", tokens={token}, git_remote=remote) as gh:
@@ -814,13 +819,15 @@ def dev_run(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 fail_on_missing_secrets="false",
                 github_token=token,
             )
+            digests = json.loads(result.outputs.get("digests") or "{}")
+            running = digests.get(REF, {}).get("amd64")  # read now: what runs right after the action
             yield {
                 "world": world,
                 "result": result,
                 "gh": gh,
                 "remote": remote,
                 "token": token,
-                "tags_before": tags_before,
+                "running": bool(running) and _running(world, REF, "dev", running),
             }
     finally:
         world.stop_apps()
@@ -847,10 +854,10 @@ def test_dev_builds_pins_and_deploys_the_digest_just_pushed(dev_run: dict[str, A
     assert results["deployed"] == amd64 and results["verified"] is True and results["app"] == DEV_APP
     assert result.outputs["verified"] == "true" and result.outputs["app-name"] == DEV_APP
     assert result.outputs["app-url"].startswith("http://127.0.0.1:")
-    assert _running(world, REF, "dev", amd64)
+    assert dev_run["running"]  # localctl verify-digest --oci <amd64>, right after the action
     # every stage ran, in order, the mock run included
-    ran = [s for s in re.findall(r"^<== (\S+): ok", result.stderr, re.M) if s != "pr"]  # pr: see below
-    assert ran == ["build", "push", "pin", "start", "sync-secrets", "verify", "run"]
+    ran = re.findall(r"^<== (\S+): ok", result.stderr, re.M)
+    assert ran == ["build", "push", "pin", "pr", "start", "sync-secrets", "verify", "run"]  # pr: a token given
     # the push record for the pin action
     push_file = Path(result.outputs["push-dir"]) / f"push-{SLUG}.json"
     assert json.loads(push_file.read_text())["platforms"] == digests[REF]
@@ -859,11 +866,6 @@ def test_dev_builds_pins_and_deploys_the_digest_just_pushed(dev_run: dict[str, A
 @pytest.mark.docker
 @pytest.mark.registry
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: action.py cmd_deploy calls hand_over_tokens() (which pops THEORY_IN_GITHUB_TOKEN) "
-    "before read_request() decides open_pr from THEORY_IN_GITHUB_TOKEN, so stages `all` never include pr",
-)
 def test_dev_opens_the_pin_pr_against_the_branch_being_built(dev_run: dict[str, Any]) -> None:
     """action.yml: `all` is build-push, pin, pr (when github-token is set), start, ..."""
     result, gh, remote = dev_run["result"], dev_run["gh"], dev_run["remote"]
@@ -881,6 +883,36 @@ def test_dev_opens_the_pin_pr_against_the_branch_being_built(dev_run: dict[str, 
 @pytest.mark.docker
 @pytest.mark.registry
 @pytest.mark.slow
+def test_dev_with_the_pr_stage_named_opens_the_pin_pr_against_the_branch_being_built(
+    local: World, template: Template
+) -> None:
+    """The pr stage itself, from the root action in dev: base = the branch being built (GITHUB_REF_NAME)."""
+    remote = publish(local.repo, LOCAL_BRANCH)
+    git(local.repo, "checkout", "--quiet", LOCAL_BRANCH)
+    token = make_canaries("GITHUB_TOKEN")["GITHUB_TOKEN"]
+    with GitHubStandIn(owner="acme", repo="processors", tokens={token}, git_remote=remote) as gh:
+        result = local.run(
+            environ={"GITHUB_REF_NAME": LOCAL_BRANCH, "GITHUB_REPOSITORY": "acme/processors", "GITHUB_API_URL": gh.url},
+            ref=REF,
+            env="dev",
+            stages="build-push,pin,pr",
+            platforms="linux/amd64",
+            build_args=template.build_args(),
+            github_token=token,
+        )
+        assert result.returncode == 0, result.log[-5000:]
+        amd64 = json.loads(result.outputs["digests"])[REF]["amd64"]
+        (pull,) = gh.pulls
+        assert pull["base"] == LOCAL_BRANCH and pull["head"] == f"theory-deploy/pin/{SLUG}"
+        assert result.outputs["pr-url"] == f"https://github.example/acme/processors/pull/{pull['number']}"
+        assert f"amd64: {amd64}" in git(remote, "show", f"theory-deploy/pin/{SLUG}:{REG}")
+        assert all(r.authorization == f"token {token}" for r in gh.requests)
+    _leaks(result, {"GITHUB_TOKEN": token})
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
 def test_summary_has_the_digest_table_app_and_verify(dev_run: dict[str, Any]) -> None:
     result = dev_run["result"]
     assert result.returncode == 0, result.log[-6000:]
@@ -888,11 +920,11 @@ def test_summary_has_the_digest_table_app_and_verify(dev_run: dict[str, Any]) ->
     digest = amd64.split("@")[1]
     summary = result.summary
     assert "### theory-deploy: dev (local)" in summary
-    assert "Stages: build, push, pin, " in summary and "start, sync-secrets, verify, run\n" in summary
+    assert "Stages: build, push, pin, pr, start, sync-secrets, verify, run\n" in summary
     assert "| processor | platform | before | after |" in summary
     assert f"| {REF} | amd64 | — | `{digest[:19]}…` | changed |" in summary
     assert DEV_APP in summary and result.outputs["app-url"] in summary
-    assert "✅ verified" in summary
+    assert "✅ verified" in summary and result.outputs["pr-url"] in summary
 
 
 @pytest.mark.docker
@@ -1237,7 +1269,7 @@ def test_root_action_with_a_repository_input_end_to_end(local: World, template: 
     assert result.returncode == 0, result.log[-6000:]
     pin = json.loads(result.outputs["digests"])[REF]["amd64"]
     assert re.fullmatch(rf"{re.escape(repository)}@sha256:[0-9a-f]{{64}}", pin), pin
-    assert result.outputs["verified"] == "true" and result.outputs["app-name"] == DEV_APP
+    assert result.outputs["verified"] == "true" and result.outputs["app-name"] == LOCAL_DEV_APP
     assert json.loads(result.outputs["results"])[REF]["deployed"] == pin
     text = local.registry_yaml.read_text()
     assert f"repository: {repository}\n" in text and f"amd64: {pin}" in text
@@ -1256,3 +1288,37 @@ def test_a_verify_of_an_app_that_is_not_running_still_writes_every_output(local:
     for name in ("results", "app-name", "verified", "results-file"):
         assert f"\n{name}<<ghadelimiter_" in "\n" + raw
     assert result.outputs["verified"] == "false" and result.outputs["app-name"] == SLUG
+
+
+# --------------------------------------------------------------------------------------------------
+# the real setup bootstrap
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_setup_builds_a_private_hash_locked_venv_once(tmp_path: Path) -> None:
+    """The real setup: `pip install --require-hashes -r requirements/lock.txt`, then this checkout
+    with --no-deps, into $RUNNER_TEMP; a second action in the same job reuses it; the venv runs the
+    action module isolated (`-I`)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("THEORY_DEPLOY_VENV", "VIRTUAL_ENV")}
+    environ.update(RUNNER_TEMP=str(tmp_path), GITHUB_OUTPUT=str(tmp_path / "out"), GITHUB_ACTIONS="true")
+    first = subprocess.run(
+        ["python3", str(ENTRYPOINT), "setup"], env=environ, capture_output=True, text=True, timeout=1200
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "--require-hashes" in first.stderr
+    venv = Path(parse_output_file((tmp_path / "out").read_text())["venv"])
+    assert venv.parent == tmp_path / "theory-deploy"
+    assert (venv / "bin" / "processorctl").exists() and (venv / "bin" / "modalctl").exists()
+    usage = subprocess.run(
+        [str(venv / "bin" / "python"), "-I", "-m", "theory_deploy.action"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert usage.returncode == 2 and "deploy|plan|merge|drift-issue" in usage.stderr
+    second = subprocess.run(
+        ["python3", str(ENTRYPOINT), "setup"], env=environ, capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 0 and f"reusing {venv}" in second.stderr

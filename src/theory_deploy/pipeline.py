@@ -344,7 +344,11 @@ class _ProcessorRun:
 
     def stage_verify(self) -> dict[str, Any]:
         self.result.verified = False
-        result = self.target.verify_digest(self.app(), self._oci_to_deploy())
+        oci = self._oci_to_deploy()
+        if not self.result.deployed:  # verify alone: what it expects to run, reported even on a mismatch
+            pin = self.processor.spec.pins().get(self.target.platform)
+            self.result.deployed = oci or pin or ""
+        result = self.target.verify_digest(self.app(), oci)
         self.result.verified = bool(result.get("verified"))
         self.result.app = self.result.app or str(result.get("app") or "")
         self.result.deployed = self.result.deployed or str(result.get("expected") or "")

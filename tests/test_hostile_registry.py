@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from theory_deploy import build, registry_file, registry_pins
+from theory_deploy.bounded_yaml import DEFAULT_MAX_BYTES, DEFAULT_MAX_NODES, MAX_DEPTH
 from theory_deploy.errors import ValidationError
-from theory_deploy.registry_file import DEFAULT_MAX_BYTES, DEFAULT_MAX_NODES, MAX_DEPTH, check_file
+from theory_deploy.registry_file import check_file
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "processors/llm/litellm/registry.yaml"

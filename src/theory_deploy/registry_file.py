@@ -11,7 +11,12 @@ else moved. Writes are atomic (temp file, fsync, rename) and serialised by an
 exclusive lock on the processor's folder, so concurrent pinners never lose an update.
 
 Reading pins out of a registry.yaml *text* (another revision's, a base branch's), their line numbers
-and their history through git live next door, in registry_pins.py.
+and their history through git live next door, in registry_pins.py; the limits on what may be read
+at all, in bounded_yaml.py.
+
+Why one file of this size: the model, the cross-field checks and the pin splice all work from the
+same parse and its recorded positions (`_position`, `Problem`); split apart, a check and the line
+it reports, or a splice and the proof that nothing else moved, could read the file differently.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import io
 import json
 import os
 import re
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +37,12 @@ from pydantic import ValidationError as PydanticValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
 
+from .bounded_yaml import MAX_DEPTH, Refused, check_yaml_limits, read_registry_text, safe_yaml_text
 from .errors import (
     ImageUnpinnedError,
     ProcessorNotFoundError,
     TheoryDeployError,
-    UsageError,
     ValidationError,
 )
 from .files import atomic_write, exclusive_lock
@@ -193,166 +196,6 @@ def _display(path: Path) -> str:
     return str(path)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Limits: what a registry.yaml may be before it is parsed
-# ---------------------------------------------------------------------------------------------------
-#
-# registry.yaml comes from pull requests, so it is hostile input until checked. Before anything is
-# parsed: only a regular file is opened (never a FIFO or a device, which would block or never end),
-# at most the size cap is read, and the bytes must be UTF-8. Before the document is built: one pass
-# over the parser's events (iterative, stopping at the first breach) bounds the nesting depth and
-# the number of nodes, and refuses aliases (`*name`): an alias makes the document that validation,
-# the build and the runtime see larger than the file (the "billion laughs"), and nothing needs one
-# (the `inputs` JSON Schema reuses sub-schemas with `$defs`/`$ref`, which every consumer understands).
-
-MAX_BYTES_ENV = "THEORY_MAX_REGISTRY_BYTES"
-DEFAULT_MAX_BYTES = 1024 * 1024
-MAX_NODES_ENV = "THEORY_MAX_REGISTRY_NODES"
-DEFAULT_MAX_NODES = 20_000
-MAX_DEPTH = 64
-
-
-def _env_limit(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    value = int(raw) if raw.isdigit() else 0
-    if value <= 0:
-        raise UsageError(
-            f"{name}={raw!r} is not a positive whole number.",
-            remedy=f"Unset {name} (default {default}) or set it to a positive whole number.",
-        )
-    return value
-
-
-def max_registry_bytes() -> int:
-    """The size cap of one registry.yaml in bytes (THEORY_MAX_REGISTRY_BYTES, default 1 MiB)."""
-    return _env_limit(MAX_BYTES_ENV, DEFAULT_MAX_BYTES)
-
-
-def max_registry_nodes() -> int:
-    """The cap on YAML nodes (scalars, mappings, sequences) in one registry.yaml."""
-    return _env_limit(MAX_NODES_ENV, DEFAULT_MAX_NODES)
-
-
-class _Refused(Exception):
-    """A registry.yaml refused before parsing; carries the position and the message of its Problem."""
-
-    def __init__(self, line: int, col: int, message: str):
-        super().__init__(message)
-        self.line, self.col, self.message = line, col, message
-
-
-def _size_refusal(size: int | str, limit: int) -> _Refused:
-    return _Refused(
-        1,
-        1,
-        f"file is {size} bytes, over the registry.yaml size limit of {limit} bytes "
-        f"(raise it with {MAX_BYTES_ENV}=<bytes>)",
-    )
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        boms = {b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
-        hint = next(
-            (f"; it starts with a {name} byte-order mark" for bom, name in boms.items() if data.startswith(bom)), ""
-        )
-        raise _Refused(
-            line,
-            col,
-            f"not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} is not valid UTF-8{hint}; "
-            "registry.yaml must be encoded as UTF-8",
-        ) from None
-
-
-def read_registry_text(path: Path) -> str:
-    """The text of a registry.yaml on disk, within the limits. Raises OSError (FileNotFoundError when
-    absent) or _Refused. Symlinks are followed, but what they lead to must be a regular file; it is
-    opened non-blocking, so a FIFO can never hang the open."""
-    limit = max_registry_bytes()
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _Refused(
-                1, 1, f"{_file_kind(info.st_mode)}, not a regular file; registry.yaml must be a regular file"
-            )
-        if info.st_size > limit:
-            raise _size_refusal(info.st_size, limit)
-        chunks: list[bytes] = []
-        remaining = limit + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > limit:
-        raise _size_refusal(f"more than {limit}", limit)
-    return _decode(data)
-
-
-def check_yaml_limits(text: str) -> None:
-    """Raise _Refused when `text` breaks a limit: size, nesting depth, node count, or any alias.
-    Text that does not parse is left to the loader, which reports it with its position."""
-    limit = max_registry_bytes()
-    size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
-    if size > limit:
-        raise _size_refusal(size, limit)
-    max_nodes = max_registry_nodes()
-    depth = nodes = 0
-    try:
-        for event in YAML(typ="rt").parse(text):
-            mark = event.start_mark
-            line, col = (int(mark.line) + 1, int(mark.column) + 1) if mark is not None else (1, 1)
-            if isinstance(event, AliasEvent):
-                raise _Refused(
-                    line,
-                    col,
-                    f"YAML alias *{event.anchor} is not allowed in registry.yaml (aliases can expand a small "
-                    "file into a huge document); write the value out, or use $defs/$ref inside `inputs`",
-                )
-            if isinstance(event, CollectionStartEvent | ScalarEvent):
-                nodes += 1
-                if nodes > max_nodes:
-                    raise _Refused(
-                        line,
-                        col,
-                        f"more than {max_nodes} YAML nodes, the registry.yaml limit "
-                        f"(raise it with {MAX_NODES_ENV}=<count>)",
-                    )
-            if isinstance(event, CollectionStartEvent):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    raise _Refused(line, col, f"nested more than {MAX_DEPTH} levels deep, the registry.yaml limit")
-            elif isinstance(event, CollectionEndEvent):
-                depth -= 1
-    except YAMLError:
-        return
-
-
 def _load_document(path: Path, text: str | None = None) -> tuple[Any, list[Problem]]:
     shown = _display(path)
     try:
@@ -361,7 +204,7 @@ def _load_document(path: Path, text: str | None = None) -> tuple[Any, list[Probl
         check_yaml_limits(text)
     except FileNotFoundError:
         return None, [Problem(shown, 1, 1, "file not found")]
-    except _Refused as refused:
+    except Refused as refused:
         return None, [Problem(shown, refused.line, refused.col, refused.message)]
     except OSError as exc:
         return None, [Problem(shown, 1, 1, f"cannot read: {exc.strerror}")]
@@ -378,18 +221,6 @@ def _load_document(path: Path, text: str | None = None) -> tuple[Any, list[Probl
     if not isinstance(doc, CommentedMap):
         return None, [Problem(shown, 1, 1, "expected a mapping at the top level")]
     return doc, []
-
-
-def safe_yaml_text(text: str | None) -> str | None:
-    """`text` when it is within the limits, else None: for the tolerant readers of other revisions'
-    registry.yaml texts (registry_pins), which treat an unreadable text as no text."""
-    if text is None:
-        return None
-    try:
-        check_yaml_limits(text)
-    except _Refused:
-        return None
-    return text
 
 
 def _plain(node: Any) -> Any:
@@ -736,7 +567,7 @@ def pin_line(path_or_text: os.PathLike[str] | str, platform: str) -> int | None:
     if isinstance(path_or_text, os.PathLike):
         try:
             text = read_registry_text(Path(path_or_text))
-        except (OSError, _Refused):
+        except (OSError, Refused):
             return None
     else:
         text = path_or_text

@@ -26,9 +26,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
+from .bounded_yaml import safe_yaml_text
 from .errors import GitError
 from .gitrun import Git
-from .registry_file import REGISTRY_FILE, safe_yaml_text
+from .registry_file import REGISTRY_FILE
 
 _ZERO_SHA = re.compile(r"^0+$")
 

@@ -12,7 +12,8 @@ import pytest
 from tests.action_runner import parse_output_file
 from theory_deploy.cli import framework, plan_cmds
 from theory_deploy.errors import GitError, InvalidEnvError, ProcessorNotFoundError, UsageError
-from theory_deploy.plan import compute_plan, deploy_env, split_refs
+from theory_deploy.plan import compute_plan, deploy_env
+from theory_deploy.refs import split_refs
 
 SAMPLE = Path(__file__).resolve().parents[1] / "processors" / "llm" / "litellm" / "registry.yaml"
 PIN_A = "ghcr.io/theory-deploy/llm-{name}@sha256:" + "a" * 64

@@ -31,8 +31,7 @@ from . import errors, gha, output, push_records, registry_file
 from .errors import RegistryMismatchError, TheoryDeployError, UsageError
 from .oci import RegistryClients
 from .pipeline import MODES, Pipeline, PipelineRequest, ProcessorResult, parse_stages, resolve_stages
-from .plan import split_refs
-from .refs import ENVIRONMENTS, Environment, ProcessorRef, parse_platforms, parse_repository
+from .refs import ENVIRONMENTS, Environment, ProcessorRef, parse_platforms, parse_repository, split_refs
 from .secret_values import register_secret_value, scrub
 
 TARGETS = ("modal", "local")

@@ -248,9 +248,3 @@ def compute_plan(
             f"deploy: {', '.join(deploy_refs) or 'nothing'}"
         ),
     }
-
-
-def split_refs(text: str | None) -> list[str]:
-    """`a@1, b@2` / one per line / space separated → ['a@1', 'b@2'] (order kept, no duplicates)."""
-    items = [item for item in re.split(r"[\s,]+", text or "") if item]
-    return list(dict.fromkeys(items))

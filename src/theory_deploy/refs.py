@@ -70,6 +70,12 @@ APP_NAME_MAX = 64  # Modal's limit for app and secret names
 _HASH_LEN = 8
 
 
+def split_refs(text: str | None) -> list[str]:
+    """`a@1, b@2` / one per line / space separated → ['a@1', 'b@2'] (order kept, no duplicates)."""
+    items = [item for item in re.split(r"[\s,]+", text or "") if item]
+    return list(dict.fromkeys(items))
+
+
 def parse_env(text: str, *, where: str = "--env") -> Environment:
     if text not in ENVIRONMENTS:
         raise InvalidEnvError(f"{where}: {text!r} is not an environment; expected one of dev, staging, main.")

@@ -8,8 +8,7 @@ from typing import Any
 
 from .. import errors
 from ..pipeline import STAGES, Pipeline, PipelineRequest, parse_stages, resolve_stages
-from ..plan import split_refs
-from ..refs import ProcessorRef, parse_env, parse_platforms, parse_repository
+from ..refs import ProcessorRef, parse_env, parse_platforms, parse_repository, split_refs
 from ..targets import TARGET_KINDS
 from ..targets.base import parse_inputs
 from . import framework

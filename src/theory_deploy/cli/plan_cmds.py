@@ -8,7 +8,8 @@ import os
 from typing import Any
 
 from .. import gha
-from ..plan import DEFAULT_RUNNER, compute_plan, deploy_env, split_refs
+from ..plan import DEFAULT_RUNNER, compute_plan, deploy_env
+from ..refs import split_refs
 from ..registry_file import find_repo_root
 
 

@@ -1,0 +1,221 @@
+"""The reliability suite at CI size: runs `bench/reliability.py --size ci` once (a few minutes) and
+asserts its invariants (zero wrong pins, zero leaks, zero half-written branches, ...), never timings.
+
+What each section does is in bench/reliability.py's docstring. The `reliability` marker is
+registered by tests/reliability_markers.py (no pyproject.toml edit); `slow` is set here, and the
+`registry`/`docker` markers come from the fixtures.
+
+Known product bugs found by the suite are marked `@known_bug(reason)`: the test xfails while the bug is
+there and fails when it is gone (remove the decorator then). Unlike a decorator xfail, an error in the
+suite itself (the fixture) still shows as an error, not as an expected failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["tests.reliability_markers"]
+pytestmark = [pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def known_bug(reason: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Strict xfail for the test body only: fixture errors stay errors."""
+
+    def wrap(test: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(test)
+        def run(*args: Any, **kwargs: Any) -> None:
+            try:
+                test(*args, **kwargs)
+            except AssertionError as exc:
+                pytest.xfail(f"{reason} [{str(exc).splitlines()[0][:200]}]")
+            pytest.fail(f"known bug no longer reproduces, remove @known_bug: {reason}", pytrace=False)
+
+        return run
+
+    return wrap
+
+
+FROM_PUSH_HANG = "--from-push /dev/zero", "--from-push FIFO"
+SCHEMA_DICT = "inputs.$schema is a mapping"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory, registry: str, base_image: str, docker_cli: str) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("reliability") / "reliability.json"
+    env = {**os.environ, "THEORY_REGISTRY": registry, "THEORY_BASE_IMAGE": base_image, "DOCKER": docker_cli}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reliability.py"), "--size", "ci", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.exists(), f"the suite wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    data = json.loads(out.read_text())
+    print(proc.stdout)  # the table, shown with -s or on failure
+    assert not data.get("section_errors"), json.dumps(data.get("section_errors"), indent=1)[:4000]
+    return data
+
+
+def test_r1_registry_faults_never_give_a_wrong_pin(report: dict[str, Any]) -> None:
+    r1 = report["R1"]
+    assert sum(r1["injected_faults"].values()) > 0, "the proxy injected nothing: the test proves nothing"
+    assert r1["ok"] == r1["runs"], r1["problems"]
+    assert r1["wrong_pins"] == 0, r1["problems"]
+    # a failed attempt may only be "the registry kept failing" (re-runs resume), never anything else
+    assert set(r1["failed_attempt_codes"]) <= {"ERR_REGISTRY_UNREACHABLE"}, r1["failed_attempt_codes"]
+
+
+def test_r1_401_403_404_fail_at_once(report: dict[str, Any]) -> None:
+    fast = report["R1"]["fast_fails"]
+    assert len(fast) == 6
+    for case in fast:
+        assert case["exit"] not in (0, 1), case  # refused, with a real error code (not ERR_INTERNAL)
+        assert not case["retried"], case
+        assert case["file_untouched"], case
+        assert case["fast"], case
+
+
+def test_r2_killed_pin_leaves_the_old_or_the_new_file(report: dict[str, Any]) -> None:
+    pin = report["R2"]["pin"]
+    n = pin["iterations"]
+    assert pin.get("parse_ok", 0) == n
+    assert pin.get("old_or_new", 0) == n, report["R2"]["pin_examples"]
+    assert pin.get("rerun_ok", 0) == n, report["R2"]["pin_examples"]
+    assert pin.get("tmp_files_after_kill", 0) == 0, report["R2"]["pin_examples"]
+
+
+def test_r2_killed_pr_never_half_writes_the_bot_branch(report: dict[str, Any]) -> None:
+    pr = report["R2"]["pr"]
+    n = pr["iterations"]
+    assert pr.get("half_written_branches", 0) == 0, report["R2"]["pr_examples"]
+    # a re-run finishes the job, except after the known stale-worktree wedge (its own xfail below),
+    # which the suite repairs by hand so that it can go on measuring
+    assert pr.get("rerun_failed", 0) == 0, report["R2"]["pr_examples"]
+    assert pr.get("rerun_ok", 0) == n + pr["targeted_iterations"], report["R2"]["pr_examples"]
+    assert pr.get("open_prs_at_end") == 1
+    assert pr.get("lock_files_after_kill", 0) == 0, report["R2"]["pr_examples"]
+
+
+def test_r2_interrupted_pr_removes_its_worktree(report: dict[str, Any]) -> None:
+    pr = report["R2"]["pr"]
+    assert pr.get("targeted_SIGINT", 0) >= 1, "no SIGINT landed while the worktree existed"
+    assert pr.get("targeted_stale_worktrees_after_SIGINT", 0) == 0
+
+
+@known_bug(
+    "product bug: SIGTERM (what CI runners, `timeout` and `docker stop` send) kills `processorctl pr` "
+    "without running its worktree cleanup (only SIGINT/KeyboardInterrupt does): the worktree stays registered "
+    "in the user's repository and its checkout stays in TMPDIR",
+)
+def test_r2_terminated_pr_removes_its_worktree(report: dict[str, Any]) -> None:
+    pr = report["R2"]["pr"]
+    assert pr.get("targeted_SIGTERM", 0) >= 1, "no SIGTERM landed while the worktree existed"
+    assert pr.get("targeted_stale_worktrees_after_SIGTERM", 0) == 0
+
+
+@known_bug(
+    "product gap: a worktree left by a killed `processorctl pr` (SIGKILL, SIGTERM) is never reclaimed by "
+    "later runs: `git worktree list` keeps it and TMPDIR keeps its checkout (theory-deploy-pin-*)",
+)
+def test_r2_rerun_reclaims_a_killed_prs_worktree(report: dict[str, Any]) -> None:
+    pr = report["R2"]["pr"]
+    assert pr.get("targeted_SIGKILL", 0) >= 1, "no SIGKILL landed while the worktree existed"
+    assert pr.get("targeted_stale_worktrees_kept_by_rerun", 0) == 0
+
+
+@known_bug(
+    "product bug: `processorctl pr` killed inside `git worktree add` leaves a locked admin entry "
+    "(.git/worktrees/pin-<slug>N, `locked`, no valid HEAD) that `git worktree prune` keeps; from then on every "
+    "`processorctl pr` (and a plain `git fetch`) in that clone fails: ERR_GIT 'fatal: bad object "
+    "worktrees/pin-…/HEAD … did not send all necessary objects'. A re-run never finishes the job",
+)
+def test_r2_pr_killed_inside_worktree_add_is_finished_by_a_rerun(report: dict[str, Any]) -> None:
+    pr = report["R2"]["pr"]
+    assert pr.get("in_worktree_add_kills", 0) >= 1, "no kill landed inside `git worktree add`"
+    assert pr.get("in_worktree_add_rerun_failed", 0) == 0, report["R2"]["pr_examples"].get(
+        "in_worktree_add_rerun_failed"
+    )
+
+
+def test_r3_concurrent_pins_and_prs_lose_no_update(report: dict[str, Any]) -> None:
+    r3 = report["R3"]
+    want = r3["rounds"] * r3["processors"]
+    assert max(o["peak_overlap"] for o in r3["overlap"]) > 1, "the runs did not overlap: the test proves nothing"
+    assert r3.get("lost_pin_updates", 0) == 0, r3["examples"]
+    assert r3.get("pins_intended", 0) == want, r3["examples"]
+    assert r3.get("lost_branch_updates", 0) == 0, r3["examples"]
+    assert r3.get("branches_final_ok", 0) == want, r3["examples"]
+    assert r3["processors_with_one_pr"] == r3["processors"], r3["prs_per_processor"]
+    assert r3.get("pin_ok", 0) == 10 * r3["rounds"], r3["examples"]
+
+
+def test_r4_hostile_input_never_crashes_or_moves_the_file(report: dict[str, Any]) -> None:
+    r4 = report["R4"]
+    assert r4["cases"] >= 300
+    assert r4.get("tracebacks", 0) == 0, r4["examples"].get("tracebacks")
+    assert r4.get("json_contract_violations", 0) == 0, r4["examples"].get("json_contract_violations")
+    assert r4.get("file_changed_after_failure", 0) == 0, r4["examples"].get("file_changed_after_failure")
+    assert r4.get("option_injection", 0) == 0, r4["examples"].get("option_injection")
+    assert r4.get("harness_errors", 0) == 0, r4["examples"].get("harness_errors")
+    assert r4["subprocess_hangs"] == 0 and r4["subprocess_tracebacks"] == 0
+
+
+def test_r4_hang_probes_end_with_an_error(report: dict[str, Any]) -> None:
+    for probe in report["R4"]["hang_probes"]:
+        if probe["probe"] in (*FROM_PUSH_HANG, SCHEMA_DICT):
+            continue  # the known bugs below
+        assert not probe["hung"] and not probe["traceback"], probe
+        assert probe["exit"] not in (0, 1, None) and probe["file_untouched"], probe
+
+
+@known_bug(
+    "product bug: `processorctl pin --from-push` (and `pipeline --from-push`) read the record with "
+    "Path.read_text(): a FIFO blocks forever and /dev/zero is read without bound (GBs of memory in seconds)",
+)
+def test_r4_from_push_of_a_fifo_or_dev_zero_does_not_hang(report: dict[str, Any]) -> None:
+    probes = [p for p in report["R4"]["hang_probes"] if p["probe"] in FROM_PUSH_HANG]
+    assert len(probes) == 2
+    for probe in probes:
+        assert not probe["hung"] and not probe["traceback"] and probe["exit"] not in (0, 1, None), probe
+
+
+@known_bug(
+    "product bug: registry.yaml with `inputs.$schema` set to a mapping (e.g. `$schema: {a: 1}`) makes "
+    "`processorctl validate` (and start, run, plan...) fail with ERR_INTERNAL 'unexpected TypeError: unhashable "
+    "type: dict' (from jsonschema) instead of ERR_VALIDATION naming file:line:col",
+)
+def test_r4_inputs_schema_of_the_wrong_type_is_a_validation_error(report: dict[str, Any]) -> None:
+    (probe,) = [p for p in report["R4"]["hang_probes"] if p["probe"] == SCHEMA_DICT]
+    assert probe["code"] == "ERR_VALIDATION" and not probe["traceback"], probe
+
+
+def test_r5_no_secret_value_leaks(report: dict[str, Any]) -> None:
+    r5 = report["R5"]
+    assert r5["places_checked"] >= 100
+    assert r5["local_start_ok"], r5["start_error"]
+    assert r5["prs_checked"] >= 1
+    assert r5["leaks"] == 0, r5["leak_places"]
+
+
+def test_nothing_left_behind(report: dict[str, Any]) -> None:
+    left = report["left_behind"]
+    assert all("/.git/worktrees/" in p for p in left["lock_files"]), left["lock_files"]
+    assert left["temp_files"] == []
+    assert left["containers"] == []
+    assert left["local_tags"] == []
+    # the only TMPDIR entries / worktrees / git locks allowed are the killed pr's (xfails above)
+    assert all(e.startswith("theory-deploy-pin-") for e in left["tmpdir_entries"]), left["tmpdir_entries"]
+    assert set(left["worktrees"]) <= {"r2pr/work"}, left["worktrees"]

@@ -1164,7 +1164,11 @@ def r4(ctx: Ctx) -> dict[str, Any]:
         res = ctx.cli(tool, *argv, root=ws, env=ctx.env(ws, **{**fuzz_env, **env_extra}), timeout=60)
         sub_secs.append(res.secs)
         hangs += res.hung
-        sub_tb += "Traceback" in res.err or "ERR_INTERNAL" in res.out + res.err
+        # --debug prints the traceback of any error by design; there only ERR_INTERNAL is a crash.
+        traceback_shown = "Traceback" in res.err and "--debug" not in argv
+        if traceback_shown or "ERR_INTERNAL" in res.out + res.err:
+            sub_tb += 1
+            t.add("subprocess_tracebacks", example=f"{tool} {argv!r}: {(res.out + res.err)[-600:]}")
     reg.write_text(sample_text)
 
     # hang probes: files that never end or never open, as real subprocesses under a timeout

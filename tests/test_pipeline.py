@@ -171,7 +171,9 @@ def test_dev_deploys_what_this_run_pushed_not_the_old_pin(workspace: Path, regis
         assert pushed != old_pin
         assert stages(first)["start"]["image"] == pushed, stages(first)["start"]
         assert registry_yaml.read_text() == pinned_text  # no pin stage: registry.yaml untouched
-        verified = cli(workspace, "localctl", "verify-digest", "--ref", REF, "--env", "dev", "--oci", pushed, "--json", env=env)
+        verified = cli(
+            workspace, "localctl", "verify-digest", "--ref", REF, "--env", "dev", "--oci", pushed, "--json", env=env
+        )
         assert verified.returncode == 0 and json.loads(verified.stdout)["verified"] is True, verified.stderr
 
         # Nothing pushed in this run: dev deploys the pin.

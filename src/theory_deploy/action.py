@@ -526,8 +526,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0] not in VERBS:
         sys.stderr.write(f"usage: python -m theory_deploy.action {{{'|'.join(VERBS)}}}\n")
         return errors.UsageError.exit_code
+    from .cli.framework import Terminated, handle_termination
+
+    handle_termination()
     try:
         VERBS[args[0]]()
+    except Terminated:
+        output.progress("theory-deploy: terminated")
+        return 143
     except _Reported as done:
         return done.exit_code
     except TheoryDeployError as err:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -81,3 +82,50 @@ def exclusive_lock(
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def remove_stale_temporaries(path: Path) -> list[str]:
+    """Delete what `atomic_write(path)` leaves when its process is killed between creating its
+    temporary file and renaming it. Call it only while holding the lock every writer of `path` holds:
+    then no temporary of `path` can belong to a live writer."""
+    removed = []
+    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+            removed.append(leftover.name)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+class UnreadableFile(Exception):
+    """A file that may not be read: not a regular file, or larger than its limit (the message says which)."""
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`. A FIFO, device or directory is refused
+    without blocking (opened non-blocking, checked with fstat), and never more than `max_bytes` + 1
+    bytes are read, so `/dev/zero` or a file growing under us cannot eat memory."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile("not a regular file (a FIFO, device or directory)")
+        if info.st_size > max_bytes:
+            raise UnreadableFile(f"{info.st_size} bytes, over the limit of {max_bytes}")
+        chunks, remaining = [], max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise UnreadableFile(f"more than {max_bytes} bytes, over the limit")
+    return data

@@ -84,6 +84,7 @@ from .errors import (
     TheoryDeployError,
     UsageError,
 )
+from .files import exclusive_lock
 from .github_client import GitHubClient
 from .gitrun import Git, mask_tokens, not_an_option
 from .oci import RegistryClients
@@ -261,19 +262,66 @@ def is_bot_commit(repo_dir: Path, rev: str, identity: BotIdentity | None = None)
     return _commits(git, ["-1", sha])[0].made_by(identity or BotIdentity.from_env())
 
 
+WORKTREE_PREFIX = "pin-"  # the bot's worktree names: pin-<slug>, and git's pin-<slug>N on a clash
+WORKTREE_TMP_PREFIX = "theory-deploy-pin-"
+
+
 @contextlib.contextmanager
 def _worktree(git: Git, rev: str, name: str) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix="theory-deploy-pin-"))
-    path = tmp / name
+    """A temporary worktree at `rev`, removed afterwards, whatever happens.
+
+    Every bot worktree of a clone lives while its run holds an exclusive lock on the clone's git
+    folder, so a run that gets the lock knows that any bot worktree it finds was left by a killed
+    run (SIGKILL, or a kill inside `git worktree add`, which leaves a locked admin entry with no valid
+    HEAD that `git worktree prune` keeps and that breaks every later fetch). It removes those first:
+    a re-run after a crash finishes the job instead of tripping over the crash's remains.
+    """
+    common = _git_common_dir(git)
+    with exclusive_lock(common, timeout_s=300, what=f"{common} (another pin PR run holds its worktree)"):
+        _reclaim_stale_worktrees(git, common)
+        tmp = Path(tempfile.mkdtemp(prefix=WORKTREE_TMP_PREFIX))
+        path = tmp / name
+        try:
+            git.run("worktree", "add", "--detach", "--quiet", str(path), rev)
+            yield path
+        finally:
+            removed = git.run("worktree", "remove", "--force", str(path), check=False).returncode == 0
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not removed:
+                # Our admin entry is left pointing at a folder that is gone; prune drops such entries only.
+                git.run("worktree", "prune", check=False)
+
+
+def _git_common_dir(git: Git) -> Path:
+    """The clone's git folder shared by all its worktrees: what the worktree lock is taken on."""
+    return Path(git.out("rev-parse", "--path-format=absolute", "--git-common-dir"))
+
+
+def _reclaim_stale_worktrees(git: Git, common: Path) -> list[str]:
+    """Remove the bot worktrees a killed run left (call only under the clone's worktree lock)."""
+    reclaimed = []
+    admin_root = common / "worktrees"
+    for admin in sorted(admin_root.glob(f"{WORKTREE_PREFIX}*")) if admin_root.is_dir() else []:
+        checkout = _worktree_checkout(admin)
+        # Only our own temporary checkouts are deleted; an entry pointing elsewhere loses its admin
+        # entry only (a user's worktree is never named pin-*, but if one were, its files stay).
+        if checkout is not None and checkout.parent.name.startswith(WORKTREE_TMP_PREFIX):
+            shutil.rmtree(checkout.parent, ignore_errors=True)
+        shutil.rmtree(admin, ignore_errors=True)
+        reclaimed.append(admin.name)
+    if reclaimed:
+        git.run("worktree", "prune", check=False)
+        output.progress(f"removed {len(reclaimed)} worktree(s) left by an interrupted run: {', '.join(reclaimed)}")
+    return reclaimed
+
+
+def _worktree_checkout(admin: Path) -> Path | None:
+    """The checkout folder an admin entry points at (its `gitdir` file names <checkout>/.git)."""
     try:
-        git.run("worktree", "add", "--detach", "--quiet", str(path), rev)
-        yield path
-    finally:
-        removed = git.run("worktree", "remove", "--force", str(path), check=False).returncode == 0
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not removed:
-            # Our admin entry is left pointing at a folder that is gone; prune drops such entries only.
-            git.run("worktree", "prune", check=False)
+        pointer = (admin / "gitdir").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return Path(pointer).parent if pointer else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -432,6 +480,11 @@ def publish_pin_pr(
     grouped = _group(changes)
     try:
         git = Git(Path(top.stdout.strip()), identity)
+        # A worktree a killed run left behind breaks even `git fetch` (a locked admin entry with no
+        # valid HEAD): reclaim it before the first fetch, not only before the next worktree.
+        common = _git_common_dir(git)
+        with exclusive_lock(common, timeout_s=300, what=f"{common} (another pin PR run holds its worktree)"):
+            _reclaim_stale_worktrees(git, common)
         results = [
             _publish_one(
                 git,

@@ -18,13 +18,15 @@ from typing import Any
 
 from . import output
 from .errors import PlatformMismatchError, UsageError
-from .files import atomic_write
+from .files import UnreadableFile, atomic_write, read_regular_file
 from .oci import OCI_INDEX, RegistryClients
 from .push import Descriptor, PushResult, index_bytes
 from .refs import PLATFORMS, ImageRef, parse_platform
 
 # A config blob is a few KiB; anything near this is not an image config.
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# A push record lists a handful of digests.
+_MAX_RECORD_BYTES = 1024 * 1024
 
 
 def record_name(slug: str) -> str:
@@ -47,10 +49,12 @@ class PushRecord:
         if path.is_dir():
             path = path / record_name(slug)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular_file(path, _MAX_RECORD_BYTES).decode("utf-8"))
         except OSError as exc:
             raise UsageError(f"{where} {path}: cannot read it ({exc.strerror}).") from None
-        except (ValueError, UnicodeDecodeError):
+        except UnreadableFile as exc:
+            raise UsageError(f"{where} {path}: {exc} (a push record is a small JSON file).") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise UsageError(f"{where} {path}: not JSON (expected the output of `processorctl push --json`).") from None
         platforms = data.get("platforms") if isinstance(data, dict) else None
         if not isinstance(platforms, dict) or not platforms:

@@ -45,7 +45,7 @@ from .errors import (
     TheoryDeployError,
     ValidationError,
 )
-from .files import atomic_write, exclusive_lock
+from .files import atomic_write, exclusive_lock, remove_stale_temporaries
 from .refs import PLATFORMS, ImageRef, Platform, ProcessorRef
 
 REGISTRY_FILE = "registry.yaml"
@@ -407,7 +407,9 @@ def _cross_checks(
             at(loc, f"pin names repository {match['repo']!r}, but image.repository is {repository.repository!r}")
 
     inputs = data.get("inputs")
-    if isinstance(inputs, dict):
+    if isinstance(inputs, dict) and "$schema" in inputs and not isinstance(inputs["$schema"], str):
+        at(("inputs", "$schema"), "inputs.$schema must be a string naming a JSON Schema dialect (a URI)")
+    elif isinstance(inputs, dict):
         try:
             validator_cls = jsonschema.validators.validator_for(inputs, default=jsonschema.Draft202012Validator)
             validator_cls.check_schema(inputs)
@@ -712,6 +714,7 @@ def write_pins(path: Path, pins: dict[Platform, str | None]) -> dict[Platform, t
         if platform not in PLATFORMS:
             raise ValidationError(f"unknown platform {platform!r}; expected one of {', '.join(PLATFORMS)}.")
     with exclusive_lock(path.parent, what=f"{_display(path)} (another pin is being written)"):
+        remove_stale_temporaries(path)
         loaded = load_path(path)
         repository = loaded.spec.image.repository
         for platform, pin in pins.items():
@@ -738,6 +741,7 @@ def set_repository(path: Path, repository: str) -> dict[str, Any]:
     if new_repo.tag or new_repo.digest:
         raise ValidationError(f"--repository {repository!r} must have no tag and no digest.")
     with exclusive_lock(path.parent, what=f"{_display(path)} (another pin is being written)"):
+        remove_stale_temporaries(path)
         loaded = load_path(path)
         old = loaded.spec.image.repository
         if old == new_repo.repository:

@@ -9,7 +9,9 @@ other exception is a bug: `ERR_INTERNAL`, exit 1, traceback only with --debug.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -55,7 +57,23 @@ def add_verb(
     return sub
 
 
+class Terminated(BaseException):
+    """SIGTERM (what CI runners, `timeout` and `docker stop` send), raised where the process stands so
+    that every `finally` runs: worktrees, temporary files and locks are cleaned up as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def handle_termination() -> None:
+    """Turn SIGTERM into `Terminated` (main thread only: signal handlers live there)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def run_tool(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    handle_termination()
     argv = list(sys.argv[1:] if argv is None else argv)
     _Parser.json_mode = "--json" in argv
     args = parser.parse_args(argv)
@@ -70,6 +88,9 @@ def run_tool(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
     except KeyboardInterrupt:
         output.progress("interrupted")
         return 130
+    except Terminated:
+        output.progress("terminated")
+        return 128 + signal.SIGTERM
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: ERR_INTERNAL, traceback only with --debug
         bug = TheoryDeployError(f"unexpected {type(exc).__name__}: {exc}")
         if getattr(args, "debug", False):

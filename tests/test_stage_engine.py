@@ -5,6 +5,7 @@ record that carries a push from one job to the next."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from theory_deploy.pipeline import (
 )
 from theory_deploy.push_records import PushRecord, collect_records
 from theory_deploy.refs import ProcessorRef
-from theory_deploy.registry_file import load_path
+from theory_deploy.registry_file import load_path, write_pins
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "processors" / "llm" / "litellm" / "registry.yaml"
@@ -175,3 +176,34 @@ def _after_examples(text: str) -> str:
         if line and not line.startswith((" ", "\n")):
             return "".join(lines[i:])
     return ""
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "too-big"])
+def test_a_push_record_that_is_not_a_small_regular_file_is_refused_at_once(tmp_path, kind):
+    if kind == "fifo":
+        path = tmp_path / "push-slug.json"
+        os.mkfifo(path)  # opening it for reading would block forever
+    elif kind == "dev-zero":
+        path = Path("/dev/zero")  # endless: reading it whole would take all memory
+    else:
+        path = tmp_path / "push-slug.json"
+        path.write_text('{"platforms": {"amd64": "' + "x" * (2 * 1024 * 1024) + '"}}')
+    with pytest.raises(UsageError) as caught:
+        PushRecord.read(path, "slug", where="--from-push")
+    assert str(path) in caught.value.message
+    assert ("not a regular file" if kind != "too-big" else "over the limit") in caught.value.message
+
+
+def test_a_pin_write_removes_what_a_killed_writer_left(tmp_path):
+    folder = tmp_path / "processors" / "llm" / "litellm"
+    folder.mkdir(parents=True)
+    registry = folder / "registry.yaml"
+    registry.write_text(SAMPLE.read_text())
+    leftover = folder / ".registry.yaml.k1ll3d.tmp"  # atomic_write's temporary, orphaned by kill -9
+    leftover.write_text("half a file")
+    unrelated = folder / ".other.yaml.abc.tmp"
+    unrelated.write_text("not ours")
+    write_pins(registry, {"amd64": AMD.replace("127.0.0.1:5000/org/app", "ghcr.io/theory-deploy/llm-litellm")})
+    assert not leftover.exists()
+    assert unrelated.exists()
+    assert "sha256:" + "a" * 64 in registry.read_text()

@@ -156,7 +156,8 @@ class RepositoryMismatchError(TheoryDeployError):
     code = "ERR_REPOSITORY_MISMATCH"
     exit_code = 28
     remedy = (
-        "Pin a digest from the processor's image.repository, or pass --repository REPO to allow another one on purpose."
+        "Pin a digest from the processor's image.repository, or move the processor on purpose first: "
+        "`processorctl set-repository --ref R --repository REPO`."
     )
 
 

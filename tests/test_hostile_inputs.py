@@ -159,6 +159,7 @@ def basic_challenge(_h: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], by
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_oci_with_a_newline_is_refused_at_parse_time_naming_the_flag(tmp_path: Path) -> None:
     payload = cli(
         "localctl", "start", "--ref", REF, "--env", "main", "--oci", f"127.0.0.1:9/llm/x\n@{DIGEST}", "--dry-run",
@@ -233,6 +234,7 @@ def test_deeply_nested_inputs_are_refused_not_a_recursion_error(tmp_path: Path) 
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_rollback_to_an_option_is_refused_and_writes_no_file(tmp_path: Path) -> None:
     target = tmp_path / "written-by-git"
     for to in (f"--output={target}", f"-o{target}"):
@@ -242,6 +244,7 @@ def test_rollback_to_an_option_is_refused_and_writes_no_file(tmp_path: Path) -> 
         assert not target.exists()
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_pr_base_and_remote_starting_with_a_dash_are_refused(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     payload = cli("processorctl", "pr", "--ref", REF, "--base=--output=" + str(marker), "--no-pr", tmp=tmp_path)
@@ -260,6 +263,7 @@ def test_pr_base_and_remote_starting_with_a_dash_are_refused(tmp_path: Path) -> 
 
 
 @needs_127_0_0_2
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_credentials_are_not_sent_to_an_oci_on_another_registry(tmp_path: Path, servers: list[Recorder]) -> None:
     """`start --oci` at a registry that is not the processor's: it challenges, and gets nothing."""
     other = Recorder("127.0.0.2", basic_challenge)
@@ -328,6 +332,7 @@ def test_a_token_realm_on_another_host_gets_no_credentials_unless_allowed(
     assert [a.split()[0] for a in realm.authorizations] == ["Basic"]
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_header_unsafe_registry_password_is_refused_before_any_request(
     tmp_path: Path, servers: list[Recorder]
 ) -> None:
@@ -396,6 +401,7 @@ def test_a_bearer_token_with_a_newline_is_refused_without_showing_it(servers: li
         )
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_modal_token_with_a_newline_is_refused_naming_the_variable(tmp_path: Path) -> None:
     token_secret = make_canary()
     payload = cli(
@@ -429,6 +435,7 @@ elif args[:2] == ["-m", "venv"]:
 """
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_setup_installs_every_package_with_a_hash_and_builds_offline(tmp_path: Path) -> None:
     fake = tmp_path / "fake-python"
     fake.write_text(FAKE_PYTHON)
@@ -531,7 +538,7 @@ def test_a_websocket_frame_over_the_limit_is_a_protocol_error(monkeypatch: pytes
         await ws.recv()
         await ws.send(json.dumps({"kind": "Ack", "content": {}}))
         await ws.send(json.dumps({"kind": "Log", "content": {"message": "x" * 4096}}))
-        await asyncio.sleep(30)
+        await ws.wait_closed()  # the client closes (1009, message too big); the server then shuts down at once
 
     async def main() -> None:
         async with serve(handler, "127.0.0.1", 0, subprotocols=[protocol.PROTOCOL]) as server:  # type: ignore[list-item]
@@ -545,6 +552,7 @@ def test_a_websocket_frame_over_the_limit_is_a_protocol_error(monkeypatch: pytes
     assert "1024-byte limit" in message and "THEORY_WS_MAX_FRAME_BYTES" in message
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_git_show_of_a_huge_blob_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "big.yaml").write_text("x" * 5000)

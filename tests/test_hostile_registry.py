@@ -85,6 +85,7 @@ def line_of(text: str, needle: str) -> int:
 # --- 1. encoding -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_utf16_registry_yaml_is_a_validation_error_naming_the_file_and_utf8(repo: Path) -> None:
     registry(repo).write_bytes(SAMPLE.read_text().encode("utf-16"))  # with a byte-order mark
     message = refused(cli(repo, "processorctl", "validate"))
@@ -92,6 +93,7 @@ def test_a_utf16_registry_yaml_is_a_validation_error_naming_the_file_and_utf8(re
     assert "must be encoded as UTF-8" in message and "UTF-16 byte-order mark" in message
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_latin1_registry_yaml_is_a_validation_error_at_the_offending_line(repo: Path) -> None:
     text = sample_with({"# llm/litellm@1: chat": "# llm/litellm@1: caf\u00e9 chat"})
     registry(repo).write_bytes(text.encode("latin-1"))
@@ -113,6 +115,7 @@ def test_a_latin1_registry_yaml_is_a_validation_error_at_the_offending_line(repo
         ),
     ],
 )
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_deep_nesting_is_refused_at_the_depth_limit(repo: Path, nested: str) -> None:
     text = sample_with({}, f"x_deep: {nested}\n")
     registry(repo).write_text(text)
@@ -138,6 +141,7 @@ LAUGHS = "lols:\n  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
 )
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_billion_laughs_is_refused_by_validate(repo: Path) -> None:
     text = sample_with({"outputs:\n": LAUGHS + "outputs:\n"})
     registry(repo).write_text(text)
@@ -146,6 +150,7 @@ def test_billion_laughs_is_refused_by_validate(repo: Path) -> None:
     assert "YAML alias *l0 is not allowed" in message
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_billion_laughs_is_refused_by_localctl_start_dry_run(repo: Path) -> None:
     registry(repo).write_text(sample_with({"outputs:\n": LAUGHS + "outputs:\n"}))
     proc = cli(repo, "localctl", "start", "--ref", "llm/litellm@1", "--env", "dev", "--dry-run")
@@ -153,6 +158,7 @@ def test_billion_laughs_is_refused_by_localctl_start_dry_run(repo: Path) -> None
     assert "registry.yaml" in message and "alias" in message
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_single_alias_is_refused_too_so_the_rule_is_simple(repo: Path) -> None:
     text = sample_with({"outputs:\n": "outputs:\n  again: *base\n", "runtime:\n": "runtime: &base\n"})
     registry(repo).write_text(text)
@@ -173,6 +179,7 @@ def test_pin_readers_treat_hostile_texts_as_unreadable_quickly() -> None:
 # --- 4. size and node caps -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_200_mb_registry_yaml_is_refused_by_size_without_reading_it(repo: Path) -> None:
     with registry(repo).open("r+b") as f:
         f.truncate(200 * 1024 * 1024)  # sparse: the size is real, the disk use is not
@@ -181,6 +188,7 @@ def test_a_200_mb_registry_yaml_is_refused_by_size_without_reading_it(repo: Path
     assert f"size limit of {DEFAULT_MAX_BYTES} bytes" in message and "THEORY_MAX_REGISTRY_BYTES" in message
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_the_size_cap_is_exact_and_can_be_raised(repo: Path) -> None:
     text = sample_with({}, "#" * (DEFAULT_MAX_BYTES - len(SAMPLE.read_bytes())) + "\n")
     registry(repo).write_text(text)
@@ -192,6 +200,7 @@ def test_the_size_cap_is_exact_and_can_be_raised(repo: Path) -> None:
     assert "THEORY_MAX_REGISTRY_BYTES='lots'" in refused(bad, "ERR_USAGE")
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_huge_list_is_refused_at_the_node_limit(repo: Path) -> None:
     text = sample_with({}, "x_many: [" + "1," * 1_000_000 + "1]\n")  # 2 MB: over the size cap first
     registry(repo).write_text(text)
@@ -206,11 +215,13 @@ def test_a_huge_list_is_refused_at_the_node_limit(repo: Path) -> None:
 # --- 5. special files ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_dev_zero_is_refused_as_not_a_regular_file(repo: Path) -> None:
     message = refused(cli(repo, "processorctl", "validate", "/dev/zero"))
     assert "/dev/zero:1:1" in message and "a character device, not a regular file" in message
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_fifo_given_as_the_file_is_refused_without_hanging(repo: Path) -> None:
     fifo = repo / "processors/llm/litellm/pipe.yaml"
     os.mkfifo(fifo)
@@ -218,6 +229,7 @@ def test_a_fifo_given_as_the_file_is_refused_without_hanging(repo: Path) -> None
     assert "pipe.yaml:1:1" in message and "a FIFO, not a regular file" in message
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_registry_yaml_symlinked_to_a_fifo_is_refused_without_hanging(repo: Path) -> None:
     fifo = repo / "processors/llm/litellm/pipe"
     os.mkfifo(fifo)
@@ -230,6 +242,7 @@ def test_a_registry_yaml_symlinked_to_a_fifo_is_refused_without_hanging(repo: Pa
     assert "a FIFO" in message
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_directory_named_registry_yaml_is_refused(repo: Path) -> None:
     registry(repo).unlink()
     registry(repo).mkdir()
@@ -247,6 +260,7 @@ def test_a_directory_named_registry_yaml_is_refused(repo: Path) -> None:
         ("path: /run", 'path: "/run\\0"', "api.path"),
     ],
 )
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_nul_byte_in_a_path_field_is_a_validation_error_at_its_line(
     repo: Path, old: str, new: str, field: str
 ) -> None:
@@ -270,6 +284,7 @@ def test_a_nul_byte_in_a_path_field_is_a_validation_error_at_its_line(
         ("dockerfile: processors/llm/litellm/Dockerfile", "dockerfile: ../etc/passwd", "build.dockerfile"),
     ],
 )
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_build_paths_outside_the_repository_are_refused(repo: Path, old: str, new: str, field: str) -> None:
     text = sample_with({old: new})
     registry(repo).write_text(text)
@@ -280,6 +295,7 @@ def test_build_paths_outside_the_repository_are_refused(repo: Path, old: str, ne
     assert "root:" not in proc.stdout + proc.stderr  # nothing of /etc/passwd is ever quoted
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_context_symlinked_out_of_the_repository_is_refused(repo: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -297,6 +313,7 @@ def test_a_context_symlinked_out_of_the_repository_is_refused(repo: Path, tmp_pa
 
 
 @pytest.mark.parametrize("what", ["file", "folder"])
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_registry_yaml_or_folder_symlinked_out_of_the_repository_is_refused(
     repo: Path, tmp_path: Path, what: str
 ) -> None:
@@ -326,6 +343,7 @@ def test_build_itself_refuses_paths_outside_the_repository_before_docker(repo: P
         assert "build." in info.value.message and "root:" not in info.value.message
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_the_sample_context_at_the_repository_root_is_accepted(repo: Path) -> None:
     proc = cli(repo, "processorctl", "validate")
     assert proc.returncode == 0, proc.stdout
@@ -357,6 +375,7 @@ def test_the_sample_context_at_the_repository_root_is_accepted(repo: Path) -> No
         "PORT",
     ],
 )
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_reserved_secret_name_is_refused(repo: Path, name: str) -> None:
     text = sample_with({"optional: [LITELLM_API_BASE]": f"optional: [LITELLM_API_BASE, {name}]"})
     registry(repo).write_text(text)
@@ -365,6 +384,7 @@ def test_a_reserved_secret_name_is_refused(repo: Path, name: str) -> None:
     assert f"secrets.optional: {name!r} is a reserved name" in message
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_a_reserved_auth_secret_is_refused(repo: Path) -> None:
     text = sample_with({"auth_secret: null": "auth_secret: GITHUB_TOKEN"})
     registry(repo).write_text(text)
@@ -399,6 +419,7 @@ def _two_colliding(repo: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_two_refs_with_one_slug_are_refused_by_validate_naming_both_files(repo: Path) -> None:
     _two_colliding(repo)
     message = refused(cli(repo, "processorctl", "validate"))
@@ -408,6 +429,7 @@ def test_two_refs_with_one_slug_are_refused_by_validate_naming_both_files(repo: 
     assert ok.returncode == 0, ok.stdout  # one file alone collides with nothing
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess per case
 def test_two_refs_with_one_slug_are_refused_by_plan(repo: Path) -> None:
     _two_colliding(repo)
     message = refused(cli(repo, "processorctl", "plan", "--all"))

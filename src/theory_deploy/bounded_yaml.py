@@ -15,7 +15,6 @@ text over the limits (another revision's) as no text at all.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -23,6 +22,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
 
 from .errors import UsageError
+from .files import UnreadableFile, read_regular_file
 
 MAX_BYTES_ENV = "THEORY_MAX_REGISTRY_BYTES"
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -71,19 +71,6 @@ def _size_refusal(size: int | str, limit: int) -> Refused:
     )
 
 
-def _file_kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
 def _decode(data: bytes) -> str:
     try:
         return data.decode("utf-8")
@@ -107,27 +94,12 @@ def read_registry_text(path: Path) -> str:
     absent) or Refused. Symlinks are followed, but what they lead to must be a regular file; it is
     opened non-blocking, so a FIFO can never hang the open."""
     limit = max_registry_bytes()
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise Refused(1, 1, f"{_file_kind(info.st_mode)}, not a regular file; registry.yaml must be a regular file")
-        if info.st_size > limit:
-            raise _size_refusal(info.st_size, limit)
-        chunks: list[bytes] = []
-        remaining = limit + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > limit:
-        raise _size_refusal(f"more than {limit}", limit)
+        data = read_regular_file(path, limit)
+    except UnreadableFile as exc:
+        if exc.kind is not None:
+            raise Refused(1, 1, f"{exc.kind}, not a regular file; registry.yaml must be a regular file") from None
+        raise _size_refusal(exc.size or f"more than {limit}", limit) from None
     return _decode(data)
 
 

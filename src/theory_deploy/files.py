@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import os
 import stat
 import tempfile
@@ -89,33 +90,49 @@ def remove_stale_temporaries(path: Path) -> list[str]:
     temporary file and renaming it. Call it only while holding the lock every writer of `path` holds:
     then no temporary of `path` can belong to a live writer."""
     removed = []
-    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
             removed.append(leftover.name)
     return removed
 
 
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
-
-
 class UnreadableFile(Exception):
-    """A file that may not be read: not a regular file, or larger than its limit (the message says which)."""
+    """A file that may not be read: not a regular file (`kind` says what it is), or larger than the
+    limit (`size` is its size, or "more than N" when it grew while being read)."""
+
+    def __init__(self, message: str, *, kind: str | None = None, size: int | str | None = None):
+        super().__init__(message)
+        self.kind, self.size = kind, size
 
 
-def read_regular_file(path: Path, max_bytes: int) -> bytes:
+def file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_regular_file(path: Path | str, max_bytes: int) -> bytes:
     """The bytes of a regular file of at most `max_bytes`. A FIFO, device or directory is refused
     without blocking (opened non-blocking, checked with fstat), and never more than `max_bytes` + 1
-    bytes are read, so `/dev/zero` or a file growing under us cannot eat memory."""
+    bytes are read, so `/dev/zero` or a file growing under us cannot eat memory. Raises OSError
+    (FileNotFoundError when absent) or UnreadableFile."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise UnreadableFile("not a regular file (a FIFO, device or directory)")
+            kind = file_kind(info.st_mode)
+            raise UnreadableFile(f"{kind}, not a regular file", kind=kind)
         if info.st_size > max_bytes:
-            raise UnreadableFile(f"{info.st_size} bytes, over the limit of {max_bytes}")
+            raise UnreadableFile(f"{info.st_size} bytes, over the limit of {max_bytes}", size=info.st_size)
         chunks, remaining = [], max_bytes + 1
         while remaining > 0:
             chunk = os.read(fd, min(remaining, 1 << 16))
@@ -127,5 +144,5 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
         os.close(fd)
     data = b"".join(chunks)
     if len(data) > max_bytes:
-        raise UnreadableFile(f"more than {max_bytes} bytes, over the limit")
+        raise UnreadableFile(f"more than {max_bytes} bytes, over the limit", size=f"more than {max_bytes}")
     return data

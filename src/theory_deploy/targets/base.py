@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import re
-import stat
 import sys
 import uuid
 from abc import ABC, abstractmethod
@@ -34,6 +33,7 @@ from ..errors import (
     UsageError,
     error_for_code,
 )
+from ..files import UnreadableFile, read_regular_file
 from ..gitrun import Git, not_an_option
 from ..oci import RegistryClients
 from ..pin import verify_pin_candidate
@@ -480,35 +480,21 @@ def _read_inputs_file(path: str, cap: int) -> str:
     never end); UTF-8 text."""
     where = f"--inputs-file {path}"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        data = read_regular_file(path, cap)
     except OSError as exc:
         raise InputsError(f"{where}: {exc.strerror}.") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+    except UnreadableFile as exc:
+        if exc.kind is not None:
             raise InputsError(
                 f"{where}: not a regular file; --inputs-file reads regular files only (not a FIFO, device or folder).",
                 remedy="Write the inputs to a file, or pass them with --inputs-json.",
-            )
-        os.set_blocking(fd, True)
-        chunks: list[bytes] = []
-        size = 0
-        while size <= cap:
-            chunk = os.read(fd, min(1024 * 1024, cap + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise InputsError(f"{where}: {exc.strerror}.") from None
-    finally:
-        os.close(fd)
-    if size > cap:
+            ) from None
         raise InputsError(
             f"{where}: larger than the {cap}-byte limit for inputs.",
             remedy=f"Pass smaller inputs, or raise the limit with {INPUTS_MAX_BYTES_ENV}=<bytes>.",
-        )
+        ) from None
     try:
-        return b"".join(chunks).decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputsError(f"{where}: not UTF-8 text.") from None
 

@@ -28,6 +28,7 @@ from modal_standin import ModalStandIn
 
 from tests.helpers import assert_no_canary, make_canaries
 from tests.test_modal_target import SECRET_NAMES, World, _git
+from theory_deploy import runtime_bundle
 from theory_deploy.refs import ImageRef, ProcessorRef
 
 pytestmark = pytest.mark.docker
@@ -75,6 +76,7 @@ def processor_images(
     ]
     if Path("/etc/ssl/certs/ca-certificates.crt").is_file():
         args += ["--secret", "id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt"]
+    args += runtime_bundle.ensure_bundle().docker_flags()  # the runtime, as processorctl build passes it
     proc = subprocess.run(
         [docker_cli, *args, "."],
         cwd=REPO,

@@ -28,6 +28,7 @@ import pytest
 
 from tests.helpers import assert_no_canary, make_canary
 from tests.test_runtime_openai_standin import OpenAIStandIn
+from theory_deploy import runtime_bundle
 from theory_deploy.protocol import fetch_health, run_processor
 
 if importlib.util.find_spec("theory_runtime") is None:  # not pip-installed: use the source tree
@@ -76,6 +77,7 @@ def image(docker_cli: str, base_image: str, repo_root: Path) -> Iterator[dict[st
     ]
     if CA_BUNDLE.is_file():  # lets pip in the build trust this machine's TLS-intercepting proxy
         args += ["--secret", f"id=ca_bundle,src={CA_BUNDLE}"]
+    args += runtime_bundle.ensure_bundle().docker_flags()  # the runtime, as processorctl build passes it
     t0 = time.monotonic()
     _docker(docker_cli, *args, str(repo_root), timeout=1800)
     info = {"tag": tag, "build_s": time.monotonic() - t0}

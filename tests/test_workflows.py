@@ -9,7 +9,8 @@
 - no checkout keeps its credentials except deploy.yml's pin job (the one that pushes);
 - jobs that see secrets declare an environment; environment jobs run under a concurrency group
   with cancel-in-progress: false;
-- every secret any registry.yaml names is wired, by name, into deploy.yml.
+- deploy.yml knows no processor's secret names: they travel in the consumer's PROCESSOR_SECRETS;
+- the called workflows have workflow_call as their only trigger, and deploy.yml's jobs each call one verb.
 """
 
 from __future__ import annotations
@@ -211,36 +212,77 @@ def deploy() -> Any:
     return load(REPO / ".github" / "workflows" / "deploy.yml")
 
 
-def test_deploy_triggers_and_inputs() -> None:
-    doc = deploy()
-    on = doc["on"]
-    assert on["workflow_dispatch"]["inputs"]["env"]["type"] == "choice"
-    assert on["workflow_dispatch"]["inputs"]["env"]["options"] == ["dev", "staging", "main"]
-    assert {"env", "refs", "target", "mode"} <= set(on["workflow_call"]["inputs"])
-    assert {"MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "REGISTRY_USERNAME", "REGISTRY_PASSWORD"} <= set(
-        on["workflow_call"]["secrets"]
+def test_deploy_is_called_never_triggered_and_takes_the_callers_inputs() -> None:
+    """Triggers belong to the consumer's caller (theory-deploy init writes it), never to us."""
+    on = deploy()["on"]
+    assert list(on) == ["workflow_call"]
+    assert {"env", "refs", "target", "mode", "theory-deploy-repository", "theory-deploy-ref"} <= set(
+        on["workflow_call"]["inputs"]
     )
-    from theory_deploy.gitpr import BRANCH_PREFIX
+    assert set(on["workflow_call"]["secrets"]) == {
+        "MODAL_TOKEN_ID",
+        "MODAL_TOKEN_SECRET",
+        "REGISTRY_USERNAME",
+        "REGISTRY_PASSWORD",
+        "PROCESSOR_SECRETS",
+    }
 
-    assert f"{BRANCH_PREFIX}**" in on["push"]["branches-ignore"]  # the pin bot's pushes start nothing
+
+def _modal_deploy_step(job: dict[str, Any]) -> dict[str, Any]:
+    (step,) = [s for s in job["steps"] if s.get("uses") == "./.theory-deploy/actions/modal-deploy"]
+    return step
 
 
-def test_deploy_jobs_in_order_with_environments() -> None:
+def test_deploy_jobs_in_order_each_calling_one_verb() -> None:
     jobs = deploy()["jobs"]
-    assert list(jobs) == ["plan", "build-push", "merge", "pin", "deploy"]
-    assert jobs["build-push"]["needs"] == "plan"
-    assert jobs["merge"]["needs"] == ["plan", "build-push"]
-    assert jobs["pin"]["needs"] == ["plan", "merge"]
-    assert jobs["deploy"]["needs"] == ["plan", "pin"]
-    for name in ("build-push", "merge", "pin"):
+    assert list(jobs) == ["plan", "build", "index", "pin", "start", "sync-secrets", "verify", "run"]
+    assert jobs["build"]["needs"] == "plan"
+    assert jobs["index"]["needs"] == ["plan", "build"]
+    assert jobs["pin"]["needs"] == ["plan", "index"]
+    assert jobs["start"]["needs"] == ["plan", "pin"]
+    assert jobs["sync-secrets"]["needs"] == ["plan", "start"]
+    assert jobs["verify"]["needs"] == ["plan", "start", "sync-secrets"]
+    assert jobs["run"]["needs"] == ["plan", "verify"]
+    for name in ("build", "index", "pin"):
         assert jobs[name]["environment"] == "dev"
         assert "needs.plan.outputs.env == 'dev'" in jobs[name]["if"]  # staging/main never rebuild
-    assert jobs["deploy"]["environment"]["name"] == "${{ needs.plan.outputs.env }}"
-    group = jobs["deploy"]["concurrency"]["group"]
+    assert jobs["start"]["environment"]["name"] == "${{ needs.plan.outputs.env }}"
+    for name in ("sync-secrets", "verify", "run"):
+        assert jobs[name]["environment"] == "${{ needs.plan.outputs.env }}"
+    # one verb per job; the lock is kept by start and sync-secrets, released by verify
+    stages = {name: _modal_deploy_step(jobs[name])["with"] for name in ("start", "sync-secrets", "verify", "run")}
+    assert {name: w["stages"] for name, w in stages.items()} == {
+        "start": "start",
+        "sync-secrets": "sync-secrets",
+        "verify": "verify",
+        "run": "run",
+    }
+    assert stages["start"]["keep-lock"] == "true" and stages["sync-secrets"]["keep-lock"] == "true"
+    assert "keep-lock" not in stages["verify"] and "keep-lock" not in stages["run"]
+    # later jobs continue this run's lock and fail at once if it was lost, never take a fresh one
+    assert stages["sync-secrets"]["continue-lock"] == "true" and stages["verify"]["continue-lock"] == "true"
+    assert "continue-lock" not in stages["start"]
+    # verify runs whenever start succeeded (even after a failed sync-secrets), so the lock is released
+    assert jobs["verify"]["if"] == "${{ !cancelled() && needs.start.result == 'success' }}"
+    # dev deploys and verifies the digest just built
+    assert "from-push" in stages["start"] and "from-push" in stages["verify"]
+    # starts keep run order: one group per environment and processor, never cancelled in progress
+    group = jobs["start"]["concurrency"]["group"]
     assert "needs.plan.outputs.env" in group and "matrix.slug" in group
-    deploy_step = next(s for s in jobs["deploy"]["steps"] if s.get("id") == "deploy")
-    assert deploy_step["uses"] == "./actions/modal-deploy"
-    assert "from-push" in deploy_step["with"]  # dev deploys the digest just built
+    assert jobs["start"]["concurrency"]["cancel-in-progress"] is False
+
+
+def test_processor_secrets_travel_in_the_consumers_names_not_ours() -> None:
+    """No processor secret name is declared by us: one PROCESSOR_SECRETS bundle, to the jobs that need it."""
+    doc = deploy()
+    declared = set(doc["on"]["workflow_call"]["secrets"])
+    assert not declared & _processor_secret_names(), "deploy.yml must not know any processor's secret names"
+    for name, job in doc["jobs"].items():
+        passes = "secrets.PROCESSOR_SECRETS" in repr(job)
+        assert passes == (name in ("sync-secrets", "run")), name
+    step = _modal_deploy_step(doc["jobs"]["sync-secrets"])
+    assert step["with"]["processor-secrets"] == "${{ secrets.PROCESSOR_SECRETS }}"
+    assert "env" not in step  # no value by name in the step's env
 
 
 def _processor_secret_names() -> set[str]:
@@ -254,23 +296,7 @@ def _processor_secret_names() -> set[str]:
             names.add(auth)
     from theory_deploy.secret_values import keys_for
 
-    return {key for name in names for key in keys_for(name)}
-
-
-def test_every_processor_secret_is_wired_into_deploy_by_name() -> None:
-    doc = deploy()
-    declared = set(doc["on"]["workflow_call"]["secrets"])
-    step = next(s for s in doc["jobs"]["deploy"]["steps"] if s.get("id") == "deploy")
-    mapped = {name: value for name, value in (step.get("env") or {}).items()}
-    inputs = step.get("with") or {}
-    for name in _processor_secret_names():
-        assert name in declared, (
-            f"{name} (a processor secret) is not declared under on.workflow_call.secrets in deploy.yml"
-        )
-        wired = mapped.get(name) == f"${{{{ secrets.{name} }}}}" or any(
-            v == f"${{{{ secrets.{name} }}}}" for v in inputs.values()
-        )
-        assert wired, f"{name} is not passed to the deploy step of deploy.yml (env: {name}: ${{{{ secrets.{name} }}}})"
+    return {key for name in names for key in keys_for(name)} - {"REGISTRY_USERNAME", "REGISTRY_PASSWORD"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -309,8 +335,14 @@ def test_pr_smoke_needs_no_secrets() -> None:
     path = REPO / ".github" / "workflows" / "pr-smoke.yml"
     assert "secrets." not in path.read_text()
     doc = load(path)
-    assert list(doc["on"]) == ["pull_request"]
+    assert list(doc["on"]) == ["workflow_call"] and "secrets" not in (doc["on"]["workflow_call"] or {})
     smoke = doc["jobs"]["smoke"]
     step = next(s for s in smoke["steps"] if s.get("id") == "smoke")
+    assert step["uses"] == "./.theory-deploy"
     assert step["with"]["target"] == "local" and step["with"]["mode"] == "mock"
     assert "localhost:5000" in step["with"]["repository"]
+
+
+def test_the_called_workflows_have_no_trigger_of_their_own() -> None:
+    for name in ("deploy.yml", "pr-smoke.yml", "drift.yml"):
+        assert list(load(REPO / ".github" / "workflows" / name)["on"]) == ["workflow_call"], name

@@ -575,7 +575,7 @@ def create_app(
             if ws.application_state == WebSocketState.CONNECTED and not finished:
                 try:
                     await ws.close(code=frames.CLOSE_INTERNAL)
-                except (RuntimeError, OSError):
-                    pass
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    pass  # the client is already gone: nothing to close, nothing to report
 
     return app

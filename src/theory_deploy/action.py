@@ -32,7 +32,7 @@ from .errors import RegistryMismatchError, TheoryDeployError, UsageError
 from .oci import RegistryClients
 from .pipeline import MODES, Pipeline, PipelineRequest, ProcessorResult, parse_stages, resolve_stages
 from .refs import ENVIRONMENTS, Environment, ProcessorRef, parse_platforms, parse_repository, split_refs
-from .secret_values import register_secret_value, scrub
+from .secret_values import parse_secret_bundle, register_secret_value, scrub
 
 TARGETS = ("modal", "local")
 TOKEN_INPUTS = {
@@ -85,6 +85,32 @@ def hand_over_tokens() -> set[str]:
             os.environ[name] = value
             given.add(name)
     return given
+
+
+def hand_over_processor_secrets() -> list[str]:
+    """The processor-secrets input (NAME=value lines or a JSON object, in the consumer's own names):
+    each value masked on its own, then set in this process's environment under its name, where
+    sync-secrets reads the names registry.yaml lists. Returns the names given (never the values)."""
+    bundle = parse_secret_bundle(os.environ.pop("THEORY_IN_PROCESSOR_SECRETS", ""), where="input processor-secrets")
+    for name, value in bundle.items():
+        if value:  # an empty value stays "missing", as an unset variable would
+            os.environ[name] = value
+    return sorted(bundle)
+
+
+def lock_holder() -> str | None:
+    """Who holds the app's deploy lock for this step: THEORY_LOCK_HOLDER, else this workflow run.
+
+    Every job of one run (and every re-run attempt of it) is the same holder, so the start job takes
+    the lock, and the sync-secrets and verify jobs of the same run continue it, while another run
+    waits. Outside a run (no GITHUB_RUN_ID) the engine makes a holder of its own."""
+    explicit = _env("THEORY_LOCK_HOLDER")
+    if explicit:
+        return explicit
+    run_id, repository = _env("GITHUB_RUN_ID"), _env("GITHUB_REPOSITORY")
+    if run_id and repository:
+        return f"{_env('GITHUB_SERVER_URL') or 'https://github.com'}/{repository}/actions/runs/{run_id}"
+    return None
 
 
 def repo_root() -> Path:
@@ -175,6 +201,8 @@ def read_request(tokens_given: set[str] | None = None) -> PipelineRequest:
     from_push = Path(_env("THEORY_FROM_PUSH")) if _env("THEORY_FROM_PUSH") else None
     fail_on_missing = _flag("THEORY_FAIL_ON_MISSING", True, problems)
     keep_going = _flag("THEORY_KEEP_GOING", False, problems)
+    keep_lock = _flag("THEORY_KEEP_LOCK", False, problems)
+    continue_lock = _flag("THEORY_CONTINUE_LOCK", False, problems)
     try:
         requested = parse_stages(_env("THEORY_STAGES") or "all", where="input stages")
     except TheoryDeployError as err:
@@ -204,6 +232,9 @@ def read_request(tokens_given: set[str] | None = None) -> PipelineRequest:
         fail_on_missing=fail_on_missing,
         keep_going=keep_going,
         repo_root=root,
+        lock_holder=lock_holder(),
+        release_lock=not keep_lock,
+        continue_lock=continue_lock,
     )
     if not problems:  # the engine's own checks of the stage combination, once every input parsed
         try:
@@ -237,7 +268,9 @@ def shown(path: Path | str) -> str:
 
 
 def cmd_deploy() -> None:
-    request = read_request(hand_over_tokens())
+    tokens = hand_over_tokens()
+    hand_over_processor_secrets()
+    request = read_request(tokens)
     results = Pipeline(request).run_all()
     records: list[dict[str, Any]] = []
     folder = out_dir()
@@ -271,6 +304,9 @@ def _record(result: ProcessorResult) -> dict[str, Any]:
         "pr_url": result.pr_url,
         "error": result.error.render() if result.error else "",
         "stages": [r.name for r in result.reports if r.status == "ok"],
+        "secrets": result.secrets,  # names and what sync-secrets did with them, never values
+        "envelope": result.envelope,
+        "lock": result.lock,  # the deploy lock's facts: holder, waited_s, acquired_at, released(_at)
     }
 
 
@@ -308,10 +344,13 @@ def write_outputs(records: list[dict[str, Any]], request: PipelineRequest) -> No
             "deployed": r["deployed"],
             "pr_url": r["pr_url"],
             "error": r["error"],
+            "secrets": r["secrets"],
+            "envelope": r["envelope"],
+            "lock": r["lock"],
         }
         for r in records
     }
-    gha.set_output("results", json.dumps(apps, sort_keys=True))
+    gha.set_output("results", scrub(json.dumps(apps, sort_keys=True)))
     gha.set_output("app-name", ",".join(r["app"] for r in records if r.get("app")))
     gha.set_output("app-url", ",".join(r["url"] for r in records if r.get("url")))
     verified = [r["verified"] for r in records if r.get("verified") is not None]

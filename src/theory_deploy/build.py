@@ -13,6 +13,17 @@ first platform's cached base variant.
 If the host has a CA bundle (`/etc/ssl/certs/ca-certificates.crt`, or `THEORY_BUILD_CA_BUNDLE`),
 it is passed as the BuildKit secret `ca_bundle`; a Dockerfile may mount it for pip
 (`RUN --mount=type=secret,id=ca_bundle ...`). Unused secrets are harmless.
+
+Every build also gets the processor runtime (`theory_runtime`), so a processor builds the same in
+any repository, theory-deploy's or a user's own, without the runtime's sources in its build context:
+the BuildKit secret `theory_runtime` (a deterministic tar.gz of the package, made by
+`runtime_bundle.ensure_bundle`) plus the build args THEORY_RUNTIME_SHA256 (the bundle's sha256) and
+THEORY_RUNTIME_VERSION. The bundle is not secret: a secret mount is the only way to hand a build a
+file from outside its context that works with the classic `DOCKER_BUILDKIT=1 docker build` (no
+buildx, so no `--build-context`) as well as with buildx. Secret contents are not part of BuildKit's
+cache key, hence the sha256 build arg: the Dockerfile's RUN line that installs the bundle uses it
+(a new runtime re-runs that step) and checks the mounted file against it with `sha256sum -c`. Those
+two build args are reserved: `--build-arg THEORY_RUNTIME_SHA256=...` is refused.
 """
 
 from __future__ import annotations
@@ -26,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import output
+from . import output, runtime_bundle
 from .docker import Builder, Docker, find_builder, inspect_image
-from .errors import ImageBuildError, ValidationError
+from .errors import ImageBuildError, UsageError, ValidationError
 from .gitrun import Git
 from .refs import ProcessorRef, parse_platform
 
@@ -124,6 +135,7 @@ def build_command(
     build_args: Mapping[str, str],
     pull: bool,
     ca: Path | None,
+    runtime: runtime_bundle.RuntimeBundle | None = None,
 ) -> list[str]:
     cmd = [builder.client]
     cmd += ["buildx", "build", "--load"] if builder.mode == "buildx" else ["build"]
@@ -140,6 +152,10 @@ def build_command(
         cmd += ["--build-arg", f"{key}={value}"]
     if ca is not None:
         cmd += ["--secret", f"id=ca_bundle,src={ca}"]
+    if runtime is not None:
+        # The runtime as a BuildKit secret (the only file channel without buildx) + its sha256 as a build
+        # arg, because secret contents are not in BuildKit's cache key (see the module docstring).
+        cmd += runtime.docker_flags()
     cmd.append(str(context))
     return cmd
 
@@ -194,6 +210,18 @@ def build_platform_images(
         )
     archs = [parse_platform(p) for p in (platforms or spec.build.platforms)]
     archs = list(dict.fromkeys(archs))
+    reserved = sorted(set(build_args or {}) & set(runtime_bundle.RESERVED_BUILD_ARGS))
+    if reserved:
+        raise UsageError(
+            f"--build-arg {', '.join(reserved)}: set by processorctl build itself, for the theory_runtime "
+            "bundle it hands every build; a value given here could only name another bundle.",
+            remedy=f"Drop --build-arg {reserved[0]}=...; the runtime comes from the installed theory-deploy.",
+        )
+    runtime = runtime_bundle.ensure_bundle(progress=progress)
+    progress(
+        f"runtime: theory_runtime {runtime.version} (bundle sha256 {runtime.sha256[:12]}, {runtime.size} bytes, "
+        f"from {runtime.source})"
+    )
     builder = builder or find_builder()
     all_labels = {**image_labels(ref, context, repo_root), **(labels or {})}
     pull = len(archs) > 1 if pull is None else pull
@@ -215,6 +243,7 @@ def build_platform_images(
                 build_args=dict(build_args or {}),
                 pull=pull,
                 ca=ca,
+                runtime=runtime,
             )
             _run_build(cmd, builder, arch, ref, debug=debug, progress=progress)
             image_id = iidfile.read_text().strip() if iidfile.exists() else ""

@@ -250,6 +250,16 @@ class SecretStoreError(TheoryDeployError):
     )
 
 
+class DeployLockedError(TheoryDeployError):
+    code = "ERR_DEPLOY_LOCKED"
+    exit_code = 37
+    remedy = (
+        "Another run holds this app's deploy lock (start → verify must not interleave): wait for it, raise "
+        "--lock-wait, or if that run is gone, see who holds it with `lock --ref R --env E` and clear a stale lock "
+        "with `lock --ref R --env E --break` (a lease also expires on its own)."
+    )
+
+
 # --- Git and GitHub -----------------------------------------------------------------------------------
 class GitError(TheoryDeployError):
     code = "ERR_GIT"
@@ -281,6 +291,12 @@ class LockTimeoutError(TheoryDeployError):
     code = "ERR_LOCK_TIMEOUT"
     exit_code = 44
     remedy = "Another theory-deploy process holds the file lock; wait for it or remove a stale one after checking."
+
+
+class FileConflictError(TheoryDeployError):
+    code = "ERR_FILE_CONFLICT"
+    exit_code = 45
+    remedy = "A file is already there with other content and was left as it was: move it aside, or pass --force."
 
 
 ALL_ERRORS: tuple[type[TheoryDeployError], ...] = (
@@ -318,11 +334,13 @@ ALL_ERRORS: tuple[type[TheoryDeployError], ...] = (
     DockerUnavailableError,
     NotRunningError,
     SecretStoreError,
+    DeployLockedError,
     GitError,
     PushConflictError,
     GitHubError,
     RevisionError,
     LockTimeoutError,
+    FileConflictError,
 )
 
 BY_CODE: dict[str, type[TheoryDeployError]] = {cls.code: cls for cls in ALL_ERRORS}

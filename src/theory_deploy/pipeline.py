@@ -13,7 +13,17 @@ deploys:
 Each stage calls the same functions as its own verb, so the engine cannot drift from what the verbs
 do. Stages report their outcome and wall time; a failure stops that processor's run and names its
 stage. With several refs, `keep_going` carries on with the next processor and the run fails at the
-end. On an unchanged processor a re-run is quick and changes nothing: the build is served from the
+end.
+
+The target stages (start, sync-secrets, verify, run) of one app are a critical section: the app's
+deploy lock (deploy_lock.py, kept in the target) is taken before the first of them and released after
+the last one, or when one fails, so no other run can deploy the app between this run's start and its
+verify. `lock_holder` names the holder (a CI run: the same holder in every job, with
+`release_lock=False` until the last job); without one the run uses a holder of its own and always
+releases it. Each target stage's report carries the lock's facts, and every stage its start and end
+time (`started_at`/`finished_at`, epoch seconds).
+
+On an unchanged processor a re-run is quick and changes nothing: the build is served from the
 engine's cache, the push finds every blob and manifest already there, the pin is `unchanged`, the
 app already runs that digest, and the secrets are unchanged.
 """
@@ -29,6 +39,7 @@ from typing import Any
 
 from . import build as build_mod
 from . import gha, output, pin, push
+from .deploy_lock import DEFAULT_TTL_S, DEFAULT_WAIT_S, DeployLock, Held, check_holder, new_holder
 from .errors import InputsError, TheoryDeployError, UsageError
 from .oci import RegistryClients
 from .push_records import PushRecord
@@ -159,11 +170,27 @@ class PipelineRequest:
     keep_going: bool = False
     repo_root: Path | None = None
     debug: bool = False  # the build's full engine output
+    # The app's deploy lock, held from the first target stage to the last (deploy_lock.py). None: a
+    # holder of this run's own (`user@host:pid:uuid`), always released at the end.
+    lock_holder: str | None = None
+    release_lock: bool = True  # False: keep a given holder's lock after the last stage (a later job continues it)
+    continue_lock: bool = False  # True: a later job of the holder's run; the lock must still be its own
+    lock_wait_s: float = DEFAULT_WAIT_S
+    lock_ttl_s: float = DEFAULT_TTL_S
 
     def check(self) -> None:
         problems = stage_problems(
             self.stages, env=self.env, mode=self.mode, from_push=self.from_push is not None, pr_base=self.pr_base
         )
+        if self.continue_lock and self.lock_holder is None:
+            problems.append("continuing a deploy lock needs the holder that took it (lock_holder).")
+        if self.lock_holder is not None:
+            try:
+                check_holder(self.lock_holder, "lock holder")
+            except UsageError as err:
+                problems.append(err.message)
+        if self.lock_wait_s < 0 or self.lock_ttl_s <= 0:
+            problems.append("the lock wait must be 0 or more seconds and the lock lease (ttl) more than 0.")
         if self.env is not None and self.env not in ENVIRONMENTS:
             problems.insert(0, f"{self.env!r} is not an environment; expected dev, staging or main.")
         if self.mode and self.mode not in MODES:
@@ -180,9 +207,14 @@ class StageReport:
     status: str  # ok | failed
     seconds: float
     detail: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None  # epoch seconds: when stages of two runs happened, in one clock
+    finished_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"stage": self.name, "status": self.status, "seconds": round(self.seconds, 3), **self.detail}
+        data: dict[str, Any] = {"stage": self.name, "status": self.status, "seconds": round(self.seconds, 3)}
+        if self.started_at is not None and self.finished_at is not None:
+            data.update(started_at=round(self.started_at, 3), finished_at=round(self.finished_at, 3))
+        return {**data, **self.detail}
 
 
 @dataclass
@@ -203,11 +235,14 @@ class ProcessorResult:
     verified: bool | None = None
     secrets: dict[str, Any] = field(default_factory=dict)
     envelope: dict[str, Any] | None = None
+    lock: dict[str, Any] | None = None  # the deploy lock's facts (holder, waited_s, ..., released)
     reports: list[StageReport] = field(default_factory=list)
     error: TheoryDeployError | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"ref": self.ref, "app": self.app, "stages": [r.to_json() for r in self.reports]}
+        if self.lock is not None:
+            data["lock"] = self.lock
         if self.pushed is not None:
             data["pushed"] = self.pushed.to_json()
         if self.deployed:
@@ -234,6 +269,10 @@ class _ProcessorRun:
         self.built: dict[str, build_mod.BuiltImage] = {}
         if request.from_push is not None:
             self.result.pushed = PushRecord.read(request.from_push, ref.slug)
+        self._holder = request.lock_holder or new_holder()
+        self._lock: DeployLock | None = None
+        self._held: Held | None = None
+        self._waited = 0.0
 
     def app(self) -> AppContext:
         assert self.request.env is not None  # stage_problems refuses target stages without an environment
@@ -376,30 +415,79 @@ class _ProcessorRun:
             "verify": self.stage_verify,
             "run": self.stage_run,
         }
-        if self.request.env is not None and any(s in TARGET_STAGES for s in self.request.stages):
+        target_stages = [s for s in self.request.stages if s in TARGET_STAGES]
+        if self.request.env is not None and target_stages:
             self.result.platform = self.target.platform
             self.result.app = self.app().name
-        for name in self.request.stages:
-            progress(f"==> {label}{name}")
-            t0 = time.monotonic()
-            try:
-                with gha.group(f"theory-deploy {name}: {self.ref}"):
-                    detail = dict(handlers[name]())
-            except TheoryDeployError as err:
-                self.result.reports.append(
-                    StageReport(
-                        name, "failed", time.monotonic() - t0, {"error": {"code": err.code, "message": err.render()}}
+        try:
+            for name in self.request.stages:
+                progress(f"==> {label}{name}")
+                t0, started_at = time.monotonic(), time.time()
+                try:
+                    with gha.group(f"theory-deploy {name}: {self.ref}"):
+                        if name in TARGET_STAGES:
+                            self._hold_lock()  # the wait is the lock's `waited_s`, not the stage's time
+                            t0, started_at = time.monotonic(), time.time()
+                        detail = dict(handlers[name]())
+                        if target_stages and name == target_stages[-1]:
+                            self._release_lock()
+                except TheoryDeployError as err:
+                    self._release_lock()
+                    failed = {"error": {"code": err.code, "message": err.render()}}
+                    if self.result.lock is not None:
+                        failed["lock"] = dict(self.result.lock)
+                    self.result.reports.append(
+                        StageReport(name, "failed", time.monotonic() - t0, failed, started_at, time.time())
                     )
-                )
-                err.details = {**err.details, "stage": name, "stages": [r.to_json() for r in self.result.reports]}
-                err.message = f"{label}pipeline stopped at {name}: {err.message}"
-                self.result.error = err
-                return self.result
-            detail.pop("summary", None)
-            report = StageReport(name, "ok", time.monotonic() - t0, detail)
-            self.result.reports.append(report)
-            progress(f"<== {label}{name}: ok in {report.seconds:.1f}s")
-        return self.result
+                    err.details = {**err.details, "stage": name, "stages": [r.to_json() for r in self.result.reports]}
+                    err.message = f"{label}pipeline stopped at {name}: {err.message}"
+                    self.result.error = err
+                    return self.result
+                detail.pop("summary", None)
+                if name in TARGET_STAGES and self.result.lock is not None:
+                    detail["lock"] = dict(self.result.lock)
+                report = StageReport(name, "ok", time.monotonic() - t0, detail, started_at, time.time())
+                self.result.reports.append(report)
+                progress(f"<== {label}{name}: ok in {report.seconds:.1f}s")
+            return self.result
+        finally:
+            self._release_lock()  # interrupted (Ctrl-C, SIGTERM, a bug): the lease must not outlive us
+
+    # --- the deploy lock -----------------------------------------------------------------------------
+    def _hold_lock(self) -> None:
+        """Before each target stage: take the app's deploy lock (the first), or renew it (the next ones:
+        then anything but our own record means the lease was lost, and the run stops)."""
+        request = self.request
+        if self._lock is None:
+            self._lock = self.target.deploy_lock(self.app())
+        self._held = self._lock.hold(
+            self._holder,
+            wait_s=request.lock_wait_s,
+            ttl_s=request.lock_ttl_s,
+            expect_held=self._held is not None or request.continue_lock,
+        )
+        self._waited += self._held.waited_s
+        self.result.lock = {**self._held.to_json(), "waited_s": round(self._waited, 3)}
+
+    def _release_lock(self) -> None:
+        """After the last target stage, or when one fails: release the lock, unless the request keeps a
+        holder it named (`release_lock=False`) for a later job. A holder of our own is always released."""
+        held, lock = self._held, self._lock
+        if held is None or lock is None or held.released:
+            return
+        if not (self.request.release_lock or self.request.lock_holder is None):
+            return
+        try:
+            outcome = lock.release(held.holder)
+        except TheoryDeployError as err:
+            output.progress(f"could not release the deploy lock of {lock.app}: {err.message}")
+            return
+        held.released = bool(outcome.get("released"))
+        held.released_at = time.time() if held.released else None
+        if self.result.lock is not None:
+            self.result.lock.update(released=held.released)
+            if held.released_at is not None:
+                self.result.lock["released_at"] = held.released_at
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -466,6 +554,9 @@ class Pipeline:
         for r in results:
             lines.append(f"pipeline {r.ref} -> {where}" + (f" ({r.app})" if r.app else "") + ": ok")
             lines += [f"  {s.name:<13} {s.status:<7} {s.seconds:6.1f}s" for s in r.reports]
+            if r.lock is not None:
+                kept = "released" if r.lock.get("released") else "kept"
+                lines.append(f"  deploy lock: {r.lock['holder']} ({kept}; waited {r.lock['waited_s']:.1f}s)")
         report: dict[str, Any] = {
             "env": request.env,
             "target": request.target,
@@ -475,6 +566,8 @@ class Pipeline:
         if len(results) == 1:  # one ref: the stages at the top level, as the verb has always printed
             only = results[0]
             report.update(ref=only.ref, app=only.app, stages=[s.to_json() for s in only.reports])
+            if only.lock is not None:
+                report["lock"] = only.lock
         else:
             report["results"] = [r.to_json() for r in results]
         return report

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from . import gha
-from .errors import RegistryAuthError, TheoryDeployError
+from .errors import RegistryAuthError, TheoryDeployError, UsageError
 
 _known_values: set[str] = set()
 # Every form a known value may take in a message (stripped, JSON/repr-escaped, each line): scrubbed too.
@@ -110,6 +110,79 @@ def check_header_value(value: str, name: str, error: type[TheoryDeployError], *,
 def keys_for(secret_name: str) -> tuple[str, ...]:
     """The environment variables (and Modal secret keys) that make up one named secret."""
     return REGISTRY_AUTH_KEYS if secret_name == REGISTRY_AUTH else (secret_name,)
+
+
+# Names a processor secret may not take: they would replace theory-deploy's own credentials or change
+# how the runner and Python behave for every step that follows.
+_RESERVED_PREFIXES = ("THEORY_", "GITHUB_", "RUNNER_", "ACTIONS_", "MODAL_", "PYTHON", "LD_", "DOCKER_", "GIT_")
+_RESERVED_NAMES = frozenset({"PATH", "HOME", "SHELL", "TMPDIR", "CI", REGISTRY_AUTH, *REGISTRY_AUTH_KEYS})
+
+
+def parse_secret_bundle(text: str, *, where: str) -> dict[str, str]:
+    """Processor secrets carried in one value (`where` names it, e.g. the input processor-secrets):
+    a JSON object of NAME -> value, or lines of NAME=value (blank lines and `#` comments skipped, an
+    optional `export ` prefix, one pair of surrounding quotes removed). Every value is registered
+    with the scrubber and masked on its own before anything is checked, so no error can print one;
+    errors name the line, never its text."""
+    text = text.strip()
+    if not text:
+        return {}
+    pairs: list[tuple[str, str, str]] = []  # (name, value, where exactly)
+    if text.startswith(("{", "[")):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as err:
+            _mask(text)  # the whole text: no part of it may show, even if an error printed it
+            problem = f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+            raise _bundle_error(where, problem) from None  # the JSON error holds the text
+        if not isinstance(loaded, dict):
+            _mask(text)
+            raise _bundle_error(where, "is a JSON value but not an object of NAME: value")
+        for value in loaded.values():
+            _mask(value if isinstance(value, str) else json.dumps(value))
+        for name, value in loaded.items():
+            if not isinstance(value, str):
+                raise _bundle_error(where, f"{name!r}: the value is not a string (JSON {type(value).__name__})")
+            pairs.append((name, value, f"key {name!r}"))
+    else:
+        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+        for number, line in lines:
+            name, sep, value = line.removeprefix("export ").partition("=")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            _mask(value if sep else line)  # a line without `=` may be a pasted value
+            pairs.append((name.strip() if sep else "", value, f"line {number}"))
+        for name, _, place in pairs:
+            if not name:
+                raise _bundle_error(where, f"{place} is not NAME=value (its text is not shown)")
+    bundle: dict[str, str] = {}
+    for name, value, place in pairs:
+        if not ENV_NAME_RE.match(name):
+            raise _bundle_error(where, f"{place}: {name!r} is not a variable name (letters, digits, _)")
+        if name in _RESERVED_NAMES or name.startswith(_RESERVED_PREFIXES):
+            raise _bundle_error(
+                where, f"{place}: {name!r} is reserved (it would replace theory-deploy's own settings); rename it"
+            )
+        if name in bundle:
+            raise _bundle_error(where, f"{place}: {name!r} is given twice")
+        bundle[name] = value
+    return bundle
+
+
+def _mask(value: str) -> None:
+    """Mask a value in the log and register it with the scrubber, whatever its length."""
+    if 0 < len(value) < _MIN_SCRUB_LEN:
+        gha.add_mask(value)  # too short for the scrubber, masked in the log all the same
+    register_secret_value(value)
+
+
+def _bundle_error(where: str, problem: str) -> TheoryDeployError:
+    return UsageError(
+        f"{where} {problem}.",
+        remedy=f"Give {where} as NAME=value lines (one per secret) or as a JSON object of NAME: value.",
+    )
 
 
 @dataclass

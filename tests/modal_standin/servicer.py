@@ -1,9 +1,9 @@
 """A grpclib servicer for Modal's control plane (``modal.client.ModalClient``), stateful where we care.
 
 Every RPC of ``modal_proto.api_grpc.ModalClientBase`` is answered. The ones the product's Modal
-target uses (deploy, lookup, secrets, stop, logs, ...) have real, stateful implementations in
-``_do_<Method>`` / ``_stream_<Method>``; every other unary RPC gets an empty reply of its type and
-every other streaming RPC an empty stream.
+target uses (deploy, lookup, secrets, stop, logs, every Dict RPC for the deploy lock, ...) have
+real, stateful implementations in ``_do_<Method>`` / ``_stream_<Method>``; every other unary RPC
+gets an empty reply of its type and every other streaming RPC an empty stream.
 
 Every call is recorded (``StandInState.calls``) before anything else happens. Then:
   * the token in the metadata must match (else UNAUTHENTICATED, which the SDK maps to AuthError);
@@ -40,6 +40,7 @@ from .state import (
     AppRecord,
     CallRecord,
     DeployRecord,
+    DictRecord,
     FunctionRecord,
     ImageRecord,
     ImageSpec,
@@ -367,6 +368,7 @@ class StandInServicer(api_grpc.ModalClientBase):
             raise GRPCError(Status.ALREADY_EXISTS, f"Environment '{req.name}' already exists")
         self.state.environments.append(req.name)
         self.state.secrets.setdefault(req.name, {})
+        self.state.dicts.setdefault(req.name, {})
         return empty_pb2.Empty()
 
     def _do_EnvironmentDelete(self, req: api_pb2.EnvironmentDeleteRequest) -> empty_pb2.Empty:
@@ -851,6 +853,118 @@ class StandInServicer(api_grpc.ModalClientBase):
                 metadata=self._secret_metadata(r),
             )
         return resp
+
+    # ------------------------------------------------------------------ dicts
+    # As Modal documents them: a named Dict lives in one environment; looking one up without
+    # create_if_missing fails NOT_FOUND; `put(..., skip_if_exists=True)` (DictUpdate with
+    # if_not_exists) writes only an absent key and says whether it did; keys are compared by their
+    # serialized bytes. Every Dict RPC is answered here (none falls through to an empty reply).
+    def _dict_metadata(self, rec: DictRecord) -> api_pb2.DictMetadata:
+        return api_pb2.DictMetadata(
+            name=rec.name, creation_info=api_pb2.CreationInfo(created_at=rec.created_at, created_by=rec.created_by)
+        )
+
+    def _live_dict(self, dict_id: str) -> DictRecord:
+        rec = self.state.dicts_by_id.get(dict_id)
+        if rec is None or rec.deleted:
+            raise GRPCError(Status.NOT_FOUND, f"Dict '{dict_id}' not found")
+        return rec
+
+    def _create_dict(self, env: str, name: str, data: Any) -> DictRecord:
+        rec = DictRecord(new_id("di"), env, name, self._now_created(), self.owner.user)
+        for entry in data:
+            rec.entries[bytes(entry.key)] = bytes(entry.value)
+        if name:
+            self.state.dicts.setdefault(env, {})[name] = rec
+        self.state.dicts_by_id[rec.dict_id] = rec
+        return rec
+
+    def _do_DictGetOrCreate(self, req: api_pb2.DictGetOrCreateRequest) -> api_pb2.DictGetOrCreateResponse:
+        env, name, kind = req.environment_name, req.deployment_name, req.object_creation_type
+        if kind == api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL:
+            rec = self._create_dict(env, "", req.data)
+        else:
+            if not name:
+                raise GRPCError(Status.INVALID_ARGUMENT, "Dict name is empty")
+            rec = self.state.dict_named(env, name)
+            if kind == api_pb2.OBJECT_CREATION_TYPE_UNSPECIFIED:
+                if rec is None:
+                    raise GRPCError(Status.NOT_FOUND, f"Dict '{name}' not found in environment '{env}'")
+            elif kind == api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING:
+                if rec is None:
+                    rec = self._create_dict(env, name, req.data)
+            elif kind == api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS:
+                if rec is not None:
+                    raise GRPCError(Status.ALREADY_EXISTS, f"Dict '{name}' already exists in environment '{env}'")
+                rec = self._create_dict(env, name, req.data)
+            else:
+                raise GRPCError(Status.INVALID_ARGUMENT, f"unsupported object_creation_type {kind}")
+        return api_pb2.DictGetOrCreateResponse(dict_id=rec.dict_id, metadata=self._dict_metadata(rec))
+
+    def _do_DictGetById(self, req: api_pb2.DictGetByIdRequest) -> api_pb2.DictGetByIdResponse:
+        rec = self._live_dict(req.dict_id)
+        return api_pb2.DictGetByIdResponse(dict_id=rec.dict_id, metadata=self._dict_metadata(rec))
+
+    def _do_DictUpdate(self, req: api_pb2.DictUpdateRequest) -> api_pb2.DictUpdateResponse:
+        rec = self._live_dict(req.dict_id)
+        created = True
+        for entry in req.updates:
+            key = bytes(entry.key)
+            if req.if_not_exists and key in rec.entries:
+                created = False
+                continue
+            rec.entries[key] = bytes(entry.value)
+        return api_pb2.DictUpdateResponse(created=created)
+
+    def _do_DictGet(self, req: api_pb2.DictGetRequest) -> api_pb2.DictGetResponse:
+        value = self._live_dict(req.dict_id).entries.get(bytes(req.key))
+        if value is None:
+            return api_pb2.DictGetResponse(found=False)
+        return api_pb2.DictGetResponse(found=True, value=value)
+
+    def _do_DictPop(self, req: api_pb2.DictPopRequest) -> api_pb2.DictPopResponse:
+        value = self._live_dict(req.dict_id).entries.pop(bytes(req.key), None)
+        if value is None:
+            return api_pb2.DictPopResponse(found=False)
+        return api_pb2.DictPopResponse(found=True, value=value)
+
+    def _do_DictContains(self, req: api_pb2.DictContainsRequest) -> api_pb2.DictContainsResponse:
+        return api_pb2.DictContainsResponse(found=bytes(req.key) in self._live_dict(req.dict_id).entries)
+
+    def _do_DictLen(self, req: api_pb2.DictLenRequest) -> api_pb2.DictLenResponse:
+        return api_pb2.DictLenResponse(len=min(len(self._live_dict(req.dict_id).entries), 100_000))
+
+    def _do_DictClear(self, req: api_pb2.DictClearRequest) -> empty_pb2.Empty:
+        self._live_dict(req.dict_id).entries.clear()
+        return empty_pb2.Empty()
+
+    def _do_DictHeartbeat(self, req: api_pb2.DictHeartbeatRequest) -> empty_pb2.Empty:
+        self._live_dict(req.dict_id)
+        return empty_pb2.Empty()
+
+    def _do_DictDelete(self, req: api_pb2.DictDeleteRequest) -> empty_pb2.Empty:
+        rec = self._live_dict(req.dict_id)
+        rec.deleted = True
+        if rec.name and self.state.dict_named(rec.environment_name, rec.name) is rec:
+            del self.state.dicts[rec.environment_name][rec.name]
+        return empty_pb2.Empty()
+
+    def _do_DictList(self, req: api_pb2.DictListRequest) -> api_pb2.DictListResponse:
+        recs = sorted(self.state.dicts.get(req.environment_name, {}).values(), key=lambda r: r.created_at, reverse=True)
+        if req.pagination.created_before:
+            recs = [r for r in recs if r.created_at < req.pagination.created_before]
+        if req.pagination.max_objects:
+            recs = recs[: req.pagination.max_objects]
+        resp = api_pb2.DictListResponse(environment_name=req.environment_name)
+        for r in recs:
+            resp.dicts.add(name=r.name, created_at=r.created_at, dict_id=r.dict_id, metadata=self._dict_metadata(r))
+        return resp
+
+    async def _stream_DictContents(self, req: api_pb2.DictContentsRequest) -> AsyncIterator[Message]:
+        with self.state.lock:
+            entries = list(self._live_dict(req.dict_id).entries.items())
+        for key, value in entries:
+            yield api_pb2.DictEntry(key=key if req.keys else b"", value=value if req.values else b"")
 
     # ------------------------------------------------------------------ logs
     def add_log(self, app: AppRecord, data: str, fd: str = "stdout", at: float | None = None) -> LogRecord:

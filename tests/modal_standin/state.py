@@ -48,6 +48,20 @@ class SecretRecord:
 
 
 @dataclass
+class DictRecord:
+    """A modal.Dict. Keys and values are kept exactly as the SDK serialized them (cloudpickle bytes):
+    the service compares keys by those bytes, so two equal keys that pickle differently are two keys."""
+
+    dict_id: str
+    environment_name: str
+    name: str  # "" for ephemeral Dicts
+    created_at: float
+    created_by: str
+    entries: dict[bytes, bytes] = field(default_factory=dict)
+    deleted: bool = False
+
+
+@dataclass
 class MountRecord:
     mount_id: str
     environment_name: str
@@ -175,6 +189,8 @@ class StandInState:
         self.apps: dict[str, AppRecord] = {}  # app_id -> app (every app ever created, stopped ones too)
         self.secrets: dict[str, dict[str, SecretRecord]] = {e: {} for e in self.environments}
         self.secrets_by_id: dict[str, SecretRecord] = {}  # includes deleted and anonymous ones
+        self.dicts: dict[str, dict[str, DictRecord]] = {e: {} for e in self.environments}  # live named Dicts
+        self.dicts_by_id: dict[str, DictRecord] = {}  # includes deleted and ephemeral ones
         self.images: dict[str, ImageRecord] = {}
         self.mounts: dict[str, MountRecord] = {}
         self.functions: dict[str, FunctionRecord] = {}  # function_id -> latest definition
@@ -231,6 +247,25 @@ class StandInState:
             self.secrets.setdefault(environment_name, {})[name] = rec
             self.secrets_by_id[rec.secret_id] = rec
             return rec
+
+    # ---- dicts --------------------------------------------------------------------------
+    def dict_named(self, environment_name: str, name: str) -> DictRecord | None:
+        with self.lock:
+            return self.dicts.get(environment_name, {}).get(name)
+
+    def dict_items(self, environment_name: str, name: str) -> dict[Any, Any] | None:
+        """The entries of a named Dict, unpickled (test data only), or None when there is no such Dict."""
+        import pickle
+
+        with self.lock:
+            rec = self.dict_named(environment_name, name)
+            if rec is None:
+                return None
+            return {pickle.loads(k): pickle.loads(v) for k, v in rec.entries.items()}  # our own test data
+
+    def dict_names(self, environment_name: str) -> list[str]:
+        with self.lock:
+            return sorted(self.dicts.get(environment_name, {}))
 
     # ---- calls --------------------------------------------------------------------------
     def calls_to(self, method: str) -> list[CallRecord]:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
 from .. import errors
+from ..deploy_lock import DEFAULT_TTL_S, DEFAULT_WAIT_S, HOLDER_ENV, check_holder
 from ..pipeline import STAGES, Pipeline, PipelineRequest, parse_stages, resolve_stages
 from ..refs import ProcessorRef, parse_env, parse_platforms, parse_repository, split_refs
 from ..targets import TARGET_KINDS
 from ..targets.base import parse_inputs
 from . import framework
 from .image_cmds import parse_build_args
+from .init_cmds import add_init_verb
 
 
 def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
@@ -35,8 +38,25 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         inputs=inputs,
         timeout_s=args.timeout,
         keep_going=args.keep_going,
+        lock_holder=_lock_holder(args),
+        release_lock=not args.keep_lock,
+        lock_wait_s=args.lock_wait,
+        lock_ttl_s=args.lock_ttl,
     )
+    if args.keep_lock and request.lock_holder is None:
+        raise errors.UsageError(
+            "--keep-lock keeps the deploy lock for a later job, which must continue it as the same holder: "
+            "give --lock HOLDER (or set THEORY_LOCK_HOLDER)."
+        )
     return Pipeline(request).run()
+
+
+def _lock_holder(args: argparse.Namespace) -> str | None:
+    """--lock HOLDER, else THEORY_LOCK_HOLDER, else None (the run uses a holder of its own)."""
+    if args.lock is not None:
+        return check_holder(args.lock, "--lock")
+    given = os.environ.get(HOLDER_ENV)
+    return check_holder(given, HOLDER_ENV) if given else None
 
 
 def cmd_errors(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,7 +103,33 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--inputs-json", help="inputs for the run stage (default: the inputs schema's first example)")
     run.add_argument("--inputs-file", help="path of a JSON file holding the inputs")
     run.add_argument("--timeout", type=float, help="run stage deadline in seconds (default: runtime.timeout_s)")
+    run.add_argument(
+        "--lock",
+        metavar="HOLDER",
+        help="hold the app's deploy lock as HOLDER from the first target stage to the last (default: "
+        f"${HOLDER_ENV}; else a holder of this run's own). Continue it in a later job with the same HOLDER",
+    )
+    run.add_argument(
+        "--keep-lock",
+        action="store_true",
+        help="do not release the lock after the last target stage (a later job continues it; needs --lock)",
+    )
+    run.add_argument(
+        "--lock-wait",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        metavar="SECONDS",
+        help=f"how long to wait while another run holds the lock (default {DEFAULT_WAIT_S:g})",
+    )
+    run.add_argument(
+        "--lock-ttl",
+        type=float,
+        default=DEFAULT_TTL_S,
+        metavar="SECONDS",
+        help=f"the lock's lease, renewed before each target stage (default {DEFAULT_TTL_S:g})",
+    )
     framework.add_verb(subparsers, parent, "errors", cmd_errors, "list every ERR_* code, its exit code and remedy")
+    add_init_verb(subparsers, parent)
     return parser
 
 

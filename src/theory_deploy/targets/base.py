@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import output, protocol
+from ..deploy_lock import DeployLock
 from ..errors import (
     DeployError,
     ImagePullError,
@@ -151,6 +152,13 @@ class Target(ABC):
     def stop_listed(self, env: Environment, listed: ListedApp) -> str | None:
         """Stop an app `list_apps(env)` returned, after re-reading its labels; None when stopped, else
         why it was left alone (gone meanwhile, or `changed_since_listing` says it was redeployed)."""
+
+    def deploy_lock(self, app: AppContext) -> DeployLock:
+        """The app's deploy lock, kept in this target (deploy_lock.py): what keeps two runs from
+        interleaving between start and verify. Every real target implements it (local: a file in the
+        state folder; Modal: a modal.Dict in the app's environment). Not abstract only so that test
+        doubles which never deploy need not."""
+        raise NotImplementedError(f"the {self.kind} target keeps no deploy lock")
 
     # --- shared behaviour ----------------------------------------------------------------------------
     def verify_image(self, oci: ImageRef, *, credentials_host: str | None = None) -> ImageRef:

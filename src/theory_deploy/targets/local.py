@@ -38,6 +38,9 @@ binds secrets by name and `sync-secrets` sets their values:
     *same digest* with the new values. An unchanged sync restarts nothing.
 Either order therefore ends in the same state: sync first, and `start` injects the values at once.
 
+**The deploy lock** (`deploy_lock.py`, taken by `--lock` and by the pipeline) is a file per app
+under $THEORY_STATE_DIR/deploy-locks/; it keeps two runs from interleaving between start and verify.
+
 **Verifying.** `read_running_digests` gives two independent readings: `engine`, the registry
 digest the Docker engine recorded for the container's image (its RepoDigests, written by the pull
 that verified the manifest's hash), and `healthz`, what the processor reports. Labels are never a
@@ -65,6 +68,7 @@ from typing import Any, ClassVar
 import httpx
 
 from .. import output, secret_values
+from ..deploy_lock import DeployLock, LocalLockStore
 from ..docker import DOCKER_TIMEOUT_S, Docker, tail_text
 from ..errors import (
     AuthRequiredError,
@@ -220,6 +224,19 @@ class LocalTarget(Target):
             what=f"{app.name} (another start or sync-secrets is running)",
         ):
             yield
+
+    def deploy_lock(self, app: AppContext) -> DeployLock:
+        """A JSON file per app under $THEORY_STATE_DIR/deploy-locks/ (not `locks/`, where `_locked`
+        keeps its flock files). Keyed by the app name alone: on this engine the app name is the
+        container name, which staging and main share (both are the slug), so they share the lock."""
+        return DeployLock(
+            LocalLockStore(state_dir() / "deploy-locks"),
+            app.name,
+            target=self.kind,
+            env=app.env,
+            app=app.name,
+            ref=str(app.processor.ref),
+        )
 
     # --- images ----------------------------------------------------------------------------------------
     def _pull(self, image: ImageRef) -> None:

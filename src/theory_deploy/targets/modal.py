@@ -54,6 +54,9 @@ tags by the deploy that is live now, and `healthz`, what the running processor r
 `im-` id), so neither reading is Modal's word about the bytes; they disagree when someone deploys
 another image under the app's name.
 
+**The deploy lock** (`deploy_lock.py`: `--lock`, the pipeline) is the entry named after the app in
+the `modal.Dict` `theory-deploy-locks` of the app's environment (`ModalLockStore`).
+
 **cleanup-dev** (shared decisions in `base.Target.cleanup_dev`) lists the live apps of `dev` with
 `Environment.from_name("dev").apps.list` (the SDK leaves stopped and disabled apps out), reads each
 app's tags, and stops an app only when its recorded `theory.branch` is gone, after looking it up by
@@ -68,6 +71,7 @@ import inspect
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from secrets import token_urlsafe
@@ -79,6 +83,7 @@ import modal.exception
 from modal.config import config as modal_config
 
 from .. import output, protocol, secret_values
+from ..deploy_lock import DeployLock, LockRecord, LockStore
 from ..errors import (
     AuthRequiredError,
     DeployError,
@@ -228,6 +233,18 @@ class ModalTarget(Target):
             )
 
         return make
+
+    # --- deploy lock --------------------------------------------------------------------------------
+    def deploy_lock(self, app: AppContext) -> DeployLock:
+        self._require_credentials()
+        return DeployLock(
+            ModalLockStore(self, app.env),
+            app.name,
+            target=self.kind,
+            env=app.env,
+            app=app.name,
+            ref=str(app.processor.ref),
+        )
 
     # --- apps ---------------------------------------------------------------------------------------
     async def _lookup(self, app: AppContext) -> Any:
@@ -848,6 +865,96 @@ class ModalTarget(Target):
             return declined
         await self._call(f"stopping {listed.name} in {env}", handle.stop.aio(), env=env)
         return None
+
+
+LOCK_DICT = "theory-deploy-locks"
+TAKEOVER_SETTLE_S = 1.0
+
+
+class ModalLockStore(LockStore):
+    """Deploy locks as entries of the `modal.Dict` LOCK_DICT in one environment: key the app name,
+    value the record's JSON text. Reads never create the Dict (a missing Dict holds no lock); the
+    first write creates it (`create_if_missing=True`).
+
+    create is atomic: `put(key, value, skip_if_exists=True)` writes only when the key is absent and
+    says whether it did. A Dict has no compare-and-swap, so:
+      * replace reads, compares with the record the caller last read, writes, then re-reads to
+        confirm its own record is there;
+      * delete reads, compares, then `pop`s (atomic: it returns what it removed); when what it
+        removed is not the record compared (changed in between), it puts that back with
+        skip_if_exists, so a live lock is never deleted for good by a stale compare.
+    The race left: two takers replacing the same EXPIRED record at the same moment (both read it,
+    both see it expired, both write) can both see their own record on the re-read if one writes
+    after the other has re-read. Taking over an expired lease therefore waits TAKEOVER_SETTLE_S
+    (1 s, far longer than the read→write gap of one call) before the confirming re-read, so the
+    later write is seen by the earlier writer, who then backs off (so does renewing one's own expired
+    lease, which a taker may race). Renewals of a live lease by its own holder have no competing writer (everybody else waits), and a free lock is taken by the
+    atomic create. Expiry is judged by the clocks of the machines involved (CI runners keep NTP
+    time); leases last minutes, so seconds of skew do not matter.
+    """
+
+    def __init__(self, target: ModalTarget, env: str, *, settle_s: float = TAKEOVER_SETTLE_S) -> None:
+        self.target, self.env, self.settle_s = target, env, settle_s
+        self.where = f"Modal Dict {LOCK_DICT} in the environment {env}"
+        self._handles: dict[bool, Any] = {}
+
+    def _handle(self, create: bool) -> Any:
+        if create not in self._handles:
+            self._handles[create] = modal.Dict.from_name(LOCK_DICT, environment_name=self.env, create_if_missing=create)
+        return self._handles[create]
+
+    def _run(self, what: str, call: Callable[[Any], Awaitable[T]], *, create: bool) -> T:
+        """One Dict call under the target's deadline; a missing Dict raises _Absent."""
+
+        async def go() -> T:
+            return await self.target._call(
+                f"{what} in the Modal Dict {LOCK_DICT} ({self.env})",
+                call(self._handle(create)),
+                env=self.env,
+                not_found=lambda message: _Absent(message),
+            )
+
+        return asyncio.run(go())
+
+    def _read(self, key: str) -> Any:
+        try:
+            return self._run(f"reading {key}", lambda d: d.get.aio(key), create=False)
+        except _Absent:
+            return None
+
+    def read(self, key: str) -> LockRecord | None:
+        value = self._read(key)
+        return None if value is None else LockRecord.loads(str(value))
+
+    def _put(self, key: str, value: str, *, skip_if_exists: bool) -> bool:
+        return bool(
+            self._run(f"writing {key}", lambda d: d.put.aio(key, value, skip_if_exists=skip_if_exists), create=True)
+        )
+
+    def create(self, key: str, record: LockRecord) -> bool:
+        return self._put(key, record.dumps(), skip_if_exists=True)
+
+    def replace(self, key: str, old: LockRecord, new: LockRecord) -> bool:
+        if self.read(key) != old:
+            return False
+        self._put(key, new.dumps(), skip_if_exists=False)
+        if old.expired() and self.settle_s > 0:
+            time.sleep(self.settle_s)  # an expired lease, which others may take too: let their put land first
+        return self.read(key) == new
+
+    def delete(self, key: str, old: LockRecord) -> bool:
+        if self.read(key) != old:
+            return False
+        try:
+            popped = self._run(f"removing {key}", lambda d: d.pop.aio(key, None), create=False)
+        except _Absent:
+            return False
+        if popped is None:
+            return False  # removed meanwhile by someone else
+        if LockRecord.loads(str(popped)) != old:
+            self._put(key, str(popped), skip_if_exists=True)  # not the record compared: put it back
+            return False
+        return True
 
 
 def _env_keys(names: list[str]) -> list[str]:

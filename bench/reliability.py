@@ -1496,9 +1496,10 @@ def leftovers(ctx: Ctx) -> dict[str, Any]:
         if n:
             worktrees[str(clone.relative_to(ctx.work))] = n
     all_locks = sorted(str(p.relative_to(ctx.work)) for p in ctx.work.rglob("*.lock"))
-    # flock files of the local target live on by design (an flock is released when its holder dies);
+    # flock files of the local target (its file locks and the deploy locks' sidecars) live on by design
+    # (an flock is released when its holder dies, and deleting one would race its next taker);
     # anything else (git's index.lock, ref locks) would block the next run
-    state_flocks = [p for p in all_locks if p.startswith("state/locks/")]
+    state_flocks = [p for p in all_locks if p.startswith(("state/locks/", "state/deploy-locks/"))]
     locks = [p for p in all_locks if p not in state_flocks]
     temp_files = sorted(
         str(p.relative_to(ctx.work)) for p in ctx.work.rglob(".registry.yaml.*") if p.name.endswith(".tmp")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -298,6 +299,8 @@ class ActWorld:
         # Secrets by name only: act reads each value from its own environment, never from argv.
         for name in secrets or {}:
             cmd += ["-s", name]
+        # The command as run (secrets by name only), for whoever reads or reports a run.
+        (self.root / f"act-{run_id}.cmd").write_text(shlex.join(cmd) + "\n")
         log = self.root / f"act-{run_id}.log"
         with log.open("w") as out:
             proc = subprocess.Popen(

@@ -273,6 +273,8 @@ class _ProcessorRun:
         self._lock: DeployLock | None = None
         self._held: Held | None = None
         self._waited = 0.0
+        self._image: ImageRef | None = None  # prepare_start: what start deploys
+        self._inputs: dict[str, Any] = {}  # prepare_run: what run sends
 
     def app(self) -> AppContext:
         assert self.request.env is not None  # stage_problems refuses target stages without an environment
@@ -363,9 +365,18 @@ class _ProcessorRun:
         self.result.pr_action = str(opened.get("result") or processors[0].get("status") or "none")
         return {"pr_url": self.result.pr_url, "action": self.result.pr_action}
 
+    # What a target stage can check without the target is checked before the deploy lock is taken, so
+    # a missing pin or missing run inputs fail at once, never after a wait for (or a hold on) the lock.
+    def prepare_start(self) -> None:
+        self._image = self.target.image_to_deploy(self.app(), self._oci_to_deploy())
+
+    def prepare_run(self) -> None:
+        self._inputs = self.request.inputs if self.request.inputs is not None else default_inputs(self.processor)
+
     def stage_start(self) -> dict[str, Any]:
         app = self.app()
-        image = self.target.image_to_deploy(app, self._oci_to_deploy())
+        image = self._image
+        assert image is not None  # run() prepares start before it
         self.result.deployed = str(image)
         result = self.target.start(app, image)
         self.result.app = str(result.get("app") or app.name)
@@ -394,7 +405,7 @@ class _ProcessorRun:
         return result
 
     def stage_run(self) -> dict[str, Any]:
-        inputs = self.request.inputs if self.request.inputs is not None else default_inputs(self.processor)
+        inputs = self._inputs
         timeout = self.request.timeout_s or float(self.processor.spec.runtime.timeout_s)
         assert self.request.mode  # stage_problems: run needs a mode
         result = self.target.run(
@@ -426,6 +437,9 @@ class _ProcessorRun:
                 try:
                     with gha.group(f"theory-deploy {name}: {self.ref}"):
                         if name in TARGET_STAGES:
+                            prepare = {"start": self.prepare_start, "run": self.prepare_run}.get(name)
+                            if prepare is not None:
+                                prepare()
                             self._hold_lock()  # the wait is the lock's `waited_s`, not the stage's time
                             t0, started_at = time.monotonic(), time.time()
                         detail = dict(handlers[name]())

@@ -11,7 +11,7 @@ import pytest
 
 from tests.action_runner import parse_output_file
 from theory_deploy.cli import framework, plan_cmds
-from theory_deploy.errors import GitError, InvalidEnvError, ProcessorNotFoundError, UsageError
+from theory_deploy.errors import GitError, InvalidEnvError, ProcessorNotFoundError, UsageError, ValidationError
 from theory_deploy.plan import compute_plan, deploy_env
 from theory_deploy.refs import split_refs
 
@@ -245,3 +245,61 @@ def test_the_cli_reports_a_bad_env_as_an_error(repo: Path, monkeypatch, capsys) 
     code = framework.run_tool(parser, ["plan", "--all", "--env", "main", "--branch", "feat/x", "--json"])
     assert code == InvalidEnvError.exit_code
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "ERR_INVALID_ENV"
+
+
+# --- cost in proportion to the change -----------------------------------------------------------------
+
+
+def test_a_plan_reads_only_the_processors_that_changed(repo: Path) -> None:
+    """An unchanged processor's registry.yaml is not read by a --base plan (a broken one is not reported:
+    it was broken before this change too, and `processorctl validate` reports it), but a plan of
+    every processor reads them all, and so does validate."""
+    commit(repo, {"processors/llm/echo/registry.yaml": "ref: [unclosed\n"}, "break echo")
+    base = git(repo, "rev-parse", "HEAD")
+    commit(repo, {"processors/llm/litellm/Dockerfile": "FROM scratch\n# changed\n"})
+    result = plan(repo, base)
+    assert result["builds"] == ["llm/litellm@1"] and result["deploys"] == ["llm/litellm@1"]
+    with pytest.raises(ValidationError, match=r"processors/llm/echo/registry.yaml:2:1: not valid YAML"):
+        compute_plan(repo, all_processors=True)
+    with pytest.raises(ValidationError, match="echo"):
+        compute_plan(repo, refs=["llm/echo@1"])
+    assert compute_plan(repo, refs=["llm/litellm@1"])["builds"] == ["llm/litellm@1"]
+
+
+def test_a_changed_processor_that_is_broken_fails_the_plan(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    text = (repo / "processors/llm/echo/registry.yaml").read_text().replace("cpu: 1", "cpu: -1")
+    commit(repo, {"processors/llm/echo/registry.yaml": text})
+    with pytest.raises(ValidationError, match=r"registry.yaml:\d+:\d+: runtime.cpu"):
+        plan(repo, base)
+
+
+def test_a_changed_processor_whose_slug_collides_with_an_unchanged_one_fails_the_plan(repo: Path) -> None:
+    commit(
+        repo,
+        {
+            "processors/a-b/c/registry.yaml": registry_text("x").replace("llm/x@1", "a-b/c@1"),
+            "processors/a-b/c/Dockerfile": "FROM scratch\n",
+        },
+    )
+    base = git(repo, "rev-parse", "HEAD")
+    commit(
+        repo,
+        {
+            "processors/a/b-c/registry.yaml": registry_text("y").replace("llm/y@1", "a/b-c@1"),
+            "processors/a/b-c/Dockerfile": "FROM scratch\n",
+        },
+    )
+    with pytest.raises(ValidationError, match="a-b-c-v1") as info:
+        plan(repo, base)
+    assert "processors/a-b/c/registry.yaml" in info.value.message
+    # Same folder names, another version: no collision, and the unchanged one is not planned.
+    text = registry_text("y").replace("llm/y@1", "a/b-c@2")
+    commit(repo, {"processors/a/b-c/registry.yaml": text})
+    assert plan(repo, base)["builds"] == ["a/b-c@2"]
+
+
+def test_a_changed_file_in_a_folder_without_registry_yaml_plans_nothing(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    commit(repo, {"processors/llm/draft/notes.md": "not a processor yet\n", "processors/README.md": "x\n"})
+    assert plan(repo, base)["deploys"] == []

@@ -24,6 +24,17 @@ buildx, so no `--build-context`) as well as with buildx. Secret contents are not
 cache key, hence the sha256 build arg: the Dockerfile's RUN line that installs the bundle uses it
 (a new runtime re-runs that step) and checks the mounted file against it with `sha256sum -c`. Those
 two build args are reserved: `--build-arg THEORY_RUNTIME_SHA256=...` is refused.
+
+Reproducible images: every build gets `--build-arg SOURCE_DATE_EPOCH=0` (reserved too). The epoch is
+fixed, not the commit time: a layer's digest must depend on its content only, so that an app commit
+leaves the dependency layers' digests alone (a commit-time epoch would stamp pip's files with a new
+time on every commit and re-upload them). The processor Dockerfiles declare it as an ARG (with
+PYTHONHASHSEED=0 and PYTHONDONTWRITEBYTECODE=1) so their RUN steps see it: Python's py_compile, hence
+pip's bytecode, is then hash-based (checked-hash .pyc: no source mtime inside), and a BuildKit new
+enough to honour it (>= 0.11, buildx) stamps the config with it. The engine's built-in BuildKit (20.10)
+ignores it for file mtimes and `created`, so `push` normalises what it uploads as well
+(push.normalise_layer / push.normalise_config): the same source gives the same pushed digests
+whatever the build cache or engine.
 """
 
 from __future__ import annotations
@@ -47,6 +58,8 @@ LOCAL_REPOSITORY = "theory-local"
 REF_LABEL = "dev.theory.processor.ref"
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 _LOG_TAIL_LINES = 40
+# The epoch of reproducible images (see the module docstring): build arg and push-time normalisation.
+SOURCE_DATE_EPOCH = 0
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,7 @@ def build_command(
     pull: bool,
     ca: Path | None,
     runtime: runtime_bundle.RuntimeBundle | None = None,
+    no_cache: bool = False,
 ) -> list[str]:
     cmd = [builder.client]
     cmd += ["buildx", "build", "--load"] if builder.mode == "buildx" else ["build"]
@@ -143,6 +157,8 @@ def build_command(
     cmd += ["--iidfile", str(iidfile)]
     if pull:
         cmd.append("--pull")
+    if no_cache:
+        cmd.append("--no-cache")
     if builder.mode == "buildx":
         # No provenance/SBOM attestations: they are what puts unknown/unknown entries in indexes.
         cmd += ["--provenance=false", "--sbom=false"]
@@ -150,6 +166,8 @@ def build_command(
         cmd += ["--label", f"{key}={value}"]
     for key, value in build_args.items():
         cmd += ["--build-arg", f"{key}={value}"]
+    # Reproducible builds (module docstring); after the caller's args, which may not set it anyway.
+    cmd += ["--build-arg", f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}"]
     if ca is not None:
         cmd += ["--secret", f"id=ca_bundle,src={ca}"]
     if runtime is not None:
@@ -172,11 +190,13 @@ def build_platform_images(
     pull: bool | None = None,
     builder: Builder | None = None,
     progress: Callable[[str], None] = output.progress,
+    no_cache: bool = False,
 ) -> dict[str, BuiltImage]:
     """Build `spec` once per platform; return {arch: BuiltImage}.
 
     `spec` is a registry_file.ProcessorSpec; paths resolve against `registry_path`'s folder (default:
-    processors/<ns>/<name>/ under `repo_root`). `labels` are added to the standard ones.
+    processors/<ns>/<name>/ under `repo_root`). `labels` are added to the standard ones. `no_cache`
+    runs every step again (`--no-cache`), as a build on an empty cache would.
     """
     ref = ProcessorRef.parse(spec.ref, where="registry.yaml ref")
     folder = registry_path.parent if registry_path is not None else repo_root / "processors" / ref.namespace / ref.name
@@ -210,6 +230,12 @@ def build_platform_images(
         )
     archs = [parse_platform(p) for p in (platforms or spec.build.platforms)]
     archs = list(dict.fromkeys(archs))
+    if "SOURCE_DATE_EPOCH" in (build_args or {}):
+        raise UsageError(
+            f"--build-arg SOURCE_DATE_EPOCH: set by processorctl build itself (to {SOURCE_DATE_EPOCH}), and push "
+            "normalises every layer's timestamps to that epoch; another value could only break reproducibility.",
+            remedy="Drop --build-arg SOURCE_DATE_EPOCH=...",
+        )
     reserved = sorted(set(build_args or {}) & set(runtime_bundle.RESERVED_BUILD_ARGS))
     if reserved:
         raise UsageError(
@@ -244,6 +270,7 @@ def build_platform_images(
                 pull=pull,
                 ca=ca,
                 runtime=runtime,
+                no_cache=no_cache,
             )
             _run_build(cmd, builder, arch, ref, debug=debug, progress=progress)
             image_id = iidfile.read_text().strip() if iidfile.exists() else ""

@@ -22,6 +22,14 @@ This client speaks just enough of the API for theory-deploy:
   raise `RegistryUnreachableError`.
 * **Integrity.** A manifest fetched by digest must hash to that digest, and to the registry's
   `Docker-Content-Digest`; otherwise `DigestIntegrityError`. Blobs fetched by digest likewise.
+* **Speed.** One pooled httpx client per RegistryClient, shared by the threads that use it
+  (keep-alive, a pool of `max_connections`); HTTP/2 over TLS when the `h2` package is importable
+  (THEORY_REGISTRY_HTTP2=0 turns it off); one CA bundle load per process, not per client. A body
+  fetched by digest never changes: manifests and configs (up to their 4 MiB limits) are kept per
+  client, by repository and digest, in a bounded LRU (`cache_bytes`, default 32 MiB), and only once
+  they hashed to their digest: the cache never holds an unverified byte. Tags are always asked.
+  `resolve_platforms` fetches the platforms of one index concurrently (manifest, then its config).
+  Threads that meet the same bearer challenge at once fetch one token, not one each.
 * **Platforms.** `resolve_platform` turns an index, a manifest list or an image manifest into the
   one image manifest for `linux/<arch>`, checking the image config's `os`/`architecture` itself. It
   skips attestation entries and tells a config digest (which cannot be pulled) from an unknown one.
@@ -38,9 +46,12 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -113,6 +124,85 @@ def _max_response_bytes() -> int:
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Connections: one TLS context per process, HTTP/2 when h2 is installed
+# ---------------------------------------------------------------------------------------------------
+
+HTTP2_ENV = "THEORY_REGISTRY_HTTP2"
+_SSL_CONTEXTS: dict[tuple[str, str], ssl.SSLContext] = {}
+_SSL_LOCK = threading.Lock()
+
+
+def _shared_ssl_context() -> ssl.SSLContext:
+    """httpx's verifying context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR as trust_env reads them),
+    built once per process: loading the CA bundle costs tens of milliseconds per client otherwise."""
+    key = (os.environ.get("SSL_CERT_FILE", ""), os.environ.get("SSL_CERT_DIR", ""))
+    with _SSL_LOCK:
+        context = _SSL_CONTEXTS.get(key)
+        if context is None:
+            context = _SSL_CONTEXTS[key] = httpx.create_ssl_context(verify=True, trust_env=True)
+        return context
+
+
+def _http2_wanted() -> bool:
+    """HTTP/2 (negotiated by ALPN over TLS only; plain http stays HTTP/1.1) when `h2` is importable."""
+    if os.environ.get(HTTP2_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        import h2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Verified bodies, by digest
+# ---------------------------------------------------------------------------------------------------
+
+DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
+
+
+class _VerifiedBodies:
+    """An LRU of bodies that hashed to their digest, bounded in bytes. Content-addressed: a body
+    stored under a digest is that digest's body forever. Callers put only after checking the hash."""
+
+    def __init__(self, max_bytes: int, max_entry: int) -> None:
+        self._max_bytes = max(0, max_bytes)
+        self._max_entry = min(max_entry, self._max_bytes)
+        self._items: OrderedDict[tuple[str, str, str], tuple[bytes, str]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> tuple[bytes, str] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple[str, str, str], body: bytes, media_type: str = "") -> None:
+        if len(body) > self._max_entry:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._size -= len(old[0])
+            self._items[key] = (body, media_type)
+            self._size += len(body)
+            while self._size > self._max_bytes and self._items:
+                _key, (evicted, _type) = self._items.popitem(last=False)
+                self._size -= len(evicted)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,6 +353,7 @@ class RegistryClient:
         progress: Callable[[str], None] | None = None,
         max_connections: int = 16,
         credentials_note: str | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         self.registry = registry
         self.insecure = is_loopback(registry) if insecure is None else insecure
@@ -277,17 +368,39 @@ class RegistryClient:
             transport=transport,
             follow_redirects=True,  # blob GETs redirect to storage; httpx drops Authorization off-origin
             trust_env=True,
+            verify=_shared_ssl_context(),
+            http2=transport is None and _http2_wanted(),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
+        self._max_connections = max(1, max_connections)
         self._lock = threading.Lock()
         self._tokens: dict[str, str] = {}
+        self._token_locks: dict[str, threading.Lock] = {}
         self._use_basic = False
+        self._bodies = _VerifiedBodies(cache_bytes, max(_MAX_MANIFEST_BYTES, _MAX_CONFIG_BYTES))
+        self._pool: ThreadPoolExecutor | None = None
         # Counters, for tests and the benchmark: how much work a call really did.
-        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "blob_uploads": 0, "blob_skips": 0, "blob_mounts": 0}
+        self.stats: dict[str, int] = {
+            "requests": 0,
+            "retries": 0,
+            "blob_uploads": 0,
+            "blob_skips": 0,
+            "blob_mounts": 0,
+            "cache_hits": 0,
+            "token_requests": 0,
+        }
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         self._http.close()
+
+    def clear_cache(self) -> None:
+        """Forget the verified bodies kept by digest (the next reads ask the registry again)."""
+        self._bodies.clear()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -368,7 +481,7 @@ class RegistryClient:
             status = response.status_code
             if status == 401 and auth_tries < 2:
                 challenge = response.headers.get("www-authenticate", "")
-                if self._answer_challenge(challenge, scope, had_auth="Authorization" in req_headers):
+                if self._answer_challenge(challenge, scope, sent=req_headers.get("Authorization")):
                     auth_tries += 1
                     continue
             if status in ok or (status == 404 and not_found_ok):
@@ -465,8 +578,9 @@ class RegistryClient:
         if wait > 0:
             time.sleep(wait)
 
-    def _answer_challenge(self, challenge: str, scope: str | None, *, had_auth: bool) -> bool:
-        """Act on a 401's challenge. True when a retry with new auth makes sense."""
+    def _answer_challenge(self, challenge: str, scope: str | None, *, sent: str | None) -> bool:
+        """Act on a 401's challenge (`sent`: the Authorization header it answered). True when a retry
+        with new auth makes sense."""
         scheme, params = parse_challenge(challenge)
         if scheme == "basic":
             if self._credentials and not self._use_basic:
@@ -485,12 +599,20 @@ class RegistryClient:
                     details={"registry": self.registry},
                 )
             token_scope = _merge_scopes(scope, params.get("scope"))
-            token = self._fetch_token(params["realm"], params.get("service"), token_scope)
             with self._lock:
-                if token_scope:
-                    self._tokens[token_scope] = token
-                if (scope or "") != token_scope:
-                    self._tokens[scope or ""] = token
+                scope_lock = self._token_locks.setdefault(token_scope, threading.Lock())
+            # One token fetch per scope at a time: threads challenged together wait for the first one's
+            # token instead of each asking the token service (a token that was refused is fetched anew).
+            with scope_lock:
+                with self._lock:
+                    token = self._tokens.get(token_scope)
+                if token is None or sent == f"Bearer {token}":
+                    token = self._fetch_token(params["realm"], params.get("service"), token_scope)
+                with self._lock:
+                    if token_scope:
+                        self._tokens[token_scope] = token
+                    if (scope or "") != token_scope:
+                        self._tokens[scope or ""] = token
             return True
         return False
 
@@ -530,6 +652,7 @@ class RegistryClient:
         headers = {"Authorization": _basic(self._credentials)} if self._credentials else {}
         attempts = max(1, self.retry.attempts)
         for attempt in range(1, attempts + 1):
+            self._count("token_requests")
             try:
                 response = self._send_once("GET", url, headers, None, max_body=_MAX_TOKEN_BYTES, what="a token")
             except httpx.TransportError as exc:
@@ -631,8 +754,17 @@ class RegistryClient:
         return ManifestHead(manifest.digest, manifest.media_type, len(manifest.body))
 
     def get_manifest(self, repo: str, reference: str) -> Manifest:
+        """GET a manifest by tag or digest and prove it: it must hash to the digest asked for and to the
+        registry's Docker-Content-Digest. A digest this client already proved is answered from its
+        cache of verified bodies (tags are always asked)."""
         url = self.url(f"/v2/{repo}/manifests/{reference}")
         what = f"{self.registry}/{repo}{_at(reference)}"
+        if DIGEST_RE.match(reference):
+            cached = self._bodies.get(("manifest", repo, reference))
+            if cached is not None:
+                self._count("cache_hits")
+                body, media_type = cached
+                return Manifest(reference, media_type, body, json.loads(body))
 
         def config_instead(response: httpx.Response) -> None:
             # distribution 2.x answers a manifest GET of a *config* digest with 500 (it fails to parse
@@ -685,6 +817,8 @@ class RegistryClient:
                     details={"digest": actual},
                 )
             raise ImagePullError(f"{what}: unsupported manifest type {media_type or '(none)'!r}.")
+        # `actual` is the sha256 of exactly these bytes: whatever was asked, they are its body.
+        self._bodies.put(("manifest", repo, actual), body, media_type)
         return Manifest(actual, media_type, body, data)
 
     def put_manifest(self, repo: str, reference: str | None, body: bytes, media_type: str) -> str:
@@ -744,8 +878,14 @@ class RegistryClient:
         return self.blob_size(repo, digest) is not None
 
     def get_blob(self, repo: str, digest: str, *, max_bytes: int | None = None) -> bytes:
+        """GET a blob whole; it must hash to `digest`. Small blobs (configs) this client already proved
+        are answered from its cache of verified bodies."""
         url = self.url(f"/v2/{repo}/blobs/{digest}")
         what = f"blob {self.registry}/{repo}@{digest}"
+        cached = self._bodies.get(("blob", repo, digest))
+        if cached is not None and (max_bytes is None or len(cached[0]) <= max_bytes):
+            self._count("cache_hits")
+            return cached[0]
         response = self._request("GET", url, scope=_pull_scope(repo), what=what, max_body=max_bytes)
         body = response.content
         if max_bytes is not None and len(body) > max_bytes:
@@ -753,6 +893,7 @@ class RegistryClient:
         actual = sha256_digest(body)
         if actual != digest:
             raise DigestIntegrityError(f"{what}: the blob served hashes to {actual}.", details={"actual": actual})
+        self._bodies.put(("blob", repo, digest), body)
         return body
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
@@ -844,7 +985,8 @@ class RegistryClient:
 
     # -- API: platforms ---------------------------------------------------------------------------------
     def resolve_platforms(self, repo: str, reference: str, platforms: list[str]) -> dict[str, PlatformResolution]:
-        """`resolve_platform` for several platforms, fetching the index (or tag) only once."""
+        """`resolve_platform` for several platforms, fetching the index (or tag) only once; the
+        platforms of an index are resolved concurrently (each: its manifest, then its config)."""
         what = f"{self.registry}/{repo}{_at(reference)}"
         try:
             top = self.get_manifest(repo, reference)
@@ -852,7 +994,36 @@ class RegistryClient:
             if DIGEST_RE.match(reference):
                 self._explain_missing_manifest(repo, reference)
             raise
-        return {p: self._resolve_from(repo, top, p.removeprefix("linux/"), what) for p in platforms}
+        arches = list(dict.fromkeys(p.removeprefix("linux/") for p in platforms))
+        if top.is_index and len(arches) > 1:
+            found = self._each(lambda arch: self._resolve_from(repo, top, arch, what), arches)
+        else:
+            found = [self._resolve_from(repo, top, arch, what) for arch in arches]
+        by_arch = dict(zip(arches, found, strict=True))
+        return {p: by_arch[p.removeprefix("linux/")] for p in platforms}
+
+    def _each(self, fn: Callable[[str], PlatformResolution], items: list[str]) -> list[PlatformResolution]:
+        """fn over items: the first in this thread, the others on the client's pool. Waits for all;
+        raises the error of the first item (in order) that failed, as a sequential loop would."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._max_connections, thread_name_prefix="theory-oci")
+            pool = self._pool
+        futures: list[Future[PlatformResolution]] = [pool.submit(fn, item) for item in items[1:]]
+        results: list[PlatformResolution] = []
+        error: BaseException | None = None
+        try:
+            results.append(fn(items[0]))
+        except BaseException as exc:  # noqa: BLE001 (re-raised below, after the others finished)
+            error = exc
+        for future in futures:
+            try:
+                results.append(future.result())
+            except BaseException as exc:  # noqa: BLE001
+                error = error or exc
+        if error is not None:
+            raise error
+        return results
 
     def resolve_platform(self, repo: str, digest: str, platform: str) -> PlatformResolution:
         """The image manifest for `linux/<platform>` that `digest` is or lists.

@@ -12,8 +12,9 @@ refused before the file is touched, each with its own error code:
 | a digest the registry does not have              | ERR_IMAGE_UNAVAILABLE    |
 
 An index (or Docker manifest list) digest is accepted and resolved to the platform's manifest; the
-pin is the manifest digest, and `resolved_from_index` says so. The registry is asked every time,
-and what it serves is hashed: a pin is never written on trust.
+pin is the manifest digest, and `resolved_from_index` says so. The registry is asked, and what it
+serves is hashed: a pin is never written on trust. (Within one client a body already proved against
+its digest is not fetched twice: pinning amd64 and arm64 from one index reads the index once.)
 """
 
 from __future__ import annotations

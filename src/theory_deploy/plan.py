@@ -15,6 +15,14 @@ for the whole change; per processor, a registry.yaml that differs only in its pi
 "pinned, not changed". Such processors are still listed for *deploy* (in staging and main a pin
 change is a promotion), never for *build*.
 
+Cost in proportion to the change: a plan reads (and validates) only the registry.yaml files of the
+processors it lists, so a one-processor change in a repository of a thousand reads one file. When
+every processor is planned (runtime/ or theory-deploy changed, a new branch, `--all`) every file is
+read, as the matrices need them all. Slugs must stay unique across the repository (`a-b/c@1` and
+`a/b-c@1` are both `a-b-c-v1`): two processors can share a slug only when their folder names do
+(`a-b` + `c`, `a` + `b-c`), so the folder names alone (one directory listing, no file read) say
+which few processors to read and compare.
+
 The result is plain data: `builds` (processors to build), `deploys` (processors to deploy), and
 GitHub matrices: `build_matrix` (processor by platform, with the runner and whether QEMU is needed),
 `build_processors_matrix` (the processors being built, one row each) and `deploy_matrix`.
@@ -22,6 +30,8 @@ GitHub matrices: `build_matrix` (processor by platform, with the runner and whet
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -81,10 +91,54 @@ def deploy_env(requested: str | None, branch: str | None) -> Environment:
     return "dev"
 
 
+def _registry_at(root: Path, folder: str) -> Path | None:
+    """processors/<folder>/registry.yaml when `discover` would find it (the same glob, escaped)."""
+    ns, _, name = folder.partition("/")
+    if not ns or not name or "/" in name:
+        return None
+    pattern = f"{glob.escape(ns)}/{glob.escape(name)}/{REGISTRY_FILE}"
+    return next(iter((root / "processors").glob(pattern)), None)
+
+
+def _slug_stem(ns: str, name: str) -> str:
+    """What a processor's slug is made of besides its version (refs.ProcessorRef.slug)."""
+    return f"{ns}-{name}".replace("_", "-")
+
+
+def _slug_suspects(root: Path) -> list[str]:
+    """Folders ('ns/name') whose folder names alone could give the same slug as another folder's:
+    the only processors that can collide. Reads directory listings only."""
+    by_stem: dict[str, list[str]] = {}
+    try:
+        namespaces = [e for e in os.scandir(root / "processors") if e.is_dir()]
+    except OSError:
+        return []
+    for ns in namespaces:
+        try:
+            names = [e.name for e in os.scandir(ns.path) if e.is_dir()]
+        except OSError:
+            continue
+        for name in names:
+            by_stem.setdefault(_slug_stem(ns.name, name), []).append(f"{ns.name}/{name}")
+    return sorted(f for group in by_stem.values() if len(group) > 1 for f in group)
+
+
+def _load_folders(root: Path, folders: list[str]) -> dict[str, LoadedProcessor]:
+    """folder → processor (validated) for each of `folders` that holds a registry.yaml, checked for
+    slug collisions with every processor of the repository."""
+    wanted = set(folders) | set(_slug_suspects(root))
+    paths = sorted(p for p in (_registry_at(root, f) for f in wanted) if p is not None)
+    return _validated(root, paths, keep=set(folders))
+
+
 def _processors(root: Path) -> dict[str, LoadedProcessor]:
     """folder ('ns/name') → processor, for every registry.yaml in the work tree (validated)."""
+    return _validated(root, discover(root), keep=None)
+
+
+def _validated(root: Path, paths: list[Path], keep: set[str] | None) -> dict[str, LoadedProcessor]:
     found: dict[str, LoadedProcessor] = {}
-    for path in discover(root):
+    for path in paths:
         loaded = load_path(path, root)
         found[loaded.ref.folder] = loaded
     collisions = slug_collisions((p.path, p.spec) for p in found.values())
@@ -94,7 +148,7 @@ def _processors(root: Path) -> dict[str, LoadedProcessor]:
             "\n".join(str(p) for p in collisions),
             details={"file": first.file, "line": first.line, "problems": [p.to_json() for p in collisions]},
         )
-    return found
+    return found if keep is None else {folder: p for folder, p in found.items() if folder in keep}
 
 
 def _matrices(
@@ -150,16 +204,19 @@ def compute_plan(
         raise UsageError("plan needs exactly one of --base REV, --refs REFS or --all.")
     root = repo_root.resolve()
     wanted_platforms = [str(p) for p in parse_platforms(platforms)] if platforms else None
-    by_folder = _processors(root)
-    everything = sorted(by_folder.values(), key=lambda p: p.ref)
+
+    def everything() -> list[LoadedProcessor]:
+        return sorted(_processors(root).values(), key=lambda p: p.ref)
+
     changed: list[str] = []
     pin_only = False
     resolved_base: str | None = None
 
     if refs:
+        asked = [ProcessorRef.parse(text, where="--refs") for text in refs]
+        by_folder = _load_folders(root, [ref.folder for ref in asked])
         picked: list[LoadedProcessor] = []
-        for text in refs:
-            ref = ProcessorRef.parse(text, where="--refs")
+        for ref in asked:
             loaded = by_folder.get(ref.folder)
             if loaded is None or loaded.ref != ref:
                 raise ProcessorNotFoundError(
@@ -169,7 +226,7 @@ def compute_plan(
         deploys = builds = sorted({p.ref: p for p in picked}.values(), key=lambda p: p.ref)
         reason = "the processors asked for"
     elif all_processors:
-        deploys = builds = everything
+        deploys = builds = everything()
         reason = "all processors (asked for)"
     else:
         assert base is not None
@@ -178,7 +235,7 @@ def compute_plan(
         if head_sha is None:
             raise GitError(f"{head!r} is not a commit in {root}.")
         if _ZERO_SHA.match(base):
-            deploys = builds = everything
+            deploys = builds = everything()
             reason = "a new branch (no earlier commit to compare with): all processors"
         else:
             base_sha = git.rev(base)
@@ -193,17 +250,19 @@ def compute_plan(
             changed = sorted(f for f in listing.split("\0") if f)
             pin_only = bool(changed) and is_pin_only_change(root, merge_base, head_sha)
             if any(_touches(f, SHARED_PATHS) for f in changed) and not pin_only:
-                deploys = builds = everything
+                deploys = builds = everything()
                 reason = "the shared runtime (runtime/) changed: all processors"
             elif any(_touches(f, PRODUCT_PATHS) for f in changed) and not pin_only:
-                deploys = builds = everything
+                deploys = builds = everything()
                 reason = "theory-deploy itself changed: all processors"
             else:
-                touched: dict[str, list[str]] = {}
+                in_folders: dict[str, list[str]] = {}
                 for f in changed:
                     folder = _processor_folder(f)
-                    if folder is not None and folder in by_folder:
-                        touched.setdefault(folder, []).append(f)
+                    if folder is not None:
+                        in_folders.setdefault(folder, []).append(f)
+                by_folder = _load_folders(root, list(in_folders))  # only what changed (and slug suspects)
+                touched = {folder: files for folder, files in in_folders.items() if folder in by_folder}
                 deploys, builds = [], []
                 for folder, files in sorted(touched.items()):
                     loaded = by_folder[folder]

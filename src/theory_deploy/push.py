@@ -5,16 +5,29 @@ per-platform *manifest* digest is known (docker/build-push-action only reports t
 
 1. `docker save` the local image. Engine 20.10 writes the legacy layout (`manifest.json`,
    `<id>.json` config, `<layer>/layer.tar`); newer engines write an OCI layout with the same
-   `manifest.json`. Either way the config blob is uploaded as-is (its digest is the image id).
-2. Each uncompressed layer is gzipped deterministically (mtime 0, no file name), so the same
-   layer always gives the same blob digest. A blob the registry already has is not uploaded.
-3. An OCI image manifest per platform is PUT by digest, then an OCI image index listing exactly
+   `manifest.json`. Each layer is checked against the config's diff_id.
+2. Each layer is normalised (`normalise_layer`), then gzipped deterministically (mtime 0, no file
+   name), so the same content always gives the same blob digest. A blob the registry already has is
+   not uploaded.
+3. The config is normalised to match (`normalise_config`: the new diff_ids, `created` at the epoch)
+   and uploaded; its digest is therefore not the local image id.
+4. An OCI image manifest per platform is PUT by digest, then an OCI image index listing exactly
    those manifests with `{os: linux, architecture}`.
 
-Same image in, same digests out: that is what makes a warm pipeline re-run pin nothing new.
+Same source in, same digests out, whatever the build cache or engine (reproducible images). The
+engine's layers are not: with an empty build cache (every fresh CI runner) each RUN writes its files
+at the build's time, each COPY takes the checkout's mtimes, and the config's `created` and history
+carry the build time; the engine's built-in BuildKit ignores SOURCE_DATE_EPOCH for all of these.
+So every layer tar is rewritten with each entry's mtime clamped to build.SOURCE_DATE_EPOCH (0),
+atime/ctime dropped, owner names dropped (numeric uid/gid kept: that is what runtimes apply), and
+entries in one stable order (path components, like a directory walk); file contents, modes, xattrs,
+links and whiteouts are untouched. What a build writes that depends on time *inside* files is the
+Dockerfile's business (SOURCE_DATE_EPOCH, hash-based .pyc: see build.py). An unchanged layer gives the
+same normalised digest, so the registry already has it and it is skipped, as `docker push` would.
 
 A local cache (`$THEORY_STATE_DIR/blobs`, else `~/.cache/theory-deploy/blobs`) remembers, per
-uncompressed layer (diff_id), the compressed digest and size, and per image its config digest.
+engine layer (diff_id), the normalised layer's diff_id, compressed digest and size, and per image its
+normalised config digest (records keyed by NORMALISATION).
 A warm push therefore neither saves nor gzips nor uploads: `docker image inspect`, a HEAD per
 blob, and HEADs of the manifests are all it does.
 
@@ -28,16 +41,16 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from . import output
-from .build import BuiltImage
+from .build import SOURCE_DATE_EPOCH, BuiltImage
 from .docker import Docker, inspect_image
 from .docker import docker_client as default_docker_client
 from .errors import ImagePushError, TheoryDeployError
@@ -53,6 +66,11 @@ from .oci import (
 from .refs import PLATFORMS, ImageRef
 
 GZIP_LEVEL = 6
+# Bump when normalise_layer/normalise_config change their output: the blob cache's records are keyed
+# by it, so a push never reuses a digest computed by another normalisation.
+NORMALISATION = "n1"
+_LAYERS = f"layers-{NORMALISATION}"  # original diff_id -> normalised diff_id, gzip digest, size
+_IMAGES = f"images-{NORMALISATION}"  # image id -> normalised config digest, size, original diff_ids
 SAVE_TIMEOUT_S = 3600.0
 _CHUNK = 1024 * 1024
 
@@ -87,7 +105,7 @@ def default_cache_dir() -> Path:
 
 
 class BlobCache:
-    """diff_id → (compressed digest, size); image id → (config digest, size); blob digest → the
+    """diff_id → (normalised diff_id, compressed digest, size); image id → (config digest, size); blob digest → the
     repositories it was last seen in (so a push to a new repository can mount instead of upload).
     Small JSON files, written atomically, so concurrent pushes never see half a record."""
 
@@ -168,43 +186,118 @@ def index_bytes(entries: list[tuple[str, str | None, Descriptor]]) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Compressing layers
+# Reproducible layers and config
 # ---------------------------------------------------------------------------------------------------
 
-
-def gzip_layer(source: IO[bytes], dest: Path) -> tuple[str, str, int]:
-    """Deterministic gzip of `source` into `dest`: (diff_id, compressed digest, compressed size)."""
-    raw_hash = hashlib.sha256()
-    gz_hash = hashlib.sha256()
-
-    class _HashingWriter:
-        def __init__(self, handle: IO[bytes]) -> None:
-            self.handle = handle
-            self.size = 0
-
-        def write(self, data: bytes) -> int:
-            gz_hash.update(data)
-            self.size += len(data)
-            return self.handle.write(data)
-
-        def flush(self) -> None:
-            self.handle.flush()
-
-    with dest.open("wb") as out:
-        writer = _HashingWriter(out)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=writer, mtime=0, compresslevel=GZIP_LEVEL) as gz:
-            while chunk := source.read(_CHUNK):
-                raw_hash.update(chunk)
-                gz.write(chunk)
-    return "sha256:" + raw_hash.hexdigest(), "sha256:" + gz_hash.hexdigest(), writer.size
+# PAX records that restate header fields (tarfile re-adds those it needs) or carry times: everything
+# else (SCHILY.xattr.*: file capabilities, ...) is kept as the engine wrote it.
+_PAX_DROPPED = frozenset({"path", "linkpath", "uname", "gname", "uid", "gid", "size", "mtime", "atime", "ctime"})
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+def _walk_key(name: str) -> tuple[str, ...]:
+    """Directory-walk order: by path components, so `a/` and `a/b` come before `a-b` (a plain string sort
+    would not), and a directory always precedes its contents. Code-point order is UTF-8 byte order."""
+    return tuple(name.removeprefix("./").strip("/").split("/"))
+
+
+class _TarSink:
+    """What tarfile writes: hashed uncompressed (the diff_id), gzipped deterministically, hashed again."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.raw = hashlib.sha256()
+        self.gz_hash = hashlib.sha256()
+        self.size = 0
+        self.gz = gzip.GzipFile(filename="", mode="wb", fileobj=self, mtime=0, compresslevel=GZIP_LEVEL)
+
+    def write(self, data: bytes) -> int:  # called by GzipFile with compressed bytes
+        self.gz_hash.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+class _RawWriter:
+    def __init__(self, sink: _TarSink) -> None:
+        self.sink = sink
+
+    def write(self, data: bytes) -> int:  # called by tarfile with uncompressed bytes
+        self.sink.raw.update(data)
+        return self.sink.gz.write(data)
+
+
+def normalise_layer(source: IO[bytes], dest: Path, epoch: int = SOURCE_DATE_EPOCH) -> tuple[str, str, int]:
+    """Rewrite the layer tar `source` (seekable, uncompressed) reproducibly, gzipped into `dest`.
+
+    Returns (normalised diff_id, compressed digest, compressed size). Per entry: mtime clamped to
+    `epoch`, no atime/ctime, uname/gname empty (uid/gid kept), PAX format; entries in walk order
+    (`_walk_key`). A hard link that would now come before the file it links to swaps roles with it
+    (the first one written holds the data), so the archive stays extractable in order.
+    """
+    with tarfile.open(fileobj=source, mode="r:") as tar_in:
+        members = tar_in.getmembers()
+        by_name = {m.name: m for m in members}
+        ordered = sorted(members, key=lambda m: _walk_key(m.name))
+        written: set[str] = set()
+        data_at: dict[str, str] = {}  # a regular file's name -> the link name that was written with its data
+        with dest.open("wb") as out:
+            sink = _TarSink(out)
+            with tarfile.open(fileobj=_RawWriter(sink), mode="w|", format=tarfile.PAX_FORMAT) as tar_out:  # type: ignore[call-overload]
+                for member in ordered:
+                    data_from = member if member.isreg() else None
+                    info = _normal_info(member, epoch)
+                    if member.islnk():
+                        target = data_at.get(member.linkname, member.linkname)
+                        original = by_name.get(member.linkname)
+                        if target not in written and original is not None and original.isreg():
+                            # The link comes first in walk order: it carries the data, the file links to it.
+                            info = _normal_info(original, epoch)
+                            info.name = member.name
+                            data_from = original
+                            data_at[member.linkname] = member.name
+                        else:
+                            info.linkname = target
+                    elif member.isreg() and member.name in data_at:
+                        info.type = tarfile.LNKTYPE
+                        info.linkname = data_at[member.name]
+                        info.size = 0
+                        data_from = None
+                    if data_from is not None:
+                        tar_out.addfile(info, tar_in.extractfile(data_from))
+                    else:
+                        tar_out.addfile(info)
+                    written.add(member.name)
+            sink.gz.close()
+    return "sha256:" + sink.raw.hexdigest(), "sha256:" + sink.gz_hash.hexdigest(), sink.size
+
+
+def _normal_info(member: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(member.name)
+    info.type = member.type
+    info.mode = member.mode
+    info.uid, info.gid = member.uid, member.gid
+    info.uname = info.gname = ""  # the build host's user names (Go looks them up): not the image's business
+    info.size = member.size if member.isreg() else 0
+    info.linkname = member.linkname
+    info.devmajor, info.devminor = member.devmajor, member.devminor
+    info.mtime = min(int(member.mtime), epoch)
+    info.pax_headers = {k: v for k, v in sorted(member.pax_headers.items()) if k not in _PAX_DROPPED}
+    return info
+
+
+def normalise_config(config: dict[str, Any], diff_ids: list[str], epoch: int = SOURCE_DATE_EPOCH) -> bytes:
+    """The image config as pushed: the normalised layers' diff_ids, `created` (image and history) at the
+    epoch, no legacy-builder container fields (a random container id), canonical JSON (sorted keys)."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    out = {k: v for k, v in config.items() if k not in ("container", "container_config")}
+    if "created" in out:
+        out["created"] = created
+    if isinstance(out.get("history"), list):
+        out["history"] = [{**h, "created": created} if "created" in h else h for h in out["history"]]
+    out["rootfs"] = {**(out.get("rootfs") or {}), "diff_ids": diff_ids}
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=True, sort_keys=True).encode()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -297,14 +390,14 @@ class Pusher:
 
     def _warm(self, image: BuiltImage, info: dict[str, Any]) -> tuple[Descriptor, list[Descriptor]] | None:
         """From the cache and HEADs only; None as soon as anything is unknown or missing."""
-        record = self.cache.get("images", image.image_id)
+        record = self.cache.get(_IMAGES, image.image_id)
         diff_ids = (info.get("RootFS") or {}).get("Layers") or []
         if not record or record.get("diff_ids") != diff_ids:
             return None
         config = Descriptor(OCI_CONFIG, record["config_digest"], int(record["config_size"]))
         layers = []
         for diff_id in diff_ids:
-            layer = self.cache.get("layers", diff_id)
+            layer = self.cache.get(_LAYERS, diff_id)
             if not layer:
                 return None
             layers.append(Descriptor(OCI_LAYER_GZIP, layer["digest"], int(layer["size"])))
@@ -323,9 +416,7 @@ class Pusher:
                 if not isinstance(manifest, list) or len(manifest) != 1:
                     raise ImagePushError(f"docker save of {image.local_tag} holds {len(manifest)} images, expected 1.")
                 entry = manifest[0]
-                config_bytes = _member_bytes(tar, entry["Config"])
-                config_digest = sha256_digest(config_bytes)
-                config_json = json.loads(config_bytes)
+                config_json = json.loads(_member_bytes(tar, entry["Config"]))
                 if config_json.get("architecture") != image.platform or config_json.get("os") != "linux":
                     raise ImagePushError(
                         f"{image.local_tag}: its config says "
@@ -340,17 +431,20 @@ class Pusher:
                         f"{image.local_tag}: its config lists {len(diff_ids)} layers "
                         f"but the export has {len(layer_paths)}."
                     )
-                layers = [
+                normalised = [
                     self._layer(tar, path, diff_id, Path(tmp), image)
                     for path, diff_id in zip(layer_paths, diff_ids, strict=True)
                 ]
+            layers = [layer for layer, _ in normalised]
+            config_bytes = normalise_config(config_json, [new_diff_id for _, new_diff_id in normalised])
+            config_digest = sha256_digest(config_bytes)
             config = Descriptor(OCI_CONFIG, config_digest, len(config_bytes))
             if self._has_blob(config_digest, len(config_bytes)):
                 self.skipped += 1
             else:
                 self._upload(config_digest, config_bytes, len(config_bytes), f"{image.platform} config")
         self.cache.put(
-            "images",
+            _IMAGES,
             image.image_id,
             {
                 "config_digest": config_digest,
@@ -360,36 +454,45 @@ class Pusher:
         )
         return config, layers, variant
 
-    def _layer(self, tar: tarfile.TarFile, member: str, diff_id: str, tmp: Path, image: BuiltImage) -> Descriptor:
-        known = self.cache.get("layers", diff_id)
+    def _layer(
+        self, tar: tarfile.TarFile, member: str, diff_id: str, tmp: Path, image: BuiltImage
+    ) -> tuple[Descriptor, str]:
+        """The layer as pushed (normalised, gzipped) and its normalised diff_id."""
+        known = self.cache.get(_LAYERS, diff_id)
         if known and self._has_blob(known["digest"], int(known["size"])):
             self.skipped += 1
-            return Descriptor(OCI_LAYER_GZIP, known["digest"], int(known["size"]))
+            return Descriptor(OCI_LAYER_GZIP, known["digest"], int(known["size"])), str(known["diff_id"])
         source = tar.extractfile(member)
         if source is None:
             raise ImagePushError(f"{image.local_tag}: layer {member} is missing from the docker save export.")
+        # The engine's tar, uncompressed, on disk (normalising reads it in another order than written),
+        # checked against the config's diff_id on the way.
+        raw = tmp / "layer.tar"
         head = source.read(2)
-        blob = tmp / "layer.gz"
+        stream: Any = _Prefixed(head, source)
         if head == b"\x1f\x8b":
             # Already compressed (an engine with the containerd image store exports blobs as stored).
-            with blob.open("wb") as out:
-                out.write(head)
-                shutil.copyfileobj(source, out, _CHUNK)
-            digest, size = _file_digest(blob), blob.stat().st_size
-        else:
-            stream = _Prefixed(head, source)
-            actual_diff_id, digest, size = gzip_layer(stream, blob)  # type: ignore[arg-type]
-            if actual_diff_id != diff_id:
-                raise ImagePushError(
-                    f"{image.local_tag}: layer {member} hashes to {actual_diff_id}, but the config says {diff_id}."
-                )
+            stream = gzip.GzipFile(fileobj=stream, mode="rb")
+        actual = hashlib.sha256()
+        with raw.open("wb") as out:
+            while chunk := stream.read(_CHUNK):
+                actual.update(chunk)
+                out.write(chunk)
+        if "sha256:" + actual.hexdigest() != diff_id:
+            raise ImagePushError(
+                f"{image.local_tag}: layer {member} hashes to sha256:{actual.hexdigest()}, but the config says {diff_id}."
+            )
+        blob = tmp / "layer.gz"
+        with raw.open("rb") as handle:
+            new_diff_id, digest, size = normalise_layer(handle, blob)
+        raw.unlink()
         if self._has_blob(digest, size):
             self.skipped += 1
         else:
             self._upload(digest, blob, size, f"{image.platform} layer")
-        self.cache.put("layers", diff_id, {"digest": digest, "size": size})
+        self.cache.put(_LAYERS, diff_id, {"diff_id": new_diff_id, "digest": digest, "size": size})
         blob.unlink()
-        return Descriptor(OCI_LAYER_GZIP, digest, size)
+        return Descriptor(OCI_LAYER_GZIP, digest, size), new_diff_id
 
     # -- manifests ------------------------------------------------------------------------------------
     def put_manifest(self, body: bytes, media_type: str, tag: str | None) -> str:

@@ -4,6 +4,14 @@ Reading: the file is parsed with ruamel.yaml's round-trip loader, which remember
 and value stands, and then validated by one pydantic model. Every problem (pydantic's and our own
 cross-field checks) is reported as `file:line:col: message`, all at once.
 
+At scale (a thousand processors), that loader is the cost: milliseconds per file in pure Python.
+So `check_file` first tries the fast reader (`bounded_yaml.fast_document`: libyaml's events, the
+same limits, the same YAML 1.2 scalars) and runs the very same checks on its document; only a file
+that passes them all is answered from there. Any problem, or any document the fast reader does not
+vouch for, is read again by the exact reader above, which finds and places every problem as before.
+JSON Schema checks of `inputs` are remembered per schema text, so a thousand copies of one schema
+are checked once.
+
 Writing pins: a pin write changes *only* the characters of the pin values. Instead of re-serialising
 the document (which would reflow quoting, spacing and comments), the new digest is spliced into
 the file's text at the position the parser recorded, and the result is re-parsed to prove nothing
@@ -31,14 +39,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from .bounded_yaml import MAX_DEPTH, Refused, check_yaml_limits, read_registry_text, safe_yaml_text
+from .bounded_yaml import (
+    MAX_DEPTH,
+    Refused,
+    check_yaml_limits,
+    fast_document,
+    read_registry_text,
+    safe_yaml_text,
+)
 from .errors import (
     ImageUnpinnedError,
     ProcessorNotFoundError,
@@ -185,10 +199,52 @@ def _yaml() -> YAML:
     return yaml
 
 
-def _display(path: Path) -> str:
+class _RealPaths:
+    """Where paths really lead, asked once per validation run: the working folder, the repository
+    root and each registry.yaml are resolved once however many checks need them (each resolution is
+    a chain of lstat calls). A new instance per run: nothing is remembered between runs."""
+
+    def __init__(self) -> None:
+        self._resolved: dict[str, Path] = {}
+        self._real: dict[str, str] = {}
+
+    def resolve(self, path: Path) -> Path:
+        """`path.resolve()` (which also raises on a symlink loop)."""
+        key = os.fspath(path)
+        found = self._resolved.get(key)
+        if found is None:
+            found = self._resolved[key] = path.resolve()
+        return found
+
+    def realpath(self, path: str) -> str:
+        found = self._real.get(path)
+        if found is None:
+            found = self._real[path] = os.path.realpath(path)
+        return found
+
+    def cwd(self) -> Path:
+        return self.resolve(Path(os.getcwd()))
+
+    def join(self, real_base: Path, value: str) -> Path:
+        """`realpath(real_base / value)` for a `real_base` that is already real (no symlink in it): a
+        leading `..` of `value` is then its lexical parent, so `../../..` from a thousand processor
+        folders is one resolution of the repository root."""
+        base, rest = str(real_base), value
+        if not os.path.isabs(value):
+            parts = value.split("/")
+            i = 0
+            while i < len(parts) and parts[i] in ("..", ".", ""):
+                if parts[i] == "..":
+                    base = os.path.dirname(base)
+                i += 1
+            rest = "/".join(parts[i:])
+        return Path(self.realpath(os.path.join(base, rest) if rest else base))
+
+
+def _display(path: Path, paths: _RealPaths | None = None) -> str:
     """The path as the user knows it: relative to the working folder when inside it, symlinks kept
     (a registry.yaml symlinked elsewhere is reported under its own name)."""
-    cwd = Path.cwd().resolve()
+    cwd = (paths or _RealPaths()).cwd()
     with contextlib.suppress(ValueError):
         return str(Path(os.path.abspath(path)).relative_to(cwd))
     with contextlib.suppress(ValueError, OSError, RuntimeError):
@@ -325,12 +381,12 @@ def _outside(resolved: Path, root: Path) -> bool:
     return resolved != root and root not in resolved.parents
 
 
-def _location_problem(path: Path, shown: str, root: Path | None) -> Problem | None:
+def _location_problem(path: Path, shown: str, root: Path | None, paths: _RealPaths) -> Problem | None:
     """A registry.yaml (or its processor folder) that is a symlink leading out of the repository."""
     if root is None:
         return None
-    real_root = root.resolve()
-    real = Path(os.path.realpath(path))
+    real_root = paths.resolve(root)
+    real = Path(paths.realpath(os.fspath(path)))
     if _outside(real, real_root):
         return Problem(
             shown,
@@ -355,11 +411,49 @@ def _strings(node: Any, loc: tuple[Any, ...] = ()) -> Iterable[tuple[tuple[Any, 
         yield loc, node
 
 
+_VALID_SCHEMAS_MAX = 256
+_valid_schemas: dict[str, None] = {}  # JSON texts of `inputs` schemas that passed check_schema
+
+
+def _input_schema_error(inputs: dict[str, Any]) -> Any:
+    """jsonschema's SchemaError for `inputs` (checked against its dialect's metaschema), or None.
+    A schema that passed is remembered by its JSON text (key order kept): the check is a pure
+    function of that value, and processors copied from one template share one schema."""
+    try:
+        key: str | None = json.dumps(inputs, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        key = None  # a value JSON cannot spell (a date, say): checked every time
+    if key is not None and key in _valid_schemas:
+        return None
+    import jsonschema  # imported on first use: verbs that read no registry.yaml never pay for it
+
+    try:
+        validator_cls = jsonschema.validators.validator_for(inputs, default=jsonschema.Draft202012Validator)
+        validator_cls.check_schema(inputs)
+    except jsonschema.SchemaError as err:
+        return err
+    if key is not None:
+        if len(_valid_schemas) >= _VALID_SCHEMAS_MAX:
+            _valid_schemas.clear()
+        _valid_schemas[key] = None
+    return None
+
+
 def _cross_checks(
-    data: dict[str, Any], doc: Any, path: Path, shown: str, repo_root: Path | None = None
+    data: dict[str, Any],
+    doc: Any,
+    path: Path,
+    shown: str,
+    repo_root: Path | None = None,
+    paths: _RealPaths | None = None,
+    *,
+    may_hold_nul: bool = True,
 ) -> list[Problem]:
-    """Checks across fields, run on the raw document so they report even when pydantic also failed."""
+    """Checks across fields, run on the raw document so they report even when pydantic also failed.
+    `may_hold_nul=False` says the text has neither a NUL nor a backslash, so no string can hold a NUL
+    (only a double-quoted escape or the character itself can put one there)."""
     problems: list[Problem] = []
+    paths = paths or _RealPaths()
 
     def at(loc: tuple[Any, ...], message: str) -> None:
         line, col = _position(doc, loc)
@@ -376,7 +470,7 @@ def _cross_checks(
         except TheoryDeployError as err:
             at(("ref",), err.message)
         else:
-            folder = path.resolve().parent
+            folder = paths.resolve(path).parent
             if folder.parent.parent.name == "processors":
                 actual = f"{folder.parent.name}/{folder.name}"
                 if actual != ref.folder:
@@ -410,12 +504,13 @@ def _cross_checks(
     if isinstance(inputs, dict) and "$schema" in inputs and not isinstance(inputs["$schema"], str):
         at(("inputs", "$schema"), "inputs.$schema must be a string naming a JSON Schema dialect (a URI)")
     elif isinstance(inputs, dict):
-        try:
-            validator_cls = jsonschema.validators.validator_for(inputs, default=jsonschema.Draft202012Validator)
-            validator_cls.check_schema(inputs)
-        except jsonschema.SchemaError as err:
-            pointer = "/".join(str(p) for p in err.absolute_path)
-            at(("inputs", *err.absolute_path), f"inputs is not a valid JSON Schema at /{pointer}: {err.message}")
+        schema_error = _input_schema_error(inputs)
+        if schema_error is not None:
+            pointer = "/".join(str(p) for p in schema_error.absolute_path)
+            at(
+                ("inputs", *schema_error.absolute_path),
+                f"inputs is not a valid JSON Schema at /{pointer}: {schema_error.message}",
+            )
 
     secrets = section("secrets")
     required, optional = secrets.get("required"), secrets.get("optional")
@@ -442,7 +537,7 @@ def _cross_checks(
         )
 
     nul_fields: set[tuple[Any, ...]] = set()
-    for loc, value in _strings(data):
+    for loc, value in _strings(data) if may_hold_nul else ():
         if "\0" in value:
             nul_fields.add(loc)
             field = ".".join(str(p) for p in loc)
@@ -450,8 +545,8 @@ def _cross_checks(
 
     build = section("build")
     if repo_root is not None:
-        real_root = repo_root.resolve()
-        real_folder = Path(os.path.realpath(path)).parent
+        real_root = paths.resolve(repo_root)
+        real_folder = Path(paths.realpath(os.fspath(path))).parent
         context_value = build.get("context", ".")
         dockerfile_value = build.get("dockerfile", "Dockerfile")
         context: Path | None = None
@@ -462,7 +557,7 @@ def _cross_checks(
             if base is None:
                 continue
             try:
-                resolved = Path(os.path.realpath(base / value))
+                resolved = paths.join(base, value)
             except (OSError, ValueError) as exc:
                 at(("build", field), f"build.{field} {value!r} cannot be resolved: {exc}")
                 continue
@@ -477,18 +572,68 @@ def _cross_checks(
     return problems
 
 
+def check_files(
+    files: Iterable[Path], repo_root: Path | None = None
+) -> tuple[list[tuple[Path, ProcessorSpec]], list[Problem]]:
+    """`check_file` of each file, then `slug_collisions` of the valid ones: (valid files and their
+    specs, every problem in file order). Paths are resolved once for the whole run."""
+    paths = _RealPaths()
+    valid: list[tuple[Path, ProcessorSpec]] = []
+    problems: list[Problem] = []
+    for path in files:
+        spec, found = check_file(path, repo_root=repo_root, paths=paths)
+        problems += found
+        if spec is not None:
+            valid.append((path, spec))
+    problems += slug_collisions(valid, paths=paths)
+    return valid, problems
+
+
 def check_file(
-    path: Path, text: str | None = None, repo_root: Path | None = None
+    path: Path, text: str | None = None, repo_root: Path | None = None, *, paths: _RealPaths | None = None
 ) -> tuple[ProcessorSpec | None, list[Problem]]:
     """Every problem in one registry.yaml, and the spec when there are none. `text`, when given, is
     checked as if it were the file's content (e.g. the file at an earlier git revision). Paths
     (the file itself, build.context, build.dockerfile) must stay inside `repo_root` (default: the
     repository the file stands in; none when it stands in none)."""
-    shown = _display(path)
+    paths = paths or _RealPaths()
+    shown = _display(path, paths)
     root = repo_root if repo_root is not None else _repo_root_of(path)
-    outside = _location_problem(path, shown, root)
+    outside = _location_problem(path, shown, root, paths)
     if outside is not None:
         return None, [outside]  # never read (nor quote) a file outside the repository
+    if text is None:
+        try:
+            text = read_registry_text(path)
+        except (OSError, Refused):
+            text = None  # the exact reader below reads it again and reports why it cannot
+    if text is not None:
+        spec = _fast_spec(text, path, shown, root, paths)
+        if spec is not None:
+            return spec, []
+    return _exact_check(path, shown, text, root, paths)
+
+
+def _fast_spec(text: str, path: Path, shown: str, root: Path | None, paths: _RealPaths) -> ProcessorSpec | None:
+    """The spec when the fast reader vouches for the document and it passes every check; None when
+    anything is off (the exact reader then finds and places the problems)."""
+    data = fast_document(text)
+    if data is None:
+        return None
+    try:
+        spec = ProcessorSpec.model_validate(data)
+    except PydanticValidationError:
+        return None
+    may_hold_nul = "\0" in text or "\\" in text
+    if _cross_checks(data, None, path, shown, root, paths, may_hold_nul=may_hold_nul):
+        return None
+    return spec
+
+
+def _exact_check(
+    path: Path, shown: str, text: str | None, root: Path | None, paths: _RealPaths
+) -> tuple[ProcessorSpec | None, list[Problem]]:
+    """check_file with the round-trip loader: every problem at its line and column."""
     doc, problems = _load_document(path, text)
     if doc is None:
         return None, problems
@@ -504,7 +649,7 @@ def check_file(
             loc = tuple(error["loc"])
             line, col = _position(doc, loc, key=error["type"] == "extra_forbidden")
             problems.append(Problem(shown, line, col, _pydantic_message(error)))
-    problems += _cross_checks(data, doc, path, shown, root)
+    problems += _cross_checks(data, doc, path, shown, root, paths)
     return (None if problems else spec), sorted(problems, key=lambda p: (p.line, p.col))
 
 
@@ -599,15 +744,16 @@ def load_path(path: Path, repo_root: Path | None = None) -> LoadedProcessor:
     return LoadedProcessor(spec.processor_ref, spec, path, root)
 
 
-def slug_collisions(checked: Iterable[tuple[Path, ProcessorSpec]]) -> list[Problem]:
+def slug_collisions(checked: Iterable[tuple[Path, ProcessorSpec]], *, paths: _RealPaths | None = None) -> list[Problem]:
     """Processors whose refs share a slug (`a-b/c@1` and `a/b-c@1` are both `a-b-c-v1`): the slug names
     the Modal app, the pin branch and the CI artifacts, so two processors with one slug would
     overwrite each other. One problem per later file, at its `ref` line, naming the earlier file."""
     first: dict[str, tuple[Path, ProcessorSpec]] = {}
     problems: list[Problem] = []
     seen: set[Path] = set()
+    paths = paths or _RealPaths()
     for path, spec in checked:
-        real = Path(os.path.realpath(path))
+        real = Path(paths.realpath(os.fspath(path)))
         if real in seen:
             continue
         seen.add(real)

@@ -14,26 +14,19 @@ from ..refs import ProcessorRef
 from ..registry_file import (
     SCHEMA_RELATIVE_PATH,
     Problem,
-    check_file,
+    check_files,
     discover,
     find_repo_root,
     json_schema_text,
     load_processor,
     set_repository,
-    slug_collisions,
 )
 
 
 def cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
     paths = [Path(p) for p in args.paths] or discover(find_repo_root())
-    problems: list[Problem] = []
-    valid = []
-    for path in paths:
-        spec, found = check_file(path)
-        problems += found
-        if spec is not None:
-            valid.append((path, spec))
-    problems += slug_collisions(valid)
+    problems: list[Problem]
+    _valid, problems = check_files(paths)
     for problem in problems:
         gha.annotate(
             "error", problem.message, file=problem.file, line=problem.line, col=problem.col, title="registry.yaml"

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from theory_deploy import runtime_bundle
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 REF = "llm/litellm@1"
@@ -71,6 +74,8 @@ def peer(context: Path, dockerfile: Path, tag: str, base_image: str, name: str) 
             f"BASE_IMAGE={base_image}",
             "--secret",
             "id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt",
+            # the processor runtime, as any script building a theory.run.v1 processor must pass it
+            *runtime_bundle.ensure_bundle().docker_flags(),
             "-t",
             tag,
             str(context),

@@ -18,7 +18,8 @@ A service fixture fails (not skips) a test that reaches it without the matching 
 
 Tests marked ``docker`` are skipped with a reason when no Docker engine answers; the registry
 fixtures skip when their registry does not answer. With ``THEORY_REQUIRE_DOCKER=1`` (set by
-scripts/test, hence CI) any skip of a ``docker``- or ``registry``-marked test fails the run instead.
+scripts/test, hence CI) any skip of a ``docker``- or ``registry``-marked test fails the run instead,
+and so does any other skip that tests/skip_allowlist.txt does not list (with the reason it may skip).
 Values come from the environment when set (``eval "$(scripts/dev-services env)"``):
 THEORY_REGISTRY, THEORY_AUTH_REGISTRY, THEORY_AUTH_REGISTRY_USER,
 THEORY_AUTH_REGISTRY_PASSWORD_FILE, DOCKER, THEORY_BASE_IMAGE. Otherwise the fixtures run
@@ -217,26 +218,50 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip(reason)
 
 
+SKIP_ALLOWLIST = Path(__file__).with_name("skip_allowlist.txt")
+_skipped_unlisted: list[str] = []  # node ids of other skipped tests that no allow-list entry names
+
+
+def skip_allowlist(path: Path = SKIP_ALLOWLIST) -> dict[str, str]:
+    """tests/skip_allowlist.txt: node id (or prefix) -> why it may skip. An entry without a reason is
+    refused: the list is reviewed, and a reason is what a reviewer reads."""
+    entries: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        nodeid, _, why = line.partition("#")
+        if not why.strip():
+            raise pytest.UsageError(f"{path}:{number}: an allow-listed skip needs `# why` after the node id")
+        entries[nodeid.strip()] = why.strip()
+    return entries
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and report.nodeid in _service_tests and not hasattr(report, "wasxfail"):
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    if report.nodeid in _service_tests:
         _skipped_docker.append(report.nodeid)
+    elif not any(report.nodeid.startswith(prefix) for prefix in skip_allowlist()):
+        _skipped_unlisted.append(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _skipped_docker and _require_docker() and exitstatus in (0, 5):
+    if (_skipped_docker or _skipped_unlisted) and _require_docker() and exitstatus in (0, 5):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
-    if _skipped_docker and _require_docker():
-        terminalreporter.section("THEORY_REQUIRE_DOCKER", sep="=", red=True, bold=True)
-        terminalreporter.line(
-            f"{len(_skipped_docker)} docker- or registry-marked test(s) were skipped; with "
-            "THEORY_REQUIRE_DOCKER=1 that fails the run:",
-            red=True,
-        )
-        for nodeid in _skipped_docker:
-            terminalreporter.line(f"  {nodeid}")
+    if not _require_docker():
+        return
+    for skipped, what in (
+        (_skipped_docker, "docker- or registry-marked test(s) were skipped"),
+        (_skipped_unlisted, f"test(s) were skipped that {SKIP_ALLOWLIST.name} does not list"),
+    ):
+        if skipped:
+            terminalreporter.section("THEORY_REQUIRE_DOCKER", sep="=", red=True, bold=True)
+            terminalreporter.line(f"{len(skipped)} {what}; with THEORY_REQUIRE_DOCKER=1 that fails the run:", red=True)
+            for nodeid in skipped:
+                terminalreporter.line(f"  {nodeid}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ import modal.exception
 import pytest
 from modal_standin import ModalStandIn
 
-from tests.helpers import assert_no_canary, make_canaries
-from tests.test_modal_target import D_A, D_B, FAKE_REPO, SECRET_NAMES, HealthServer, World
+from tests import test_modal_target
+from tests.helpers import assert_no_canary
+from tests.test_modal_target import D_A, D_B, FAKE_REPO, World
 from theory_deploy.deploy_lock import DeployLock
 from theory_deploy.errors import DeployLockedError
 from theory_deploy.refs import ProcessorRef
@@ -31,27 +32,11 @@ from theory_deploy.targets.modal import LOCK_DICT, ModalLockStore, ModalTarget
 
 pytestmark = pytest.mark.slow
 
+# The Modal stand-in and its fixtures: the same ones as tests/test_modal_target.py, not copies.
+health, canaries, cp = test_modal_target.health, test_modal_target.canaries, test_modal_target.cp
+
 BIN = Path(sys.executable).parent
 FAST_POLL = (0.1, 0.2)
-
-
-@pytest.fixture
-def health() -> Iterator[HealthServer]:
-    server = HealthServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def canaries() -> dict[str, str]:
-    return make_canaries(*SECRET_NAMES, "REGISTRY_PASSWORD", "MODAL_TOKEN_SECRET")
-
-
-@pytest.fixture
-def cp(health: HealthServer, canaries: dict[str, str]) -> Iterator[ModalStandIn]:
-    with ModalStandIn(web_url_for=health.url_for, token_secret=canaries["MODAL_TOKEN_SECRET"]) as standin:
-        health.standin = standin
-        yield standin
 
 
 def _world(tmp_path: Path, cp: ModalStandIn, canaries: dict[str, str], ref: ProcessorRef, name: str, pin: str) -> World:

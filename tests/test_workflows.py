@@ -235,30 +235,30 @@ def _modal_deploy_step(job: dict[str, Any]) -> dict[str, Any]:
 
 def test_deploy_jobs_in_order_each_calling_one_verb() -> None:
     jobs = deploy()["jobs"]
-    assert list(jobs) == ["plan", "build", "index", "pin", "start", "sync-secrets", "verify", "run"]
+    assert list(jobs) == ["plan", "build", "index", "pin", "start", "sync-secrets", "verify", "run-once"]
     assert jobs["build"]["needs"] == "plan"
     assert jobs["index"]["needs"] == ["plan", "build"]
     assert jobs["pin"]["needs"] == ["plan", "index"]
     assert jobs["start"]["needs"] == ["plan", "pin"]
     assert jobs["sync-secrets"]["needs"] == ["plan", "start"]
     assert jobs["verify"]["needs"] == ["plan", "start", "sync-secrets"]
-    assert jobs["run"]["needs"] == ["plan", "verify"]
+    assert jobs["run-once"]["needs"] == ["plan", "verify"]
     for name in ("build", "index", "pin"):
         assert jobs[name]["environment"] == "dev"
         assert "needs.plan.outputs.env == 'dev'" in jobs[name]["if"]  # staging/main never rebuild
     assert jobs["start"]["environment"]["name"] == "${{ needs.plan.outputs.env }}"
-    for name in ("sync-secrets", "verify", "run"):
+    for name in ("sync-secrets", "verify", "run-once"):
         assert jobs[name]["environment"] == "${{ needs.plan.outputs.env }}"
     # one verb per job; the lock is kept by start and sync-secrets, released by verify
-    stages = {name: _modal_deploy_step(jobs[name])["with"] for name in ("start", "sync-secrets", "verify", "run")}
+    stages = {name: _modal_deploy_step(jobs[name])["with"] for name in ("start", "sync-secrets", "verify", "run-once")}
     assert {name: w["stages"] for name, w in stages.items()} == {
         "start": "start",
         "sync-secrets": "sync-secrets",
         "verify": "verify",
-        "run": "run",
+        "run-once": "run",
     }
     assert stages["start"]["keep-lock"] == "true" and stages["sync-secrets"]["keep-lock"] == "true"
-    assert "keep-lock" not in stages["verify"] and "keep-lock" not in stages["run"]
+    assert "keep-lock" not in stages["verify"] and "keep-lock" not in stages["run-once"]
     # later jobs continue this run's lock and fail at once if it was lost, never take a fresh one
     assert stages["sync-secrets"]["continue-lock"] == "true" and stages["verify"]["continue-lock"] == "true"
     assert "continue-lock" not in stages["start"]
@@ -279,7 +279,7 @@ def test_processor_secrets_travel_in_the_consumers_names_not_ours() -> None:
     assert not declared & _processor_secret_names(), "deploy.yml must not know any processor's secret names"
     for name, job in doc["jobs"].items():
         passes = "secrets.PROCESSOR_SECRETS" in repr(job)
-        assert passes == (name in ("sync-secrets", "run")), name
+        assert passes == (name in ("sync-secrets", "run-once")), name
     step = _modal_deploy_step(doc["jobs"]["sync-secrets"])
     assert step["with"]["processor-secrets"] == "${{ secrets.PROCESSOR_SECRETS }}"
     assert "env" not in step  # no value by name in the step's env

@@ -46,6 +46,20 @@ if str(REPO_ROOT) not in sys.path:  # so tests can `from tests.helpers import ..
 
 from tests.helpers import AuthRegistry, make_canaries  # noqa: E402
 
+# Only mutmut sets MUTANT_UNDER_TEST (scripts/mutation): then the CLI subprocesses that tests start
+# run the mutated sources too, and count for the tests that start them.
+UNDER_MUTATION = "MUTANT_UNDER_TEST" in os.environ
+if UNDER_MUTATION:
+    from tests.mutation_support import plugin as mutation_plugin
+
+    mutation_plugin.activate()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if UNDER_MUTATION:
+        config.pluginmanager.register(mutation_plugin, "theory-mutation-support")
+
+
 DEV_SERVICES = REPO_ROOT / "scripts" / "dev-services"
 LOCAL_BASE_IMAGE = REPO_ROOT / "scripts" / "local-base-image"
 

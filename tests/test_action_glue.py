@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 from modal_standin import ModalStandIn
+from modal_standin.images import push_tiny_image
 from ruamel.yaml import YAML
 
 from tests.action_runner import ActionResult, evaluate, parse_output_file, run_action, substitute
@@ -549,10 +550,14 @@ class ModalWorld:
 
 
 @pytest.fixture
-def modal(tmp_path: Path) -> Iterator[ModalWorld]:
+def modal(tmp_path: Path, registry: str) -> Iterator[ModalWorld]:
     world = _fast_world(tmp_path)
     world.env["THEORY_MODAL_TIMEOUT_S"] = "30"
-    pin = f"{GHCR}@sha256:{'c' * 64}"
+    # The Modal stand-in pulls what a deploy references, as Modal does: pin a real (tiny) image.
+    path = "theory-test/llm-litellm-modal-glue"
+    pin = push_tiny_image(registry, path, payload="action-glue").ref
+    text = world.registry_yaml.read_text()
+    world.registry_yaml.write_text(text.replace(f"repository: {GHCR}", f"repository: {registry}/{path}", 1))
     _pin(world.registry_yaml, "amd64", pin)
     canaries = make_canaries(
         "MODAL_TOKEN_SECRET", "REGISTRY_USERNAME", "REGISTRY_PASSWORD", "OPENAI_API_KEY", "GITHUB_TOKEN"
@@ -637,13 +642,14 @@ def test_modal_a_failed_verify_fails_the_step_and_annotates_the_pin_line(modal: 
     caller = {**modal.endpoint(), **modal.tokens(), "REGISTRY_USERNAME": "bot", "REGISTRY_PASSWORD": "pw"}
     started = modal.world.run("actions/modal-deploy", environ=caller, ref=REF, env="main", stages="start")
     assert started.returncode == 0, started.log[-3000:]
-    other = f"{GHCR}@sha256:{'d' * 64}"
+    running = modal.pin.rsplit("@", 1)[1]
+    other = modal.pin.rsplit("@", 1)[0] + f"@sha256:{'d' * 64}"
     _pin(modal.world.registry_yaml, "amd64", other)  # the pin moved; what runs did not
     result = modal.world.run("actions/modal-deploy", environ=caller, ref=REF, env="main", stages="verify")
     assert result.returncode == 21
     line = _pin_line(modal.world.registry_yaml)
     assert f"::error file={REG},line={line},title=theory-deploy verify::" in result.stderr
-    assert "ERR_REGISTRY_MISMATCH" in result.stderr and "c" * 64 in result.stderr
+    assert "ERR_REGISTRY_MISMATCH" in result.stderr and running in result.stderr
     assert result.outputs["verified"] == "false"
     assert "❌ not verified" in result.summary and "**Failures**" in result.summary
 

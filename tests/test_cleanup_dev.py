@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from modal_standin import ModalStandIn
+from modal_standin.images import push_tiny_image
 from modal_standin.sample_app import load_app
 
 from theory_deploy.errors import DeployError, UsageError
@@ -34,8 +35,7 @@ from theory_deploy.targets.base import ListedApp, Target, changed_since_listing,
 BIN = Path(sys.executable).parent
 MODALCTL = BIN / "modalctl"
 LOCALCTL = BIN / "localctl"
-FAKE_REPO = "ghcr.io/theory-test/cleanup"
-D_A = "sha256:" + "c3" * 32
+MODAL_IMAGE_PATH = "theory-test/cleanup-modal"  # in the anonymous loopback registry (the stand-in pulls it)
 
 REGISTRY_YAML = """\
 # a test processor for tests/test_cleanup_dev.py
@@ -77,7 +77,7 @@ def _run(cmd: list[str], env: dict[str, str], stdin: str | None = None, timeout:
     return Out(proc.returncode, out, proc.stderr)
 
 
-def _write_processor(root: Path, ref: str, *, amd64: str, arm64: str = "null", repository: str = FAKE_REPO) -> None:
+def _write_processor(root: Path, ref: str, *, amd64: str, repository: str, arm64: str = "null") -> None:
     namespace, rest = ref.split("/", 1)
     folder = root / "processors" / namespace / rest.split("@", 1)[0]
     folder.mkdir(parents=True, exist_ok=True)
@@ -100,6 +100,7 @@ class ModalWorld:
     root: Path
     ref: str
     tmp: Path
+    image: str  # repository@sha256:... of a real tiny image: the Modal stand-in pulls what a deploy names
     apps: dict[str, str] = field(default_factory=dict)  # A/B/C/... -> app name
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -127,7 +128,15 @@ class ModalWorld:
     def deploy_by_hand(self, name: str, tags: dict[str, str]) -> None:
         """An app theory-deploy did not deploy (or a tampered one), with these tags, in dev."""
         with self.cp.activate():
-            app = load_app(self.tmp, env="dev", app_name=name, tags=tags, secrets=(), module=f"m_{uuid.uuid4().hex}")
+            app = load_app(
+                self.tmp,
+                env="dev",
+                app_name=name,
+                image_ref=self.image,
+                tags=tags,
+                secrets=(),
+                module=f"m_{uuid.uuid4().hex}",
+            )
             app.deploy(name=name, environment_name="dev")
 
     def live(self, env_name: str, name: str) -> bool:
@@ -135,14 +144,15 @@ class ModalWorld:
 
 
 @pytest.fixture
-def modal_world(tmp_path: Path) -> Iterator[ModalWorld]:
+def modal_world(tmp_path: Path, registry: str) -> Iterator[ModalWorld]:
+    image = push_tiny_image(registry, MODAL_IMAGE_PATH, payload="cleanup")
     with ModalStandIn() as cp:
         for env_name in ("dev", "staging"):
             cp.state.put_secret(env_name, "REGISTRY_AUTH", {"REGISTRY_USERNAME": "bot", "REGISTRY_PASSWORD": "pw"})
         ref = f"ctest/p{uuid.uuid4().hex[:8]}@1"
         root = tmp_path / "repo"
-        _write_processor(root, ref, amd64=f"{FAKE_REPO}@{D_A}")
-        world = ModalWorld(cp, root, ref, tmp_path)
+        _write_processor(root, ref, amd64=image.ref, repository=image.repository)
+        world = ModalWorld(cp, root, ref, tmp_path, image.ref)
         for key, (branch, user) in DEPLOYED.items():
             world.apps[key] = world.start("dev", branch, user)
         world.apps["staging"] = world.start("staging")

@@ -24,7 +24,7 @@ from modal_standin import ModalStandIn
 
 from tests import test_modal_target
 from tests.helpers import assert_no_canary
-from tests.test_modal_target import D_A, D_B, FAKE_REPO, World
+from tests.test_modal_target import D_A, D_B, IMAGE_REPO, World
 from theory_deploy.deploy_lock import DeployLock
 from theory_deploy.errors import DeployLockedError
 from theory_deploy.refs import ProcessorRef
@@ -32,8 +32,10 @@ from theory_deploy.targets.modal import LOCK_DICT, ModalLockStore, ModalTarget
 
 pytestmark = pytest.mark.slow
 
-# The Modal stand-in and its fixtures: the same ones as tests/test_modal_target.py, not copies.
+# The Modal stand-in and its fixtures: the same ones as tests/test_modal_target.py, not copies
+# (`images` pushes D_A and D_B: the stand-in pulls what a deploy references).
 health, canaries, cp = test_modal_target.health, test_modal_target.canaries, test_modal_target.cp
+images = test_modal_target.images
 
 BIN = Path(sys.executable).parent
 FAST_POLL = (0.1, 0.2)
@@ -41,12 +43,12 @@ FAST_POLL = (0.1, 0.2)
 
 def _world(tmp_path: Path, cp: ModalStandIn, canaries: dict[str, str], ref: ProcessorRef, name: str, pin: str) -> World:
     world = World(cp, tmp_path / name, ref, "staging", canaries, {})
-    world.write(amd64=f"{FAKE_REPO}@{pin}")
+    world.write(amd64=f"{IMAGE_REPO}@{pin}")
     return world
 
 
 @pytest.fixture
-def world(tmp_path: Path, cp: ModalStandIn, canaries: dict[str, str]) -> Iterator[World]:
+def world(tmp_path: Path, cp: ModalStandIn, canaries: dict[str, str], images: tuple[str, str]) -> Iterator[World]:
     w = _world(tmp_path, cp, canaries, ProcessorRef("mlock", f"p{uuid.uuid4().hex[:8]}", 1), "repo", D_A)
     yield w
     for text in w.outputs:
@@ -259,7 +261,7 @@ def _pipeline(world: World) -> subprocess.Popen[str]:
 
 
 def test_two_pipeline_runs_of_one_app_never_interleave(
-    tmp_path: Path, cp: ModalStandIn, canaries: dict[str, str]
+    tmp_path: Path, cp: ModalStandIn, canaries: dict[str, str], images: tuple[str, str]
 ) -> None:
     # Two checkouts of one processor pinning different digests: had B deployed between A's start and
     # A's verify, A would verify B's digest and fail (and the other way round).

@@ -1,30 +1,47 @@
 """The Modal control-plane stand-in, driven by the real `modal` SDK (pinned 1.6.4).
 
 Every SDK call runs under a timeout: a client pointed at nothing hangs for about a minute.
+
+The stand-in is as strict as Modal where it matters to the product (servicer.py's docstring lists
+each rule and the docs it follows); each rule has a test here:
+  * RPCs it does not implement answer UNIMPLEMENTED (never an empty success);
+  * image builds pull what `from_registry` names from the real loopback registries, with the
+    attached registry secret's credentials (so deploys here push real images first);
+  * secrets follow Modal's documented key/value limits and the object-name rules;
+  * secret ids are the only environment handle SecretUpdate/GetInfo/Delete carry: they must be live.
+Raw RPCs (`raw`) go over the wire with grpclib, for what the SDK checks client-side first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import grpclib.client
 import modal
 import modal.exception
 import pytest
+from grpclib import GRPCError, Status
+from modal_proto import api_grpc, api_pb2
 from modal_standin import DEFAULT_ENVIRONMENTS, ModalStandIn
+from modal_standin.images import push_tiny_image, push_tiny_index
 from modal_standin.sample_app import load_app
 
-DIGEST_A = "sha256:" + "a" * 64
-DIGEST_B = "sha256:" + "b" * 64
-REF_A = "127.0.0.1:5000/theory/demo@" + DIGEST_A
-REF_B = "127.0.0.1:5000/theory/demo@" + DIGEST_B
+from tests.helpers import AuthRegistry
+
 PULL = {"REGISTRY_USERNAME": "bot", "REGISTRY_PASSWORD": "pull-token"}
+NOWHERE = "127.0.0.1:5000/theory/nowhere@sha256:" + "e" * 64  # for deploys that fail before any build
 
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sdk")
 
@@ -34,14 +51,64 @@ def sdk(fn, *args, timeout: float = 30.0, **kwargs):
     return _pool.submit(fn, *args, **kwargs).result(timeout=timeout)
 
 
+def raw(cp: ModalStandIn, method: str, request: Any, *, token_secret: str | None = None) -> Any:
+    """One RPC over the wire (grpclib), bypassing the SDK's client-side checks. Streams return a list."""
+
+    async def go() -> Any:
+        channel = grpclib.client.Channel(cp.host, cp.port)
+        try:
+            stub = api_grpc.ModalClientStub(channel)
+            metadata = {"x-modal-token-id": cp.token_id, "x-modal-token-secret": token_secret or cp.token_secret}
+            return await asyncio.wait_for(getattr(stub, method)(request, metadata=metadata), 20)
+        finally:
+            channel.close()
+
+    return asyncio.run(go())
+
+
 @pytest.fixture
 def cp():
     with ModalStandIn() as standin, standin.activate():
         yield standin
 
 
-def seed_secrets(env: str, app_secret: str = "proc-demo-env") -> None:
-    sdk(modal.Secret.objects.create, "REGISTRY_AUTH", PULL, environment_name=env, allow_existing=True)
+@pytest.fixture(scope="module")
+def images(registry: str) -> SimpleNamespace:
+    """Real tiny images in the anonymous loopback registry: a, b (linux/amd64), arm (linux/arm64),
+    index (a + arm), missing (a digest the repository lacks)."""
+    repo = f"standin/demo-{uuid.uuid4().hex[:10]}"
+    a = push_tiny_image(registry, repo, payload="a")
+    b = push_tiny_image(registry, repo, payload="b")
+    arm = push_tiny_image(registry, repo, payload="a", arch="arm64")
+    index = push_tiny_index(registry, repo, [a, arm])
+    return SimpleNamespace(
+        a=a.ref,
+        b=b.ref,
+        a_digest=a.digest,
+        arm=arm.ref,
+        index=index,
+        missing=f"{registry}/{repo}@sha256:" + "0" * 64,
+        repository=a.repository,
+    )
+
+
+@pytest.fixture(scope="module")
+def private(auth_registry: AuthRegistry) -> SimpleNamespace:
+    """A tiny image in the basic-auth loopback registry (by digest and as tag v1), and its credentials."""
+    repo = f"standin/private-{uuid.uuid4().hex[:10]}"
+    img = push_tiny_image(
+        auth_registry.host, repo, payload="p", tag="v1", credentials=(auth_registry.user, auth_registry.password)
+    )
+    return SimpleNamespace(
+        ref=img.ref,
+        tag_ref=f"{img.repository}:v1",
+        digest=img.digest,
+        creds={"REGISTRY_USERNAME": auth_registry.user, "REGISTRY_PASSWORD": auth_registry.password},
+    )
+
+
+def seed_secrets(env: str, app_secret: str = "proc-demo-env", pull: dict[str, str] | None = None) -> None:
+    sdk(modal.Secret.objects.create, "REGISTRY_AUTH", pull or PULL, environment_name=env, allow_existing=True)
     sdk(
         modal.Secret.objects.create,
         app_secret,
@@ -67,12 +134,12 @@ def test_defaults(cp: ModalStandIn) -> None:
     assert (hello.status, hello.token_id, hello.client_version) == ("OK", "ak-test", modal.__version__)
 
 
-def test_deploy_records_app_image_function_and_environment(cp: ModalStandIn, tmp_path: Path) -> None:
+def test_deploy_records_app_image_function_and_environment(cp: ModalStandIn, tmp_path: Path, images) -> None:
     seed_secrets("staging")
     app = load_app(
         tmp_path,
         env="staging",
-        image_ref=REF_A,
+        image_ref=images.a,
         image_env={"THEORY_REF": "demo@3", "X": "a b"},
         tags={"digest": "a" * 56, "ref": "demo-3"},
         gpu="T4",
@@ -102,7 +169,7 @@ def test_deploy_records_app_image_function_and_environment(cp: ModalStandIn, tmp
     assert fn.secret_names == ["staging/proc-demo-env"]
 
     spec = d.images["web"]
-    assert spec.registry_ref == REF_A
+    assert spec.registry_ref == images.a
     assert (spec.registry_secret_name, spec.registry_secret_environment) == ("REGISTRY_AUTH", "staging")
     assert spec.env == {"THEORY_REF": "demo@3", "X": "a b"}
     assert spec.image_id == fn.image_id and cp.image_spec(fn.image_id) == spec
@@ -113,29 +180,29 @@ def test_deploy_records_app_image_function_and_environment(cp: ModalStandIn, tmp
     assert not cp.state.failed_calls()
 
 
-def test_redeploy_versions_noop_and_metadata(cp: ModalStandIn, tmp_path: Path) -> None:
+def test_redeploy_versions_noop_and_metadata(cp: ModalStandIn, tmp_path: Path, images) -> None:
     seed_secrets("dev")
-    deploy(load_app(tmp_path, env="dev", image_ref=REF_A), "dev", tag="t1")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a), "dev", tag="t1")
     first = cp.state.deployed_app("dev", "proc-demo")
     assert first.version == 1
     deployed_at_1 = first.deployed_at
 
     # Same module, same tag: nothing changed, the version stays (the SDK prints "no changes").
-    deploy(load_app(tmp_path, env="dev", image_ref=REF_A), "dev", tag="t1")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a), "dev", tag="t1")
     rec = cp.state.deployed_app("dev", "proc-demo")
     assert rec.app_id == first.app_id and rec.version == 1 and rec.deployed_at == deployed_at_1
     assert [(d.version, d.noop) for d in rec.deploys] == [(1, False), (1, True)]
 
     # A new digest: a new version, same app id.
-    deploy(load_app(tmp_path, env="dev", image_ref=REF_B, tags={"digest": "b" * 56}), "dev", tag="t2")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.b, tags={"digest": "b" * 56}), "dev", tag="t2")
     rec = cp.state.deployed_app("dev", "proc-demo")
     assert rec.app_id == first.app_id and rec.version == 2 and rec.deployment_tag == "t2"
-    assert rec.deploys[-1].images["web"].registry_ref == REF_B
+    assert rec.deploys[-1].images["web"].registry_ref == images.b
     assert rec.tags == {"digest": "b" * 56}
 
     # Only the deploy tag changes: counted as a change here (the real rule is not documented).
     deploy(
-        load_app(tmp_path, env="dev", image_ref=REF_B, tags={"digest": "b" * 56}),
+        load_app(tmp_path, env="dev", image_ref=images.b, tags={"digest": "b" * 56}),
         "dev",
         tag="t3",
         strategy="recreate",
@@ -158,9 +225,9 @@ def test_redeploy_versions_noop_and_metadata(cp: ModalStandIn, tmp_path: Path) -
     assert refreshed.lifecycle.version == 3
 
 
-def test_function_lookup_web_url_hook_and_info(cp: ModalStandIn, tmp_path: Path) -> None:
+def test_function_lookup_web_url_hook_and_info(cp: ModalStandIn, tmp_path: Path, images) -> None:
     seed_secrets("main")
-    deploy(load_app(tmp_path, env="main", image_ref=REF_A, gpu="A100", cpu=4.0, memory=2048), "main")
+    deploy(load_app(tmp_path, env="main", image_ref=images.a, gpu="A100", cpu=4.0, memory=2048), "main")
     seen: list[tuple[str, str]] = []
 
     def url_for(app_name: str, env: str) -> str:
@@ -190,9 +257,9 @@ def test_function_lookup_web_url_hook_and_info(cp: ModalStandIn, tmp_path: Path)
         sdk(modal.App.lookup, "proc-demo", environment_name="staging")
 
 
-def test_stop_then_redeploy_gets_a_new_app(cp: ModalStandIn, tmp_path: Path) -> None:
+def test_stop_then_redeploy_gets_a_new_app(cp: ModalStandIn, tmp_path: Path, images) -> None:
     seed_secrets("dev")
-    deploy(load_app(tmp_path, env="dev"), "dev")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a), "dev")
     first = cp.state.deployed_app("dev", "proc-demo")
     app = sdk(modal.App.lookup, "proc-demo", environment_name="dev")
     sdk(app.stop)
@@ -203,17 +270,17 @@ def test_stop_then_redeploy_gets_a_new_app(cp: ModalStandIn, tmp_path: Path) -> 
     with pytest.raises(modal.exception.NotFoundError):
         sdk(lambda: modal.Function.from_name("proc-demo", "web", environment_name="dev").hydrate())
 
-    deploy(load_app(tmp_path, env="dev"), "dev")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a), "dev")
     again = cp.state.deployed_app("dev", "proc-demo")
     assert again.app_id != first.app_id and again.version == 1
     assert [d.app_id for d in cp.state.deploys("dev", "proc-demo")] == [first.app_id, again.app_id]
 
 
-def test_app_list_per_environment(cp: ModalStandIn, tmp_path: Path) -> None:
+def test_app_list_per_environment(cp: ModalStandIn, tmp_path: Path, images) -> None:
     seed_secrets("dev")
     seed_secrets("staging")
-    deploy(load_app(tmp_path, env="dev"), "dev")
-    deploy(load_app(tmp_path, env="staging"), "staging", name="other-app")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a), "dev")
+    deploy(load_app(tmp_path, env="staging", image_ref=images.a), "staging", name="other-app")
     dev_apps = sdk(modal.Environment.from_name("dev").apps.list)
     staging_apps = sdk(modal.Environment.from_name("staging").apps.list)
     assert [a.name for a in dev_apps] == ["proc-demo"]
@@ -263,7 +330,8 @@ def test_registry_secret_keys_are_checked_by_the_client(cp: ModalStandIn, tmp_pa
     sdk(modal.Secret.objects.create, "REGISTRY_AUTH", {"TOKEN": "x"}, environment_name="dev")
     sdk(modal.Secret.objects.create, "proc-demo-env", {"K": "v"}, environment_name="dev")
     with pytest.raises(modal.exception.InvalidError, match="REGISTRY_USERNAME"):
-        deploy(load_app(tmp_path, env="dev"), "dev")
+        deploy(load_app(tmp_path, env="dev", image_ref=NOWHERE), "dev")  # refused before any build
+    assert cp.state.pulls == []
     assert cp.state.deployed_app("dev", "proc-demo") is None
     assert all(a.state == "stopped" for a in cp.state.apps.values())
 
@@ -287,7 +355,7 @@ def test_empty_or_unknown_environment_fails(cp: ModalStandIn, tmp_path: Path) ->
         sdk(S.objects.create, "x", {"A": "1"}, environment_name="prod")
 
     seed_secrets("dev")
-    app = load_app(tmp_path, env="dev")
+    app = load_app(tmp_path, env="dev", image_ref=NOWHERE)  # refused before any build
     with pytest.raises(modal.exception.InvalidError):
         sdk(app.deploy, name="proc-demo")  # no environment_name
     with pytest.raises(modal.exception.NotFoundError):
@@ -307,9 +375,9 @@ def test_wrong_token_is_an_auth_error() -> None:
         assert standin.state.calls[-1].status == "UNAUTHENTICATED"
 
 
-def test_logs_tail_fetch_stream(cp: ModalStandIn, tmp_path: Path) -> None:
+def test_logs_tail_fetch_stream(cp: ModalStandIn, tmp_path: Path, images) -> None:
     seed_secrets("dev")
-    deploy(load_app(tmp_path, env="dev"), "dev")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a), "dev")
     cp.add_log("dev", "proc-demo", "booting\n", at=time.time() - 5)
     cp.add_log("dev", "proc-demo", "oops\n", fd="stderr")
     app = sdk(modal.App.lookup, "proc-demo", environment_name="dev")
@@ -323,7 +391,7 @@ def test_logs_tail_fetch_stream(cp: ModalStandIn, tmp_path: Path) -> None:
     assert streamed == ["booting\n", "oops\n"]
 
 
-def test_image_build_hook_can_fail_a_deploy(tmp_path: Path) -> None:
+def test_image_build_hook_runs_after_the_pull_and_can_fail_a_deploy(tmp_path: Path, images) -> None:
     built = []
 
     def hook(spec):
@@ -333,11 +401,17 @@ def test_image_build_hook_can_fail_a_deploy(tmp_path: Path) -> None:
 
     with ModalStandIn(image_build_hook=hook) as standin, standin.activate():
         seed_secrets("dev")
-        deploy(load_app(tmp_path, env="dev", image_env={"OK": "1"}), "dev")
-        assert built and built[-1].env == {"OK": "1"} and built[-1].registry_ref is not None
+        deploy(load_app(tmp_path, env="dev", image_ref=images.a, image_env={"OK": "1"}), "dev")
+        assert built and built[-1].env == {"OK": "1"} and built[-1].registry_ref == images.a
+        assert [(p.ref, p.ok) for p in standin.state.pulls] == [(images.a, True)]  # pulled, then the hook ran
         with pytest.raises(modal.exception.RemoteError, match="manifest unknown"):
-            deploy(load_app(tmp_path, env="dev", image_env={"FAIL": "1"}), "dev")
+            deploy(load_app(tmp_path, env="dev", image_ref=images.a, image_env={"FAIL": "1"}), "dev")
         assert standin.state.deployed_app("dev", "proc-demo").version == 1
+        # A pull that fails stops the build before the hook (Modal's workers never see the image).
+        hooked = len(built)
+        with pytest.raises(modal.exception.ImageBuildError, match="manifest unknown"):
+            deploy(load_app(tmp_path, env="dev", image_ref=images.missing, image_env={"OK": "1"}), "dev")
+        assert len(built) == hooked
 
 
 def test_sdk_in_a_subprocess_via_env_vars(cp: ModalStandIn) -> None:
@@ -355,7 +429,7 @@ def test_sdk_in_a_subprocess_via_env_vars(cp: ModalStandIn) -> None:
     assert {c.token_id for c in cp.state.calls} == {"ak-test"}
 
 
-def test_web_url_hook_sees_the_function_record(tmp_path: Path) -> None:
+def test_web_url_hook_sees_the_function_record(tmp_path: Path, images) -> None:
     calls = []
 
     def url_for(app_name, env, *, function_name, function):
@@ -365,8 +439,291 @@ def test_web_url_hook_sees_the_function_record(tmp_path: Path) -> None:
 
     with ModalStandIn(web_url_for=url_for) as standin, standin.activate():
         seed_secrets("dev")
-        deploy(load_app(tmp_path, env="dev", image_ref=REF_B), "dev")
+        deploy(load_app(tmp_path, env="dev", image_ref=images.b), "dev")
         fn = sdk(modal.Function.from_name, "proc-demo", "web", environment_name="dev")
-        assert sdk(fn.get_web_url) == f"http://127.0.0.1:9/dev/proc-demo/web?image={REF_B}"
+        assert sdk(fn.get_web_url) == f"http://127.0.0.1:9/dev/proc-demo/web?image={images.b}"
         assert calls[0][3] is None  # FunctionPrecreate: no definition yet
         assert calls[-1][3].function_id == fn.object_id
+
+
+# ------------------------------------------------------------------------------------------------
+# Rule 1: an RPC the stand-in does not implement answers UNIMPLEMENTED, never an empty success
+
+
+def test_unknown_rpcs_answer_unimplemented(cp: ModalStandIn) -> None:
+    with pytest.raises(modal.exception.UnimplementedError, match="stand-in: QueueGetOrCreate is not implemented"):
+        sdk(modal.Queue.from_name("q", environment_name="dev", create_if_missing=True).hydrate)
+    (call,) = cp.state.calls_to("QueueGetOrCreate")
+    assert (call.status, call.error) == ("UNIMPLEMENTED", "stand-in: QueueGetOrCreate is not implemented")
+    # A streaming RPC too: no empty stream.
+    with pytest.raises(GRPCError) as info:
+        raw(cp, "VolumeListFiles2", api_pb2.VolumeListFiles2Request(volume_id="vo-x", path="/"))
+    assert info.value.status is Status.UNIMPLEMENTED
+    assert cp.state.calls_to("VolumeListFiles2")[-1].status == "UNIMPLEMENTED"
+    # Every RPC that answered OK had an implementation of its own.
+    for c in cp.state.calls:
+        if c.status == "OK":
+            assert hasattr(cp.servicer, f"_do_{c.method}") or hasattr(cp.servicer, f"_stream_{c.method}")
+
+
+def test_a_deploy_uses_only_implemented_rpcs_and_uploads_its_module(cp: ModalStandIn, tmp_path: Path, images) -> None:
+    seed_secrets("dev")
+    app = load_app(tmp_path, env="dev", image_ref=images.a)
+    deploy(app, "dev")
+    assert not cp.state.failed_calls()
+    # The module file was really uploaded: existence checked, then its bytes sent and verified.
+    text = (tmp_path / "standin_sample_app.py").read_bytes()
+    sha = hashlib.sha256(text).hexdigest()
+    assert cp.state.mount_blobs[sha] == text
+    (check, *_) = cp.state.calls_to("MountBatchedCheckExistence")
+    assert sha in check.request.sha256_hex_hashes
+    assert [c.request.sha256_hex for c in cp.state.calls_to("MountPutFile")] == [sha]
+    fn = cp.state.deployed_app("dev", "proc-demo").functions["web"]
+    assert any(cp.state.mount_file(m, f) == text for m in fn.mount_ids for f in cp.state.mounts[m].files)
+    # Redeploying the same file uploads nothing: the stand-in already has it.
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a), "dev")
+    assert len(cp.state.calls_to("MountPutFile")) == 1
+
+
+def test_mount_files_must_be_uploaded_and_match_their_hash(cp: ModalStandIn) -> None:
+    data = b"print('hi')\n"
+    sha = hashlib.sha256(data).hexdigest()
+    missing = raw(cp, "MountBatchedCheckExistence", api_pb2.MountBatchedCheckExistenceRequest(sha256_hex_hashes=[sha]))
+    assert list(missing.missing_sha256_hex_hashes) == [sha]
+    files = [api_pb2.MountFile(filename="/root/m.py", sha256_hex=sha)]
+    with pytest.raises(GRPCError) as info:
+        raw(cp, "MountGetOrCreate", api_pb2.MountGetOrCreateRequest(environment_name="dev", files=files))
+    assert info.value.status is Status.INVALID_ARGUMENT and "never uploaded: /root/m.py" in info.value.message
+    with pytest.raises(GRPCError) as info:
+        raw(cp, "MountPutFile", api_pb2.MountPutFileRequest(sha256_hex=sha, data=b"other bytes"))
+    assert info.value.status is Status.INVALID_ARGUMENT
+    assert raw(cp, "MountPutFile", api_pb2.MountPutFileRequest(sha256_hex=sha)).exists is False
+    assert raw(cp, "MountPutFile", api_pb2.MountPutFileRequest(sha256_hex=sha, data=data)).exists is True
+    assert raw(cp, "MountPutFile", api_pb2.MountPutFileRequest(sha256_hex=sha)).exists is True
+    found = raw(cp, "MountBatchedCheckExistence", api_pb2.MountBatchedCheckExistenceRequest(sha256_hex_hashes=[sha]))
+    assert list(found.missing_sha256_hex_hashes) == []
+    mount = raw(cp, "MountGetOrCreate", api_pb2.MountGetOrCreateRequest(environment_name="dev", files=files))
+    assert cp.state.mount_file(mount.mount_id, "/root/m.py") == data
+
+
+# ------------------------------------------------------------------------------------------------
+# Rule 2: an image build pulls what `from_registry` references, with the attached registry secret
+
+
+def _deploy_fails(tmp_path: Path, ref: str, match: str, **kwargs: Any) -> str:
+    with pytest.raises(modal.exception.ImageBuildError, match=match) as info:
+        deploy(load_app(tmp_path, env="dev", image_ref=ref, **kwargs), "dev")
+    return str(info.value)
+
+
+def test_build_pulls_the_referenced_manifest(cp: ModalStandIn, tmp_path: Path, images) -> None:
+    seed_secrets("dev")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a), "dev")
+    (pull,) = cp.state.pulls
+    secret = cp.state.secret("dev", "REGISTRY_AUTH")
+    assert (pull.ref, pull.ok, pull.manifest_digest, pull.auth) == (images.a, True, images.a_digest, "anonymous")
+    assert (pull.secret_id, pull.username) == (secret.secret_id, "bot")  # attached (the registry never asked)
+    assert cp.state.images[pull.image_id].pulled_digest == images.a_digest
+    # The same image again is Modal's cache hit: no second pull.
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a, image_env={"X": "1"}), "dev")
+    assert len(cp.state.pulls) == 1
+    # An index resolves to its linux/amd64 manifest (the arm64 entry is never picked).
+    deploy(load_app(tmp_path, env="dev", image_ref=images.index), "dev")
+    assert (cp.state.pulls[-1].ok, cp.state.pulls[-1].manifest_digest) == (True, images.a_digest)
+
+
+def test_build_fails_when_the_reference_does_not_exist(cp: ModalStandIn, tmp_path: Path, images) -> None:
+    seed_secrets("dev")
+    message = _deploy_fails(tmp_path, images.missing, "manifest unknown")
+    assert "Image build for im-" in message and f"failed to pull {images.missing}" in message
+    _deploy_fails(tmp_path, f"{images.repository}:no-such-tag", "manifest unknown")
+    assert cp.state.deployed_app("dev", "proc-demo") is None
+    assert [p.ok for p in cp.state.pulls] == [False, False]
+    assert all(i.builds == 0 for i in cp.state.images.values() if i.pulled_digest == "")
+
+
+def test_build_fails_for_a_platform_modal_cannot_run(cp: ModalStandIn, tmp_path: Path, images) -> None:
+    seed_secrets("dev")
+    _deploy_fails(tmp_path, images.arm, "wanted linux/amd64, actual: linux/arm64")
+    assert cp.state.deployed_app("dev", "proc-demo") is None
+
+
+def test_private_registry_needs_the_secrets_credentials(
+    cp: ModalStandIn, tmp_path: Path, private: SimpleNamespace
+) -> None:
+    # The right credentials in the attached secret: pulled with Basic auth, by digest and by tag.
+    seed_secrets("dev", pull=private.creds)
+    deploy(load_app(tmp_path, env="dev", image_ref=private.ref), "dev")
+    assert (cp.state.pulls[-1].ok, cp.state.pulls[-1].auth) == (True, "basic")
+    assert cp.state.pulls[-1].username == private.creds["REGISTRY_USERNAME"]
+    deploy(load_app(tmp_path, env="dev", image_ref=private.tag_ref), "dev")
+    assert (cp.state.pulls[-1].ok, cp.state.pulls[-1].manifest_digest) == (True, private.digest)
+    assert cp.state.deployed_app("dev", "proc-demo").version == 2
+
+    # No secret attached: a private reference (digest or tag) cannot be pulled.
+    for ref in (private.ref, private.tag_ref):
+        _deploy_fails(tmp_path, ref, "unauthorized: authentication required", registry_secret=None)
+    # Credentials the registry refuses (a stale token), in another secret or after an update.
+    sdk(
+        modal.Secret.objects.create,
+        "STALE_AUTH",
+        {**private.creds, "REGISTRY_PASSWORD": "expired"},
+        environment_name="dev",
+    )
+    message = _deploy_fails(tmp_path, private.ref, "refused the credentials", registry_secret="STALE_AUTH")
+    assert "expired" not in message and private.creds["REGISTRY_PASSWORD"] not in message
+    assert cp.state.deployed_app("dev", "proc-demo").version == 2
+
+
+def test_bearer_token_registry_gets_the_secrets_credentials(cp: ModalStandIn, tmp_path: Path, registry: str) -> None:
+    from tests.registry_faults import FaultProxy, TokenAuth
+
+    auth = TokenAuth("robot", "s3cret-token")
+    with FaultProxy(registry, token_auth=auth) as proxy:
+        repo = f"standin/bearer-{uuid.uuid4().hex[:8]}"
+        img = push_tiny_image(registry, repo, payload="t")  # pushed upstream; pulled through the proxy
+        ref = f"{proxy.host}/{repo}@{img.digest}"
+        seed_secrets("dev", pull={"REGISTRY_USERNAME": "robot", "REGISTRY_PASSWORD": "s3cret-token"})
+        deploy(load_app(tmp_path, env="dev", image_ref=ref), "dev")
+        assert (cp.state.pulls[-1].ok, cp.state.pulls[-1].auth) == (True, "bearer")
+        assert auth.token_requests == [f"repository:{repo}:pull"]
+        sdk(
+            modal.Secret.objects.create,
+            "WRONG_AUTH",
+            {"REGISTRY_USERNAME": "robot", "REGISTRY_PASSWORD": "no"},
+            environment_name="dev",
+        )
+        _deploy_fails(tmp_path, ref, "refused the credentials", registry_secret="WRONG_AUTH")
+        _deploy_fails(tmp_path, ref, "authentication required", registry_secret=None)
+
+
+def test_build_fails_when_the_registry_secret_is_gone_or_lacks_keys(cp: ModalStandIn, images) -> None:
+    """Over the wire (the SDK checks keys before it sends): the builder reads the secret by id."""
+    app = raw(cp, "AppCreate", api_pb2.AppCreateRequest(environment_name="dev", description="x"))
+    lacking = cp.state.put_secret("dev", "TOKEN_ONLY", {"TOKEN": "x"})
+    deleted = cp.state.put_secret("dev", "GONE", PULL)
+    del cp.state.secrets["dev"]["GONE"]
+
+    def build(secret_id: str, auth_type: int = api_pb2.REGISTRY_AUTH_TYPE_STATIC_CREDS) -> api_pb2.GenericResult:
+        image = api_pb2.Image(
+            dockerfile_commands=[f"FROM {images.a}"],
+            image_registry_config=api_pb2.ImageRegistryConfig(registry_auth_type=auth_type, secret_id=secret_id),
+        )
+        got = raw(cp, "ImageGetOrCreate", api_pb2.ImageGetOrCreateRequest(app_id=app.app_id, image=image))
+        (joined,) = raw(cp, "ImageJoinStreaming", api_pb2.ImageJoinStreamingRequest(image_id=got.image_id))
+        return joined.result
+
+    failed = api_pb2.GenericResult.GENERIC_STATUS_FAILURE
+    for secret_id, text in (
+        ("st-" + "n" * 22, "not found"),
+        (deleted.secret_id, "not found"),
+        (lacking.secret_id, "lacks the key(s) REGISTRY_USERNAME, REGISTRY_PASSWORD"),
+        ("", "needs a registry Secret"),
+    ):
+        result = build(secret_id)
+        assert result.status == failed and text in result.exception, (secret_id, result.exception)
+    result = build("", api_pb2.REGISTRY_AUTH_TYPE_AWS)
+    assert result.status == failed and "AWS ECR registry authentication is not implemented" in result.exception
+    assert build("", api_pb2.REGISTRY_AUTH_TYPE_UNSPECIFIED).status == api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
+
+
+def test_only_loopback_registries_are_pulled_from(cp: ModalStandIn, tmp_path: Path) -> None:
+    seed_secrets("dev")
+    _deploy_fails(tmp_path, "ghcr.io/theory-test/x@sha256:" + "a" * 64, "ghcr.io is not a loopback registry")
+    assert cp.state.pulls[-1].ok is False
+
+
+# ------------------------------------------------------------------------------------------------
+# Rule 3: secrets follow Modal's documented limits and the object-name rules
+
+
+@pytest.mark.parametrize("key", ["1ABC", "A-B", "A B", "A.B", "", "KEY=", "CAFÉ"])
+def test_secret_keys_must_be_environment_variable_names(cp: ModalStandIn, key: str) -> None:
+    with pytest.raises(modal.exception.InvalidError, match="Invalid Secret key"):
+        sdk(modal.Secret.objects.create, "svc", {"OK": "1", key: "v"}, environment_name="dev")
+    assert cp.state.secret("dev", "svc") is None
+    sdk(modal.Secret.objects.create, "svc", {"_OK_1": "v"}, environment_name="dev")
+    secret = sdk(modal.Secret.from_name("svc", environment_name="dev").hydrate)
+    with pytest.raises(modal.exception.InvalidError, match="Invalid Secret key"):
+        sdk(secret.update, {"GOOD": "x", key: "v"})
+    assert cp.state.secret_values("dev", "svc") == {"_OK_1": "v"}  # nothing of a refused update landed
+    assert cp.state.calls_to("SecretUpdate")[-1].status == "INVALID_ARGUMENT"
+
+
+def test_secret_key_and_value_sizes(cp: ModalStandIn) -> None:
+    canary = "canary-" + uuid.uuid4().hex
+    sdk(modal.Secret.objects.create, "big", {"K" * 16_384: "v" * 32_768, "EMPTY": ""}, environment_name="dev")
+    assert cp.state.secret_values("dev", "big")["EMPTY"] == ""  # empty values are accepted (see servicer)
+    with pytest.raises(modal.exception.InvalidError, match="16384"):
+        sdk(modal.Secret.objects.create, "k2", {"K" * 16_385: "v"}, environment_name="dev")
+    with pytest.raises(modal.exception.InvalidError, match="32768") as info:
+        sdk(modal.Secret.objects.create, "v2", {"V": canary + "x" * 32_768}, environment_name="dev")
+    assert canary not in str(info.value)  # a refused value is never echoed
+    secret = sdk(modal.Secret.from_name("big", environment_name="dev").hydrate)
+    with pytest.raises(modal.exception.InvalidError, match="32768"):
+        sdk(secret.update, {"V": "x" * 32_769})
+    assert cp.state.secret_names("dev") == ["big"]
+
+
+@pytest.mark.parametrize("name", ["bad/name", "x" * 65, "ap-" + "A" * 22, "", "sp ace"])
+def test_secret_names_follow_the_object_name_rules(cp: ModalStandIn, name: str) -> None:
+    # The SDK refuses these before sending; the service refuses them too (over the wire here).
+    with pytest.raises(modal.exception.InvalidError):
+        sdk(modal.Secret.objects.create, name, {"A": "1"}, environment_name="dev")
+    for kind in (
+        api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS,
+        api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING,
+        api_pb2.OBJECT_CREATION_TYPE_CREATE_OVERWRITE_IF_EXISTS,
+    ):
+        req = api_pb2.SecretGetOrCreateRequest(
+            deployment_name=name, environment_name="dev", object_creation_type=kind, env_dict={"A": "1"}
+        )
+        with pytest.raises(GRPCError) as info:
+            raw(cp, "SecretGetOrCreate", req)
+        assert info.value.status is Status.INVALID_ARGUMENT and "Invalid Secret name" in info.value.message
+    assert cp.state.secret_names("dev") == []
+    raw(  # 64 characters of the allowed set is fine
+        cp,
+        "SecretGetOrCreate",
+        api_pb2.SecretGetOrCreateRequest(
+            deployment_name="a.b_c-" + "d" * 58,
+            environment_name="dev",
+            object_creation_type=api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS,
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Rule 4: a secret lives in one environment; its id is all SecretUpdate/GetInfo/Delete carry
+
+
+def test_secret_requests_by_id_carry_no_environment() -> None:
+    # If a new SDK adds an environment to these, the stand-in must start checking it (see servicer).
+    for message in (api_pb2.SecretUpdateRequest, api_pb2.SecretGetInfoRequest, api_pb2.SecretDeleteRequest):
+        assert "environment_name" not in message.DESCRIPTOR.fields_by_name, message.DESCRIPTOR.name
+
+
+def test_a_secret_id_reaches_only_its_own_live_record(cp: ModalStandIn) -> None:
+    S = modal.Secret
+    sdk(S.objects.create, "svc", {"A": "dev-1"}, environment_name="dev")
+    sdk(S.objects.create, "svc", {"A": "main-1"}, environment_name="main")
+    dev = sdk(S.from_name("svc", environment_name="dev").hydrate)
+    sdk(dev.update, {"A": "dev-2"})
+    assert cp.state.secret_values("dev", "svc") == {"A": "dev-2"}
+    assert cp.state.secret_values("main", "svc") == {"A": "main-1"}
+
+    # Deleted and re-created under the same name: the old id is dead everywhere.
+    old_id = dev.object_id
+    sdk(S.objects.delete, "svc", environment_name="dev")
+    sdk(S.objects.create, "svc", {"A": "dev-3"}, environment_name="dev")
+    for method, request in (
+        ("SecretUpdate", api_pb2.SecretUpdateRequest(secret_id=old_id, updates=[{"key": "A", "value": "x"}])),
+        ("SecretGetInfo", api_pb2.SecretGetInfoRequest(secret_id=old_id)),
+        ("SecretDelete", api_pb2.SecretDeleteRequest(secret_id=old_id)),
+        ("SecretUpdate", api_pb2.SecretUpdateRequest(secret_id="st-" + "z" * 22)),
+    ):
+        with pytest.raises(GRPCError) as info:
+            raw(cp, method, request)
+        assert info.value.status is Status.NOT_FOUND, method
+    assert cp.state.secret_values("dev", "svc") == {"A": "dev-3"}
+    assert cp.state.secret_values("main", "svc") == {"A": "main-1"}

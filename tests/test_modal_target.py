@@ -38,9 +38,10 @@ from typing import Any
 
 import pytest
 from modal_standin import ModalStandIn
+from modal_standin.images import push_image, tiny_image
 from modal_standin.sample_app import load_app
 
-from tests.helpers import assert_no_canary, make_canaries
+from tests.helpers import AuthRegistry, assert_no_canary, make_canaries
 from theory_deploy.refs import ImageRef, ProcessorRef
 from theory_deploy.registry_file import load_processor
 from theory_deploy.targets import modal_app
@@ -53,9 +54,14 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 MODALCTL = Path(sys.executable).with_name("modalctl")
 SECRET_NAMES = ("OPENAI_API_KEY", "THEORY_CANARY_SECRET", "LITELLM_API_BASE", "THEORY_AUTH")
-D_A = "sha256:" + "a1" * 32
-D_B = "sha256:" + "b2" * 32
-FAKE_REPO = "ghcr.io/theory-test/modalproc"
+# What the tests deploy: two tiny linux/amd64 images whose digests follow from their bytes (so they
+# are constants), pushed to the anonymous loopback registry by the `images` fixture: the Modal
+# stand-in pulls what a deploy references, as Modal does, so a pin must exist to deploy.
+TINY_A, TINY_B = tiny_image("modal-target-a"), tiny_image("modal-target-b")
+D_A, D_B = TINY_A.digest, TINY_B.digest
+IMAGE_HOST = os.environ.get("THEORY_REGISTRY") or "127.0.0.1:5000"
+IMAGE_PATH = "theory-test/modalproc"
+IMAGE_REPO = f"{IMAGE_HOST}/{IMAGE_PATH}"
 
 REGISTRY_YAML = """\
 # a test processor for tests/test_modal_target*.py
@@ -159,7 +165,7 @@ class World:
         self,
         *,
         amd64: str | None,
-        repository: str = FAKE_REPO,
+        repository: str = IMAGE_REPO,
         cpu: float = 0.5,
         gpu: str | None = None,
         auth: str | None = None,
@@ -260,6 +266,17 @@ def _make_world(tmp_path: Path, cp: ModalStandIn, env: str, canaries: dict[str, 
     return World(cp, tmp_path / "repo", ref, env, canaries, identity)
 
 
+@pytest.fixture(scope="session")
+def images(registry: str) -> tuple[str, str]:
+    """D_A and D_B, pushed to the anonymous loopback registry as IMAGE_REPO (idempotent)."""
+    assert registry == IMAGE_HOST, (
+        f"the registry fixture is {registry}, IMAGE_REPO names {IMAGE_HOST}: export THEORY_REGISTRY"
+    )
+    for image in (TINY_A, TINY_B):
+        push_image(registry, IMAGE_PATH, image)
+    return D_A, D_B
+
+
 @pytest.fixture
 def health() -> Iterator[HealthServer]:
     server = HealthServer()
@@ -280,18 +297,18 @@ def cp(health: HealthServer, canaries: dict[str, str]) -> Iterator[ModalStandIn]
 
 
 @pytest.fixture
-def world(tmp_path: Path, cp: ModalStandIn, canaries: dict[str, str]) -> Iterator[World]:
+def world(tmp_path: Path, cp: ModalStandIn, canaries: dict[str, str], images: tuple[str, str]) -> Iterator[World]:
     w = _make_world(tmp_path, cp, "staging", canaries)
-    w.write(amd64=f"{FAKE_REPO}@{D_A}")
+    w.write(amd64=f"{IMAGE_REPO}@{D_A}")
     yield w
     for text in w.outputs:
         assert_no_canary(text, canaries)
 
 
 @pytest.fixture
-def dev_world(tmp_path: Path, cp: ModalStandIn, canaries: dict[str, str]) -> Iterator[World]:
+def dev_world(tmp_path: Path, cp: ModalStandIn, canaries: dict[str, str], images: tuple[str, str]) -> Iterator[World]:
     w = _make_world(tmp_path, cp, "dev", canaries)
-    w.write(amd64=f"{FAKE_REPO}@{D_A}")
+    w.write(amd64=f"{IMAGE_REPO}@{D_A}")
     yield w
     for text in w.outputs:
         assert_no_canary(text, canaries)
@@ -312,7 +329,7 @@ def test_dry_run_calls_nothing_and_shows_the_module(world: World) -> None:
     assert out["action"] == "plan" and out["dry_run"] is True
     assert out["plan"]["secrets"] == ["OPENAI_API_KEY", "THEORY_CANARY_SECRET", "LITELLM_API_BASE"]
     assert out["plan"]["registry_secret"] == "REGISTRY_AUTH"
-    assert out["image"] == f"{FAKE_REPO}@{D_A}"
+    assert out["image"] == f"{IMAGE_REPO}@{D_A}"
     tree = ast.parse(out["module"])
     top_imports = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top_from = [node for node in tree.body if isinstance(node, ast.ImportFrom)]
@@ -366,7 +383,7 @@ def test_generated_module_names_its_environment_everywhere_and_serves_the_proces
 ) -> None:
     app = world.app()
     target = ModalTarget()
-    plan = target.plan(app, ImageRef.parse_digest_ref(f"{FAKE_REPO}@{D_A}"))
+    plan = target.plan(app, ImageRef.parse_digest_ref(f"{IMAGE_REPO}@{D_A}"))
     text = modal_app.render_module(plan)
     stub = _StubModal()
     monkeypatch.setitem(sys.modules, "modal", stub)
@@ -388,7 +405,7 @@ def test_generated_module_names_its_environment_everywhere_and_serves_the_proces
         None,
     )
     assert ("concurrent", 100) in stub.calls and ("asgi_app", None) in stub.calls
-    assert ("from_registry", (f"{FAKE_REPO}@{D_A}", ("REGISTRY_AUTH", "staging"))) in stub.calls
+    assert ("from_registry", (f"{IMAGE_REPO}@{D_A}", ("REGISTRY_AUTH", "staging"))) in stub.calls
     (env_layer,) = [v for kind, v in stub.calls if kind == "env"]
     assert env_layer == {
         "IMAGE_DIGEST": D_A,
@@ -444,9 +461,9 @@ def test_start_records_everything_then_is_unchanged(dev_world: World) -> None:
     rec = w.cp.state.deployed_app("dev", name)
     assert rec is not None and rec.version == 1
     (deploy,) = rec.deploys
-    assert deploy.deployment_tag == "sha256-" + "a1" * 20 and deploy.strategy == "rolling"
+    assert deploy.deployment_tag == "sha256-" + D_A[7:47] and deploy.strategy == "rolling"
     labels = modal_app.decode_tags(rec.tags)
-    assert labels["theory.digest"] == D_A and labels["theory.image"] == FAKE_REPO
+    assert labels["theory.digest"] == D_A and labels["theory.image"] == IMAGE_REPO
     assert labels["theory.branch"] == "feat/modal_target" and labels["theory.user"] == "Test.User"
     assert labels["theory.ref"] == str(w.ref) and labels["theory.env"] == "dev" and labels["theory.managed"] == "true"
     fn = rec.functions["web"]
@@ -454,7 +471,7 @@ def test_start_records_everything_then_is_unchanged(dev_world: World) -> None:
     assert fn.max_concurrent_inputs == 100 and fn.webhook_type == "ASGI_APP"
     assert fn.secret_names == ["dev/OPENAI_API_KEY", "dev/THEORY_CANARY_SECRET", "dev/LITELLM_API_BASE"]
     image = deploy.images["web"]
-    assert image.registry_ref == f"{FAKE_REPO}@{D_A}"
+    assert image.registry_ref == f"{IMAGE_REPO}@{D_A}"
     assert (image.registry_secret_name, image.registry_secret_environment) == ("REGISTRY_AUTH", "dev")
     assert image.env == {
         "IMAGE_DIGEST": D_A,
@@ -477,7 +494,7 @@ def test_start_records_everything_then_is_unchanged(dev_world: World) -> None:
     assert len(w.cp.state.calls_to("AppPublish")) == publishes  # nothing deployed
     assert w.cp.state.secret_values("dev", "OPENAI_API_KEY") == {"OPENAI_API_KEY": ""}  # start never sends values
 
-    w.write(amd64=f"{FAKE_REPO}@{D_A}", cpu=1.5)  # same digest, changed spec
+    w.write(amd64=f"{IMAGE_REPO}@{D_A}", cpu=1.5)  # same digest, changed spec
     changed = w.ok("start", extra=w.secrets_env())
     assert changed["action"] == "redeployed" and "spec" in changed["reason"] and changed["version"] == 2
     assert w.cp.state.deployed_app("dev", name).functions["web"].cpu == 1.5
@@ -548,7 +565,7 @@ def test_a_bound_secret_without_its_key_is_reported(world: World) -> None:
 
 
 def test_auth_secret_placeholder_locks_the_endpoint(world: World) -> None:
-    world.write(amd64=f"{FAKE_REPO}@{D_A}", auth="THEORY_AUTH")
+    world.write(amd64=f"{IMAGE_REPO}@{D_A}", auth="THEORY_AUTH")
     out = world.ok("start", extra=world.secrets_env())
     assert "THEORY_AUTH" in out["secrets"]["declared"]
     token = world.cp.state.secret_values("staging", "THEORY_AUTH")["THEORY_AUTH"]
@@ -557,17 +574,32 @@ def test_auth_secret_placeholder_locks_the_endpoint(world: World) -> None:
         assert token not in text
 
 
-def test_image_build_failure_is_an_image_pull_error(tmp_path: Path, canaries: dict[str, str]) -> None:
-    def refuse(spec: Any) -> None:
-        raise RuntimeError("pull failed: manifest unknown")
+def test_image_pull_failure_is_an_image_pull_error(world: World) -> None:
+    """Modal pulls the pin when it builds the image: a digest the registry lacks fails the deploy."""
+    world.write(amd64=f"{IMAGE_REPO}@sha256:{'0' * 64}")
+    run = world.ctl("start", extra=world.secrets_env())
+    assert run.code == 13 and run.out["error"]["code"] == "ERR_IMAGE_PULL"
+    assert "manifest unknown" in run.out["error"]["message"]
+    assert world.cp.state.deployed_app("staging", world.name) is None
+    assert [p.ok for p in world.cp.state.pulls] == [False]
 
-    with ModalStandIn(image_build_hook=refuse) as standin:
-        w = _make_world(tmp_path, standin, "staging", canaries)
-        w.write(amd64=f"{FAKE_REPO}@{D_A}")
-        run = w.ctl("start", extra=w.secrets_env())
-        assert run.code == 13 and run.out["error"]["code"] == "ERR_IMAGE_PULL"
-        assert "manifest unknown" in run.out["error"]["message"]
-        assert standin.state.deployed_app("staging", w.name) is None
+
+def test_registry_auth_is_what_pulls_a_private_pin(world: World, auth_registry: AuthRegistry) -> None:
+    """REGISTRY_AUTH carries the pull credentials: a stale token fails the pull (ERR_IMAGE_PULL) until
+    sync-secrets replaces it; then the private pin deploys, pulled with those credentials."""
+    push_image(auth_registry.host, IMAGE_PATH, TINY_A, credentials=(auth_registry.user, auth_registry.password))
+    repo = f"{auth_registry.host}/{IMAGE_PATH}"
+    world.write(amd64=f"{repo}@{D_A}", repository=repo)
+    stale = world.secrets_env(REGISTRY_USERNAME=auth_registry.user)  # the canary password: refused
+    run = world.ctl("start", extra=stale)
+    assert run.code == 13 and run.out["error"]["code"] == "ERR_IMAGE_PULL"
+    assert "refused the credentials" in run.out["error"]["message"]
+    good = world.secrets_env(REGISTRY_USERNAME=auth_registry.user, REGISTRY_PASSWORD=auth_registry.password)
+    assert "REGISTRY_AUTH" in world.ok("sync-secrets", extra=good)["updated"]
+    out = world.ok("start", extra=good)
+    assert out["action"] == "deployed" and out["digest"] == D_A
+    last = world.cp.state.pulls[-1]
+    assert (last.ok, last.auth, last.username, last.manifest_digest) == (True, "basic", auth_registry.user, D_A)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -691,23 +723,23 @@ def test_verify_passes_when_right_and_fails_when_wrong(world: World, tmp_path: P
 
     # (a) another digest deployed under the app's name with theory-deploy itself.
     with sdk_in_process(world.cp):
-        ModalTarget().start(world.app(), ImageRef.parse_digest_ref(f"{FAKE_REPO}@{D_B}"))
+        ModalTarget().start(world.app(), ImageRef.parse_digest_ref(f"{IMAGE_REPO}@{D_B}"))
     bad = world.ctl("verify-digest")
     assert bad.code == 21 and bad.out["error"]["code"] == "ERR_REGISTRY_MISMATCH"
     message = bad.out["error"]["message"]
     assert f"expected {D_A}" in message and f"deploy_record: {D_B}" in message and f"healthz: {D_B}" in message
     assert bad.out["error"]["details"]["readings"] == {"deploy_record": D_B, "healthz": D_B}
-    assert world.ok("verify-digest", "--oci", f"{FAKE_REPO}@{D_B}")["verified"] is True
+    assert world.ok("verify-digest", "--oci", f"{IMAGE_REPO}@{D_B}")["verified"] is True
 
     # (b) a hand deploy without our tags: the deploy record is unreadable → fails closed.
-    _hand_deploy(world, tmp_path, image_ref=f"{FAKE_REPO}@{D_A}", digest=D_A, tags={"owner": "someone"})
+    _hand_deploy(world, tmp_path, image_ref=f"{IMAGE_REPO}@{D_A}", digest=D_A, tags={"owner": "someone"})
     bad = world.ctl("verify-digest")
     assert bad.code == 21 and "deploy_record: could not be read" in bad.out["error"]["message"]
     assert bad.out["error"]["details"]["readings"] == {"deploy_record": None, "healthz": D_A}
 
     # (c) forged tags naming the pin on another image: the running processor gives it away.
     forged = modal_app.encode_tags({"theory.managed": "true", "theory.digest": D_A})
-    _hand_deploy(world, tmp_path, image_ref=f"{FAKE_REPO}@{D_B}", digest=D_B, tags=forged)
+    _hand_deploy(world, tmp_path, image_ref=f"{IMAGE_REPO}@{D_B}", digest=D_B, tags=forged)
     bad = world.ctl("verify-digest")
     assert bad.code == 21 and bad.out["error"]["details"]["readings"] == {
         "deploy_record": D_A,
@@ -719,10 +751,10 @@ def test_verify_passes_when_right_and_fails_when_wrong(world: World, tmp_path: P
     assert world.ok("verify-digest")["verified"] is True
 
 
-def test_verify_fails_closed(tmp_path: Path, canaries: dict[str, str]) -> None:
+def test_verify_fails_closed(tmp_path: Path, canaries: dict[str, str], images: tuple[str, str]) -> None:
     with ModalStandIn() as standin:  # the default web URL is the gRPC port: no /healthz there
         w = _make_world(tmp_path, standin, "staging", canaries)
-        w.write(amd64=f"{FAKE_REPO}@{D_A}")
+        w.write(amd64=f"{IMAGE_REPO}@{D_A}")
         missing = w.ctl("verify-digest")
         assert missing.code == 30 and missing.out["error"]["code"] == "ERR_FUNCTION_NOT_FOUND"
         w.ok("start", extra=w.secrets_env())
@@ -747,7 +779,7 @@ def test_status_logs_stop_lifecycle(world: World) -> None:
         D_A,
         True,
     )
-    assert status["image"] == f"{FAKE_REPO}@{D_A}" and status["deployed_by"] == "standin-user"
+    assert status["image"] == f"{IMAGE_REPO}@{D_A}" and status["deployed_by"] == "standin-user"
     assert status["url"].endswith(
         f"/staging/{world.name}/{world.cp.state.deployed_app('staging', world.name).functions['web'].image_id}"
     )
@@ -778,7 +810,7 @@ def test_status_logs_stop_lifecycle(world: World) -> None:
 def test_stop_refuses_an_app_theory_deploy_did_not_deploy(world: World, tmp_path: Path) -> None:
     world.cp.state.put_secret("staging", "REGISTRY_AUTH", {"REGISTRY_USERNAME": "u", "REGISTRY_PASSWORD": "p"})
     world.cp.state.put_secret("staging", "OPENAI_API_KEY", {"OPENAI_API_KEY": "x"})
-    _hand_deploy(world, tmp_path, image_ref=f"{FAKE_REPO}@{D_A}", digest=D_A, tags={})
+    _hand_deploy(world, tmp_path, image_ref=f"{IMAGE_REPO}@{D_A}", digest=D_A, tags={})
     run = world.ctl("stop")
     assert run.code == 33 and "not deployed by theory-deploy" in run.out["error"]["message"]
     assert world.cp.state.deployed_app("staging", world.name) is not None
@@ -818,7 +850,7 @@ def test_unreachable_modal_times_out(world: World) -> None:
 def test_missing_environment_in_the_workspace(tmp_path: Path, canaries: dict[str, str]) -> None:
     with ModalStandIn(environments=("dev", "main")) as standin:
         w = _make_world(tmp_path, standin, "staging", canaries)
-        w.write(amd64=f"{FAKE_REPO}@{D_A}")
+        w.write(amd64=f"{IMAGE_REPO}@{D_A}")
         run = w.ctl("start", extra=w.secrets_env())
         assert run.code == 4 and run.out["error"]["code"] == "ERR_INVALID_ENV"
         assert "modal environment create staging" in run.out["error"]["message"]
@@ -833,7 +865,7 @@ def test_in_process_errors_carry_no_secret_values(world: World, monkeypatch: pyt
     monkeypatch.setenv("OPENAI_API_KEY", world.canaries["OPENAI_API_KEY"])
     with sdk_in_process(world.cp):
         target = ModalTarget()
-        result = target.start(world.app(), ImageRef.parse_digest_ref(f"{FAKE_REPO}@{D_A}"))
+        result = target.start(world.app(), ImageRef.parse_digest_ref(f"{IMAGE_REPO}@{D_A}"))
         synced = target.sync_secrets(world.app(), check=False, fail_on_missing=False)
         with pytest.raises(TheoryDeployError) as info:
             target.sync_secrets(world.app(), check=False, fail_on_missing=True)

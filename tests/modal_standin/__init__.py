@@ -1,6 +1,8 @@
 """A local stand-in for Modal's control plane (gRPC), driven by the real ``modal`` SDK.
 
-Never imported by ``src/``. See ``standin.ModalStandIn`` for the API and ``state`` for the layout.
+Never imported by ``src/``. See ``standin.ModalStandIn`` for the API, ``state`` for the layout,
+``servicer`` for the rules it enforces, ``registry_pull`` for how image builds pull their
+``from_registry`` reference, and ``images`` for pushing tiny real images for tests to deploy.
 """
 
 from .servicer import StandInServicer
@@ -15,6 +17,7 @@ from .state import (
     ImageRecord,
     ImageSpec,
     LogRecord,
+    PullRecord,
     SecretRecord,
     StandInState,
 )
@@ -30,6 +33,7 @@ __all__ = [
     "ImageSpec",
     "LogRecord",
     "ModalStandIn",
+    "PullRecord",
     "SecretRecord",
     "StandInServicer",
     "StandInState",

@@ -3,6 +3,10 @@
 Each call (re)writes ``<directory>/<module>.py`` (Modal needs the decorated function at module
 scope, and mounts the module's file), executes it afresh as ``<module>`` and returns its
 ``modal.App``. Same arguments -> same file -> same function definition, so a redeploy is a no-op.
+
+``image_ref`` has no default: the stand-in pulls what a deploy references, so it must name an image
+that exists in a loopback registry (``modal_standin.images.push_tiny_image``), unless the deploy
+is meant to fail before its image is built. ``registry_secret=None`` attaches no pull secret.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ ENV = {env!r}
 app = modal.App({app_name!r}, tags={tags!r})
 image = modal.Image.from_registry(
     {image_ref!r},
-    secret=modal.Secret.from_name({registry_secret!r}, environment_name=ENV),
+    secret={registry_secret_expr},
 ).env({image_env!r})
 
 
@@ -46,8 +50,8 @@ def load_app(
     env: str,
     app_name: str = "proc-demo",
     function_name: str = "web",
-    image_ref: str = "127.0.0.1:5000/theory/demo@sha256:" + "a" * 64,
-    registry_secret: str = "REGISTRY_AUTH",
+    image_ref: str,
+    registry_secret: str | None = "REGISTRY_AUTH",
     image_env: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
     secrets: tuple[str, ...] = ("proc-demo-env",),
@@ -67,7 +71,9 @@ def load_app(
             app_name=app_name,
             function_name=function_name,
             image_ref=image_ref,
-            registry_secret=registry_secret,
+            registry_secret_expr=(
+                f"modal.Secret.from_name({registry_secret!r}, environment_name=ENV)" if registry_secret else "None"
+            ),
             image_env=image_env or {},
             tags=tags or {},
             secrets=list(secrets),

@@ -1,28 +1,79 @@
 """A grpclib servicer for Modal's control plane (``modal.client.ModalClient``), stateful where we care.
 
-Every RPC of ``modal_proto.api_grpc.ModalClientBase`` is answered. The ones the product's Modal
-target uses (deploy, lookup, secrets, stop, logs, every Dict RPC for the deploy lock, ...) have
-real, stateful implementations in ``_do_<Method>`` / ``_stream_<Method>``; every other unary RPC
-gets an empty reply of its type and every other streaming RPC an empty stream.
+Sources: Modal's docs (https://modal.com/docs/guide/secrets, /guide/existing-images, the
+``modal.Secret`` / ``modal.Image.from_registry`` reference) and the pinned SDK's own code
+(``modal/secret.py``, ``modal/_image.py``, ``modal/mount.py``, ``modal/_utils/name_utils.py``,
+``modal/_grpc_client.py`` for how statuses map to exceptions). Where a rule below is not documented,
+it says "assumption".
 
-Every call is recorded (``StandInState.calls``) before anything else happens. Then:
-  * the token in the metadata must match (else UNAUTHENTICATED, which the SDK maps to AuthError);
-  * a request that has an ``environment_name`` field must name one of the stand-in's environments:
-    empty -> INVALID_ARGUMENT (``modal.exception.InvalidError``), unknown -> NOT_FOUND
-    (``modal.exception.NotFoundError``). The real server would fall back to the workspace's default
-    environment for an empty name; the stand-in refuses, so tests can prove the product never relies
-    on that fallback. (EnvironmentGetOrCreate carries the name in ``deployment_name``; App lookups by
-    app id ignore the environment, as the SDK documents; objects owned by an app, such as the
-    anonymous mount of the deploy module, are sent with an app_id and no environment: they take the
-    app's, and the call is recorded with ``environment_from_app=True``.)
+Every call is recorded (``StandInState.calls``) before anything else happens, and a refused call
+keeps the gRPC status and message it was refused with. The rules, in order:
+
+1. **Auth.** The token in the metadata must match (else UNAUTHENTICATED: ``AuthError``).
+2. **Environments.** A request with an ``environment_name`` field must name one of the stand-in's
+   environments: empty -> INVALID_ARGUMENT (``InvalidError``), unknown -> NOT_FOUND
+   (``NotFoundError``). The real server falls back to the workspace's default environment for an
+   empty name; the stand-in refuses, so tests prove the product never relies on that fallback.
+   (EnvironmentGetOrCreate carries the name in ``deployment_name``; App lookups by app id ignore the
+   environment, as the SDK documents; objects owned by an app, such as the anonymous mount of the
+   deploy module, are sent with an app_id and no environment: they take the app's, and the call is
+   recorded with ``environment_from_app=True``.)
+3. **Unknown RPCs answer UNIMPLEMENTED** ("stand-in: <Name> is not implemented";
+   ``modal.exception.UnimplementedError``), unary and streaming alike: an RPC is answered only by
+   a real implementation (``_do_<Name>`` / ``_stream_<Name>``), never by an empty success, so a
+   product that starts depending on a new RPC fails loudly here instead of reading an empty reply.
+   The deploy path's mount RPCs are real: ``MountBatchedCheckExistence`` reports the hashes the
+   stand-in has not received, ``MountPutFile`` stores inline file content after checking it hashes
+   to its ``sha256_hex`` (INVALID_ARGUMENT otherwise) and says whether the content exists,
+   ``MountGetOrCreate`` refuses (INVALID_ARGUMENT) files whose content was never uploaded
+   (assumption: the real status is undocumented). Blob uploads (files over the inline limit) are
+   UNIMPLEMENTED. ``AppRollback`` is UNIMPLEMENTED on purpose (a paid-plan feature).
+4. **Image builds pull what they reference** (``_stream_ImageJoinStreaming``). A layer whose
+   Dockerfile starts ``FROM <registry ref>`` (``Image.from_registry``) is built by fetching that
+   reference from the real registry (``registry_pull``: Docker Registry API v2, anonymous first,
+   then Basic or Bearer-token auth on a challenge), with the ``REGISTRY_USERNAME`` /
+   ``REGISTRY_PASSWORD`` of the secret ``image_registry_config.secret_id`` names (looked up by id:
+   assumption, the id is all the request carries, so a secret of another environment is not
+   refused). The build fails (``GenericResult`` FAILURE, which the SDK raises as ``ImageBuildError``
+   "Image build for im-... failed with the exception: failed to pull <ref>: <why>") when: the
+   manifest does not exist (404, "manifest unknown"); the registry asks for credentials and no
+   secret is attached ("unauthorized: authentication required"); the registry refuses the
+   secret's credentials (401/403, or a token realm that refuses them); the secret is deleted or
+   unknown, or lacks either key; the reference is not ``linux/amd64`` (an index without such an
+   entry, or a config of another platform: Modal documents that from_registry images must be
+   linux/amd64); a layer blob is missing. The wording of these messages is an assumption (Modal's
+   is undocumented; Docker's is followed). AWS/GCP registry auth are not implemented (the build
+   fails saying so); only loopback registries are contacted (any other host fails the build:
+   nothing here may send elsewhere). A successful build is cached by image definition, as Modal's
+   ``ImageGetOrCreate`` documents, so the same definition is not pulled twice; a failed one is
+   retried on the next deploy. ``owner.image_build_hook`` (Modal's workers, played by a test) runs
+   only after the pull succeeded. Every pull is recorded in ``StandInState.pulls``.
+5. **Secrets follow Modal's documented limits** (docs "Secrets" > "Limits"): key names contain only
+   letters, digits and underscores and do not start with a digit, at most 16,384 characters;
+   values at most 32,768 characters. Refused with INVALID_ARGUMENT (``InvalidError``; assumption:
+   the status, as for every validation error the SDK raises itself) on SecretGetOrCreate (every
+   kind that sends values) and SecretUpdate, never echoing a value. Empty values are accepted
+   (assumption: undocumented; the CLI's ``modal secret create NAME KEY=`` sends one and the SDK
+   never refuses it; the product's placeholders rely on it). Named creation kinds also check the
+   object-name rule of ``check_object_name`` (``[A-Za-z0-9._-]``, at most 64 characters, not shaped
+   like an App ID): the SDK checks it client-side, the stand-in checks it again at the wire. A
+   lookup of an invalid name is simply NOT_FOUND (assumption).
+6. **A secret lives in one environment.** SecretGetOrCreate resolves names in the request's
+   environment only. ``SecretUpdateRequest``, ``SecretGetInfoRequest`` and ``SecretDeleteRequest``
+   carry no environment (only ``secret_id``; tests/test_modal_standin.py pins this), so the id is
+   the environment handle: it must be live (NOT_FOUND for an unknown id, a deleted secret, or one
+   replaced by a newer secret of the same name), and it only ever reaches its own record.
+7. **Dicts** (the deploy lock) are per environment, as documented: see the section below.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import inspect
 import json
+import re
 import shlex
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +86,7 @@ from google.protobuf.message import Message
 from grpclib import GRPCError, Status
 from modal_proto import api_grpc, api_pb2
 
+from . import registry_pull
 from .ids import content_id, new_id
 from .state import (
     AppRecord,
@@ -46,6 +98,7 @@ from .state import (
     ImageSpec,
     LogRecord,
     MountRecord,
+    PullRecord,
     SecretRecord,
     StandInState,
 )
@@ -72,6 +125,23 @@ _FD = {
     "stderr": api_pb2.FILE_DESCRIPTOR_STDERR,
     "system": api_pb2.FILE_DESCRIPTOR_INFO,
 }
+
+
+# Modal's documented limits for Secrets (https://modal.com/docs/guide/secrets, "Limits"): key names
+# are environment variable names of at most 16,384 characters; values at most 32,768 characters.
+SECRET_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_KEY_MAX_CHARS = 16_384
+SECRET_VALUE_MAX_CHARS = 32_768
+# The SDK's object-name rule (modal/_utils/name_utils.py, check_object_name), which Modal's docs state
+# for every named object: [A-Za-z0-9._-], at most 64 characters, not shaped like an App ID.
+OBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+APP_ID_RE = re.compile(r"^ap-[A-Za-z0-9]{22}$")
+REGISTRY_KEYS = ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")
+_CREATING = (
+    api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING,
+    api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS,
+    api_pb2.OBJECT_CREATION_TYPE_CREATE_OVERWRITE_IF_EXISTS,
+)
 
 
 def _is_app_id(s: str) -> bool:
@@ -139,7 +209,8 @@ def _definition_id(fn: api_pb2.Function) -> str:
 
 
 class StandInServicer(api_grpc.ModalClientBase):
-    """Answers every ModalClient RPC. Configure through the owning ``ModalStandIn``."""
+    """Serves every ModalClient RPC: the implemented ones for real, the rest UNIMPLEMENTED (see the
+    module docstring). Configure through the owning ``ModalStandIn``."""
 
     def __init__(self, owner: Any, state: StandInState) -> None:
         self.owner = owner  # ModalStandIn: token, user, web_url_for, image_build_hook, port
@@ -177,14 +248,15 @@ class StandInServicer(api_grpc.ModalClientBase):
                 self._check_environment(env)
             if handler.cardinality == grpclib.const.Cardinality.UNARY_STREAM:
                 impl = getattr(self, f"_stream_{name}", None)
-                if impl is not None:
-                    async for msg in impl(req):
-                        await stream.send_message(msg)
+                if impl is None:
+                    raise GRPCError(Status.UNIMPLEMENTED, f"stand-in: {name} is not implemented")
+                async for msg in impl(req):
+                    await stream.send_message(msg)
                 return
             impl = getattr(self, f"_do_{name}", None)
             if impl is None:
-                reply = handler.reply_type()
-            elif inspect.iscoroutinefunction(impl):
+                raise GRPCError(Status.UNIMPLEMENTED, f"stand-in: {name} is not implemented")
+            if inspect.iscoroutinefunction(impl):
                 reply = await impl(req)
             else:
                 with self.state.lock:
@@ -724,20 +796,91 @@ class StandInServicer(api_grpc.ModalClientBase):
             )
         return api_pb2.ImageGetOrCreateResponse(image_id=image_id)  # not built yet: client joins
 
+    def _registry_base(self, rec: ImageRecord) -> str | None:
+        """The registry reference a layer is built FROM (None for a layer built FROM its base image)."""
+        base_tags = {b.docker_tag for b in rec.proto.base_images}
+        for cmd in rec.dockerfile_commands:
+            word, _, rest = cmd.strip().partition(" ")
+            if word.upper() == "FROM":
+                target = rest.strip().split()[0] if rest.strip() else ""
+                return None if not target or target in base_tags or target == "base" else target
+        return None
+
+    def _registry_credentials(self, rec: ImageRecord) -> tuple[tuple[str, str] | None, str, str]:
+        """(credentials, username, error) for pulling a layer's registry base, from its attached secret."""
+        kind = rec.registry_auth_type
+        if kind in (api_pb2.REGISTRY_AUTH_TYPE_AWS, api_pb2.REGISTRY_AUTH_TYPE_GCP):
+            what = "AWS ECR" if kind == api_pb2.REGISTRY_AUTH_TYPE_AWS else "GCP Artifact Registry"
+            return None, "", f"stand-in: {what} registry authentication is not implemented"
+        if not rec.registry_secret_id:
+            if kind == api_pb2.REGISTRY_AUTH_TYPE_STATIC_CREDS:
+                return (
+                    None,
+                    "",
+                    "Registry authentication by username and password needs a registry Secret; none is attached",
+                )
+            return None, "", ""  # anonymous pull
+        secret = self.state.secrets_by_id.get(rec.registry_secret_id)
+        live = secret is not None and (
+            not secret.name or self.state.secret(secret.environment_name, secret.name) is secret
+        )
+        if secret is None or not live:
+            return None, "", f"Registry Secret '{rec.registry_secret_id}' not found (it was deleted or never existed)"
+        missing = [k for k in REGISTRY_KEYS if k not in secret.values]
+        if missing:
+            label = f"'{secret.name}' ({secret.environment_name})" if secret.name else f"'{secret.secret_id}'"
+            return (
+                None,
+                "",
+                f"Registry Secret {label} lacks the key(s) {', '.join(missing)}: it must hold REGISTRY_USERNAME "
+                "and REGISTRY_PASSWORD",
+            )
+        user, password = (secret.values[k] for k in REGISTRY_KEYS)
+        return (user, password), user, ""
+
     async def _stream_ImageJoinStreaming(self, req: api_pb2.ImageJoinStreamingRequest) -> AsyncIterator[Message]:
+        loop = asyncio.get_running_loop()
         with self.state.lock:
             rec = self.state.images.get(req.image_id)
             if rec is None:
                 raise GRPCError(Status.NOT_FOUND, f"Image '{req.image_id}' not found")
             spec = self.image_spec(req.image_id)
-        result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)
+            ref = self._registry_base(rec)
+            credentials, username, problem = self._registry_credentials(rec) if ref else (None, "", "")
+        error = ""
+        if ref is not None:
+            # What Modal's builder does first: pull the FROM reference, with the registry secret.
+            if problem:
+                outcome = registry_pull.PullOutcome(ok=False, error=f"failed to pull {ref}: {problem}")
+            else:
+                outcome = await loop.run_in_executor(None, registry_pull.pull, ref, credentials)
+            with self.state.lock:
+                self.state.pulls.append(
+                    PullRecord(
+                        image_id=rec.image_id,
+                        ref=ref,
+                        secret_id=rec.registry_secret_id,
+                        username=username,
+                        auth=outcome.auth,
+                        ok=outcome.ok,
+                        error=outcome.error,
+                        manifest_digest=outcome.manifest_digest,
+                        at=time.time(),
+                    )
+                )
+                if outcome.ok:
+                    rec.pulled_digest = outcome.manifest_digest
+            error = outcome.error
         hook = self.owner.image_build_hook
-        if hook is not None:
+        if not error and hook is not None:  # Modal's workers, played by the test: after a pull succeeded
             try:
-                await asyncio.get_running_loop().run_in_executor(None, hook, spec)
+                await loop.run_in_executor(None, hook, spec)
             except Exception as exc:
-                result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=f"{exc}")
-        if result.status == api_pb2.GenericResult.GENERIC_STATUS_SUCCESS:
+                error = f"{exc}"
+        if error:
+            result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=error)
+        else:
+            result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)
             with self.state.lock:
                 rec.builds += 1
         yield api_pb2.ImageJoinStreamingResponse(result=result, entry_id="1", eof=True, metadata=self._image_metadata())
@@ -747,19 +890,39 @@ class StandInServicer(api_grpc.ModalClientBase):
             raise GRPCError(Status.NOT_FOUND, f"Image '{req.image_id}' not found")
         return api_pb2.ImageFromIdResponse(image_id=req.image_id, metadata=self._image_metadata())
 
+    def _do_MountBatchedCheckExistence(self, req: api_pb2.MountBatchedCheckExistenceRequest):
+        # The client uploads (MountPutFile) exactly the files reported missing here.
+        resp = api_pb2.MountBatchedCheckExistenceResponse(
+            missing_sha256_hex_hashes=[h for h in req.sha256_hex_hashes if h not in self.state.mount_blobs]
+        )
+        resp.checked_at.FromNanoseconds(time.time_ns())
+        return resp
+
+    def _do_MountPutFile(self, req: api_pb2.MountPutFileRequest) -> api_pb2.MountPutFileResponse:
+        if req.data_blob_id:
+            raise GRPCError(
+                Status.UNIMPLEMENTED, "stand-in: blob uploads (files over the inline size) are not implemented"
+            )
+        if req.HasField("data"):
+            if hashlib.sha256(req.data).hexdigest() != req.sha256_hex:
+                raise GRPCError(Status.INVALID_ARGUMENT, f"File content does not match its sha256 {req.sha256_hex}")
+            self.state.mount_blobs[req.sha256_hex] = bytes(req.data)
+        return api_pb2.MountPutFileResponse(exists=req.sha256_hex in self.state.mount_blobs)
+
     def _do_MountGetOrCreate(self, req: api_pb2.MountGetOrCreateRequest):
         files = {f.filename: f.sha256_hex for f in req.files}
+        never = sorted(n for n, h in files.items() if h not in self.state.mount_blobs)
+        if never:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"Mount files were never uploaded: {', '.join(never[:5])}")
         key = json.dumps([req.deployment_name, req.namespace, sorted(files.items())]).encode()
         mount_id = content_id("mo", key)
-        self.state.mounts.setdefault(mount_id, MountRecord(mount_id, req.environment_name, req.deployment_name, files))
+        env, _from_app = self._request_environment("MountGetOrCreate", req)
+        self.state.mounts.setdefault(mount_id, MountRecord(mount_id, env or "", req.deployment_name, files))
         checksum = content_id("", key)[1:]
         return api_pb2.MountGetOrCreateResponse(
             mount_id=mount_id,
             handle_metadata=api_pb2.MountHandleMetadata(content_checksum_sha256_hex=checksum),
         )
-
-    def _do_MountPutFile(self, req: api_pb2.MountPutFileRequest) -> api_pb2.MountPutFileResponse:
-        return api_pb2.MountPutFileResponse(exists=True)
 
     # ------------------------------------------------------------------ secrets
     def _secret_metadata(self, rec: SecretRecord) -> api_pb2.SecretMetadata:
@@ -785,9 +948,45 @@ class StandInServicer(api_grpc.ModalClientBase):
         self.state.secrets_by_id[rec.secret_id] = rec
         return rec
 
+    @staticmethod
+    def _check_secret_entries(items: list[tuple[str, str]]) -> None:
+        """Modal's documented key and value limits (never echoing a value: it is a secret)."""
+        for key, value in items:
+            shown = key if len(key) <= 64 else key[:61] + "..."
+            if not SECRET_KEY_RE.match(key):
+                raise GRPCError(
+                    Status.INVALID_ARGUMENT,
+                    f"Invalid Secret key {shown!r}: key names must contain only letters, digits and underscores, "
+                    "and cannot start with a digit",
+                )
+            if len(key) > SECRET_KEY_MAX_CHARS:
+                raise GRPCError(
+                    Status.INVALID_ARGUMENT,
+                    f"Secret key {shown!r} is {len(key)} characters long; the limit is {SECRET_KEY_MAX_CHARS}",
+                )
+            if len(value) > SECRET_VALUE_MAX_CHARS:
+                raise GRPCError(
+                    Status.INVALID_ARGUMENT,
+                    f"The value of Secret key {shown!r} is {len(value)} characters long; "
+                    f"the limit is {SECRET_VALUE_MAX_CHARS}",
+                )
+
+    @staticmethod
+    def _check_object_name(name: str, kind: str) -> None:
+        if not OBJECT_NAME_RE.match(name) or APP_ID_RE.match(name):
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"Invalid {kind} name: '{name}'. Names may contain only alphanumeric characters, dashes, periods, "
+                "and underscores, must be at most 64 characters long, and cannot conflict with App ID strings.",
+            )
+
     def _do_SecretGetOrCreate(self, req: api_pb2.SecretGetOrCreateRequest):
         env, name, kind = req.environment_name, req.deployment_name, req.object_creation_type
         values = dict(req.env_dict)
+        if kind in _CREATING:
+            self._check_object_name(name, "Secret")
+        if kind != api_pb2.OBJECT_CREATION_TYPE_UNSPECIFIED:  # a lookup sends no values
+            self._check_secret_entries(list(values.items()))
         if kind in (
             api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP,
             api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL,
@@ -821,7 +1020,10 @@ class StandInServicer(api_grpc.ModalClientBase):
         return api_pb2.SecretGetInfoResponse(metadata=self._secret_metadata(self._live_secret(req.secret_id)))
 
     def _do_SecretUpdate(self, req: api_pb2.SecretUpdateRequest) -> empty_pb2.Empty:
+        # SecretUpdateRequest names no environment (only secret_id and updates): the id alone says
+        # which environment's record changes, and it must be live there (not deleted, not replaced).
         rec = self._live_secret(req.secret_id)
+        self._check_secret_entries([(u.key, u.value) for u in req.updates])
         for u in req.updates:
             rec.values[u.key] = u.value
         rec.updated_at = time.time()

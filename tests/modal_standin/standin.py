@@ -52,8 +52,10 @@ class ModalStandIn:
         # Consulted when a web function is created, on publish AND on every lookup, so it may be set
         # after a deploy. It runs on the server thread under state.lock: keep it quick (cache).
         self.web_url_for = web_url_for
-        # image_build_hook(spec) runs (in a worker thread) when the SDK waits for an image build;
-        # raising fails the build with that message. None: every build succeeds at once.
+        # Every build first pulls the FROM reference of a `from_registry` layer from the real (loopback)
+        # registry with the attached secret's credentials, as Modal does (servicer.py, rule 4); a failed
+        # pull fails the build. Then image_build_hook(spec) runs (in a worker thread), if set; raising
+        # fails the build with that message. There is no switch to skip the pull: tests push real images.
         self.image_build_hook = image_build_hook
         self.image_builder_version = image_builder_version
         self.detect_noop_deploys = detect_noop_deploys

@@ -66,7 +66,7 @@ class MountRecord:
     mount_id: str
     environment_name: str
     deployment_name: str
-    files: dict[str, str]  # filename -> sha256 hex
+    files: dict[str, str]  # filename -> sha256 hex (contents in StandInState.mount_blobs)
 
 
 @dataclass
@@ -82,6 +82,22 @@ class ImageRecord:
     secret_ids: list[str]
     proto: Message = field(repr=False)  # api_pb2.Image, as received
     builds: int = 0  # how many times a build was "run" (0 when every request was a cache hit)
+    pulled_digest: str = ""  # the linux/amd64 manifest its FROM <registry ref> resolved to, once pulled
+
+
+@dataclass
+class PullRecord:
+    """One pull of a ``from_registry`` reference by the stand-in's image builder (see registry_pull)."""
+
+    image_id: str
+    ref: str
+    secret_id: str  # the registry secret attached ("" when none)
+    username: str  # REGISTRY_USERNAME of that secret ("" when none); never the password
+    auth: str  # how the manifest was finally fetched: "anonymous" | "basic" | "bearer"
+    ok: bool
+    error: str
+    manifest_digest: str  # the linux/amd64 image manifest pulled ("" on failure)
+    at: float
 
 
 @dataclass
@@ -192,7 +208,9 @@ class StandInState:
         self.dicts: dict[str, dict[str, DictRecord]] = {e: {} for e in self.environments}  # live named Dicts
         self.dicts_by_id: dict[str, DictRecord] = {}  # includes deleted and ephemeral ones
         self.images: dict[str, ImageRecord] = {}
+        self.pulls: list[PullRecord] = []  # every registry pull an image build made, in order
         self.mounts: dict[str, MountRecord] = {}
+        self.mount_blobs: dict[str, bytes] = {}  # sha256 hex -> file content uploaded with MountPutFile
         self.functions: dict[str, FunctionRecord] = {}  # function_id -> latest definition
 
     # ---- apps ---------------------------------------------------------------------------
@@ -266,6 +284,14 @@ class StandInState:
     def dict_names(self, environment_name: str) -> list[str]:
         with self.lock:
             return sorted(self.dicts.get(environment_name, {}))
+
+    # ---- mounts -------------------------------------------------------------------------
+    def mount_file(self, mount_id: str, filename: str) -> bytes | None:
+        """The uploaded content of one file of a mount (e.g. the deploy module), or None."""
+        with self.lock:
+            rec = self.mounts.get(mount_id)
+            sha = rec.files.get(filename) if rec else None
+            return self.mount_blobs.get(sha) if sha else None
 
     # ---- calls --------------------------------------------------------------------------
     def calls_to(self, method: str) -> list[CallRecord]:

@@ -63,3 +63,26 @@ def test_silent_outside_actions(tmp_path, monkeypatch, capsys):
 def test_table_escapes_pipes():
     table = gha.markdown_table(["a", "b"], [["x|y", "z"]])
     assert "x\\|y" in table and table.count("\n") == 3
+
+
+def test_registered_secret_values_never_reach_the_runner_except_to_be_masked(actions, capsys):
+    """Annotations, titles, step outputs and the step summary go through the secret scrubber; the
+    only place a value is written is its own add-mask command."""
+    from tests.helpers import assert_no_canary, make_canary
+    from theory_deploy import secret_values
+
+    canary = make_canary()
+    secret_values.register_secret_value(canary)
+    out, summary = actions
+    gha.annotate("error", f"pull failed with {canary}", file="registry.yaml", line=2, title=f"T {canary}")
+    gha.annotate("warning", f"again {canary}")
+    gha.set_output("detail", f"token={canary}")
+    gha.add_summary(f"| secret | {canary} |\n")
+    err = capsys.readouterr().err
+    masks = [line for line in err.splitlines() if line.startswith("::add-mask::")]
+    assert masks == [f"::add-mask::{canary}"]
+    assert_no_canary("\n".join(line for line in err.splitlines() if line not in masks), [canary])
+    assert "pull failed with ***" in err and "again ***" in err
+    assert_no_canary(out.read_text(), [canary])
+    assert "token=***" in out.read_text()
+    assert_no_canary(summary.read_text(), [canary])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 
 import pytest
 
-from tests.registry_faults import FaultProxy, push_attestation, push_index, push_synthetic_image
+from tests.registry_faults import FaultProxy, SyntheticImage, push_attestation, push_index, push_synthetic_image
 from theory_deploy import oci
 from theory_deploy.errors import (
     ConfigDigestError,
@@ -125,6 +126,60 @@ def test_index_without_the_platform(client: RegistryClient, repo: str) -> None:
     index = push_index(client, repo, [amd])
     with pytest.raises(PlatformMismatchError, match="without a linux/arm64 image; its platforms: linux/amd64"):
         client.resolve_platform(repo, index, "arm64")
+
+
+def _lying_entry(image: SyntheticImage, arch: str) -> SyntheticImage:
+    """The same image, listed in an index under another architecture than its config says."""
+    return dataclasses.replace(image, arch=arch)
+
+
+@pytest.mark.parametrize("index_type", [oci.OCI_INDEX, oci.DOCKER_MANIFEST_LIST])
+def test_an_index_entry_whose_config_is_another_platform_is_refused(
+    client: RegistryClient, repo: str, index_type: str
+) -> None:
+    """The index says linux/amd64, the child manifest's config says arm64: the config is what runs."""
+    arm = push_synthetic_image(client, repo, "arm64", "really-arm")
+    index = push_index(client, repo, [_lying_entry(arm, "amd64")], media_type=index_type)
+    with pytest.raises(PlatformMismatchError, match="is a linux/arm64 image, not linux/amd64") as info:
+        client.resolve_platform(repo, index, "amd64")
+    assert info.value.code == "ERR_PLATFORM_MISMATCH"
+    assert info.value.details == {"digest": arm.manifest_digest, "os": "linux", "architecture": "arm64"}
+    with pytest.raises(PlatformMismatchError):  # the several-platforms path (concurrent) checks it too
+        client.resolve_platforms(repo, index, ["amd64"])
+
+
+def test_an_index_entry_whose_config_is_another_os_is_refused(client: RegistryClient, repo: str) -> None:
+    windows = push_synthetic_image(client, repo, "amd64", "win", os_name="windows")
+    index = push_index(client, repo, [windows])  # listed as linux/amd64
+    with pytest.raises(PlatformMismatchError, match="is a windows/amd64 image, not linux/amd64") as info:
+        client.resolve_platform(repo, index, "amd64")
+    assert info.value.code == "ERR_PLATFORM_MISMATCH"
+
+
+def test_swapped_index_entries_are_refused_for_both_platforms(client: RegistryClient, repo: str) -> None:
+    """Both entries lie (each points at the other platform's manifest): neither platform resolves,
+    whether asked one at a time or together (the platforms are then resolved concurrently)."""
+    amd = push_synthetic_image(client, repo, "amd64", "a")
+    arm = push_synthetic_image(client, repo, "arm64", "b")
+    swapped = push_index(client, repo, [_lying_entry(arm, "amd64"), _lying_entry(amd, "arm64")], tag="swapped")
+    for arch, actual in (("amd64", "arm64"), ("arm64", "amd64")):
+        with pytest.raises(PlatformMismatchError, match=f"linux/{actual} image, not linux/{arch}"):
+            client.resolve_platform(repo, swapped, arch)
+    for order in (["amd64", "arm64"], ["arm64", "amd64"]):
+        with pytest.raises(PlatformMismatchError, match=f"not linux/{order[0]}"):
+            client.resolve_platforms(repo, "swapped", order)
+
+
+def test_one_lying_entry_next_to_a_true_one(client: RegistryClient, repo: str) -> None:
+    """An index whose amd64 entry is true and whose arm64 entry points at the amd64 image: amd64
+    resolves, arm64 is refused, and asking for both is refused (never half a result)."""
+    amd = push_synthetic_image(client, repo, "amd64", "a")
+    index = push_index(client, repo, [amd, _lying_entry(amd, "arm64")], tag="half")
+    assert client.resolve_platform(repo, index, "amd64").manifest_digest == amd.manifest_digest
+    with pytest.raises(PlatformMismatchError, match="linux/amd64 image, not linux/arm64"):
+        client.resolve_platform(repo, index, "arm64")
+    with pytest.raises(PlatformMismatchError):
+        client.resolve_platforms(repo, "half", ["amd64", "arm64"])
 
 
 def test_attestation_only_index_and_attestation_manifest(client: RegistryClient, repo: str) -> None:

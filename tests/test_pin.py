@@ -3,6 +3,7 @@ registry.yaml byte-identical. Synthetic images pushed with our client: no Docker
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -172,6 +173,29 @@ def test_refusals_leave_the_file_byte_identical(
     exit_code, out, err = cli("--platform", platform, "--oci", given)
     assert exit_code != 0
     assert out["status"] == "error" and out["error"]["code"] == code, out
+    assert _snapshot(path) == before
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("platform", ["amd64", "arm64"])
+def test_an_index_whose_entries_lie_about_their_platform_is_never_pinned(
+    tmp_path: Path, registry: str, images, cli, platform: str
+) -> None:
+    """The index lists each image under the other platform (an index made by hand, or a tool that
+    mixed them up): what the entry claims is not what the image's config says, so nothing is pinned."""
+    repo = images["repo"].removeprefix(f"{registry}/")
+    with RegistryClient(registry, retry=RetryPolicy(base_delay=0.01), progress=lambda _m: None) as c:
+        swapped = push_index(
+            c,
+            repo,
+            [dataclasses.replace(images["arm"], arch="amd64"), dataclasses.replace(images["amd"], arch="arm64")],
+        )
+    path = make_processor(tmp_path, images["repo"])
+    before = _snapshot(path)
+    exit_code, out, err = cli("--platform", platform, "--oci", f"{images['repo']}@{swapped}")
+    assert exit_code == 19, out
+    assert out["status"] == "error" and out["error"]["code"] == "ERR_PLATFORM_MISMATCH", out
+    assert f"not linux/{platform}" in out["error"]["message"]
     assert _snapshot(path) == before
     assert "Traceback" not in err
 

@@ -14,6 +14,8 @@ from theory_deploy.cli import framework, plan_cmds
 from theory_deploy.errors import GitError, InvalidEnvError, ProcessorNotFoundError, UsageError, ValidationError
 from theory_deploy.plan import compute_plan, deploy_env
 from theory_deploy.refs import split_refs
+from theory_deploy.registry_file import set_repository
+from theory_deploy.registry_pins import is_pin_only_change
 
 SAMPLE = Path(__file__).resolve().parents[1] / "processors" / "llm" / "litellm" / "registry.yaml"
 PIN_A = "ghcr.io/theory-deploy/llm-{name}@sha256:" + "a" * 64
@@ -303,3 +305,159 @@ def test_a_changed_file_in_a_folder_without_registry_yaml_plans_nothing(repo: Pa
     base = git(repo, "rev-parse", "HEAD")
     commit(repo, {"processors/llm/draft/notes.md": "not a processor yet\n", "processors/README.md": "x\n"})
     assert plan(repo, base)["deploys"] == []
+
+
+# --- what counts as pin-only: the whole change (registry_pins.is_pin_only_change) and per processor ---
+
+LITELLM_REG = "processors/llm/litellm/registry.yaml"
+ECHO_REG = "processors/llm/echo/registry.yaml"
+
+
+def _pinned(repo: Path, rel: str, name: str, pin: str = PIN_A) -> str:
+    return (repo / rel).read_text().replace("amd64: null", "amd64: " + pin.format(name=name))
+
+
+def test_moving_the_image_repository_plans_a_build(repo: Path) -> None:
+    """image.repository is part of `image` but not a pin: moving it changes what is built and pushed."""
+    base = git(repo, "rev-parse", "HEAD")
+    moved = (
+        (repo / LITELLM_REG)
+        .read_text()
+        .replace("repository: ghcr.io/theory-deploy/llm-litellm", "repository: ghcr.io/elsewhere/llm-litellm")
+    )
+    commit(repo, {LITELLM_REG: moved}, "move")
+    result = plan(repo, base)
+    assert result["pin_only"] is False
+    assert result["builds"] == ["llm/litellm@1"] and result["deploys"] == ["llm/litellm@1"]
+    assert "nothing to build" not in result["reason"]
+    assert not is_pin_only_change(repo, base, git(repo, "rev-parse", "HEAD"))
+
+
+def test_moving_the_repository_and_clearing_its_pins_plans_a_build(repo: Path) -> None:
+    """What `processorctl set-repository` commits: the repository line and the pin lines, in one change."""
+    commit(repo, {LITELLM_REG: _pinned(repo, LITELLM_REG, "litellm")}, "pinned")
+    base = git(repo, "rev-parse", "HEAD")
+    result = set_repository(repo / LITELLM_REG, "127.0.0.1:5000/theory/llm-litellm")
+    assert result["cleared_pins"] == ["amd64"]
+    git(repo, "commit", "-q", "-am", "move")
+    planned = plan(repo, base)
+    assert planned["pin_only"] is False
+    assert planned["builds"] == ["llm/litellm@1"]
+
+
+def test_a_pin_only_change_in_two_processors_builds_nothing(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    commit(
+        repo,
+        {LITELLM_REG: _pinned(repo, LITELLM_REG, "litellm"), ECHO_REG: _pinned(repo, ECHO_REG, "echo", PIN_B)},
+        "pin both",
+    )
+    result = plan(repo, base)
+    assert result["pin_only"] is True and result["builds"] == []
+    assert result["deploys"] == ["llm/echo@1", "llm/litellm@1"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "builds"),
+    [
+        ({"runtime/theory_runtime/server.py": "changed\n"}, ["llm/echo@1", "llm/litellm@1"]),  # shared runtime
+        ({"src/theory_deploy/plan.py": "changed\n"}, ["llm/echo@1", "llm/litellm@1"]),  # the product
+        ({"processors/llm/litellm/Dockerfile": "FROM scratch\n# 2\n"}, ["llm/litellm@1"]),  # its own build
+        ({"processors/llm/echo/Dockerfile": "FROM scratch\n# 2\n"}, ["llm/echo@1"]),  # another processor
+        ({"docs/index.md": "more\n"}, []),  # nothing to build, but still not a pin-only change
+    ],
+)
+def test_pins_next_to_any_other_change_are_not_pin_only(repo: Path, extra: dict[str, str], builds: list[str]) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    commit(repo, {LITELLM_REG: _pinned(repo, LITELLM_REG, "litellm"), **extra})
+    head = git(repo, "rev-parse", "HEAD")
+    assert is_pin_only_change(repo, base, head) is False
+    result = plan(repo, base)
+    assert result["pin_only"] is False
+    assert result["builds"] == builds
+    assert "nothing to build" not in result["reason"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        # a comment outside the pins: every changed line must be a pin line, even if the document is equal
+        lambda t: t.replace("# The image.platforms pins are written", "# The pins are written"),
+        # a comment line of its own inside the platforms block (not a pin's line)
+        lambda t: t.replace("  platforms:\n    amd64", "  platforms:\n    # pins\n    amd64"),
+        # a value outside image
+        lambda t: t.replace("memory_gb: 2", "memory_gb: 4"),
+        # a key order change (same document, other lines)
+        lambda t: t.replace("  cpu: 1\n  memory_gb: 2\n", "  memory_gb: 2\n  cpu: 1\n"),
+    ],
+)
+def test_pins_next_to_another_edit_of_the_same_registry_yaml_are_not_pin_only(repo: Path, edit) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    commit(repo, {LITELLM_REG: edit(_pinned(repo, LITELLM_REG, "litellm"))})
+    head = git(repo, "rev-parse", "HEAD")
+    assert is_pin_only_change(repo, base, head) is False
+    result = plan(repo, base)
+    assert result["pin_only"] is False and "nothing to build" not in result["reason"]
+    assert result["deploys"] == ["llm/litellm@1"]
+
+
+def test_pin_only_change_at_the_function_level(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    assert is_pin_only_change(repo, base, base) is True  # empty diff: nothing to build
+    head = commit(repo, {LITELLM_REG: _pinned(repo, LITELLM_REG, "litellm")}, "pin")
+    assert is_pin_only_change(repo, base, head) is True
+    assert is_pin_only_change(repo, "0" * 40, head) is False  # a new branch: never pin-only
+    with pytest.raises(GitError, match="not a commit"):
+        is_pin_only_change(repo, "1" * 40, head)
+    # a pin-only edit of a YAML file that is not named registry.yaml is not a pin
+    other = "processors/llm/litellm/registry.copy.yaml"
+    commit(repo, {other: (repo / LITELLM_REG).read_text()}, "copy")
+    base2 = git(repo, "rev-parse", "HEAD")
+    head2 = commit(
+        repo,
+        {
+            other: _pinned(repo, other, "litellm", PIN_B).replace(
+                PIN_A.format(name="litellm"), PIN_B.format(name="litellm")
+            )
+        },
+    )
+    assert is_pin_only_change(repo, base2, head2) is False
+    # a new processor's registry.yaml, with pins, is not a pin change
+    head3 = commit(repo, {"processors/llm/new/registry.yaml": registry_text("new")}, "new")
+    assert is_pin_only_change(repo, head2, head3) is False
+    # a deleted registry.yaml is not either
+    git(repo, "rm", "-q", ECHO_REG)
+    git(repo, "commit", "-q", "-m", "drop")
+    assert is_pin_only_change(repo, head3, git(repo, "rev-parse", "HEAD")) is False
+
+
+def test_a_repository_edit_on_the_pin_line_itself_is_not_pin_only(repo: Path) -> None:
+    """`image` in flow style: the repository shares the line of the pins, so the changed lines are all
+    pin lines; what tells it apart is that the document, pins set aside, changed."""
+    flow = (repo / LITELLM_REG).read_text()
+    block = (
+        "image:\n"
+        "  repository: ghcr.io/theory-deploy/llm-litellm\n"
+        "  platforms:\n"
+        "    amd64: null  # linux/amd64 manifest: what Modal runs\n"
+        "    arm64: null  # linux/arm64 manifest: for local runs on Apple silicon\n"
+    )
+    assert block in flow
+    one_line = "image: {{repository: {repo}, platforms: {{amd64: {pin}, arm64: null}}}}\n"
+    commit(
+        repo,
+        {LITELLM_REG: flow.replace(block, one_line.format(repo="ghcr.io/theory-deploy/llm-litellm", pin="null"))},
+        "flow",
+    )
+    base = git(repo, "rev-parse", "HEAD")
+    pin_only = flow.replace(
+        block, one_line.format(repo="ghcr.io/theory-deploy/llm-litellm", pin=PIN_A.format(name="litellm"))
+    )
+    head = commit(repo, {LITELLM_REG: pin_only}, "pin")
+    assert is_pin_only_change(repo, base, head) is True
+    git(repo, "reset", "-q", "--hard", base)
+    moved = flow.replace(block, one_line.format(repo="ghcr.io/elsewhere/llm-litellm", pin="null"))
+    head = commit(repo, {LITELLM_REG: moved}, "move")
+    assert is_pin_only_change(repo, base, head) is False
+    result = plan(repo, base)
+    assert result["pin_only"] is False and result["builds"] == ["llm/litellm@1"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 
@@ -107,6 +108,121 @@ def test_different_branches_never_share_an_app(a, b, user):
     if sanitize(a) == sanitize(b) or not sanitize(a) or not sanitize(b) or not sanitize(user):
         return
     assert app_name(LITELLM, "dev", DevIdentity(a, user)) != app_name(LITELLM, "dev", DevIdentity(b, user))
+
+
+# Branch and user names as git and GitHub allow them (what `sanitize` sees), long enough that
+# `{branch}-{user}-{slug}` is often over APP_NAME_MAX, so the cut-and-hash branch of app_name is
+# exercised by most examples, not by one hand-picked case.
+NAME_CHARS = st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ/_.-")
+long_names = st.text(NAME_CHARS, min_size=1, max_size=200).filter(lambda t: sanitize(t) != "")
+segments = st.from_regex(r"[a-z0-9](?:[a-z0-9_-]{0,38}[a-z0-9])?", fullmatch=True)
+refs = st.builds(ProcessorRef, segments, segments, st.integers(min_value=1, max_value=999999))
+CUT = re.compile(r"^(?P<head>.*)-(?P<hash>[0-9a-f]{8})$")
+
+
+def _full(ref: ProcessorRef, branch: str, user: str) -> str:
+    return f"{sanitize(branch)}-{sanitize(user)}-{ref.slug}"
+
+
+def _assert_valid(name: str, ref: ProcessorRef = LITELLM) -> None:
+    assert 0 < len(name) <= APP_NAME_MAX, (len(name), name)
+    assert MODAL_NAME.match(name)
+    assert name == name.lower()
+    assert not name.startswith("-") and not name.endswith("-")
+    # `a__b` is a valid name whose slug holds `--`; anything else never doubles a '-'
+    assert "--" not in name.replace(ref.slug, "_") or "--" in ref.slug, name
+
+
+@settings(max_examples=400)
+@given(ref=refs, branch=long_names, user=long_names)
+def test_long_dev_names_are_cut_to_the_limit_with_a_hash(ref, branch, user):
+    full = _full(ref, branch, user)
+    name = app_name(ref, "dev", DevIdentity(branch, user))
+    _assert_valid(name, ref)
+    assert name == app_name(ref, "dev", DevIdentity(branch, user))  # deterministic
+    if len(full) <= APP_NAME_MAX:
+        assert name == full
+        return
+    # Cut: the slug is kept whole (it says which processor this is) and the name ends with 8 hex of
+    # the uncut name's hash, as long as the slug leaves room for them; what is left of branch-user
+    # is a prefix of it.
+    match = CUT.match(name)
+    assert match, name
+    assert match["hash"] == hashlib.sha256(full.encode()).hexdigest()[:8]
+    if len(ref.slug) + 10 <= APP_NAME_MAX:
+        assert match["head"].endswith(ref.slug)
+        head = match["head"][: -len(ref.slug)].rstrip("-")
+        assert f"{sanitize(branch)}-{sanitize(user)}".startswith(head)
+        assert len(name) >= APP_NAME_MAX - 1 or not head  # cut only as much as needed (a '-' may go)
+
+
+def test_the_long_name_strategy_reaches_the_cut_branch():
+    """The property above is about cut names: make sure most examples are long enough to be cut."""
+    from hypothesis import find
+
+    find(st.tuples(long_names, long_names), lambda bu: len(_full(LITELLM, *bu)) > APP_NAME_MAX)
+    cut = 0
+    for branch_len in range(40, 200, 7):
+        name = app_name(LITELLM, "dev", DevIdentity("b" * branch_len, "someone"))
+        _assert_valid(name)
+        cut += bool(CUT.match(name)) and len(_full(LITELLM, "b" * branch_len, "someone")) > APP_NAME_MAX
+    assert cut >= 20
+
+
+@settings(max_examples=300)
+@given(ref=refs, prefix=long_names, a=long_names, b=long_names, user=long_names)
+def test_long_branches_sharing_a_prefix_never_share_an_app(ref, prefix, a, b, user):
+    """Branches that agree on their first 64+ characters differ only in what the cut drops: the hash of
+    the uncut name keeps their apps apart."""
+    branch_a, branch_b = f"{prefix}/{a}", f"{prefix}/{b}"
+    if sanitize(branch_a) == sanitize(branch_b):
+        assert app_name(ref, "dev", DevIdentity(branch_a, user)) == app_name(ref, "dev", DevIdentity(branch_b, user))
+        return
+    name_a = app_name(ref, "dev", DevIdentity(branch_a, user))
+    name_b = app_name(ref, "dev", DevIdentity(branch_b, user))
+    _assert_valid(name_a, ref)
+    _assert_valid(name_b, ref)
+    assert name_a != name_b
+
+
+@settings(max_examples=200)
+@given(refs_ab=st.lists(refs, min_size=2, max_size=2, unique_by=lambda r: r.slug), branch=long_names, user=long_names)
+def test_two_processors_of_one_developer_never_share_an_app(refs_ab, branch, user):
+    first, second = refs_ab
+    names = [app_name(r, "dev", DevIdentity(branch, user)) for r in (first, second)]
+    assert names[0] != names[1]
+    for ref, name in zip((first, second), names, strict=True):
+        _assert_valid(name, ref)
+
+
+def test_the_cut_keeps_the_whole_slug_and_the_limit_exactly():
+    # A slug too long to stand whole beside the hash (up to 89 characters): the slug is cut, the hash
+    # of the uncut name never is, so the limit holds and two branches still get two apps.
+    ref = ProcessorRef.parse(f"{'n' * 40}/{'p' * 40}@123456")
+    assert len(ref.slug) == 89
+    one = app_name(ref, "dev", DevIdentity("feature/one", "someone"))
+    two = app_name(ref, "dev", DevIdentity("feature/two", "someone"))
+    for name, branch in ((one, "feature/one"), (two, "feature/two")):
+        _assert_valid(name, ref)
+        assert name.endswith("-" + hashlib.sha256(_full(ref, branch, "someone").encode()).hexdigest()[:8])
+        assert ref.slug.startswith(name[:-9])
+    assert one != two
+    ref = ProcessorRef.parse("a-very-long-namespace-name/and-a-long-processor-name@123456")  # 60 characters
+    name = app_name(ref, "dev", DevIdentity("feature/" + "y" * 100, "someone"))
+    _assert_valid(name, ref)
+    short_ref = LITELLM
+    for n in range(1, 120):
+        branch = "x" * n
+        name = app_name(short_ref, "dev", DevIdentity(branch, "u"))
+        full = _full(short_ref, branch, "u")
+        assert (
+            name == full
+            if len(full) <= APP_NAME_MAX
+            else (
+                len(name) == APP_NAME_MAX
+                and name.endswith(f"-{short_ref.slug}-{hashlib.sha256(full.encode()).hexdigest()[:8]}")
+            )
+        )
 
 
 def test_identity_precedence():

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,6 +153,87 @@ def test_quoting_and_flow_style_survive(repo):
     assert path.read_text().replace(D2, D1).replace(D3, "~") == text
 
 
+BLOCK_PINS = (
+    "  platforms:\n"
+    "    amd64: null  # linux/amd64 manifest: what Modal runs\n"
+    "    arm64: null  # linux/arm64 manifest: for local runs on Apple silicon\n"
+)
+SHORT = f"{REPOSITORY}@sha256:{'4' * 64}"  # same length as D1..D3; `null` and `~` are much shorter
+
+
+def _flow(path: Path, line: str) -> str:
+    """Put both pins on one flow-style line (`  platforms: {...}`); return the file as it was before, so
+    a test can say what the whole file must be afterwards: `_flow_text(before, expected_line)`."""
+    original = path.read_text()
+    path.write_text(_flow_text(original, line))
+    return original
+
+
+def _flow_text(original: str, line: str) -> str:
+    assert BLOCK_PINS in original
+    return original.replace(BLOCK_PINS, f"  platforms: {line}\n")
+
+
+@pytest.mark.parametrize(
+    ("before", "pins", "after"),
+    [
+        # both null -> both set: each value grows by ~100 characters on the same line
+        ("{amd64: null, arm64: null}", {"amd64": D1, "arm64": D2}, f"{{amd64: {D1}, arm64: {D2}}}"),
+        # both set -> both set again (same lengths)
+        (f"{{amd64: {D1}, arm64: {D2}}}", {"amd64": D3, "arm64": D1}, f"{{amd64: {D3}, arm64: {D1}}}"),
+        # both set -> both null: each value shrinks on the same line
+        (f"{{amd64: {D1}, arm64: {D2}}}", {"amd64": None, "arm64": None}, "{amd64: null, arm64: null}"),
+        # different lengths old -> new on each side: `~` grows while a digest shrinks to null
+        (f"{{amd64: ~, arm64: {D2}}}", {"amd64": D1, "arm64": None}, f"{{amd64: {D1}, arm64: null}}"),
+        (f"{{amd64: {D2}, arm64: ~}}", {"amd64": None, "arm64": D1}, f"{{amd64: null, arm64: {D1}}}"),
+        # the keys in the other order, each value's quotes kept, odd spacing and a trailing comment kept
+        (
+            f"{{ arm64: '{D3}' ,  amd64: \"{D3}\" }}  # pins",
+            {"amd64": D1, "arm64": None},
+            f'{{ arm64: null ,  amd64: "{D1}" }}  # pins',
+        ),
+        (
+            f'{{ arm64: ~ ,  amd64: "{D3}" }}  # pins',
+            {"amd64": None, "arm64": D2},
+            f"{{ arm64: {D2} ,  amd64: null }}  # pins",
+        ),
+    ],
+)
+def test_two_pins_on_one_flow_style_line_are_both_written_exactly(repo, before, pins, after):
+    path = registry(repo)
+    original = _flow(path, before)
+    write_pins(path, pins)
+    assert path.read_text() == _flow_text(original, after)
+    spec, problems = check_file(path)
+    assert problems == [] and spec.pins() == pins
+
+
+def test_updating_one_flow_style_pin_then_both(repo):
+    path = registry(repo)
+    original = _flow(path, "{amd64: null, arm64: null}  # flow")
+    assert write_pins(path, {"arm64": D2}) == {"arm64": (None, D2)}
+    assert path.read_text() == _flow_text(original, f"{{amd64: null, arm64: {D2}}}  # flow")
+    assert write_pins(path, {"amd64": D1}) == {"amd64": (None, D1)}
+    assert path.read_text() == _flow_text(original, f"{{amd64: {D1}, arm64: {D2}}}  # flow")
+    # both at once, the left one shrinking to null: the right one's position moves left
+    assert write_pins(path, {"amd64": None, "arm64": D3}) == {"amd64": (D1, None), "arm64": (D2, D3)}
+    assert path.read_text() == _flow_text(original, f"{{amd64: null, arm64: {D3}}}  # flow")
+    # both at once, the left one growing back: the right one's position moves right
+    assert write_pins(path, {"amd64": SHORT, "arm64": None}) == {"amd64": (None, SHORT), "arm64": (D3, None)}
+    assert path.read_text() == _flow_text(original, f"{{amd64: {SHORT}, arm64: null}}  # flow")
+
+
+def test_set_repository_clears_both_flow_style_pins_on_one_line(repo):
+    path = registry(repo)
+    original = _flow(path, f"{{amd64: {D1}, arm64: {D2}}}  # flow")
+    new = "127.0.0.1:5000/theory/llm-litellm"
+    proc = processorctl(repo, "set-repository", "--ref", "llm/litellm@1", "--repository", new, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cleared_pins"] == ["amd64", "arm64"]
+    expected = _flow_text(original, "{amd64: null, arm64: null}  # flow")
+    assert path.read_text() == expected.replace(f"  repository: {REPOSITORY}\n", f"  repository: {new}\n")
+
+
 def test_a_malformed_pin_is_never_written(repo):
     path = registry(repo)
     before = path.read_bytes()
@@ -161,21 +243,67 @@ def test_a_malformed_pin_is_never_written(repo):
     assert path.read_bytes() == before
 
 
-def _pin_worker(path: str, platform: str, digest: str) -> None:
-    write_pins(Path(path), {platform: digest})
+WRITERS = 8  # 4 per platform, all on one registry.yaml: the pin lock is per processor folder
+ROUNDS = 6  # writes per writer, each with a digest no other write uses
+
+
+def _digest_for(writer: int, round_: int) -> str:
+    return f"{REPOSITORY}@sha256:{writer:02x}{round_:02x}{'0' * 60}"
+
+
+def _pin_writer(path: str, writer: int, start: Any, results: Any) -> None:
+    """One writer process: wait for all the others, then write its own platform's pin ROUNDS times and
+    report what each write says it changed (old, new). Errors are reported, not raised."""
+    platform = "amd64" if writer % 2 == 0 else "arm64"
+    changes = []
+    try:
+        start.wait(60)
+        for round_ in range(ROUNDS):
+            changed = write_pins(Path(path), {platform: _digest_for(writer, round_)})
+            changes.append(changed[platform])
+        results.put((writer, platform, changes, None))
+    except BaseException as exc:  # reported to the test, which fails on it
+        results.put((writer, platform, changes, f"{type(exc).__name__}: {exc}"))
 
 
 def test_concurrent_writers_lose_no_update(repo):
+    """8 processes released together by a barrier, each writing its own pins 6 times into one file.
+
+    Under the lock every write is a read-modify-write of the latest file, so for each platform the
+    (old, new) pairs the writes report chain up: exactly one write starts from null, every other
+    starts from a value an earlier write wrote (each such value is replaced at most once), and the
+    value nobody replaced is what the file holds at the end, for both platforms. Two writers that
+    read the same file (a lost update) report the same `old`, and a write of one platform from a
+    stale file puts the other platform's replaced value back: both break the chain."""
     path = registry(repo)
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_pin_worker, args=(str(path), p, d)) for p, d in (("amd64", D1), ("arm64", D2))] * 1
+    check_file(path)  # the parent imports what a first read needs, before the children are forked
+    ctx = multiprocessing.get_context("fork")  # forked: no re-import, so the writers really start together
+    start, results = ctx.Barrier(WRITERS), ctx.Queue()
+    workers = [ctx.Process(target=_pin_writer, args=(str(path), w, start, results)) for w in range(WRITERS)]
     for w in workers:
         w.start()
+    reports = [results.get(timeout=120) for _ in workers]
     for w in workers:
         w.join(60)
         assert w.exitcode == 0
+    errors = [(writer, error) for writer, _p, _c, error in reports if error]
+    assert errors == [], errors
     spec, problems = check_file(path)
-    assert problems == [] and spec.pins() == {"amd64": D1, "arm64": D2}
+    assert problems == []
+    final = spec.pins()
+    for platform in ("amd64", "arm64"):
+        pairs = [pair for _w, p, changes, _e in reports if p == platform for pair in changes]
+        written = {
+            _digest_for(w, r) for w in range(WRITERS) if (w % 2 == 0) == (platform == "amd64") for r in range(ROUNDS)
+        }
+        assert {new for _old, new in pairs} == written
+        olds = [old for old, _new in pairs]
+        assert olds.count(None) == 1, f"{platform}: {olds.count(None)} writes started from null (lost updates)"
+        replaced = [old for old in olds if old is not None]
+        assert len(replaced) == len(set(replaced)), f"{platform}: a value was replaced twice (a lost update)"
+        assert set(replaced) <= written
+        (last,) = written - set(replaced)  # the one value no write replaced
+        assert final[platform] == last, f"{platform}: the file holds {final[platform]}, the last write was {last}"
 
 
 KILL_LOOP = """

@@ -11,13 +11,24 @@ from __future__ import annotations
 import os
 import secrets as _random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 SUMMARY_LIMIT_BYTES = 1024 * 1024 - 16 * 1024  # leave headroom below GitHub's 1 MiB per step
 _TRUNCATION_NOTE = "\n\n_(summary truncated to stay under GitHub's 1 MiB limit)_\n"
+
+
+# What hides secret values in text we hand to the runner (annotations, outputs, the step summary).
+# secret_values installs its scrubber when it is imported; gha imports nothing of ours, so the
+# masking commands themselves (add_mask) can never be scrubbed.
+_scrub: Callable[[str], str] = str
+
+
+def use_scrubber(scrub: Callable[[str], str]) -> None:
+    global _scrub
+    _scrub = scrub
 
 
 def in_actions() -> bool:
@@ -66,9 +77,9 @@ def annotate(
     if col:
         props.append(f"col={col}")
     if title:
-        props.append(f"title={_escape_property(title)}")
+        props.append(f"title={_escape_property(_scrub(title))}")
     prefix = f"::{level} {','.join(props)}::" if props else f"::{level}::"
-    _command(prefix + _escape_data(message))
+    _command(prefix + _escape_data(_scrub(message)))
 
 
 @contextmanager
@@ -94,6 +105,7 @@ def _append(path_var: str, text: str) -> bool:
 def set_output(name: str, value: str) -> None:
     """Write one step output, always in the heredoc form with a random delimiter the value does not
     contain: whatever the value holds, it can neither end its entry early nor add another output."""
+    value = _scrub(value)
     while True:
         delimiter = f"ghadelimiter_{_random.token_hex(16)}"
         if delimiter not in value:
@@ -108,7 +120,7 @@ def add_summary(markdown: str) -> None:
         return
     path = Path(target)
     used = path.stat().st_size if path.exists() else 0
-    data = markdown.encode("utf-8")
+    data = _scrub(markdown).encode("utf-8")
     room = SUMMARY_LIMIT_BYTES - used
     if room <= 0:
         return

@@ -116,8 +116,12 @@ def app_name(ref: ProcessorRef, env: Environment, identity: DevIdentity | None =
     # the uncut name so that two long branches sharing a prefix never collide.
     digest = hashlib.sha256(full.encode()).hexdigest()[:_HASH_LEN]
     room = APP_NAME_MAX - len(ref.slug) - len(digest) - 2
-    head = f"{branch}-{user}"[:room].rstrip("-")
-    return f"{head}-{ref.slug}-{digest}" if head else f"{ref.slug}-{digest}"[:APP_NAME_MAX]
+    head = f"{branch}-{user}"[: max(room, 0)].rstrip("-")
+    if head:
+        return f"{head}-{ref.slug}-{digest}"
+    # A slug too long to stand whole beside the hash (refs allow slugs of up to 89 characters): cut the
+    # slug, never the hash, so the name still fits and two branches still never share an app.
+    return f"{ref.slug[: APP_NAME_MAX - len(digest) - 1].rstrip('-')}-{digest}"
 
 
 def _git(args: list[str], cwd: Path | None) -> str | None:

@@ -86,6 +86,9 @@ def scrub(text: str) -> str:
     return "".join(pieces)
 
 
+gha.use_scrubber(scrub)
+
+
 def check_header_value(value: str, name: str, error: type[TheoryDeployError], *, ascii_only: bool = True) -> str:
     """Return `value`, or raise `error` (naming the variable `name`, never the value) when it cannot
     be sent in an HTTP header: control characters (a newline, often a copy-paste leftover), leading

@@ -1,0 +1,118 @@
+"""A docker CLI stand-in: an executable file the product runs exactly as it runs the real client
+(found on PATH or named by THEORY_DOCKER / DOCKER), for tests that need no engine.
+
+    client = FakeDocker(tmp_path / "bin", version="20.10.24", buildx=False)
+    client.containers["llm-litellm-v1"] = {...}       # what `docker container inspect` prints for it
+    client.images["sha256:..."] = {"RepoDigests": [...]}
+    env = {"THEORY_DOCKER": str(client.path)}       # or PATH=client.folder:...
+
+What it answers, as docker 20.10+ does (the product reads nothing else of these commands):
+
+- `docker buildx version`: the plugin's version line (exit 0) when `buildx=True`, otherwise
+  `docker: 'buildx' is not a docker command.` (exit 1), as a client without the plugin answers;
+- `docker version --format {{.Client.Version}}` / `{{.Server.Version}}`: the client version; the
+  server version only when `engine=True`, otherwise the daemon-down message on stderr (exit 1);
+- `docker container inspect -- NAME` / `docker image inspect -- REF`: a JSON array of the one record
+  (exit 0), or `Error: No such container: NAME` / `Error: No such image: REF` (exit 1);
+- `docker pull REF`: exit 0, after recording (in `pulls.jsonl`) its arguments and the registry
+  configuration it was given (`$DOCKER_CONFIG` and its `config.json`, parsed; null without one),
+  which is how the real client receives credentials;
+- anything else: `unexpected: ...` on stderr, exit 2, so a test notices a call it did not plan for.
+
+Every call is appended to `calls.log` next to the executable (one line, arguments joined by spaces).
+The state (containers, images) is re-read from `state.json` on each call: a test may change it
+between calls with `save()`.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+_SCRIPT = r"""#!@PYTHON@
+import json, sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+args = sys.argv[1:]
+with open(HERE / "calls.log", "a") as log:
+    log.write(" ".join(args) + "\n")
+state = json.loads((HERE / "state.json").read_text())
+DOWN = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+
+def out(text, code=0, err=""):
+    sys.stdout.write(text)
+    sys.stderr.write(err)
+    sys.exit(code)
+
+if args[:2] == ["buildx", "version"]:
+    if state["buildx"]:
+        out("github.com/docker/buildx v0.14.1 59582ec\n")
+    out("", 1, "docker: 'buildx' is not a docker command.\nSee 'docker --help'\n")
+if args[:2] == ["version", "--format"]:
+    if "Server" in args[2]:
+        if state["engine"]:
+            out(state["version"] + "\n")
+        out("", 1, DOWN + "\n")
+    out(state["version"] + "\n")
+if len(args) == 4 and args[1] == "inspect" and args[2] == "--" and args[0] in ("container", "image"):
+    kind, name = args[0], args[3]
+    if not state["engine"]:
+        out("", 1, DOWN + "\n")
+    record = state[kind + "s"].get(name)
+    if record is None:
+        out("", 1, f"Error: No such {kind}: {name}\n")
+    out(json.dumps([record]) + "\n")
+if args[:1] == ["pull"] and len(args) == 2:
+    import os
+    folder = os.environ.get("DOCKER_CONFIG")
+    config = None
+    if folder and os.path.isfile(os.path.join(folder, "config.json")):
+        config = json.loads(Path(folder, "config.json").read_text())
+    with open(HERE / "pulls.jsonl", "a") as pulls:
+        pulls.write(json.dumps({"args": args, "config": config, "docker_config": folder}) + "\n")
+    out(args[1].rsplit("@", 1)[-1] + ": Pulling from library\n")
+out("", 2, "unexpected: " + " ".join(args) + "\n")
+"""
+
+
+class FakeDocker:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        version: str = "20.10.24",
+        buildx: bool = False,
+        engine: bool = True,
+        name: str = "docker",
+    ) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / name
+        self.version, self.buildx, self.engine = version, buildx, engine
+        self.containers: dict[str, dict[str, Any]] = {}
+        self.images: dict[str, dict[str, Any]] = {}
+        self.path.write_text(_SCRIPT.replace("@PYTHON@", sys.executable))
+        self.path.chmod(self.path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        self.save()
+
+    def save(self) -> None:
+        state = {
+            "version": self.version,
+            "buildx": self.buildx,
+            "engine": self.engine,
+            "containers": self.containers,
+            "images": self.images,
+        }
+        (self.folder / "state.json").write_text(json.dumps(state))
+
+    def pulls(self) -> list[dict[str, Any]]:
+        log = self.folder / "pulls.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def calls(self) -> list[str]:
+        log = self.folder / "calls.log"
+        return log.read_text().splitlines() if log.exists() else []

@@ -196,9 +196,10 @@ def test_two_processors_of_one_developer_never_share_an_app(refs_ab, branch, use
 
 
 def test_the_cut_keeps_the_whole_slug_and_the_limit_exactly():
-    # A slug too long to stand whole beside the hash (up to 89 characters): the slug is cut, the hash
-    # of the uncut name never is, so the limit holds and two branches still get two apps.
-    ref = ProcessorRef.parse(f"{'n' * 40}/{'p' * 40}@123456")
+    # A slug too long to stand whole beside the hash: the slug is cut, the hash of the uncut name never
+    # is, so the limit holds and two branches still get two apps. (ProcessorRef.parse refuses slugs
+    # over 64 characters; app_name stays safe for any ref it is handed.)
+    ref = ProcessorRef("n" * 40, "p" * 40, 123456)
     assert len(ref.slug) == 89
     one = app_name(ref, "dev", DevIdentity("feature/one", "someone"))
     two = app_name(ref, "dev", DevIdentity("feature/two", "someone"))
@@ -280,3 +281,32 @@ def test_platforms():
     assert parse_platforms("arm64, amd64,arm64") == ["arm64", "amd64"]
     with pytest.raises(InvalidRefError):
         parse_platforms("linux/s390x")
+
+
+def test_refs_whose_app_name_modal_would_refuse_are_refused_when_parsed():
+    # ns (40) + name (17) + "-" + "-v1" = 61 + ... : build one exactly at the limit, one over.
+    at_limit = f"{'a' * 40}/{'b' * 19}@1"  # slug: 40 + 1 + 19 + 3 = 63
+    assert len(ProcessorRef.parse(at_limit).slug) == 63
+    exactly = f"{'a' * 40}/{'b' * 20}@1"
+    assert len(ProcessorRef.parse(exactly).slug) == APP_NAME_MAX
+    over = f"{'a' * 40}/{'b' * 21}@1"
+    with pytest.raises(InvalidRefError) as err:
+        ProcessorRef.parse(over, where="registry.yaml:2")
+    message = str(err.value)
+    assert message.startswith("registry.yaml:2: ") and "65 characters" in message and "by 1" in message
+
+
+@settings(max_examples=300)
+@given(
+    text=st.from_regex(
+        r"[a-z0-9](?:[a-z0-9_-]{0,38}[a-z0-9])?/[a-z0-9](?:[a-z0-9_-]{0,38}[a-z0-9])?@[1-9][0-9]{0,5}", fullmatch=True
+    )
+)
+def test_every_parsed_ref_names_apps_modal_accepts_in_every_environment(text):
+    try:
+        ref = ProcessorRef.parse(text)
+    except InvalidRefError:
+        return
+    for env in ("staging", "main"):
+        _assert_valid(app_name(ref, env), ref)
+    _assert_valid(app_name(ref, "dev", DevIdentity("feature/x", "octocat")), ref)

@@ -43,7 +43,15 @@ class ProcessorRef:
         match = _REF_RE.match(text or "")
         if not match:
             raise InvalidRefError(f"{where}: {text!r} is not a processor ref; expected {REF_FORM}.")
-        return cls(match["ns"], match["name"], int(match["version"]))
+        ref = cls(match["ns"], match["name"], int(match["version"]))
+        # The slug is the app name in staging and main, and Modal refuses longer names: refuse the ref
+        # here rather than at its first deploy.
+        if len(ref.slug) > APP_NAME_MAX:
+            raise InvalidRefError(
+                f"{where}: {text!r} names the app {ref.slug!r}, {len(ref.slug)} characters; Modal allows "
+                f"{APP_NAME_MAX}. Shorten the namespace or the name by {len(ref.slug) - APP_NAME_MAX}."
+            )
+        return ref
 
     @property
     def slug(self) -> str:
@@ -119,7 +127,7 @@ def app_name(ref: ProcessorRef, env: Environment, identity: DevIdentity | None =
     head = f"{branch}-{user}"[: max(room, 0)].rstrip("-")
     if head:
         return f"{head}-{ref.slug}-{digest}"
-    # A slug too long to stand whole beside the hash (refs allow slugs of up to 89 characters): cut the
+    # A slug too long to stand whole beside the hash (refs allow slugs of up to 64 characters): cut the
     # slug, never the hash, so the name still fits and two branches still never share an app.
     return f"{ref.slug[: APP_NAME_MAX - len(digest) - 1].rstrip('-')}-{digest}"
 

@@ -1,10 +1,14 @@
-"""The GitHub stand-in answers like api.github.com for the calls the pin bot makes."""
+"""The GitHub stand-in answers like api.github.com (and github.com's git side) for what the pin bot does,
+and refuses what GitHub refuses: each rule of its module docstring has a test here."""
 
 from __future__ import annotations
 
+import base64
+import os
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import jwt
@@ -13,17 +17,59 @@ import pytest
 from tests.github_standin import GitHubStandIn
 
 TOKEN = "ghp_" + "s" * 36
+PULLS = "/repos/acme/processors/pulls"
 
 
 @pytest.fixture
 def gh():
     with GitHubStandIn(owner="acme", repo="processors", tokens={TOKEN}) as standin:
+        standin.commit("main", {"README.md": "hello\n", "conf.txt": "a\nb\nc\n"}, "initial")
         yield standin
 
 
 def api(gh: GitHubStandIn, token: str | None = TOKEN, scheme: str = "token") -> httpx.Client:
     headers = {"Authorization": f"{scheme} {token}"} if token else {}
-    return httpx.Client(base_url=gh.url, headers=headers, timeout=5)
+    return httpx.Client(base_url=gh.url, headers=headers, timeout=10)
+
+
+def branch(gh: GitHubStandIn, name: str, text: str | None = None, parent: str = "main") -> str:
+    """A branch one commit over `parent` (a change to its own file unless `text` edits conf.txt)."""
+    files = {"conf.txt": text} if text is not None else {f"{name.replace('/', '_')}.txt": name}
+    return gh.commit(name, files, f"work on {name}", parent=parent)
+
+
+def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+def authed(gh: GitHubStandIn, token: str = TOKEN) -> list[str]:
+    return ["-c", f"http.extraheader={gh.extraheader(token)}"]
+
+
+def clone(gh: GitHubStandIn, tmp_path: Path, name: str = "clone") -> Path:
+    path = tmp_path / name
+    # `clone -c` keeps the setting in the clone, as actions/checkout persists its token.
+    git(tmp_path, "clone", "--quiet", *authed(gh), gh.git_url, str(path))
+    for setting in ("user.name=Hu Man", "user.email=human@example.com"):
+        git(path, "config", *setting.split("=", 1))
+    return path
+
+
+def commit_file(repo: Path, path: str, text: str, message: str = "edit") -> str:
+    (repo / path).write_text(text)
+    git(repo, "add", path)
+    git(repo, "commit", "--quiet", "-m", message)
+    return git(repo, "rev-parse", "HEAD").stdout.strip()
+
+
+# ---------------------------------------------------------------------------------------------------
+# REST basics
+# ---------------------------------------------------------------------------------------------------
 
 
 def test_auth_schemes_and_401(gh: GitHubStandIn) -> None:
@@ -40,80 +86,350 @@ def test_auth_schemes_and_401(gh: GitHubStandIn) -> None:
 def test_repo_and_unknown_paths(gh: GitHubStandIn) -> None:
     repo = api(gh).get("/repos/acme/processors").json()
     assert repo["full_name"] == "acme/processors" and repo["url"] == f"{gh.url}/repos/acme/processors"
+    assert repo["private"] is True and repo["clone_url"] == gh.git_url
     assert api(gh).get("/repos/acme/other").status_code == 404
-    assert api(gh).get("/repos/acme/processors/pulls/99").status_code == 404
+    assert api(gh).get(f"{PULLS}/99").status_code == 404
 
 
 def test_pull_lifecycle_and_filters(gh: GitHubStandIn) -> None:
     c = api(gh)
-    created = c.post("/repos/acme/processors/pulls", json={"head": "feat", "base": "main", "title": "T", "body": "B"})
+    branch(gh, "feat")
+    gh.commit("dev", {"dev.txt": "dev"}, parent="main")
+    branch(gh, "other", parent="dev")
+    created = c.post(PULLS, json={"head": "feat", "base": "main", "title": "T", "body": "B"})
     assert created.status_code == 201
     pr = created.json()
     assert pr["number"] == 1 and pr["state"] == "open" and pr["head"]["ref"] == "feat"
     assert pr["head"]["label"] == "acme:feat" and pr["url"].endswith("/pulls/1")
+    assert pr["head"]["sha"] == gh.state.refs()["feat"] and pr["merged"] is False
 
-    dup = c.post("/repos/acme/processors/pulls", json={"head": "acme:feat", "base": "main", "title": "again"})
-    assert dup.status_code == 422 and "already exists" in dup.json()["errors"][0]["message"]
-    assert c.post("/repos/acme/processors/pulls", json={"base": "main", "title": "x"}).status_code == 422
+    c.post(PULLS, json={"head": "acme:other", "base": "dev", "title": "O"})
+    assert [p["number"] for p in c.get(PULLS, params={"head": "acme:feat", "state": "open"}).json()] == [1]
+    assert c.get(PULLS, params={"head": "elsewhere:feat"}).json() == []
+    # A head filter without its owner is silently ignored by GitHub: every open PR comes back.
+    assert [p["number"] for p in c.get(PULLS, params={"head": "feat"}).json()] == [2, 1]
+    assert [p["number"] for p in c.get(PULLS, params={"base": "dev"}).json()] == [2]
+    assert [p["number"] for p in c.get(PULLS).json()] == [2, 1]  # newest first by default
+    assert [p["number"] for p in c.get(PULLS, params={"direction": "asc"}).json()] == [1, 2]
+    assert [p["number"] for p in c.get(PULLS, params={"sort": "updated"}).json()] == [1, 2]  # asc by default
+    listed = c.get(PULLS).json()[0]
+    assert "mergeable" not in listed and "merged" not in listed  # the list gives pull-request-simple
 
-    c.post("/repos/acme/processors/pulls", json={"head": "other", "base": "dev", "title": "O"})
-    q = "/repos/acme/processors/pulls"
-    assert [p["number"] for p in c.get(q, params={"head": "acme:feat", "state": "open"}).json()] == [1]
-    assert [p["number"] for p in c.get(q, params={"head": "feat"}).json()] == [1]  # owner optional
-    assert [p["number"] for p in c.get(q, params={"base": "dev"}).json()] == [2]
-    assert [p["number"] for p in c.get(q).json()] == [1, 2]
-
-    edited = c.patch(f"{q}/1", json={"title": "T2", "body": "B2"}).json()
+    edited = c.patch(f"{PULLS}/1", json={"title": "T2", "body": "B2"}).json()
     assert (edited["title"], edited["body"]) == ("T2", "B2")
-    assert c.get(f"{q}/1").json()["title"] == "T2"
-    c.patch(f"{q}/1", json={"state": "closed"})
-    assert c.get(q, params={"head": "acme:feat", "state": "open"}).json() == []
-    assert [p["number"] for p in c.get(q, params={"state": "all"}).json()] == [1, 2]
+    assert c.get(f"{PULLS}/1").json()["title"] == "T2"
+    closed = c.patch(f"{PULLS}/1", json={"state": "closed"}).json()
+    assert closed["state"] == "closed" and closed["closed_at"] and closed["merged"] is False
+    assert c.get(PULLS, params={"head": "acme:feat", "state": "open"}).json() == []
+    assert [p["number"] for p in c.get(PULLS, params={"state": "all"}).json()] == [2, 1]
     # A closed PR does not block a new one for the same branch.
-    assert c.post(q, json={"head": "feat", "base": "main", "title": "T3"}).status_code == 201
+    assert c.post(PULLS, json={"head": "feat", "base": "main", "title": "T3"}).status_code == 201
 
     recorded = [(r.method, r.path, r.status) for r in gh.requests]
-    assert recorded[0] == ("POST", q, 201) and ("PATCH", f"{q}/1", 200) in recorded
+    assert recorded[0] == ("POST", PULLS, 201) and ("PATCH", f"{PULLS}/1", 200) in recorded
     assert gh.requests[0].body == {"head": "feat", "base": "main", "title": "T", "body": "B"}
 
 
-def test_pagination_link_header(gh: GitHubStandIn) -> None:
+def test_create_pull_refuses_what_github_refuses(gh: GitHubStandIn) -> None:
     c = api(gh)
-    for n in range(3):
-        c.post("/repos/acme/processors/pulls", json={"head": f"b{n}", "base": "main", "title": "t"})
-    first = c.get("/repos/acme/processors/pulls", params={"per_page": 2})
-    assert len(first.json()) == 2 and 'rel="next"' in first.headers["Link"]
-    second = c.get("/repos/acme/processors/pulls", params={"per_page": 2, "page": 2})
-    assert [p["head"]["ref"] for p in second.json()] == ["b2"] and "Link" not in second.headers
+    branch(gh, "feat")
+    gh.commit("empty", {}, parent="main")  # one commit with main's tree: still a commit over main
+    git_sha = gh.state.refs()["main"]
+    gh.state.git("update-ref", "refs/heads/same", git_sha)  # a branch at main's tip: nothing to propose
+
+    def refused(payload: dict) -> list[dict]:
+        resp = c.post(PULLS, json=payload)
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["message"] == "Validation Failed"
+        return resp.json()["errors"]
+
+    base = {"head": "feat", "base": "main", "title": "T"}
+    for blank in ({"title": ""}, {"title": "   "}, {"title": None}):
+        assert refused({**base, **blank}) == [{"resource": "PullRequest", "field": "title", "code": "missing_field"}]
+    assert refused({"base": "main", "title": "x"})[0] == {
+        "resource": "PullRequest",
+        "field": "head",
+        "code": "missing_field",
+    }
+    assert refused({**base, "head": "nope"}) == [{"resource": "PullRequest", "field": "head", "code": "invalid"}]
+    assert refused({**base, "head": "someone-else:feat"})[0]["field"] == "head"  # no forks here
+    assert refused({**base, "base": "nope"}) == [{"resource": "PullRequest", "field": "base", "code": "invalid"}]
+    assert refused({**base, "head": "main"})[0]["message"] == "No commits between main and main"
+    assert refused({**base, "head": "same"})[0]["message"] == "No commits between main and same"
+    # A head the base already contains proposes nothing either.
+    gh.state.git("update-ref", "refs/heads/old", git_sha)
+    branch(gh, "main-moved-on", parent="main")
+    assert refused({**base, "head": "old", "base": "main-moved-on"})[0]["message"].startswith("No commits between")
+
+    assert c.post(PULLS, json=base).status_code == 201
+    assert refused({**base, "head": "acme:feat", "title": "again"}) == [
+        {"resource": "PullRequest", "code": "custom", "message": "A pull request already exists for acme:feat."}
+    ]
+    assert c.post(PULLS, json={**base, "head": "empty"}).status_code == 201
+    assert len(gh.pulls) == 2
+
+
+def test_edit_pull_refuses_what_github_refuses(gh: GitHubStandIn) -> None:
+    c = api(gh)
+    branch(gh, "feat")
+    gh.commit("dev", {"dev.txt": "dev"}, parent="main")
+    number = c.post(PULLS, json={"head": "feat", "base": "main", "title": "T"}).json()["number"]
+    url = f"{PULLS}/{number}"
+
+    def refused(payload: dict) -> dict:
+        resp = c.patch(url, json=payload)
+        assert resp.status_code == 422, resp.text
+        return resp.json()["errors"][0]
+
+    assert refused({"state": "merged"}) == {"resource": "PullRequest", "field": "state", "code": "invalid"}
+    assert refused({"title": ""})["field"] == "title"
+    assert refused({"base": "nope"}) == {"resource": "PullRequest", "field": "base", "code": "invalid"}
+    assert c.patch(url, json={"base": "dev"}).json()["base"]["ref"] == "dev"  # an open PR may change base
+    closing_with_base = refused({"state": "closed", "base": "main"})
+    assert closing_with_base["message"] == "Cannot change the base branch of a closed pull request."
+    assert gh.pulls[0]["state"] == "open" and gh.pulls[0]["base"] == "dev"  # nothing of it applied
+
+    assert c.patch(url, json={"state": "closed"}).status_code == 200
+    assert refused({"base": "main"}) == {
+        "resource": "PullRequest",
+        "field": "base",
+        "code": "invalid",
+        "message": "Cannot change the base branch of a closed pull request.",
+    }
+    # Reopen: fine after a fast-forward of the head, refused after a force-push or deletion.
+    branch(gh, "feat", parent="feat")
+    assert c.patch(url, json={"state": "open"}).json()["state"] == "open"
+    c.patch(url, json={"state": "closed"})
+    gh.commit("feat", {"other.txt": "rewritten"}, parent="main")  # a force-push
+    assert refused({"state": "open"}) == {
+        "resource": "PullRequest",
+        "field": "state",
+        "code": "custom",
+        "message": "state cannot be changed. The feat branch was force-pushed or recreated.",
+    }
+    gh.delete_branch("feat")
+    assert refused({"state": "open"})["message"] == "state cannot be changed. The feat branch has been deleted."
+    assert gh.pulls[0]["state"] == "closed"
+    # A closed PR cannot be reopened while another open PR has its head and base.
+    branch(gh, "feat2")
+    first = c.post(PULLS, json={"head": "feat2", "base": "main", "title": "1"}).json()["number"]
+    c.patch(f"{PULLS}/{first}", json={"state": "closed"})
+    c.post(PULLS, json={"head": "feat2", "base": "main", "title": "2"})
+    resp = c.patch(f"{PULLS}/{first}", json={"state": "open"})
+    assert resp.status_code == 422 and "already exists" in resp.json()["errors"][0]["message"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Merging
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_merge_methods_write_real_commits(gh: GitHubStandIn) -> None:
+    from github import Auth, Github
+
+    repo = Github(base_url=gh.url, auth=Auth.Token(TOKEN), seconds_between_requests=0, seconds_between_writes=0)
+    repo = repo.get_repo("acme/processors")
+    for name in ("m", "s", "r"):
+        branch(gh, name)
+        gh.commit(name, {f"{name}2.txt": "second"}, f"second on {name}")
+    c = api(gh)
+
+    def merged(name: str, method: str) -> tuple[int, str]:
+        pr = repo.create_pull(base="main", head=name, title=f"PR {name}", body="")
+        assert c.get(f"{PULLS}/{pr.number}/merge").status_code == 404  # not merged yet
+        before = gh.state.refs()["main"]
+        status = pr.merge(merge_method=method)
+        assert status.merged and status.sha == gh.state.refs()["main"]
+        assert c.get(f"{PULLS}/{pr.number}/merge").status_code == 204
+        again = repo.get_pull(pr.number)
+        assert (again.state, again.merged, again.merge_commit_sha) == ("closed", True, status.sha)
+        assert again.merged_at is not None and again.mergeable is None
+        return pr.number, before
+
+    _n, before = merged("m", "merge")
+    tip = gh.state.refs()["main"]
+    parents = gh.state.git("log", "-1", "--format=%P", tip).stdout.split()
+    assert parents == [before, gh.state.refs()["m"]]  # a merge commit, never a fast-forward
+    assert gh.state.git("log", "-1", "--format=%s", tip).stdout.strip() == "Merge pull request #1 from acme/m"
+
+    number, before = merged("s", "squash")
+    tip = gh.state.refs()["main"]
+    assert gh.state.git("log", "-1", "--format=%P", tip).stdout.split() == [before]
+    assert gh.state.git("log", "-1", "--format=%s", tip).stdout.strip() == f"PR s (#{number})"
+    assert gh.state.git("ls-tree", "--name-only", tip).stdout.split() == sorted(
+        ["README.md", "conf.txt", "m.txt", "m2.txt", "s.txt", "s2.txt"]
+    )
+
+    _n, before = merged("r", "rebase")
+    replayed = gh.state.git("log", "--format=%s|%ce", f"{before}..main").stdout.splitlines()
+    assert replayed == ["second on r|noreply@github.com", "work on r|noreply@github.com"]  # new committer
+    assert gh.state.refs()["r"] not in gh.state.git("rev-list", "main").stdout  # new shas, as GitHub's rebase
+
+
+def test_merge_refusals_and_mergeability(gh: GitHubStandIn) -> None:
+    c = api(gh)
+    branch(gh, "left", text="a\nLEFT\nc\n")
+    branch(gh, "right", text="a\nRIGHT\nc\n")
+    left = c.post(PULLS, json={"head": "left", "base": "main", "title": "L"}).json()
+    right = c.post(PULLS, json={"head": "right", "base": "main", "title": "R"}).json()
+    assert (left["mergeable"], left["mergeable_state"]) == (True, "clean")
+
+    assert c.put(f"{PULLS}/1/merge", json={"merge_method": "octopus"}).status_code == 422
+    stale = c.put(f"{PULLS}/1/merge", json={"sha": "1" * 40})
+    assert stale.status_code == 409
+    assert stale.json()["message"] == "Head branch was modified. Review and try the merge again."
+    assert c.put(f"{PULLS}/1/merge", json={"sha": left["head"]["sha"]}).status_code == 200
+    # The other PR now conflicts with main.
+    after = c.get(f"{PULLS}/2").json()
+    assert (after["mergeable"], after["mergeable_state"]) == (False, "dirty")
+    conflict = c.put(f"{PULLS}/2/merge", json={})
+    assert conflict.status_code == 405 and conflict.json()["message"] == "Pull Request is not mergeable"
+    assert c.put(f"{PULLS}/1/merge", json={}).status_code == 405  # already merged
+    reopen = c.patch(f"{PULLS}/1", json={"state": "open"})
+    assert reopen.status_code == 422 and "merged" in reopen.json()["errors"][0]["message"]
+    c.patch(f"{PULLS}/{right['number']}", json={"state": "closed"})
+    assert c.put(f"{PULLS}/2/merge", json={}).status_code == 405  # closed
+
+    # Required reviews: blocked until enough approvals.
+    gh.protect("main", required_approving_review_count=2)
+    branch(gh, "reviewed")
+    number = c.post(PULLS, json={"head": "reviewed", "base": "main", "title": "Rv"}).json()["number"]
+    assert c.get(f"{PULLS}/{number}").json()["mergeable_state"] == "blocked"
+    gh.approve(number)
+    blocked = c.put(f"{PULLS}/{number}/merge", json={})
+    assert blocked.status_code == 405
+    assert blocked.json()["message"] == "At least 2 approving reviews are required by reviewers with write access."
+    gh.approve(number, by="second-reviewer")
+    assert c.get(f"{PULLS}/{number}").json()["mergeable_state"] == "clean"
+    assert c.put(f"{PULLS}/{number}/merge", json={"merge_method": "squash"}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pagination
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_link_header_keeps_every_query_parameter(gh: GitHubStandIn) -> None:
+    c = api(gh)
+    gh.commit("dev", {"dev.txt": "dev"}, parent="main")
+    for n in range(5):
+        branch(gh, f"b{n}")
+        c.post(PULLS, json={"head": f"b{n}", "base": "main", "title": "t"})
+    branch(gh, "d0", parent="dev")
+    c.post(PULLS, json={"head": "d0", "base": "dev", "title": "t"})
+    params = {"state": "open", "base": "main", "sort": "created", "direction": "asc", "per_page": "2"}
+    first = c.get(PULLS, params=params)
+    links = {rel: url for url, rel in _links(first.headers["Link"])}
+    assert set(links) == {"next", "last"}
+    for rel, page in (("next", "2"), ("last", "3")):
+        parts = urlsplit(links[rel])
+        assert f"{parts.scheme}://{parts.netloc}{parts.path}" == f"{gh.url}{PULLS}"
+        assert parse_qsl(parts.query) == [*params.items(), ("page", page)]
+    second = c.get(links["next"])
+    assert [p["head"]["ref"] for p in second.json()] == ["b2", "b3"]
+    links = {rel: url for url, rel in _links(second.headers["Link"])}
+    assert set(links) == {"prev", "next", "last", "first"}
+    assert parse_qsl(urlsplit(links["first"]).query) == [*params.items(), ("page", "1")]
+    # A page given in the request keeps its place; only its value changes.
+    third = c.get(f"{PULLS}?page=3&base=main&per_page=2")
+    prev = dict(_links(third.headers["Link"]))
+    assert [k for k, _ in parse_qsl(urlsplit(next(u for u, r in prev.items() if r == "prev")).query)] == [
+        "page",
+        "base",
+        "per_page",
+    ]
+    assert [p["head"]["ref"] for p in third.json()] == ["b0"]  # desc by default: b4 b3 | b2 b1 | b0
+    # Everything on one page: no Link header.
+    assert "Link" not in c.get(PULLS, params={"per_page": "100"}).headers
+
+
+def test_pygithub_pages_through_a_filtered_list(gh: GitHubStandIn) -> None:
+    from github import Auth, Github
+
+    c = api(gh)
+    gh.commit("dev", {"dev.txt": "dev"}, parent="main")
+    for n in range(7):
+        branch(gh, f"m{n}")
+        c.post(PULLS, json={"head": f"m{n}", "base": "main", "title": f"main {n}"})
+        branch(gh, f"d{n}", parent="dev")
+        c.post(PULLS, json={"head": f"d{n}", "base": "dev", "title": f"dev {n}"})
+    c.patch(f"{PULLS}/1", json={"state": "closed"})  # m0: closed
+    gh.clear_requests()
+
+    g = Github(base_url=gh.url, auth=Auth.Token(TOKEN), per_page=2, seconds_between_requests=0)
+    pulls = list(g.get_repo("acme/processors").get_pulls(state="open", base="main", sort="created", direction="asc"))
+    assert [p.head.ref for p in pulls] == [f"m{n}" for n in range(1, 7)]
+    pages = [r for r in gh.requests if r.path == PULLS]
+    assert len(pages) == 3
+    for n, request in enumerate(pages, start=1):
+        expected = {"state": "open", "base": "main", "sort": "created", "direction": "asc", "per_page": "2"}
+        assert request.query == (expected if n == 1 else {**expected, "page": str(n)})
+
+
+def _links(header: str) -> list[tuple[str, str]]:
+    out = []
+    for part in header.split(","):
+        url, rel = part.split(";")
+        out.append((url.strip()[1:-1], rel.strip().removeprefix('rel="').removesuffix('"')))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults
+# ---------------------------------------------------------------------------------------------------
 
 
 def test_fail_next(gh: GitHubStandIn) -> None:
+    branch(gh, "a")
     gh.fail_next(502, "Server Error", method="POST")
     c = api(gh)
     assert c.get("/repos/acme/processors").status_code == 200  # only POSTs fail
-    assert c.post("/repos/acme/processors/pulls", json={"head": "a", "base": "main", "title": "t"}).status_code == 502
-    assert c.post("/repos/acme/processors/pulls", json={"head": "a", "base": "main", "title": "t"}).status_code == 201
+    assert c.post(PULLS, json={"head": "a", "base": "main", "title": "t"}).status_code == 502
+    assert gh.pulls == []
+    assert c.post(PULLS, json={"head": "a", "base": "main", "title": "t"}).status_code == 201
+
+
+def test_fail_next_applied_and_with_headers(gh: GitHubStandIn) -> None:
+    branch(gh, "a")
+    c = api(gh)
+    gh.fail_next(502, "Server Error", method="POST", applied=True)
+    lost = c.post(PULLS, json={"head": "a", "base": "main", "title": "t"})
+    assert lost.status_code == 502 and lost.json()["message"] == "Server Error"
+    assert len(gh.pulls) == 1  # the PR was made; only the answer was lost
+    gh.fail_next(403, "You have exceeded a secondary rate limit.", headers={"Retry-After": "1"}, times=2)
+    for _ in range(2):
+        limited = c.get(PULLS)
+        assert limited.status_code == 403 and limited.headers["Retry-After"] == "1"
+    assert c.get(PULLS).status_code == 200
+
+
+def test_before_next_runs_another_clients_write_first(gh: GitHubStandIn) -> None:
+    branch(gh, "a")
+    gh.before_next(lambda: gh.open_pull("a", "main", "theirs"), method="POST")
+    c = api(gh)
+    assert c.get(PULLS).json() == []
+    resp = c.post(PULLS, json={"head": "a", "base": "main", "title": "ours"})
+    assert resp.status_code == 422 and "already exists" in resp.json()["errors"][0]["message"]
 
 
 def test_git_remote_checks_branches(tmp_path: Path) -> None:
     remote = tmp_path / "r.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
     seed = tmp_path / "seed"
-    subprocess.run(["git", "init", "-q", "-b", "main", str(seed)], check=True)
+    git(tmp_path, "init", "-q", "-b", "main", str(seed))
     (seed / "f").write_text("x")
     ident = ["-c", "user.name=a", "-c", "user.email=a@example.com"]
-    for args in (
-        ["add", "f"],
-        [*ident, "commit", "-qm", "c"],
-        ["push", "-q", str(remote), "main", "main:same"],
-    ):
-        subprocess.run(["git", *args], cwd=seed, check=True)
+    for args in (["add", "f"], [*ident, "commit", "-qm", "c"], ["push", "-q", str(remote), "main", "main:same"]):
+        git(seed, *args)
     with GitHubStandIn(tokens={TOKEN}, git_remote=remote) as gh:
         c = api(gh)
-        missing = c.post("/repos/acme/processors/pulls", json={"head": "nope", "base": "main", "title": "t"})
+        missing = c.post(PULLS, json={"head": "nope", "base": "main", "title": "t"})
         assert missing.status_code == 422
-        same = c.post("/repos/acme/processors/pulls", json={"head": "same", "base": "main", "title": "t"})
+        same = c.post(PULLS, json={"head": "same", "base": "main", "title": "t"})
         assert same.status_code == 422 and "No commits between" in same.json()["errors"][0]["message"]
+        assert (remote / "hooks" / "pre-receive").exists()
+    assert not (remote / "hooks" / "pre-receive").exists()  # the test's own repository is left as given
+    assert remote.is_dir()
 
 
 def test_app_installation_tokens() -> None:
@@ -140,6 +456,7 @@ def test_pygithub_against_the_standin(gh: GitHubStandIn) -> None:
     """The requests PyGithub really makes for lookup, create and edit are the ones served here."""
     from github import Auth, Github
 
+    branch(gh, "x")
     g = Github(base_url=gh.url, auth=Auth.Token(TOKEN), seconds_between_requests=0, seconds_between_writes=0)
     repo = g.get_repo("acme/processors")
     assert list(repo.get_pulls(state="open", head="acme:x")) == []
@@ -150,11 +467,11 @@ def test_pygithub_against_the_standin(gh: GitHubStandIn) -> None:
     assert repo.get_pull(1).title == "t2"
     assert [(r.method, r.path, r.status) for r in gh.requests] == [
         ("GET", "/repos/acme/processors", 200),
-        ("GET", "/repos/acme/processors/pulls", 200),
-        ("POST", "/repos/acme/processors/pulls", 201),
-        ("PATCH", "/repos/acme/processors/pulls/1", 200),
-        ("GET", "/repos/acme/processors/pulls", 200),
-        ("GET", "/repos/acme/processors/pulls/1", 200),
+        ("GET", PULLS, 200),
+        ("POST", PULLS, 201),
+        ("PATCH", f"{PULLS}/1", 200),
+        ("GET", PULLS, 200),
+        ("GET", f"{PULLS}/1", 200),
     ]
     assert gh.requests[4].query == {"state": "open", "head": "acme:x", "base": "main"}
     assert all(r.authorization == f"token {TOKEN}" for r in gh.requests)
@@ -172,7 +489,8 @@ def test_issue_endpoints_refuse_what_github_refuses(gh: GitHubStandIn) -> None:
     assert c.post(f"{q}/5/comments", json={"body": "x"}).status_code == 404
 
     # Pull requests and issues share one number sequence.
-    c.post("/repos/acme/processors/pulls", json={"head": "feat", "base": "main", "title": "P"})
+    branch(gh, "feat")
+    c.post(PULLS, json={"head": "feat", "base": "main", "title": "P"})
     issue = c.post(q, json={"title": "Drift", "body": "b", "labels": ["drift", "nightly"]}).json()
     assert issue["number"] == 2 and [label["name"] for label in issue["labels"]] == ["drift", "nightly"]
     c.post(q, json={"title": "Other", "labels": ["drift"]})
@@ -186,3 +504,128 @@ def test_issue_endpoints_refuse_what_github_refuses(gh: GitHubStandIn) -> None:
     assert (closed["state"], closed["state_reason"], closed["comments"]) == ("closed", "not_planned", 1)
     assert [i["number"] for i in c.get(q, params={"labels": "drift"}).json()] == [3]
     assert [i["number"] for i in c.get(q, params={"labels": "drift", "state": "all"}).json()] == [3, 2]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Git over smart HTTP: authentication, protection
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_git_http_needs_a_known_token(gh: GitHubStandIn, tmp_path: Path) -> None:
+    anonymous = httpx.get(f"{gh.git_url}/info/refs", params={"service": "git-upload-pack"})
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"] == 'Basic realm="GitHub"'
+    wrong = git(tmp_path, *authed(gh, "ghp_" + "w" * 36), "ls-remote", gh.git_url, check=False)
+    assert wrong.returncode != 0
+    assert git(tmp_path, "ls-remote", gh.git_url, check=False).returncode != 0  # private: no anonymous fetch
+    heads = git(tmp_path, *authed(gh), "ls-remote", gh.git_url).stdout
+    assert "refs/heads/main" in heads
+    # The token as user name (https://TOKEN@github.com/...) works too, and so does the URL without .git.
+    token_user = base64.b64encode(f"{TOKEN}:".encode()).decode()
+    no_suffix = gh.git_url.removesuffix(".git")
+    out = git(tmp_path, "-c", f"http.extraheader=Authorization: Basic {token_user}", "ls-remote", no_suffix).stdout
+    assert out == heads
+    # Only the smart protocol is served.
+    assert httpx.get(f"{gh.git_url}/HEAD", headers={"Authorization": f"Basic {token_user}"}).status_code == 404
+    assert [(r.service, r.user, r.status) for r in gh.git_requests][:2] == [
+        ("git-upload-pack", None, 401),
+        ("git-upload-pack", None, 401),
+    ]
+    assert ("git-upload-pack", "x-access-token", 200) in [(r.service, r.user, r.status) for r in gh.git_requests]
+    assert gh.requests == []  # git traffic is recorded apart from REST
+
+
+def test_public_repository_fetches_anonymously_but_pushes_need_a_token(tmp_path: Path) -> None:
+    with GitHubStandIn(tokens={TOKEN}, private=False) as gh:
+        gh.commit("main", {"f": "x"})
+        work = tmp_path / "w"
+        git(tmp_path, "clone", "--quiet", gh.git_url, str(work))  # no credentials
+        git(work, "config", "user.name", "a")
+        git(work, "config", "user.email", "a@example.com")
+        commit_file(work, "g", "y")
+        refused = git(work, "push", "origin", "main", check=False)
+        assert refused.returncode != 0 and gh.git_requests[-1].status == 401
+        assert git(work, *authed(gh), "push", "--quiet", "origin", "main").returncode == 0
+        assert gh.pushes[-1]["ref"] == "refs/heads/main" and gh.pushes[-1]["user"] == "x-access-token"
+
+
+def test_git_http_streams_a_large_chunked_push(gh: GitHubStandIn, tmp_path: Path) -> None:
+    work = clone(gh, tmp_path)
+    (work / "blob.bin").write_bytes(os.urandom(3 * 1024 * 1024))  # over http.postBuffer: sent chunked
+    git(work, "add", "blob.bin")
+    git(work, "commit", "--quiet", "-m", "big")
+    git(work, "push", "--quiet", "origin", "HEAD:refs/heads/big")
+    assert gh.state.refs()["big"] == git(work, "rev-parse", "HEAD").stdout.strip()
+    size = gh.state.git("cat-file", "-s", "big:blob.bin").stdout.strip()
+    assert size == str(3 * 1024 * 1024)
+
+
+def test_protected_branch_refuses_pushes_like_github(gh: GitHubStandIn, tmp_path: Path) -> None:
+    work = clone(gh, tmp_path)
+    gh.protect("main")
+    before = gh.state.refs()["main"]
+    commit_file(work, "README.md", "direct\n")
+    push = git(work, "push", "--porcelain", "origin", "HEAD:main", check=False)
+    assert push.returncode != 0
+    assert "remote: error: GH006: Protected branch update failed for refs/heads/main." in push.stderr
+    assert "remote: error: Changes must be made through a pull request." in push.stderr
+    assert "[remote rejected]" in push.stdout
+    assert gh.state.refs()["main"] == before
+
+    # Without required PRs, fast-forwards pass; force-pushes and deletion do not.
+    gh.protect("main", require_pull_request=False)
+    git(work, "push", "--quiet", "origin", "HEAD:main")
+    git(work, "reset", "--quiet", "--hard", "HEAD~1")
+    commit_file(work, "README.md", "rewritten\n")
+    forced = git(work, "push", "--force", "origin", "HEAD:main", check=False)
+    assert forced.returncode != 0 and "remote: error: Cannot force-push to this branch" in forced.stderr
+    deleted = git(work, "push", "origin", ":main", check=False)
+    assert deleted.returncode != 0 and "remote: error: Cannot delete this branch" in deleted.stderr
+    gh.protect("main", require_pull_request=False, allow_force_pushes=True, allow_deletions=True)
+    git(work, "push", "--quiet", "--force", "origin", "HEAD:main")
+    gh.unprotect("main")
+
+    # Patterns: `*` does not cross `/`. A push with one refused ref is refused whole.
+    gh.protect("release/*")
+    both = git(work, "push", "origin", "HEAD:refs/heads/release/1", "HEAD:refs/heads/feature", check=False)
+    assert both.returncode != 0 and "refs/heads/release/1" in both.stderr
+    assert "release/1" not in gh.state.refs() and "feature" not in gh.state.refs()
+    git(work, "push", "--quiet", "origin", "HEAD:refs/heads/release/1/hotfix")
+    refusals = [(p["ref"], p["refused"]) for p in gh.pushes if p["refused"]]
+    assert refusals == [
+        ("refs/heads/main", "Changes must be made through a pull request."),
+        ("refs/heads/main", "Cannot force-push to this branch"),
+        ("refs/heads/main", "Cannot delete this branch"),
+        ("refs/heads/release/1", "Changes must be made through a pull request."),
+        ("refs/heads/feature", "refused with the rest of the push"),
+    ]
+    # A write straight into the bare repository (the admin on disk) is not a push through GitHub.
+    gh.protect("main")
+    gh.commit("main", {"admin.txt": "x"})
+    git(work, "push", "--quiet", "--force", str(gh.git_dir), "HEAD:main")
+    assert gh.state.refs()["main"] == git(work, "rev-parse", "HEAD").stdout.strip()
+
+
+def test_branch_protection_endpoint(gh: GitHubStandIn) -> None:
+    from github import Auth, Github, GithubException
+
+    branch(gh, "theory-deploy/pin/a-b-v1")
+    c = api(gh)
+    missing = c.get("/repos/acme/processors/branches/main/protection")
+    assert missing.status_code == 404 and missing.json()["message"] == "Branch not protected"
+    assert c.get("/repos/acme/processors/branches/nope/protection").json()["message"] == "Branch not found"
+    gh.protect("main", required_approving_review_count=1)
+    gh.protect("theory-deploy/**", require_pull_request=False)
+
+    repo = Github(base_url=gh.url, auth=Auth.Token(TOKEN), seconds_between_requests=0).get_repo("acme/processors")
+    main = repo.get_branch("main")
+    assert main.protected and main.commit.sha == gh.state.refs()["main"]
+    protection = main.get_protection()
+    assert protection.required_pull_request_reviews.required_approving_review_count == 1
+    assert protection.allow_force_pushes is False and protection.allow_deletions is False
+    pin = repo.get_branch("theory-deploy/pin/a-b-v1")
+    assert pin.protected and pin.get_protection().required_pull_request_reviews is None
+    with pytest.raises(GithubException) as info:
+        repo.get_branch("nope")
+    assert info.value.status == 404
+    gh.unprotect("main")
+    assert c.get("/repos/acme/processors/branches/main/protection").status_code == 404

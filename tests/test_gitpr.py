@@ -1,9 +1,15 @@
-"""The bot-PR step: real git against local bare remotes, real PyGithub against the GitHub stand-in.
+"""The bot-PR step: real git over smart HTTP and real PyGithub, both against the GitHub stand-in.
 
-Each test builds `remote.git` (a bare repository standing in for GitHub's git side) holding one
-processor whose registry.yaml is a hand-written fixture full of comments, and a `work` clone where
-`processorctl pin` would have written the pins. Pins are written with registry_file.write_pins, both
-in the work tree (the pin step) and, through `pin_reapplier`, in the bot's temporary worktree.
+Each test builds `remote.git` (a bare repository) holding one processor whose registry.yaml is a
+hand-written fixture full of comments, serves it with the GitHub stand-in at
+`<url>/acme/processors.git` (authenticated, private, branch protection on request), and clones it
+over HTTP into `work`, where `processorctl pin` would have written the pins. The clone keeps the
+token the way actions/checkout persists it (`http.<url>/.extraheader: AUTHORIZATION: basic ...`);
+the product's git calls authenticate with the GitHub client's token instead when it has one (a clone
+without persisted credentials, `persist=False`, proves it), and with the persisted one otherwise
+(`github=None`, the other writers of the race tests).
+Pins are written with registry_file.write_pins, both in the work tree (the pin step) and, through
+`pin_reapplier`, in the bot's temporary worktree.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from github import GithubException
 
 from tests.github_standin import GitHubStandIn
 from theory_deploy import gitpr, registry_file
-from theory_deploy.errors import GitError, GitHubError, PushConflictError
+from theory_deploy.errors import GitError, GitHubError, PushConflictError, UsageError
 from theory_deploy.gitpr import GitHubClient, PinChange, is_bot_commit, is_pin_only_change, publish_pin_pr
 
 # Every test runs real git against bare remotes and PyGithub against the stand-in server.
@@ -79,7 +86,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    """The bare remote, served over HTTP by `self.gh` (start()ed here; `close()` stops it)."""
+
+    def __init__(self, tmp: Path, *, private: bool = True) -> None:
         self.tmp = tmp
         self.remote = tmp / "remote.git"
         git(tmp, "init", "--quiet", "--bare", "-b", "main", str(self.remote))
@@ -92,13 +101,31 @@ class World:
         git(seed, "add", ".")
         git(seed, *HUMAN, "commit", "--quiet", "-m", "initial")
         git(seed, "remote", "add", "origin", str(self.remote))
-        git(seed, "push", "--quiet", "origin", "main")
+        git(seed, "push", "--quiet", "origin", "main")  # the repository's creation, on disk
+        self.gh = GitHubStandIn(
+            owner="acme", repo="processors", tokens={TOKEN}, git_remote=self.remote, private=private
+        ).start()
         self.work = self.clone("work")
 
-    def clone(self, name: str, *extra: str) -> Path:
+    def clone(
+        self, name: str, *extra: str, token: str | None = TOKEN, persist: bool = True, user: str = "x-access-token"
+    ) -> Path:
+        """A clone over HTTP with `token` (as `user`); kept as actions/checkout does (`clone -c` persists
+        it), or, with `persist=False`, used for the clone only (`git -c ... clone`: persist-credentials: false)."""
         path = self.tmp / name
-        git(self.tmp, "clone", "--quiet", *extra, str(self.remote), str(path))
+        auth = ["-c", f"http.{self.gh.url}/.extraheader={GitHubStandIn.extraheader(token, user)}"] if token else []
+        if persist:
+            git(self.tmp, "clone", "--quiet", *auth, *extra, self.gh.git_url, str(path))
+        else:
+            git(self.tmp, *auth, "clone", "--quiet", *extra, self.gh.git_url, str(path))
         return path
+
+    def close(self) -> None:
+        self.gh.stop()
+
+    def bot_pushes(self) -> list[str]:
+        """The refs the product's pushes tried to update, as the stand-in's pre-receive hook saw them."""
+        return [p["ref"] for p in self.gh.pushes]
 
     def pin(self, tree: Path, **pins: str | None) -> list[PinChange]:
         """What `processorctl pin` does in the user's tree."""
@@ -116,6 +143,7 @@ class World:
         return git(self.remote, "rev-list", branch, "--not", "main").splitlines()
 
     def human_push_to_main(self, text: str, message: str = "human change") -> None:
+        """A change on main made on disk (the admin's write: no protection applies, no hook log)."""
         clone = self.tmp / f"human-{len(list(self.tmp.iterdir()))}"
         git(self.tmp, "clone", "--quiet", str(self.remote), str(clone))
         (clone / REG).write_text(text)
@@ -125,14 +153,17 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    return World(tmp_path)
+def world(tmp_path: Path):
+    w = World(tmp_path)
+    try:
+        yield w
+    finally:
+        w.close()
 
 
 @pytest.fixture
-def gh(world: World):
-    with GitHubStandIn(owner="acme", repo="processors", tokens={TOKEN}, git_remote=world.remote) as standin:
-        yield standin
+def gh(world: World) -> GitHubStandIn:
+    return world.gh
 
 
 def client(gh: GitHubStandIn, token: str = TOKEN) -> GitHubClient:
@@ -144,6 +175,14 @@ def client(gh: GitHubStandIn, token: str = TOKEN) -> GitHubClient:
         seconds_between_requests=0,
         seconds_between_writes=0,
     )
+
+
+def pygithub_repo(gh: GitHubStandIn):
+    """PyGithub, for what a human does on GitHub (merge, close) in these tests."""
+    from github import Auth, Github
+
+    g = Github(base_url=gh.url, auth=Auth.Token(TOKEN), seconds_between_requests=0, seconds_between_writes=0)
+    return g.get_repo("acme/processors")
 
 
 def publish(world: World, changes: list[PinChange], gh: GitHubStandIn | None, tree: Path | None = None, **kw):
@@ -180,6 +219,12 @@ def test_first_pin_creates_branch_commit_and_pr(world: World, gh: GitHubStandIn)
     assert entry["pr"]["result"] == "created"
     assert entry["commit"] == world.remote_sha(BRANCH)
     assert world.commits_over_main() == [entry["commit"]]
+    # Over smart HTTP with the clone's persisted token: one push, of the bot branch only.
+    assert world.bot_pushes() == [f"refs/heads/{BRANCH}"]
+    assert {(r.service, r.user, r.status) for r in gh.git_requests} == {
+        ("git-upload-pack", "x-access-token", 200),
+        ("git-receive-pack", "x-access-token", 200),
+    }
 
     # The commit: the bot's identity, the trailer, and a message listing each image.
     fmt = git(world.remote, "log", "-1", "--format=%an|%ae|%cn|%ce", BRANCH)
@@ -456,9 +501,9 @@ def test_commit_by_bot_identity_without_trailer_counts_as_foreign(world: World, 
 
 def test_squash_merged_pr_then_new_pin_starts_from_base(world: World, gh: GitHubStandIn) -> None:
     publish(world, world.pin(world.work, amd64=digest("b")), gh)
-    # The PR is squash-merged: main gets the same change as a new commit; the PR is closed.
-    world.human_push_to_main(FIXTURE.replace(digest("a"), digest("b")), "pin (#1)")
-    client(gh)._repository().get_pull(1).edit(state="closed")
+    # The PR is squash-merged on GitHub: main gets the same change as a new commit; the PR is closed.
+    status = pygithub_repo(gh).get_pull(1).merge(merge_method="squash")
+    assert status.merged and git(world.remote, "log", "-1", "--format=%s", "main") == f"pin({REF}): amd64 (#1)"
 
     result = publish(world, world.pin(world.work, arm64=digest("c")), gh)
     [entry] = result["processors"]
@@ -617,6 +662,211 @@ def test_rerun_is_loop_free(world: World, gh: GitHubStandIn) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Branch protection and authentication on the git side
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_protected_base_is_never_pushed_to_only_reached_through_the_pr(world: World, gh: GitHubStandIn) -> None:
+    gh.protect("main", required_approving_review_count=1)
+    main = world.remote_sha("main")
+    changes = world.pin(world.work, amd64=digest("b"))
+    result = publish(world, changes, gh)
+    assert result["processors"][0]["pr"]["result"] == "created"
+    assert world.bot_pushes() == [f"refs/heads/{BRANCH}"]  # never main, not even an attempt
+    assert world.remote_sha("main") == main
+
+    # main moves only by the PR's merge: blocked until reviewed.
+    pr = pygithub_repo(gh).get_pull(1)
+    assert (pr.mergeable, pr.mergeable_state) == (True, "blocked")
+    with pytest.raises(GithubException) as info:
+        pr.merge()
+    assert info.value.status == 405 and "approving review" in info.value.data["message"]
+    gh.approve(1)
+    assert pr.merge().merged
+    assert digest("b") in world.remote_file("main")
+
+    # The same pins again: they are on main now, so nothing is pushed and no PR is touched.
+    gh.clear_requests()
+    again = publish(world, changes, gh)
+    assert again["processors"][0]["status"] == "unchanged" and again["processors"][0]["pr"] is None
+    assert world.bot_pushes() == [] and gh.requests == []
+
+
+def test_base_branch_equal_to_the_bot_branch_is_refused_before_any_git_traffic(world: World, gh: GitHubStandIn) -> None:
+    changes = world.pin(world.work, amd64=digest("b"))
+    gh.clear_requests()  # the work clone's fetch
+    with pytest.raises(UsageError) as info:
+        publish_pin_pr(world.work, changes, base_branch=BRANCH, github=client(gh), reapply=gitpr.pin_reapplier(changes))
+    assert info.value.code == "ERR_USAGE" and "cannot be the bot branch" in info.value.message
+    assert gh.git_requests == [] and gh.requests == [] and world.bot_pushes() == []
+
+
+def test_push_refused_by_branch_protection_is_a_git_error(world: World, gh: GitHubStandIn) -> None:
+    """Someone protected the bot's branches too: GitHub refuses the push (GH006) and no PR is made."""
+    gh.protect("theory-deploy/pin/*")
+    main = world.remote_sha("main")
+    with pytest.raises(GitError) as info:
+        publish(world, world.pin(world.work, amd64=digest("b")), gh)
+    err = info.value
+    assert err.code == "ERR_GIT" and err.to_json()["error"]["code"] == "ERR_GIT"
+    assert f"remote: error: GH006: Protected branch update failed for refs/heads/{BRANCH}." in err.message
+    assert "Changes must be made through a pull request." in err.message
+    assert TOKEN not in err.render() and "T0ken" not in err.render()
+    # Its own explanation: which branch, that a protection rule or ruleset covers the bot's branches, and
+    # how to take them out of it; not the generic "contents: write" of a token without push rights.
+    assert f"a branch protection rule or ruleset covers {BRANCH}" in err.message
+    assert "theory-deploy/pin/*" in err.remedy and "bypass list" in err.remedy and "ruleset" in err.remedy
+    assert "contents: write" not in err.render()
+    assert err.details == {"branch": BRANCH, "remote": "origin", "cause": "branch-protection"}
+    assert [(p["ref"], p["refused"]) for p in gh.pushes] == [
+        (f"refs/heads/{BRANCH}", "Changes must be made through a pull request.")
+    ]
+    assert world.remote_sha(BRANCH) is None and world.remote_sha("main") == main
+    assert gh.requests == []  # no PR for a branch that is not there
+
+
+def _config_text(repo: Path) -> str:
+    """Every git config file of the clone (its own and its worktrees'): where a persisted token would be."""
+    return "".join(p.read_text() for p in (repo / ".git").rglob("config*") if p.is_file())
+
+
+def test_push_authenticates_with_the_api_token_without_persisted_credentials(world: World, gh: GitHubStandIn) -> None:
+    """actions/checkout with `persist-credentials: false` on a private repository: the clone keeps no
+    credentials, and the product fetches and pushes with the token its GitHub client uses."""
+    ci = world.clone("ci", persist=False)
+    assert "extraheader" not in _config_text(ci)
+    gh.clear_requests()
+
+    result = publish(world, world.pin(ci, amd64=digest("b")), gh, tree=ci)
+    [entry] = result["processors"]
+    assert entry["status"] == "pushed" and entry["pr"]["result"] == "created"
+    assert entry["commit"] == world.remote_sha(BRANCH)
+    assert [(p["ref"], p["user"], p["refused"]) for p in gh.pushes] == [
+        (f"refs/heads/{BRANCH}", "x-access-token", None)
+    ]
+    assert {(r.service, r.user, r.status) for r in gh.git_requests} == {
+        ("git-upload-pack", "x-access-token", 200),
+        ("git-receive-pack", "x-access-token", 200),
+    }
+    # Nothing was persisted on the way: the clone is as credential-free as before.
+    assert "extraheader" not in _config_text(ci) and TOKEN not in _config_text(ci)
+
+
+def test_the_clients_token_wins_over_a_persisted_one(world: World, gh: GitHubStandIn) -> None:
+    """actions/checkout persisted the workflow's GITHUB_TOKEN (here: another valid token, sent as user
+    `github-actions`); the pin step was given another token (e.g. a GitHub App's): git pushes with
+    that one alone, so the push is the App's (and triggers the PR's checks)."""
+    checkout_token = "ghs_" + "Ch3ck0ut" * 5
+    gh.add_token(checkout_token)
+    ci = world.clone("ci", token=checkout_token, user="github-actions")
+    gh.clear_requests()
+
+    publish(world, world.pin(ci, amd64=digest("b")), gh, tree=ci)
+    assert [p["user"] for p in gh.pushes] == ["x-access-token"]
+    assert {r.user for r in gh.git_requests} == {"x-access-token"}  # the persisted header was not sent first
+
+    # Without a client (and no git_token) git uses what was persisted: the stand-in tells them apart.
+    gh.clear_requests()
+    publish(world, world.pin(ci, arm64=digest("c")), None, tree=ci)
+    assert [p["user"] for p in gh.pushes] == ["github-actions"]
+
+
+def test_push_without_any_credentials_says_how_to_give_a_token(tmp_path: Path) -> None:
+    """No persisted credentials and no token given (github=None): on a public repository the fetch
+    needs none, the push is refused with 401 and git cannot ask for a user name."""
+    world = World(tmp_path, private=False)
+    try:
+        ci = world.clone("ci", token=None)
+        with pytest.raises(GitError) as info:
+            publish(world, world.pin(ci, amd64=digest("b")), None, tree=ci)
+        err = info.value
+        assert err.code == "ERR_GIT" and f"pushing {BRANCH} to origin failed" in err.message
+        assert "could not read Username" in err.message and "no credentials" in err.message
+        assert "github-token" in err.remedy and "GITHUB_TOKEN" in err.remedy
+        assert "persist-credentials" in err.remedy and "contents: write" not in err.remedy
+        assert err.details["cause"] == "no-credentials"
+        receive = [r for r in world.gh.git_requests if r.service == "git-receive-pack"]
+        assert receive and all((r.user, r.status) == (None, 401) for r in receive)
+        assert world.remote_sha(BRANCH) is None and world.gh.requests == []
+    finally:
+        world.close()
+
+
+def test_a_token_github_refuses_for_git_is_named_as_such(world: World, gh: GitHubStandIn) -> None:
+    """The client's token is unknown to GitHub: git is refused at its first request (the persisted,
+    valid credential is not used instead) and the error says the token was refused, not "no access"."""
+    wrong = "ghp_" + "Wr0ng" * 8
+    gh.clear_requests()
+    with pytest.raises(GitError) as info:
+        publish(world, world.pin(world.work, amd64=digest("b")), None, git_token=wrong)
+    err = info.value
+    assert err.code == "ERR_GIT" and err.details["cause"] == "bad-credentials"
+    assert "refused the token" in err.message and "invalid or expired" in err.remedy
+    assert wrong not in err.render() + repr(err.to_json()) and "Wr0ng" not in err.render()
+    assert [(r.user, r.status) for r in gh.git_requests][:1] == [(None, 401)]
+    assert gh.pushes == [] and world.remote_sha(BRANCH) is None
+
+
+@pytest.fixture
+def git_argv_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `git` first on PATH that logs each command line the product runs, then runs the real git."""
+    import shutil
+
+    real = shutil.which("git")
+    assert real is not None
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "git-argv.log"
+    wrapper = bindir / "git"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_the_token_never_shows_in_argv_config_output_or_errors(
+    world: World, gh: GitHubStandIn, git_argv_log: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A canary token (not shaped like a GitHub token, so only the product's own masking can hide it),
+    on success and on failure: never in git's command lines, a config file, printed output, the
+    error's message, remedy, details or JSON, nor in base64 as the Authorization header."""
+    import base64
+    import json
+
+    canary = "canary-" + os.urandom(12).hex()
+    forms = (canary, base64.b64encode(f"x-access-token:{canary}".encode()).decode())
+    gh.add_token(canary)
+    ci = world.clone("ci", persist=False)
+
+    def assert_clean(*texts: str) -> None:
+        captured = capfd.readouterr()
+        for text in (*texts, captured.out, captured.err, git_argv_log.read_text(), _config_text(ci)):
+            for form in forms:
+                assert form not in text
+
+    changes = world.pin(ci, amd64=digest("b"))
+    result = publish_pin_pr(
+        ci, changes, base_branch="main", github=client(gh, token=canary), reapply=gitpr.pin_reapplier(changes)
+    )
+    assert [p["user"] for p in gh.pushes] == ["x-access-token"]  # the canary did authenticate the push
+    assert " push " in git_argv_log.read_text()  # and the log did see the product's git calls
+    assert_clean(json.dumps(result))
+
+    gh.protect("theory-deploy/pin/*")  # the next push is refused: the failure path
+    with pytest.raises(GitError) as info:
+        publish(world, world.pin(ci, arm64=digest("c")), None, tree=ci, git_token=canary)
+    err = info.value
+    assert err.details["cause"] == "branch-protection"
+    assert_clean(err.render(), repr(err), json.dumps(err.to_json()), str(err.details))
+
+    gh.unprotect("theory-deploy/pin/*")
+    with pytest.raises(GitError) as info:  # a token GitHub refuses, the other failure path
+        publish(world, world.pin(ci, arm64=digest("d")), None, tree=ci, git_token=canary + "x")
+    assert info.value.details["cause"] == "bad-credentials"
+    assert_clean(info.value.render(), json.dumps(info.value.to_json()))
+
+
+# ---------------------------------------------------------------------------------------------------
 # GitHub errors
 # ---------------------------------------------------------------------------------------------------
 
@@ -631,6 +881,7 @@ def test_401_is_a_github_error_without_the_token(world: World, gh: GitHubStandIn
             base_branch="main",
             github=client(gh, token=wrong),
             reapply=gitpr.pin_reapplier(changes),
+            git_token=TOKEN,  # git pushes with a good token; only the API refuses its own
         )
     err = info.value
     assert err.details["status"] == 401 and err.status == 401  # type: ignore[attr-defined]
@@ -673,37 +924,30 @@ def test_unreachable_api_is_a_github_error() -> None:
 
 def test_create_race_turns_into_update(world: World, gh: GitHubStandIn) -> None:
     """Another job opened the PR between our lookup and our create: update it, never a second PR."""
-    git(world.work, "push", "--quiet", "origin", f"main:refs/heads/{BRANCH}")
-    c = client(gh)
-    original = c.find_open_prs
+    gh.commit(BRANCH, {"README.md": "theirs\n"}, parent="main")
+    # The other job's create lands just before ours reaches GitHub (after our lookup found nothing).
+    gh.before_next(lambda: gh.open_pull(BRANCH, "main", "theirs"), method="POST")
+    url, outcome = client(gh).open_or_update_pr(BRANCH, "main", "ours", "body")
+    assert outcome == "updated" and url.endswith("/pull/1")
+    assert [(p["number"], p["title"]) for p in gh.pulls] == [(1, "ours")]
+    assert [(r.method, r.status) for r in gh.requests if r.path.endswith("/pulls") or "/pulls/" in r.path] == [
+        ("GET", 200),
+        ("POST", 422),
+        ("GET", 200),
+        ("PATCH", 200),
+    ]
 
-    def lookup_then_other_job_creates(branch: str):
-        found = original(branch)
-        if not found and not gh.pulls:
-            with gh.state.lock:
-                gh.state.pulls.append(
-                    {
-                        "number": 7,
-                        "state": "open",
-                        "title": "theirs",
-                        "body": "",
-                        "head": branch,
-                        "base": "main",
-                        "created_at": "2024-01-01T00:00:00Z",
-                        "updated_at": "2024-01-01T00:00:00Z",
-                    }
-                )
-        return found
 
-    c.find_open_prs = lookup_then_other_job_creates  # type: ignore[method-assign]
-    gh.state.git_remote = None  # skip the "no commits between" check for this unit test
-    url, outcome = c.open_or_update_pr(BRANCH, "main", "ours", "body")
-    assert outcome == "updated" and url.endswith("/pull/7")
-    assert [(p["number"], p["title"]) for p in gh.pulls] == [(7, "ours")]
+def _branches(gh: GitHubStandIn, *names: str) -> None:
+    """main plus one branch per name with a commit over it: what a PR needs on GitHub."""
+    gh.commit("main", {"README.md": "processors\n"}, "initial")
+    for name in names:
+        gh.commit(name, {"README.md": f"{name}\n"}, parent="main")
 
 
 def test_client_from_env() -> None:
     with GitHubStandIn(tokens={TOKEN}) as gh:
+        _branches(gh, "x")
         env = {"GITHUB_REPOSITORY": "acme/processors", "GITHUB_API_URL": gh.url + "/", "GH_TOKEN": TOKEN}
         c = GitHubClient.from_env(env, retries=0, seconds_between_requests=0, seconds_between_writes=0)
         assert c.auth_kind == "token" and c.base_url == gh.url
@@ -728,6 +972,7 @@ def test_github_app_installation_token(tmp_path: Path) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
     with GitHubStandIn(app_id=4242, app_public_key=key.public_key(), installation_id=99) as standin:
+        _branches(standin, "theory-deploy/pin/x-y-v1")
         env = {
             "GITHUB_REPOSITORY": "acme/processors",
             "GITHUB_API_URL": standin.url,
@@ -744,6 +989,9 @@ def test_github_app_installation_token(tmp_path: Path) -> None:
         assert (reqs[0].method, reqs[0].path) == ("POST", "/app/installations/99/access_tokens")
         assert reqs[0].authorization.startswith("Bearer eyJ")
         assert all(r.authorization.startswith("token ghs_") for r in reqs[1:])
+        # git pushes with the same installation token as the API calls (no second token is minted).
+        assert c.git_token().startswith("ghs_") and reqs[-1].authorization == f"token {c.git_token()}"
+        assert [r.path for r in standin.requests].count("/app/installations/99/access_tokens") == 1
 
 
 def test_mask_tokens() -> None:

@@ -20,7 +20,9 @@ SUMMARY_LIMIT_BYTES = 1024 * 1024 - 16 * 1024  # leave headroom below GitHub's 1
 _TRUNCATION_NOTE = "\n\n_(summary truncated to stay under GitHub's 1 MiB limit)_\n"
 
 
-# What hides secret values in text we hand to the runner (annotations, outputs, the step summary).
+# What hides secret values in text we hand to the runner for people to read (annotations, the step
+# summary). Step outputs are data that later steps parse, and are not scrubbed: a registry user name
+# that is also part of a repository path must survive in a digest output.
 # secret_values installs its scrubber when it is imported; gha imports nothing of ours, so the
 # masking commands themselves (add_mask) can never be scrubbed.
 _scrub: Callable[[str], str] = str
@@ -105,7 +107,6 @@ def _append(path_var: str, text: str) -> bool:
 def set_output(name: str, value: str) -> None:
     """Write one step output, always in the heredoc form with a random delimiter the value does not
     contain: whatever the value holds, it can neither end its entry early nor add another output."""
-    value = _scrub(value)
     while True:
         delimiter = f"ghadelimiter_{_random.token_hex(16)}"
         if delimiter not in value:

@@ -6,6 +6,16 @@ goes through `_call`, which retries transient failures (PyGithub's `GithubRetry`
 GitHub's answers into `GitHubError` with the HTTP status in `details` and a remedy for that status.
 The token or GitHub App key is registered with the scrubber and masked out of every message.
 
+Retries: 5xx answers and secondary rate limits are retried up to `retries` times, for GET, POST and
+also PATCH (PyGithub's default leaves PATCH out; every PATCH sent here carries the whole title, body
+or state, so sending it twice leaves the same result). When they run out, the last answer is
+reported with its status (`raise_on_status=False`), not as an unreachable server. A POST is retried
+too, so a create whose answer was lost (GitHub made the PR, the answer was a 5xx) is retried and gets
+422 "already exists": `open_or_update_pr` then finds the PR it made and reports it as `created`.
+
+`git_token()` is the token these calls use (the given one, or the GitHub App's installation token),
+for `gitpr` to push the bot branch with the same identity that opens the PR.
+
 Credentials: `GITHUB_TOKEN` (or `GH_TOKEN`), or a GitHub App (`GITHUB_APP_ID`,
 `GITHUB_APP_PRIVATE_KEY`, `GITHUB_APP_INSTALLATION_ID`); `GITHUB_REPOSITORY` is owner/name and
 `GITHUB_API_URL` the API root (GitHub Enterprise, or a local stand-in in tests).
@@ -16,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from . import secret_values as _secrets
@@ -62,7 +72,7 @@ class GitHubClient:
         seconds_between_writes: float | None = 1.0,
     ) -> None:
         from github import Auth, Github
-        from github.GithubRetry import GithubRetry
+        from urllib3 import Retry
 
         if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repository or ""):
             raise GitHubError(
@@ -73,6 +83,9 @@ class GitHubClient:
         self.owner = repository.split("/", 1)[0]
         self.base_url = (base_url or DEFAULT_API_URL).rstrip("/")
         self._secrets: list[str] = []
+        self._token = token or None
+        # (method, url) of every retry granted, in order: tells a create that was sent twice.
+        self._retried: list[tuple[str, str]] = []
         auth: Any
         if token:
             self._secrets.append(token)
@@ -97,11 +110,22 @@ class GitHubClient:
             )
         if token:
             _secrets.register_secret_value(token)
+        self._auth = auth
+        retry = None
+        if retries:
+            retry = _retry_class()(
+                total=retries,
+                # Out of retries, hand back GitHub's last answer: an HTTP status with its remedy, not
+                # urllib3's MaxRetryError (which would read as "cannot reach" the server).
+                raise_on_status=False,
+                allowed_methods=Retry.DEFAULT_ALLOWED_METHODS | {"GET", "POST", "PATCH"},
+                on_retry=self._note_retry,
+            )
         self._gh = Github(
             base_url=self.base_url,
             auth=auth,
             timeout=timeout,
-            retry=GithubRetry(total=retries) if retries else None,
+            retry=retry,
             seconds_between_requests=seconds_between_requests,
             seconds_between_writes=seconds_between_writes,
             user_agent="theory-deploy",
@@ -132,6 +156,19 @@ class GitHubClient:
             base_url=env.get("GITHUB_API_URL") or DEFAULT_API_URL,
             **kwargs,
         )
+
+    def git_token(self) -> str:
+        """The token the API calls use, for git to push with: the given token, or the GitHub App's
+        installation token (requested now if PyGithub has none yet; registered with the scrubber)."""
+        if self._token:
+            return self._token
+        token = str(self._call("installation token request", lambda: self._auth.token))
+        self._secrets.append(token)
+        _secrets.register_secret_value(token)
+        return token
+
+    def _note_retry(self, method: str, url: str) -> None:
+        self._retried.append((method.upper(), url))
 
     # --- error handling ---------------------------------------------------------------------------
     def _error(self, action: str, exc: BaseException, remedies: Mapping[int, str] = _REMEDY_BY_STATUS) -> GitHubError:
@@ -182,15 +219,20 @@ class GitHubClient:
 
     def open_or_update_pr(self, branch: str, base: str, title: str, body: str) -> tuple[str, str]:
         """Return (html_url, "created" | "updated" | "unchanged"). Never opens a second PR for a branch."""
+        create_was_retried = False
         for _ in range(2):
             existing = self.find_open_prs(branch)
             if existing:
                 pr = existing[0]
                 if pr.title == title and _norm(pr.body) == _norm(body):
-                    return pr.html_url, "unchanged"
+                    # Our create was sent twice and the second got "already exists": the first made
+                    # this PR (its answer was lost), so this call created it.
+                    made_by_us = create_was_retried and pr.base.ref == base
+                    return pr.html_url, "created" if made_by_us else "unchanged"
                 self._call(f"update of PR #{pr.number}", partial(pr.edit, title=title, body=body))
                 return pr.html_url, "updated"
             repo = self._repository()
+            retries_before = len(self._retried)
             try:
                 pr = self._call(
                     "pull request creation",
@@ -198,7 +240,10 @@ class GitHubClient:
                 )
             except GitHubError as err:
                 if getattr(err, "status", None) == 422 and "already exists" in err.message:
-                    continue  # another job created it between our lookup and create: update that one
+                    # Another job created it between our lookup and create (update that one), or
+                    # our own first try did and its answer was lost (see above).
+                    create_was_retried = any(m == "POST" for m, _ in self._retried[retries_before:])
+                    continue
                 raise
             return pr.html_url, "created"
         raise GitHubError(f"GitHub reported an open PR for {branch} but none could be found.")
@@ -260,6 +305,31 @@ class GitHubClient:
         repo = self._repository()
         # Lazy in PyGithub: no request until the edit or comment itself.
         return self._call(f"lookup of issue #{number}", partial(repo.get_issue, int(number)), _ISSUE_REMEDY_BY_STATUS)
+
+
+@cache
+def _retry_class() -> type[Any]:
+    """PyGithub's GithubRetry, reporting every retry it grants to `on_retry(method, url)`.
+
+    Built on first use: PyGithub is imported only when a client is made."""
+    from github.GithubRetry import GithubRetry
+
+    class _ReportingRetry(GithubRetry):
+        def __init__(self, *, on_retry: Callable[[str, str], None] | None = None, **kwargs: Any) -> None:
+            self.on_retry = on_retry
+            super().__init__(**kwargs)
+
+        def new(self, **kwargs: Any) -> Any:
+            kwargs["on_retry"] = self.on_retry  # urllib3 makes a new Retry per attempt
+            return super().new(**kwargs)
+
+        def increment(self, method: str | None = None, url: str | None = None, *args: Any, **kwargs: Any) -> Any:
+            retry = super().increment(method, url, *args, **kwargs)  # raises when none is left
+            if self.on_retry is not None:
+                self.on_retry(method or "", url or "")
+            return retry
+
+    return _ReportingRetry
 
 
 def _norm(text: str | None) -> str:

@@ -39,6 +39,20 @@ How a pin reaches the branch
 7. The PR is found by head branch (open PRs only) and its title/body updated, or created. A create
    that races another job's create (422 "already exists") turns into an update: never two PRs.
 
+Which credentials git uses
+--------------------------
+Steps 1 and 6 reach the remote. When theory-deploy knows a GitHub token (the one its REST calls use:
+GITHUB_TOKEN / GH_TOKEN or the GitHub App's installation token, i.e. the actions' `github-token`
+input), git authenticates to an http(s) remote with that token, as `x-access-token`, and whatever
+actions/checkout persisted for that server is not sent (see `gitrun.Git.with_http_token`: the token
+goes into git's environment only, never argv or a config file). So the bot branch is pushed by the
+same identity that opens the PR (a GitHub App's push triggers the PR's checks, a GITHUB_TOKEN's does
+not), and `persist-credentials: false` works. Without a token git uses its own configuration.
+
+A refused push is explained by its cause: a branch protection rule or ruleset covering the bot's
+branches (GH006 / GH013), no credentials at all, credentials GitHub refused, or a token without
+`contents: write`.
+
 Why the worktree and not a temporary index: the re-apply step needs real files of the *base*
 revision to edit (the editor reads, validates and splices text), and the rebase in step 3 needs a
 work tree. A worktree gives both without touching the user's HEAD, index or files: their dirty and
@@ -121,6 +135,14 @@ DEFAULT_BOT_EMAIL = "theory-deploy[bot]@users.noreply.github.com"
 PRIVATE_REF_PREFIX = "refs/theory-deploy/remotes"
 
 _LEASE_REJECTED = ("stale info", "cannot lock ref", "incorrect old value", "fetch first")
+# What git (and GitHub, through it as `remote: ...`) prints when a push or fetch is refused, by cause.
+_PROTECTED = ("GH006", "GH013", "protected branch hook declined")  # branch protection; rulesets
+_NO_CREDENTIALS = ("could not read Username", "could not read Password")
+_BAD_CREDENTIALS = ("Authentication failed", "Invalid username or token", "returned error: 401")
+_FORBIDDEN = ("returned error: 403", "Write access to repository not granted")
+_CREDENTIAL_SOURCES = (
+    "the action's `github-token` input, or GITHUB_TOKEN / GH_TOKEN (or the GITHUB_APP_* variables) for processorctl"
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,9 +188,84 @@ def _private_ref(remote: str, branch: str) -> str:
     return f"{PRIVATE_REF_PREFIX}/{re.sub(r'[^A-Za-z0-9._-]+', '_', remote)}/{branch}"
 
 
+def _remote_failure(what: str, output: str, *, git: Git, remote: str, branch: str, remedy: str) -> GitError:
+    """The error for a fetch or push the remote refused, with the remedy for its cause (`remedy` when
+    none is recognised). `git.network_env` is set when git was given our token for the remote's URL
+    (see publish_pin_pr)."""
+    said = mask_tokens(output.strip())
+    details: dict[str, Any] = {"branch": branch, "remote": remote}
+    with_token = bool(git.network_env)
+    if any(marker in output for marker in _PROTECTED):
+        return GitError(
+            f"{what} failed: GitHub refused it because a branch protection rule or ruleset covers {branch}. "
+            f"git said: {said}",
+            remedy=f"The pin bot pushes only to its own branches, {BRANCH_PREFIX}<processor> (never to the base "
+            f"branch), so no rule has to cover them: narrow the branch pattern of the rule or ruleset that matches "
+            f"{branch} so it leaves {BRANCH_PREFIX}* out, or add the bot (the GitHub App, or the token's user) to "
+            "its bypass list (Settings > Branches, or Settings > Rules > Rulesets), then re-run.",
+            details={**details, "cause": "branch-protection"},
+        )
+    # With our token, "could not read Username" too means GitHub refused it: git asked for other
+    # credentials after the 401 (and may not prompt).
+    if not with_token and any(marker in output for marker in _NO_CREDENTIALS):
+        return GitError(
+            f"{what} failed: git has no credentials for {remote} that GitHub accepts (none were persisted, or "
+            f"those were refused). git said: {said}",
+            remedy=f"Give theory-deploy the token to use ({_CREDENTIAL_SOURCES}): git then authenticates with it and "
+            "needs no credentials persisted by actions/checkout (`persist-credentials: false` is fine). "
+            "Without a token, keep actions/checkout's default `persist-credentials: true`.",
+            details={**details, "cause": "no-credentials"},
+        )
+    if any(marker in output for marker in _BAD_CREDENTIALS + _NO_CREDENTIALS):
+        remedy = (
+            "GitHub refused the token for git: it is invalid or expired, or the GitHub App is not installed on "
+            f"this repository. Pass a valid one ({_CREDENTIAL_SOURCES})."
+            if with_token
+            else "GitHub refused the credentials git has for this remote (persisted by actions/checkout, or a "
+            f"credential helper). Pass the token theory-deploy should push with ({_CREDENTIAL_SOURCES})."
+        )
+        return GitError(
+            f"{what} failed: GitHub refused the {'token' if with_token else 'credentials'} git sent. git said: {said}",
+            remedy=remedy,
+            details={**details, "cause": "bad-credentials"},
+        )
+    if any(marker in output for marker in _FORBIDDEN) or re.search(r"Permission to \S+ denied", output):
+        return GitError(
+            f"{what} failed: {said}",
+            remedy="The token may not push: give it contents: write (a workflow's `permissions: contents: write`; "
+            "a GitHub App's Contents: Read and write).",
+            details={**details, "cause": "forbidden"},
+        )
+    return GitError(f"{what} failed: {said}", remedy=remedy, details=details)
+
+
+def _network(git: Git, what: str, *args: str, remote: str, branch: str) -> str:
+    """Run a git call that reaches `remote`; its stdout, or the explained failure."""
+    proc = git.run(*args, check=False, network=True)
+    if proc.returncode != 0:
+        raise _remote_failure(
+            what,
+            proc.stderr or proc.stdout,
+            git=git,
+            remote=remote,
+            branch=branch,
+            remedy=f"Check that {remote} is reachable and the token may read it, and read git's message.",
+        )
+    return proc.stdout
+
+
 def _fetch(git: Git, remote: str, base_branch: str, branch: str) -> tuple[str, str | None]:
     """Fetch base and bot branch into private refs; return their shas (bot: None when absent)."""
-    listing = git.out("ls-remote", remote, f"refs/heads/{base_branch}", f"refs/heads/{branch}", network=True)
+    listing = _network(
+        git,
+        f"reading {base_branch} and {branch} from {remote} (git ls-remote)",
+        "ls-remote",
+        remote,
+        f"refs/heads/{base_branch}",
+        f"refs/heads/{branch}",
+        remote=remote,
+        branch=branch,
+    )
     remote_refs = {}
     for line in listing.splitlines():
         sha, _, name = line.partition("\t")
@@ -182,7 +279,9 @@ def _fetch(git: Git, remote: str, base_branch: str, branch: str) -> tuple[str, s
     refspecs = [f"+refs/heads/{base_branch}:{base_ref}"]
     if f"refs/heads/{branch}" in remote_refs:
         refspecs.append(f"+refs/heads/{branch}:{bot_ref}")
-    git.run(
+    _network(
+        git,
+        f"fetching {base_branch} and {branch} from {remote}",
         "fetch",
         "--quiet",
         "--no-tags",
@@ -190,7 +289,8 @@ def _fetch(git: Git, remote: str, base_branch: str, branch: str) -> tuple[str, s
         "--no-recurse-submodules",
         remote,
         *refspecs,
-        network=True,
+        remote=remote,
+        branch=branch,
     )
     base_sha = git.rev(base_ref)
     assert base_sha is not None
@@ -198,18 +298,20 @@ def _fetch(git: Git, remote: str, base_branch: str, branch: str) -> tuple[str, s
     if bot_sha is None:
         git.run("update-ref", "-d", bot_ref, check=False)
     else:
-        _ensure_merge_base(git, remote, refspecs, base_sha, bot_sha)
+        _ensure_merge_base(git, remote, branch, refspecs, base_sha, bot_sha)
     return base_sha, bot_sha
 
 
-def _ensure_merge_base(git: Git, remote: str, refspecs: list[str], base_sha: str, bot_sha: str) -> None:
+def _ensure_merge_base(git: Git, remote: str, branch: str, refspecs: list[str], base_sha: str, bot_sha: str) -> None:
     """In a shallow clone the base and the bot branch may not meet: deepen until they do."""
     for deepen in ("--deepen=50", "--deepen=1000", "--unshallow"):
         if git.ok("merge-base", base_sha, bot_sha):
             return
         if git.out("rev-parse", "--is-shallow-repository") != "true":
             return  # unrelated histories: the foreign-commit check will say so
-        git.run(
+        _network(
+            git,
+            f"deepening the shallow clone from {remote}",
             "fetch",
             "--quiet",
             "--no-tags",
@@ -218,7 +320,8 @@ def _ensure_merge_base(git: Git, remote: str, refspecs: list[str], base_sha: str
             deepen,
             remote,
             *refspecs,
-            network=True,
+            remote=remote,
+            branch=branch,
         )
 
 
@@ -456,8 +559,13 @@ def publish_pin_pr(
     reapply: Callable[[Path], list[PinChange]],
     max_attempts: int = 4,
     before_push: Callable[[str, int], None] | None = None,
+    git_token: str | None = None,
 ) -> dict[str, Any]:
     """Commit and push each processor's pins to its bot branch and open/update its PR.
+
+    git authenticates to an http(s) remote with `git_token`, else with the token `github` uses for
+    the API (`GitHubClient.git_token`), else with git's own configuration (see "Which credentials git
+    uses" above).
 
     `reapply(tree)` must write the pins into the registry.yaml files under `tree` (a fresh checkout of
     the branch being built) and return what it changed; it is called once per attempt.
@@ -480,6 +588,9 @@ def publish_pin_pr(
     grouped = _group(changes)
     try:
         git = Git(Path(top.stdout.strip()), identity)
+        token = git_token or (github.git_token() if github is not None else None)
+        if token:
+            git = git.with_http_token(token, git.remote_urls(remote))
         # A worktree a killed run left behind breaks even `git fetch` (a locked admin entry with no
         # valid HEAD): reclaim it before the first fetch, not only before the next worktree.
         common = _git_common_dir(git)
@@ -627,8 +738,12 @@ def _publish_one(
             )
         output = f"{pushed.stdout}\n{pushed.stderr}"
         if not any(marker in output for marker in _LEASE_REJECTED):
-            raise GitError(
-                mask_tokens(f"pushing {branch} to {remote} failed: {output.strip()}"),
+            raise _remote_failure(
+                f"pushing {branch} to {remote}",
+                output,
+                git=git,
+                remote=remote,
+                branch=branch,
                 remedy="Check that the token may push branches (contents: write) and read git's message.",
             )
         last_seen = bot_sha
@@ -720,6 +835,15 @@ def verify_proposed_pins(changes: list[PinChange]) -> None:
         clients.close()
 
 
+def _push_token_from_env() -> str | None:
+    """The token to push with when no PR is opened (no API client is made): GITHUB_TOKEN or GH_TOKEN
+    when set, or a GitHub App's installation token when its variables and GITHUB_REPOSITORY are."""
+    app = ("GITHUB_APP_ID", "GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_INSTALLATION_ID", "GITHUB_REPOSITORY")
+    if all(os.environ.get(name) for name in app):
+        return GitHubClient.from_env().git_token()
+    return os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN") or None
+
+
 def propose_pins(
     processors: list[LoadedProcessor], *, base: str, remote: str = "origin", open_pr: bool = True
 ) -> dict[str, Any]:
@@ -753,6 +877,7 @@ def propose_pins(
         base_branch=base,
         github=github,
         reapply=pin_reapplier(changes),
+        git_token=None if open_pr else _push_token_from_env(),
     )
     urls = [p["pr"]["url"] for p in result["processors"] if p.get("pr")]
     result["pr_url"] = urls[0] if len(urls) == 1 else None

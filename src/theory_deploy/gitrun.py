@@ -15,13 +15,26 @@ Values a user supplies (a revision, a branch, a remote) must never be read as an
 caller that puts such a value on a command line itself.
 
 `try_out` is for best-effort readings (the branch name, a label): it returns None instead of raising.
+
+Authenticating to an http(s) remote with a token (`with_http_token`): the pin bot pushes with the
+token it uses for GitHub's API, not with whatever actions/checkout persisted. The token is handed to
+git only in the environment of the calls that reach a remote (`network=True`), as command-scope
+config (`GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_n`/`GIT_CONFIG_VALUE_n`, git 2.31+):
+`http.<remote url>.extraheader` is first set empty, which resets the list of extra headers (so an
+`AUTHORIZATION` header that actions/checkout persisted for that server is not sent as well), then to
+`AUTHORIZATION: basic base64(x-access-token:<token>)`, as actions/checkout itself does. Never in
+argv (visible to every process on the machine) and never written to a config file. The key names
+the remote's exact URL, which is at least as specific as any persisted `http.<url>.*` entry and
+comes last (command scope), so it wins over them.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -126,11 +139,14 @@ class Git:
         *,
         timeout: float = LOCAL_TIMEOUT_S,
         error: type[TheoryDeployError] = GitError,
+        network_env: Mapping[str, str] | None = None,
     ) -> None:
         self.cwd = Path(cwd)
         self.identity = identity
         self.timeout = timeout
         self.error = error
+        # Added to the environment of calls that reach a remote only (see with_http_token).
+        self.network_env: dict[str, str] = dict(network_env or {})
         env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
         env.update(
             LC_ALL="C",
@@ -150,7 +166,34 @@ class Git:
         self.env = env
 
     def with_cwd(self, cwd: Path) -> Git:
-        return Git(cwd, self.identity, timeout=self.timeout, error=self.error)
+        return Git(cwd, self.identity, timeout=self.timeout, error=self.error, network_env=self.network_env)
+
+    def with_http_token(self, token: str, urls: Iterable[str]) -> Git:
+        """A runner whose calls that reach a remote authenticate to each http(s) URL of `urls` with
+        `token` (GitHub's `x-access-token` Basic credential), overriding persisted credentials for
+        those URLs. Other URLs (ssh, local paths) are left to git's own configuration."""
+        _secrets.register_secret_value(token)
+        header_value = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        _secrets.register_secret_value(header_value)
+        env = dict(self.network_env)
+        count = _config_count(self.env, env)
+        for url in dict.fromkeys(_config_url(u) for u in urls if re.match(r"(?i)https?://", u)):
+            for value in ("", f"AUTHORIZATION: basic {header_value}"):  # reset, then ours
+                env[f"GIT_CONFIG_KEY_{count}"] = f"http.{url}.extraheader"
+                env[f"GIT_CONFIG_VALUE_{count}"] = value
+                count += 1
+            env["GIT_CONFIG_COUNT"] = str(count)
+        return Git(self.cwd, self.identity, timeout=self.timeout, error=self.error, network_env=env)
+
+    def remote_urls(self, remote: str) -> list[str]:
+        """The URLs git fetches from and pushes to for `remote` (insteadOf rewrites applied); a
+        remote that is no configured name is taken as the URL itself."""
+        not_an_option(remote, "remote", self.error)
+        urls = []
+        for push in ((), ("--push",)):
+            proc = self.run("remote", "get-url", *push, "--all", remote, check=False)
+            urls += proc.stdout.split() if proc.returncode == 0 else []
+        return list(dict.fromkeys(urls)) or [remote]
 
     def run(
         self, *args: str, check: bool = True, network: bool = False, timeout: float | None = None
@@ -165,7 +208,7 @@ class Git:
             proc = subprocess.run(
                 argv,
                 cwd=self.cwd,
-                env=self.env,
+                env={**self.env, **self.network_env} if network else self.env,
                 capture_output=True,
                 text=True,
                 timeout=limit,
@@ -240,6 +283,22 @@ class Git:
             )
         proc = self.run("show", f"{rev}:{path}", check=False)
         return proc.stdout if proc.returncode == 0 else None
+
+
+def _config_count(*envs: Mapping[str, str]) -> int:
+    """How many GIT_CONFIG_KEY_n entries are already set (by the caller's environment or by us):
+    ours are appended after them, never over them."""
+    for env in reversed(envs):
+        raw = env.get("GIT_CONFIG_COUNT", "").strip()
+        if raw:
+            return int(raw) if raw.isdigit() else 0
+    return 0
+
+
+def _config_url(url: str) -> str:
+    """The URL as an `http.<url>.*` config key: a password in it is dropped (it is no part of how
+    git matches the key, and must not be copied around), the user name is kept (it is)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@:]*)(:[^/@]*)?@", r"\1\2@", url)
 
 
 MAX_SHOW_BYTES_ENV = "THEORY_GIT_MAX_SHOW_BYTES"

@@ -1,8 +1,9 @@
-"""A local stand-in for GitHub's REST API (the pull-request and issue endpoints), for tests only.
+"""A local stand-in for GitHub, for tests only: the REST API (pull requests, merges, branch protection,
+issues, app tokens) and the git side over smart HTTP (authentication, protected branches).
 
-Never imported by `src/`. See `server.py` for the endpoints it answers.
+Never imported by `src/`. See `server.py` for the endpoints it answers and the rules it enforces.
 """
 
-from .server import GitHubStandIn, RecordedRequest
+from .server import GitHubStandIn, GitRequest, Protection, RecordedRequest
 
-__all__ = ["GitHubStandIn", "RecordedRequest"]
+__all__ = ["GitHubStandIn", "GitRequest", "Protection", "RecordedRequest"]

@@ -1,4 +1,8 @@
-"""`processorctl pr`: put the pins written in the work tree up for review as one bot PR per processor."""
+"""`processorctl pr`: put the pins written in the work tree up for review as one bot PR per processor.
+
+git fetches and pushes with the GitHub token the PR is opened with (GITHUB_TOKEN / GH_TOKEN, or a
+GitHub App's installation token), also with --no-pr when one is set; without one, with git's own
+credentials (see gitpr, "Which credentials git uses")."""
 
 from __future__ import annotations
 
@@ -27,4 +31,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     pr.add_argument("--ref", required=True, action="append", help="processor ref (repeatable)")
     pr.add_argument("--base", required=True, help="branch the PR targets, e.g. main")
     pr.add_argument("--remote", default="origin", help="git remote to push to (default: origin)")
-    pr.add_argument("--no-pr", action="store_true", help="push the bot branch but open no PR (no GitHub token needed)")
+    pr.add_argument(
+        "--no-pr",
+        action="store_true",
+        help="push the bot branch but open no PR (no GitHub token needed; one that is set is pushed with)",
+    )

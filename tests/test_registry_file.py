@@ -314,6 +314,8 @@ path = Path(sys.argv[1]); a, b = sys.argv[2], sys.argv[3]
 i = 0
 while True:
     write_pins(path, {"amd64": a if i % 2 else b}); i += 1
+    if i == 1:
+        print("writing", flush=True)
 """
 
 
@@ -321,8 +323,10 @@ while True:
 def test_a_kill_at_any_moment_leaves_the_old_file_or_the_new(repo):
     path = registry(repo)
     for attempt in range(8):
-        proc = subprocess.Popen([sys.executable, "-c", KILL_LOOP, str(path), D1, D2])
-        time.sleep(0.4 + attempt * 0.07)
+        proc = subprocess.Popen([sys.executable, "-c", KILL_LOOP, str(path), D1, D2], stdout=subprocess.PIPE)
+        # Kill mid-loop, however slowly the interpreter started: after its first write is complete.
+        assert proc.stdout is not None and proc.stdout.readline() == b"writing\n"
+        time.sleep(0.05 + attempt * 0.07)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         spec, problems = check_file(path)

@@ -4,6 +4,7 @@
     scripts/mutation                          every core module
     scripts/mutation src/theory_deploy/refs.py  some of them
     scripts/mutation --changed HEAD~1         the core modules a change touched (CI)
+    scripts/mutation --report-only            score what mutants/ holds (an interrupted run)
 
 The core is `[tool.mutmut] only_mutate` in pyproject.toml; the tests run against each mutant are its
 `pytest_add_cli_args` (the fast and registry-backed suites). mutmut keeps its verdicts in `mutants/`
@@ -81,18 +82,21 @@ def verdicts(module: str) -> dict[str, int | None]:
 
 
 def score_module(module: str, equivalents: dict[str, str]) -> dict[str, object]:
+    """Counts of one module's verdicts. Mutants mutmut has not checked yet (an interrupted run) are
+    reported as `not_checked` and left out of the score; every other mutant no test failed on
+    (survived, no tests, timeout, suspicious) counts against it."""
     exit_codes = verdicts(module)
-    killed = [n for n, code in exit_codes.items() if code in KILLED_EXIT_CODES]
-    listed = sorted(n for n, code in exit_codes.items() if code not in KILLED_EXIT_CODES and n in equivalents)
-    surviving = sorted(n for n, code in exit_codes.items() if code not in KILLED_EXIT_CODES and n not in equivalents)
-    not_checked = [n for n in surviving if exit_codes[n] is None]
+    checked = {n: code for n, code in exit_codes.items() if code is not None}
+    killed = [n for n, code in checked.items() if code in KILLED_EXIT_CODES]
+    listed = sorted(n for n, code in checked.items() if code not in KILLED_EXIT_CODES and n in equivalents)
+    surviving = sorted(n for n, code in checked.items() if code not in KILLED_EXIT_CODES and n not in equivalents)
     counted = len(killed) + len(surviving)
     return {
         "killed": len(killed),
         "survived": len(surviving),
         "score": round(len(killed) / counted, 4) if counted else 1.0,
         "equivalent": len(listed),
-        "not_checked": len(not_checked),
+        "not_checked": len(exit_codes) - len(checked),
         "surviving_mutants": surviving,
     }
 
@@ -112,6 +116,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--min-score", type=float, default=0.85)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="score what mutants/ holds (e.g. after an interrupted run) without running mutmut; "
+        "mutants not yet checked are counted apart",
+    )
     args = parser.parse_args(argv)
 
     core = core_modules()
@@ -126,28 +136,41 @@ def main(argv: list[str]) -> int:
     equivalents = read_equivalents()
     log = ROOT / "mutants" / "mutmut-run.log"
     log.parent.mkdir(exist_ok=True)
-    print(f"mutation: mutmut over {len(modules)} module(s); log: {log.relative_to(ROOT)}", flush=True)
-    with log.open("w") as out:
-        run = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", f"--max-children={args.max_children}", *map(mutant_glob, modules)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    if run.returncode != 0:
-        print(f"mutation: mutmut failed (exit {run.returncode}); the end of {log.relative_to(ROOT)}:", file=sys.stderr)
-        print(log.read_text()[-3000:].replace("\r", "\n"), file=sys.stderr)
-        return 2
+    if not args.report_only:
+        print(f"mutation: mutmut over {len(modules)} module(s); log: {log.relative_to(ROOT)}", flush=True)
+        with log.open("w") as out:
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "mutmut",
+                    "run",
+                    f"--max-children={args.max_children}",
+                    *map(mutant_glob, modules),
+                ],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        if run.returncode != 0:
+            print(
+                f"mutation: mutmut failed (exit {run.returncode}); the end of {log.relative_to(ROOT)}:", file=sys.stderr
+            )
+            print(log.read_text()[-3000:].replace("\r", "\n"), file=sys.stderr)
+            return 2
 
     previous = json.loads(args.output.read_text()) if args.output.exists() else {}
     results = dict(previous.get("modules", {}))
     now, head = dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), commit()
     low = []
-    print(f"\n{'module':45} {'killed':>7} {'survived':>9} {'equiv.':>7} {'score':>7}")
+    print(f"\n{'module':45} {'killed':>7} {'survived':>9} {'equiv.':>7} {'unchecked':>9} {'score':>7}")
     for module in modules:
         entry = score_module(module, equivalents)
         results[module] = {**entry, "when": now, "commit": head}
-        print(f"{module:45} {entry['killed']:7} {entry['survived']:9} {entry['equivalent']:7} {entry['score']:7.1%}")
+        print(
+            f"{module:45} {entry['killed']:7} {entry['survived']:9} {entry['equivalent']:7} "
+            f"{entry['not_checked']:9} {entry['score']:7.1%}"
+        )
         if float(entry["score"]) < args.min_score:  # type: ignore[arg-type]
             low.append(module)
         for name in entry["surviving_mutants"]:  # type: ignore[attr-defined]
@@ -156,7 +179,7 @@ def main(argv: list[str]) -> int:
     tmp = args.output.with_suffix(".tmp")
     tmp.write_text(json.dumps({"modules": results, "when": now, "commit": head}, indent=2) + "\n")
     tmp.replace(args.output)
-    print(f"\nmutation: wrote {args.output.relative_to(ROOT)}")
+    print(f"\nmutation: wrote {args.output}")
     if low:
         print(f"mutation: under {args.min_score:.0%}: {', '.join(low)}", file=sys.stderr)
         return 1

@@ -33,6 +33,7 @@ Prints a table and writes JSON to bench/results/reliability.json (or --out).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import io
@@ -1303,7 +1304,10 @@ def r5(ctx: Ctx) -> dict[str, Any]:
         "GITHUB_TOKEN": f"ghp_canary-{uuid.uuid4().hex}",
     }
     bad_token = can["GITHUB_TOKEN"] + "x"  # a wrong token, for the 401 path: also a secret, may be masked
+    # A mask line holds one whole value: a secret, or the HTTP Basic credential git sends for a token
+    # (base64 of `x-access-token:<token>`), which the pin bot masks too, as actions/checkout does.
     mask_ok = {*can.values(), bad_token}
+    mask_ok |= {base64.b64encode(f"x-access-token:{v}".encode()).decode() for v in list(mask_ok)}
     places = 0
     leaks: list[dict[str, Any]] = []
     verbs_run: Counter[str] = Counter()

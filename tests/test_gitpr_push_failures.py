@@ -10,9 +10,7 @@ used on the way to the push).
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -51,19 +49,8 @@ inputs:
 """
 
 
-def git(cwd: Path, *args: str, check: bool = True) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_EDITOR="true")
-    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
-    return proc.stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("THEORY_BOT_NAME", "THEORY_BOT_EMAIL", "GITHUB_TOKEN", "GH_TOKEN", "THEORY_REPO_ROOT"):
-        monkeypatch.delenv(name, raising=False)
+# The same git runner and clean environment as the PR tests.
+from tests.test_gitpr import _clean_env, git  # noqa: E402, F401 (_clean_env: an autouse fixture)
 
 
 class Remote:

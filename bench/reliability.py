@@ -479,16 +479,22 @@ def r2(ctx: Ctx) -> dict[str, Any]:
             t.add("was_new" if data == texts[new] else "was_old")
         else:
             t.add("neither_old_nor_new", example=data[:200].decode(errors="replace"))
+        # A SIGKILL between creating the temporary file and renaming it over registry.yaml leaves
+        # the temporary: no process can clean up after its own SIGKILL. What is promised is that the
+        # re-run removes it (pin writes remove stale temporaries under the writers' lock).
         left = _leftover_tmp(reg.parent)
         if left:
             t.add("tmp_files_after_kill", len(left), example=left)
-            for name in left:  # count them once
-                (reg.parent / name).unlink()
         rerun = ctx.cli("processorctl", "pin", "--ref", ref, "--platform", "amd64", "--oci", new, "--json", root=work)
         if rerun.code == 0 and reg.read_bytes() == texts[new]:
             t.add("rerun_ok")
         else:
             t.add("rerun_failed", example=f"{rerun.err_code}: {rerun.err[-300:]}")
+        left_after_rerun = _leftover_tmp(reg.parent)
+        if left_after_rerun:
+            t.add("tmp_files_after_rerun", len(left_after_rerun), example=left_after_rerun)
+            for name in left_after_rerun:  # count them once
+                (reg.parent / name).unlink()
         current = new
     out["pin"] = {"iterations": ctx.n["r2_pin"], "baseline_secs": round(base_secs, 3), **t.counts}
     out["pin_examples"] = t.examples
@@ -1562,7 +1568,7 @@ def table(res: dict[str, Any]) -> str:
         p, q = res["R2"]["pin"], res["R2"]["pr"]
         rows.append(
             f"R2 crashes (pin)     kills={p.get('kills', 0)} (+{p.get('finished_before_kill', 0)} done first) parse_ok={p.get('parse_ok', 0)} "
-            f"old_or_new={p.get('old_or_new', 0)} rerun_ok={p.get('rerun_ok', 0)} tmp_files_left={p.get('tmp_files_after_kill', 0)}"
+            f"old_or_new={p.get('old_or_new', 0)} rerun_ok={p.get('rerun_ok', 0)} tmp_after_kill={p.get('tmp_files_after_kill', 0)} tmp_after_rerun={p.get('tmp_files_after_rerun', 0)}"
         )
         rows.append(
             f"R2 crashes (pr)      kills={q.get('kills', 0)} (+{q.get('finished_before_kill', 0)} done first) rerun_ok={q.get('rerun_ok', 0)} "

@@ -78,7 +78,8 @@ def test_r2_killed_pin_leaves_the_old_or_the_new_file(report: dict[str, Any]) ->
     assert pin.get("parse_ok", 0) == n
     assert pin.get("old_or_new", 0) == n, report["R2"]["pin_examples"]
     assert pin.get("rerun_ok", 0) == n, report["R2"]["pin_examples"]
-    assert pin.get("tmp_files_after_kill", 0) == 0, report["R2"]["pin_examples"]
+    # A SIGKILL may land between the temporary file's creation and its rename; the re-run removes it.
+    assert pin.get("tmp_files_after_rerun", 0) == 0, report["R2"]["pin_examples"]
 
 
 def test_r2_killed_pr_never_half_writes_the_bot_branch(report: dict[str, Any]) -> None:

@@ -15,7 +15,9 @@ from theory_deploy.gitrun import Git
 from theory_deploy.registry_pins import (
     _changed_lines,
     is_pin_only_change,
+    is_pin_only_in_file,
     pin_history,
+    pin_lines,
     pins_in_text,
     without_pins,
 )
@@ -94,3 +96,118 @@ def test_a_revision_missing_from_a_shallow_clone_says_how_to_fetch_it(repo: Path
     assert err.value.remedy == (
         "Fetch enough history for both revisions (actions/checkout `fetch-depth: 0`, or fetch the `before` sha)."
     )
+
+
+# --- pin_lines: exactly the lines the pins stand on ------------------------------------------------
+
+
+def test_pin_lines_are_the_key_and_value_lines_not_columns() -> None:
+    """Deeply indented pins whose values sit on the line after their keys: every line is counted by
+    its line number (a column number would name lines 7 and 9 here)."""
+    text = "image:\n  repository: r\n  platforms:\n        amd64:\n          null\n        arm64:\n          null\n"
+    assert pin_lines(text) == {3, 4, 5, 6, 7}
+
+
+def test_pin_lines_of_empty_platforms_is_its_key_line() -> None:
+    assert pin_lines("image:\n  repository: r\n  platforms:\n") == {3}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "image:\n  repository: r\n  platforms: amd64\n",  # a scalar where the pins belong
+        "image:\n  repository: r\n  platforms: [amd64]\n",
+        "image: platforms\n",  # `image` is no mapping (a substring test would find "platforms")
+        "- image\n- platforms\n",  # the document is no mapping
+        "image:\n  repository: r\n",  # no pins at all
+    ],
+)
+def test_pin_lines_of_a_document_without_a_pin_mapping_is_none(text: str) -> None:
+    assert pin_lines(text) is None
+
+
+# --- documents compared as documents --------------------------------------------------------------
+
+
+def test_reordered_keys_with_a_new_pin_are_still_pin_only_in_file(repo: Path) -> None:  # noqa: F811
+    """Two documents that mean the same compare equal whatever the order of their keys (a loader
+    giving ordered mappings would call a reordering a change)."""
+    base = git(repo, "rev-parse", "HEAD")
+    text = (repo / LITELLM_REG).read_text()
+    moved = text.replace("ref: llm/litellm@1\n", "") + "ref: llm/litellm@1\n"
+    head = commit(repo, {LITELLM_REG: moved.replace("amd64: null", "amd64: " + PIN_A.format(name="litellm"))})
+    assert is_pin_only_in_file(Git(repo), base, head, LITELLM_REG) is True
+
+
+# --- the diff read is git's plain diff of that one file, whatever the user's git config ------------
+
+
+def _pin_and_comment_change(repo: Path) -> tuple[str, str]:  # noqa: F811
+    """A change that sets a pin and rewrites a comment: the documents are the same once the pins are
+    set aside, so only the diff's hunks tell that a non-pin line changed."""
+    base = git(repo, "rev-parse", "HEAD")
+    text = (repo / LITELLM_REG).read_text()
+    changed = text.replace("amd64: null", "amd64: " + PIN_A.format(name="litellm")).replace(
+        "# llm/litellm@1: chat", "# llm/litellm@1: a reworded chat"
+    )
+    assert changed.count("reworded") == 1
+    return base, commit(repo, {LITELLM_REG: changed})
+
+
+def test_a_comment_change_is_not_pin_only(repo: Path) -> None:  # noqa: F811
+    base, head = _pin_and_comment_change(repo)
+    assert is_pin_only_change(repo, base, head) is False
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ["color.diff", "always"],  # colour codes around the hunk headers
+        ["diff.external", "true"],  # an external diff tool that prints nothing
+        ["diff.quiet.textconv", "sh -c 'true'"],  # a text conversion that empties the file
+    ],
+)
+def test_the_users_git_diff_settings_do_not_hide_a_non_pin_line(repo: Path, config: list[str]) -> None:  # noqa: F811
+    git(repo, "config", *config)
+    (repo / ".git" / "info" / "attributes").write_text("registry.yaml diff=quiet\n")
+    base, head = _pin_and_comment_change(repo)
+    assert is_pin_only_change(repo, base, head) is False
+
+
+def test_each_files_pin_lines_are_checked_against_its_own_diff(repo: Path) -> None:  # noqa: F811
+    """Two registry.yaml files pinned in one change, their pins on different lines: each file's
+    changed lines are its own (one diff of both would put the other file's pin lines in it)."""
+    echo_reg = LITELLM_REG.replace("litellm", "echo")
+    litellm = (repo / LITELLM_REG).read_text()
+    echo = "# one more comment line moves every pin one line down\n" + (repo / echo_reg).read_text()
+    base = commit(repo, {echo_reg: echo})
+    head = commit(
+        repo,
+        {
+            LITELLM_REG: litellm.replace("amd64: null", "amd64: " + PIN_A.format(name="litellm")),
+            echo_reg: echo.replace("arm64: null", "arm64: " + PIN_B.format(name="echo")),
+        },
+    )
+    assert is_pin_only_change(repo, base, head) is True
+
+
+def test_a_submodule_named_registry_yaml_is_not_pin_only(repo: Path) -> None:  # noqa: F811
+    """A gitlink called registry.yaml changes as "M" but has no text at either revision."""
+    base = git(repo, "rev-parse", "HEAD")
+    path = "processors/llm/sub/registry.yaml"
+    git(repo, "update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},{path}")
+    git(repo, "commit", "-q", "-m", "add a submodule")
+    middle = git(repo, "rev-parse", "HEAD")
+    git(repo, "update-index", "--cacheinfo", f"160000,{'2' * 40},{path}")
+    git(repo, "commit", "-q", "-m", "move the submodule")
+    head = git(repo, "rev-parse", "HEAD")
+    assert base != middle
+    assert is_pin_only_change(repo, middle, head) is False
+
+
+def test_a_document_with_an_application_tag_is_unreadable() -> None:
+    """registry.yaml is plain YAML: a `!tag` is refused by registry_file's model, and reading pins out
+    of such a text gives nothing rather than the pins of a document the model would not accept."""
+    text = "image:\n  repository: !custom r\n  platforms:\n    amd64: null\n"
+    assert pins_in_text(text) == {}
+    assert without_pins(text) is None

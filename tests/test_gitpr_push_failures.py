@@ -11,6 +11,7 @@ used on the way to the push).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,16 +90,28 @@ def remote(tmp_path: Path) -> Remote:
     return Remote(tmp_path)
 
 
-def publish(remote: Remote, changes: list[PinChange], pushes: list[int], **kw: object) -> dict:
+def publish(
+    remote: Remote,
+    changes: list[PinChange],
+    pushes: list[int],
+    on_push: Callable[[int], object] | None = None,
+    reapply: Callable[[Path], list[PinChange]] | None = None,
+    **kw: object,
+) -> dict:
+    """publish_pin_pr without GitHub; each push attempt's number is recorded in `pushes`, then
+    `on_push(attempt)` runs (a test's way to act between the fetch and the push)."""
+
     def before_push(_ref: str, attempt: int) -> None:
         pushes.append(attempt)
+        if on_push is not None:
+            on_push(attempt)
 
     return publish_pin_pr(
         remote.work,
         changes,
         base_branch="main",
         github=None,
-        reapply=gitpr.pin_reapplier(changes),
+        reapply=reapply or gitpr.pin_reapplier(changes),
         before_push=before_push,
         **kw,  # type: ignore[arg-type]
     )
@@ -134,21 +147,8 @@ def test_a_remote_that_is_gone_at_push_time_is_err_git_at_once(remote: Remote) -
     """The remote is reachable for the fetch, then gone for the push (moved away meanwhile)."""
     pushes: list[int] = []
     moved = remote.tmp / "moved.git"
-
-    def before_push(_ref: str, attempt: int) -> None:
-        pushes.append(attempt)
-        shutil.move(remote.path, moved)
-
-    changes = remote.pin(amd64=digest("b"))
     with pytest.raises(GitError) as info:
-        publish_pin_pr(
-            remote.work,
-            changes,
-            base_branch="main",
-            github=None,
-            reapply=gitpr.pin_reapplier(changes),
-            before_push=before_push,
-        )
+        publish(remote, remote.pin(amd64=digest("b")), pushes, on_push=lambda _: shutil.move(remote.path, moved))
     err = info.value
     assert type(err) is GitError and err.code == "ERR_GIT"
     assert f"pushing {BRANCH} to origin failed" in err.message
@@ -168,8 +168,7 @@ def test_a_lease_rejection_is_retried_and_the_other_writers_commit_kept(remote: 
 
     pushes: list[int] = []
 
-    def before_push(_ref: str, attempt: int) -> None:
-        pushes.append(attempt)
+    def before_push(attempt: int) -> None:
         if attempt == 1:  # another bot job pushes its own pin commit between our fetch and our push
             registry_file.write_pins(other / REG, {"arm64": digest("c")})
             git(other, "add", REG)
@@ -177,15 +176,7 @@ def test_a_lease_rejection_is_retried_and_the_other_writers_commit_kept(remote: 
             git(other, *bot, "commit", "--quiet", "-m", f"pin({REF}): arm64\n\n{gitpr.BOT_TRAILER}")
             git(other, "push", "--quiet", "origin", BRANCH)
 
-    changes = remote.pin(amd64=digest("d"))
-    result = publish_pin_pr(
-        remote.work,
-        changes,
-        base_branch="main",
-        github=None,
-        reapply=gitpr.pin_reapplier(changes),
-        before_push=before_push,
-    )
+    result = publish(remote, remote.pin(amd64=digest("d")), pushes, on_push=before_push)
     [entry] = result["processors"]
     assert pushes == [1, 2] and entry["attempts"] == 2 and entry["status"] == "pushed"
     assert other_tip is not None
@@ -226,14 +217,7 @@ def test_a_bot_commit_touching_more_than_pin_lines_is_refused_before_the_push(re
         return [PinChange(REF, REG, REPO, {"amd64": (digest("a"), digest("b"))})]
 
     with pytest.raises(GitError, match=r"changes more than image\.platforms lines; refusing to push it"):
-        publish_pin_pr(
-            remote.work,
-            [PinChange(REF, REG, REPO, {})],
-            base_branch="main",
-            github=None,
-            reapply=sloppy,
-            before_push=lambda _ref, attempt: pushes.append(attempt),
-        )
+        publish(remote, [PinChange(REF, REG, REPO, {})], pushes, reapply=sloppy)
     assert pushes == []  # refused before any push
     assert remote.sha(BRANCH) is None
 
@@ -248,13 +232,6 @@ def test_a_bot_commit_of_pin_lines_only_is_pushed(remote: Remote) -> None:
         )
         return [PinChange(REF, REG, REPO, {"amd64": (digest("a"), digest("e")), "arm64": (None, digest("f"))})]
 
-    result = publish_pin_pr(
-        remote.work,
-        [PinChange(REF, REG, REPO, {})],
-        base_branch="main",
-        github=None,
-        reapply=exact,
-        before_push=lambda _ref, attempt: pushes.append(attempt),
-    )
+    result = publish(remote, [PinChange(REF, REG, REPO, {})], pushes, reapply=exact)
     assert pushes == [1] and result["processors"][0]["status"] == "pushed"
     assert gitpr.is_pin_only_change(remote.path, "main", BRANCH)

@@ -35,11 +35,15 @@ inputs: {{type: object}}
 """
 
 
-def make_processor(root: Path, repository: str, name: str = "pinme") -> Path:
+def make_processor(root: Path, repository: str, name: str = "pinme", *, amd64: str | None = None) -> Path:
+    """processors/demo/<name>/registry.yaml for `repository`, its amd64 pin `amd64` (none by default)."""
     folder = root / "processors" / "demo" / name
     folder.mkdir(parents=True)
     path = folder / "registry.yaml"
-    path.write_text(REGISTRY_YAML.format(name=name, repository=repository))
+    text = REGISTRY_YAML.format(name=name, repository=repository)
+    if amd64 is not None:
+        text = text.replace("amd64: null", f"amd64: {amd64}", 1)
+    path.write_text(text)
     return path
 
 

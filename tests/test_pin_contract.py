@@ -17,27 +17,12 @@ from typing import Any
 import pytest
 
 from tests.registry_faults import push_index, push_synthetic_image
+from tests.test_pin import make_processor
 from theory_deploy import oci, pin, registry_file
 from theory_deploy.cli import framework, processorctl
 from theory_deploy.errors import InvalidRefError, NotADigestError, RepositoryMismatchError, TheoryDeployError
 from theory_deploy.oci import RegistryClient, RetryPolicy
 from theory_deploy.refs import ImageRef, parse_platform
-
-REGISTRY_YAML = """\
-ref: demo/{name}@1
-
-build:
-  context: .
-  platforms: [linux/amd64, linux/arm64]
-
-image:
-  repository: {repository}
-  platforms:
-    amd64: {amd64}
-    arm64: null
-
-inputs: {{type: object}}
-"""
 
 # A repository on the loopback registry that nothing is pushed to: refusals before any registry
 # request are tested against it, so those tests need no registry at all.
@@ -51,14 +36,6 @@ MISMATCH_REMEDY = (
     "Pin digests from image.repository, or move the processor first: "
     "`processorctl set-repository --ref R --repository REPO`."
 )
-
-
-def make_processor(root: Path, repository: str, *, amd64: str | None = None, name: str = "pinme") -> Path:
-    folder = root / "processors" / "demo" / name
-    folder.mkdir(parents=True)
-    path = folder / "registry.yaml"
-    path.write_text(REGISTRY_YAML.format(name=name, repository=repository, amd64=amd64 or "null"))
-    return path
 
 
 def no_registry(host: str) -> RegistryClient:

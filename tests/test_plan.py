@@ -53,25 +53,28 @@ def commit(repo: Path, files: dict[str, str], message: str = "change") -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
+def init_repo(tmp_path: Path, *, shared_code: bool = True) -> Path:
+    """A repository with two processors (llm/litellm, llm/echo) and docs; with `shared_code`, also the
+    runtime/ and src/ folders every processor's plan depends on."""
     root = tmp_path / "repo"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
-    commit(
-        root,
-        {
-            "processors/llm/litellm/registry.yaml": registry_text("litellm"),
-            "processors/llm/litellm/Dockerfile": "FROM scratch\n",
-            "processors/llm/echo/registry.yaml": registry_text("echo"),
-            "processors/llm/echo/Dockerfile": "FROM scratch\n",
-            "runtime/theory_runtime/__init__.py": "",
-            "src/theory_deploy/__init__.py": "",
-            "docs/index.md": "docs\n",
-        },
-        "initial",
-    )
+    files = {
+        "processors/llm/litellm/registry.yaml": registry_text("litellm"),
+        "processors/llm/litellm/Dockerfile": "FROM scratch\n",
+        "processors/llm/echo/registry.yaml": registry_text("echo"),
+        "processors/llm/echo/Dockerfile": "FROM scratch\n",
+        "docs/index.md": "docs\n",
+    }
+    if shared_code:
+        files |= {"runtime/theory_runtime/__init__.py": "", "src/theory_deploy/__init__.py": ""}
+    commit(root, files, "initial")
     return root
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return init_repo(tmp_path)
 
 
 def plan(repo: Path, base: str, **kw) -> dict:

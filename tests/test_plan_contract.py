@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_plan import SAMPLE, commit, git, registry_text
+from tests.test_plan import SAMPLE, commit, git, init_repo
 from theory_deploy.errors import (
     GitError,
     InvalidEnvError,
@@ -107,21 +107,7 @@ def row(ns: str, name: str, version: int = 1) -> dict[str, str]:
 def repo(tmp_path: Path) -> Path:
     """Two processors (llm/echo, llm/litellm) and no runtime/ or src/ folder (so that a file named
     `runtime` or `src` can be added)."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    commit(
-        root,
-        {
-            "processors/llm/litellm/registry.yaml": registry_text("litellm"),
-            "processors/llm/litellm/Dockerfile": "FROM scratch\n",
-            "processors/llm/echo/registry.yaml": registry_text("echo"),
-            "processors/llm/echo/Dockerfile": "FROM scratch\n",
-            "docs/index.md": "docs\n",
-        },
-        "initial",
-    )
-    return root.resolve()
+    return init_repo(tmp_path, shared_code=False).resolve()
 
 
 def head_of(repo: Path) -> str:

@@ -8,7 +8,8 @@ Only the recorded branch (Modal tag / container label `theory.branch`) stops exa
 
 * Modal: the real SDK against the control-plane stand-in, driven through `modalctl` subprocesses.
 * Local: the real Docker engine with tiny test-processor images (marked `docker`).
-* The shared decisions (redeployed meanwhile, failures) with a fake target, in-process.
+* The shared decisions (redeployed meanwhile, failures, the summary) with a fake target, in-process,
+  are in tests/test_target_base_contract.py (fast, so the mutation run covers them).
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ import pytest
 from modal_standin import ModalStandIn
 from modal_standin.images import push_tiny_image
 from modal_standin.sample_app import load_app
-
-from theory_deploy.errors import DeployError, UsageError
-from theory_deploy.refs import Environment, Platform
-from theory_deploy.targets.base import ListedApp, Target, changed_since_listing, read_branches
 
 BIN = Path(sys.executable).parent
 MODALCTL = BIN / "modalctl"
@@ -273,112 +270,6 @@ def test_cleanup_takes_no_ref_or_env(modal_world: ModalWorld) -> None:
         assert run.code == 2 and run.out["error"]["code"] == "ERR_USAGE"
     run = _run([str(MODALCTL), "cleanup-dev", "--json"], modal_world.env())
     assert run.code == 2 and "--existing-branches-file" in run.out["error"]["message"]
-
-
-# ------------------------------------------------------------------------------------------------
-# The shared logic, with a fake target
-
-
-class FakeTarget(Target):
-    kind = "fake"
-
-    def __init__(self, apps: list[ListedApp], now: dict[str, dict[str, str] | None] | None = None) -> None:
-        self.apps = apps
-        self.now = now or {}  # labels when re-read just before stopping (None: gone)
-        self.stopped: list[str] = []
-        self.envs: list[str] = []
-
-    @property
-    def platform(self) -> Platform:
-        return "amd64"
-
-    def list_apps(self, env: Environment) -> list[ListedApp]:
-        self.envs.append(env)
-        return list(self.apps)
-
-    def stop_listed(self, env: Environment, listed: ListedApp) -> str | None:
-        self.envs.append(env)
-        if listed.name == "boom":
-            raise DeployError("the target said no")
-        labels = self.now.get(listed.name, listed.labels)
-        if labels is None:
-            return "left alone: gone"
-        declined = changed_since_listing(listed, labels)
-        if declined:
-            return declined
-        self.stopped.append(listed.name)
-        return None
-
-    # The per-app verbs are not used by cleanup-dev.
-    def verify_image(self, oci: Any) -> Any:
-        raise NotImplementedError
-
-    def start(self, app: Any, image: Any, *, dry_run: bool = False) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def stop(self, app: Any) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def status(self, app: Any) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def logs(self, app: Any, *, follow: bool, tail: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def sync_secrets(self, app: Any, *, check: bool, fail_on_missing: bool, dry_run: bool = False) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def read_running_digests(self, app: Any) -> Any:
-        raise NotImplementedError
-
-    def endpoint(self, app: Any) -> Any:
-        raise NotImplementedError
-
-
-def _managed(name: str, branch: str | None, env: str = "dev", user: str = "u") -> ListedApp:
-    labels = {"theory.managed": "true", "theory.env": env, "theory.user": user}
-    if branch is not None:
-        labels["theory.branch"] = branch
-    return ListedApp(name, labels)
-
-
-def test_shared_logic_rechecks_before_stopping_and_reports_failures() -> None:
-    apps = [
-        _managed("a", "gone"),
-        _managed("b", "gone"),  # redeployed from an existing branch between listing and stopping
-        _managed("c", "gone"),  # removed meanwhile
-        _managed("d", "main"),
-        _managed("e", "gone", env="staging"),  # a label saying staging inside dev: never touched
-        ListedApp("f", {}, note="its tags could not be read: timeout"),
-    ]
-    target = FakeTarget(apps, now={"b": {**apps[1].labels, "theory.branch": "main"}, "c": None})
-    out = target.cleanup_dev(["main"])
-    assert _names(out["stopped"]) == ["a"] and target.stopped == ["a"]
-    assert _names(out["kept"]) == ["d"]
-    reasons = {e["app"]: e["reason"] for e in out["skipped"]}
-    assert "redeployed from branch 'main'" in reasons["b"]
-    assert reasons["c"] == "left alone: gone"
-    assert "recorded environment is 'staging'" in reasons["e"]
-    assert "could not be read" in reasons["f"]
-    assert set(target.envs) == {"dev"}
-
-    failing = FakeTarget([_managed("boom", "gone"), _managed("z", "gone")])
-    with pytest.raises(DeployError) as info:
-        failing.cleanup_dev(["main"])
-    assert failing.stopped == ["z"]  # one failure does not stop the others
-    details = info.value.details
-    assert _names(details["stopped"]) == ["z"] and details["failed"][0]["app"] == "boom"
-
-    with pytest.raises(UsageError):
-        FakeTarget(apps).cleanup_dev([])
-
-
-def test_read_branches(tmp_path: Path) -> None:
-    path = tmp_path / "b.txt"
-    path.write_text("main\n\n  refs/heads/feat/x  \nfeat-x\r\n")
-    assert read_branches(str(path)) == ["main", "feat/x", "feat-x"]
-    with pytest.raises(UsageError, match="cannot read"):
-        read_branches(str(tmp_path / "missing.txt"))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ PIN_B = "ghcr.io/theory-deploy/llm-{name}@sha256:" + "b" * 64
 
 
 def git(repo: Path, *args: str) -> str:
+    """git in `repo` as a fixed author; inherited GIT_* variables (a hook's GIT_DIR, say) are dropped."""
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@e",
         "GIT_COMMITTER_NAME": "t",

@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import re
-import subprocess
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -40,6 +38,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from tests.helpers import AuthRegistry
 from tests.modal_standin.images import PushedImage, push_tiny_image, push_tiny_index
+from tests.test_plan import git
 from theory_deploy import protocol
 from theory_deploy.errors import (
     DeployError,
@@ -174,19 +173,6 @@ class FakeTarget(Target):
         self, app: AppContext, *, check: bool, fail_on_missing: bool, dry_run: bool = False
     ) -> dict[str, Any]:
         raise NotImplementedError
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e",
-    }
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
-    ).stdout.strip()
 
 
 def registry_yaml(repository: str = OFFLINE_REPO, amd64: str | None = None, arm64: str | None = None) -> str:

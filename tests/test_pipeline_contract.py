@@ -572,7 +572,7 @@ def test_a_deploy_reports_every_stage_and_releases_the_lock_after_the_last(
     assert [x["expires_at"] - x["acquired_at"] for x in locks[:1]] == [pytest.approx(120, abs=1)]  # the lease asked for
     waited = [x["waited_s"] for x in locks]  # summed over the holds, each rounded to ms
     assert all(isinstance(w, float) and w == round(w, 3) for w in waited)
-    assert 0 < waited[0] <= waited[1] <= waited[2] <= waited[3] < 1
+    assert 0 <= waited[0] <= waited[1] <= waited[2] <= waited[3] < 1
     assert report["lock"] == locks[3]
     assert not world.lock_file().exists()
 
@@ -694,8 +694,11 @@ def test_another_holders_lease_is_waited_for_and_the_wait_is_the_locks_not_the_s
     waited = start["lock"]["waited_s"]
     assert 0.6 <= waited < 3.5
     assert start["started_at"] >= t0 + waited - 0.05  # the stage's clock starts once the lock is held
-    assert start["seconds"] < waited
-    assert waited < verify["lock"]["waited_s"] < waited + 1  # the renewal's wait is added, not reset
+    # ...and its time runs from there to its end: the wait is the lock's, not the stage's (compared with
+    # the stage's own clock, not with the wait, which a loaded machine can make as long as the stage).
+    assert abs(start["seconds"] - (start["finished_at"] - start["started_at"])) < 0.05
+    # The renewal's wait (often under a millisecond, so equal after rounding) is added, not reset.
+    assert waited <= verify["lock"]["waited_s"] < waited + 1
     assert (
         report["summary"].splitlines()[-1]
         == f"  deploy lock: ci-2 (released; waited {verify['lock']['waited_s']:.1f}s)"

@@ -34,7 +34,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,6 +44,7 @@ from pydantic import ValidationError as PydanticValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .bounded_yaml import (
     MAX_DEPTH,
@@ -270,13 +271,48 @@ def _load_document(path: Path, text: str | None = None) -> tuple[Any, list[Probl
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return None, [Problem(shown, line, col, f"not valid YAML: {exc.problem or exc.context}")]
-    except (YAMLError, ValueError) as exc:  # ruamel raises a few unmarked errors
-        return None, [Problem(shown, 1, 1, f"not valid YAML: {exc}")]
+    # A scalar its tag cannot construct (`!!bool maybe`, `!!float` with no digits, `2001-02-30`) makes
+    # ruamel's constructors raise without a position, and not always a YAMLError (KeyError,
+    # IndexError, AttributeError): never a traceback; the value is found again to say where it is.
+    except (YAMLError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        line, col, message = _unconstructable_value(text, exc)
+        return None, [Problem(shown, line, col, f"not valid YAML: {message}")]
     except RecursionError:  # the limits above should make this unreachable; never a traceback
         return None, [Problem(shown, 1, 1, f"nested too deeply (limit {MAX_DEPTH} levels)")]
     if not isinstance(doc, CommentedMap):
         return None, [Problem(shown, 1, 1, "expected a mapping at the top level")]
     return doc, []
+
+
+def _unconstructable_value(text: str, exc: Exception) -> tuple[int, int, str]:
+    """Where a load failed without a position: the first scalar whose tag cannot construct it, with
+    what is wrong with it; (1, 1, the error) when no single scalar is to blame."""
+    yaml = _yaml()
+    with contextlib.suppress(YAMLError):
+        for node in _scalars(yaml.compose(text)):
+            try:
+                yaml.constructor.construct_object(node, deep=True)
+            except (YAMLError, ValueError, KeyError, IndexError, AttributeError, TypeError) as node_exc:
+                core = "tag:yaml.org,2002:"
+                tag = str(node.tag)
+                tag = "!!" + tag.removeprefix(core) if tag.startswith(core) else tag
+                why = f" ({node_exc})" if isinstance(node_exc, ValueError) else ""
+                mark = node.start_mark
+                return mark.line + 1, mark.column + 1, f"{node.value!r} is not a valid {tag}{why}"
+    return 1, 1, str(exc)
+
+
+def _scalars(node: Node | None) -> Iterator[ScalarNode]:
+    """Every scalar node of a composed document, keys included, in document order."""
+    if isinstance(node, ScalarNode):
+        yield node
+    elif isinstance(node, MappingNode):
+        for key, value in node.value:
+            yield from _scalars(key)
+            yield from _scalars(value)
+    elif isinstance(node, SequenceNode):
+        for item in node.value:
+            yield from _scalars(item)
 
 
 def _plain(node: Any) -> Any:
@@ -796,27 +832,6 @@ def load_processor(ref: ProcessorRef, repo_root: Path | None = None) -> LoadedPr
 # ---------------------------------------------------------------------------------------------------
 
 
-def _scalar_end(line: str, start: int) -> int:
-    """Where the scalar starting at `start` ends: a quoted one at its closing quote, a plain one
-    before a comment, a flow separator, or trailing space."""
-    if start < len(line) and line[start] in "'\"":
-        quote, i = line[start], start + 1
-        while i < len(line):
-            if line[i] == quote:
-                if quote == "'" and i + 1 < len(line) and line[i + 1] == "'":
-                    i += 2
-                    continue
-                return i + 1
-            i += 2 if (quote == '"' and line[i] == "\\") else 1
-        return len(line)
-    end = len(line)
-    for stop in (" #", ",", "}", "]"):
-        found = line.find(stop, start)
-        if found != -1:
-            end = min(end, found)
-    return len(line[:end].rstrip()) if end > start else start
-
-
 def _render_scalar(value: str | None, old_token: str) -> str:
     if value is None:
         return "null"
@@ -826,32 +841,46 @@ def _render_scalar(value: str | None, old_token: str) -> str:
 
 
 def splice_values(text: str, values: dict[tuple[str, ...], str | None]) -> str:
-    """Return `text` with the scalar at each key path replaced, and nothing else changed."""
-    doc = _yaml().load(text)
-    edits = []
+    """Return `text` with the scalar at each key path replaced, and nothing else changed.
+
+    Where each value sits comes from the composed node tree, whose marks span a scalar exactly: a
+    quoted value continued on the next line is replaced whole, a comment or a flow separator after it
+    is kept. An empty value (`amd64:`) has no extent (the parser marks it where the next token
+    starts, possibly lines below), so the new value goes right after its key's colon."""
+    root = _yaml().compose(text)
+    edits: list[tuple[int, int, str]] = []
     for loc, value in values.items():
-        parent: Any = doc
-        for part in loc[:-1]:
-            parent = parent.get(part) if isinstance(parent, CommentedMap) else None
-        if not isinstance(parent, CommentedMap) or loc[-1] not in parent:
+        key, node = _key_and_value(root, loc)
+        if key is None or not isinstance(node, ScalarNode):
             raise ValidationError(
                 f"registry.yaml has no {'.'.join(loc)} key to write into.",
                 remedy="Add `platforms: {amd64: null, arm64: null}` under `image:` (as in the sample processor).",
             )
-        edits.append((*parent.lc.value(loc[-1]), value))
-    lines = text.splitlines(keepends=True)
-    # Splice from the bottom up so earlier positions stay valid when two values share a line.
-    for line_no, col, value in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
-        line = lines[line_no]
-        body = line.rstrip("\r\n")
-        ending = line[len(body) :]
-        # An empty value (`amd64:`) is recorded past the end of its line; treat it as an empty scalar.
-        end = _scalar_end(body, col) if col < len(body) else col
-        new_token = _render_scalar(value, body[col:end])
-        if col >= len(body):
-            new_token = " " + new_token
-        lines[line_no] = body[:col] + new_token + body[end:] + ending
-    return "".join(lines)
+        start, end = node.start_mark.index, node.end_mark.index
+        old_token = text[start:end].rstrip()  # a block scalar's extent runs into the next line
+        if old_token:
+            edits.append((start, start + len(old_token), _render_scalar(value, old_token)))
+        else:
+            colon = text.index(":", key.end_mark.index) + 1
+            # `{amd64: , arm64: }`: the gap before a flow comma goes, or the pin would read `pin ,`
+            after = colon + len(text[colon:]) - len(text[colon:].lstrip(" \t"))
+            gap_end = after if text[after : after + 1] == "," else colon
+            edits.append((colon, gap_end, " " + _render_scalar(value, "")))
+    # Splice from the end backwards so earlier offsets stay valid when two values share a line.
+    for start, end, token in sorted(edits, reverse=True):
+        text = text[:start] + token + text[end:]
+    return text
+
+
+def _key_and_value(root: Node | None, loc: tuple[str, ...]) -> tuple[Node | None, Node | None]:
+    """The key node and value node at a key path of a composed document; (None, None) if absent."""
+    key: Node | None = None
+    node = root
+    for part in loc:
+        if not isinstance(node, MappingNode):
+            return None, None
+        key, node = next(((k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value == part), (None, None))
+    return key, node
 
 
 def write_pins(path: Path, pins: dict[Platform, str | None]) -> dict[Platform, tuple[str | None, str | None]]:
@@ -872,7 +901,7 @@ def write_pins(path: Path, pins: dict[Platform, str | None]) -> dict[Platform, t
         changed = {p: (current[p], new) for p, new in pins.items() if current[p] != new}
         if not changed:
             return {}
-        text = path.read_text(encoding="utf-8")
+        text = read_registry_text(path)  # not read_text: universal newlines would turn CRLF into LF
         edits: dict[tuple[str, ...], str | None] = {
             ("image", "platforms", p): new for p, (_old, new) in changed.items()
         }
@@ -895,7 +924,7 @@ def set_repository(path: Path, repository: str) -> dict[str, Any]:
         cleared = [p for p, pin in loaded.spec.pins().items() if pin is not None]
         edits: dict[tuple[str, ...], str | None] = {("image", "repository"): new_repo.repository}
         edits.update({("image", "platforms", p): None for p in cleared})
-        _write_edits(path, path.read_text(encoding="utf-8"), edits)
+        _write_edits(path, read_registry_text(path), edits)
         return {"old": old, "new": new_repo.repository, "changed": True, "cleared_pins": cleared}
 
 
@@ -913,7 +942,11 @@ def _prove_only_these_moved(path: Path, old_text: str, new_text: str, edits: dic
         for part in loc[:-1]:
             node = node[part]
         node[loc[-1]] = value
-    if _plain(_yaml().load(io.StringIO(new_text))) != expected:
+    try:
+        spliced = _plain(_yaml().load(io.StringIO(new_text)))
+    except YAMLError:
+        spliced = None
+    if spliced != expected:
         raise TheoryDeployError(
             f"{_display(path)}: the splice would change more than {len(edits)} value(s); refusing to write."
         )

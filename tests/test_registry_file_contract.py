@@ -196,12 +196,12 @@ inputs:
     assert shown(path) == [
         at(1, 6, "ref 'llm/other@1' does not match its folder processors/llm/litellm; expected llm/litellm@N"),
         at(3, 15, "image.repository must have no tag and no digest"),
-        # the expected form quotes image.repository as written; a repository with a tag is not
-        # compared with the pins (the tag problem above is the one to fix first)
+        # a repository with a tag is not compared with the pins, nor quoted in their hint (the tag
+        # problem above is the one to fix first)
         at(
             6,
             12,
-            f"pin 'REPLACE_ME' is not a digest ref; expected exactly {REPOSITORY}:v1@sha256:<64 lowercase hex> "
+            "pin 'REPLACE_ME' is not a digest ref; expected exactly <image.repository>@sha256:<64 lowercase hex> "
             "(no tags, no placeholders)",
         ),
         at(8, 12, "inputs.$schema must be a string naming a JSON Schema dialect (a URI)"),
@@ -447,7 +447,7 @@ def test_a_null_pin_does_not_stop_the_check_of_the_next_one(repo: Path) -> None:
         at(
             6,
             12,
-            f"pin 'nope' is not a digest ref; expected exactly {REPOSITORY}@sha256:{'a' * 64}@sha256:<64 lowercase hex> "
+            "pin 'nope' is not a digest ref; expected exactly <image.repository>@sha256:<64 lowercase hex> "
             "(no tags, no placeholders)",
         ),
     ]
@@ -633,6 +633,15 @@ def test_a_registry_yaml_symlinked_within_the_repository_is_read(repo: Path) -> 
         ("a: {b: !!float }\n", (1, 8, "not valid YAML: '' is not a valid !!float")),
         ("? !!int 0x\n: v\n", (1, 3, "not valid YAML: '0x' is not a valid !!int")),
         ("a: !!omap x\n", (1, 4, "not valid YAML: 'x' is not a valid !!omap")),
+        # a character YAML forbids, at its place, without ruamel's stream name and offset
+        (
+            "a: 1\nb\0c: 2\n",
+            (2, 2, "not valid YAML: unacceptable character #x0000: special characters are not allowed"),
+        ),
+        (
+            "a: 1\r\nb: \x07\n",
+            (2, 4, "not valid YAML: unacceptable character #x0007: special characters are not allowed"),
+        ),
         ("- a\n- b\n", (1, 1, "expected a mapping at the top level")),
         ("", (1, 1, "expected a mapping at the top level")),
         (

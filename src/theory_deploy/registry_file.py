@@ -45,6 +45,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
 
 from .bounded_yaml import (
     MAX_DEPTH,
@@ -267,6 +268,12 @@ def _load_document(path: Path, text: str | None = None) -> tuple[Any, list[Probl
         return None, [Problem(shown, 1, 1, f"cannot read: {exc.strerror}")]
     try:
         doc = _yaml().load(text)
+    except ReaderError as exc:  # a character YAML forbids: shown at its place, without ruamel's stream name
+        index = int(exc.position)
+        line, col = text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
+        code = ord(exc.character) if isinstance(exc.character, str) else int(exc.character)
+        what = f"#x{code:04x}"
+        return None, [Problem(shown, line, col, f"not valid YAML: unacceptable character {what}: {exc.reason}")]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -529,7 +536,9 @@ def _cross_checks(
         if not isinstance(pin, str):
             continue
         loc = ("image", "platforms", platform)
-        expected_form = f"{image.get('repository')}@sha256:<64 lowercase hex>"
+        # an invalid or missing repository is reported on its own; the pin's hint must not repeat it
+        named = repository.repository if repository is not None else "<image.repository>"
+        expected_form = f"{named}@sha256:<64 lowercase hex>"
         match = re.fullmatch(r"(?P<repo>.+)@sha256:(?P<hex>[0-9a-f]{64})", pin)
         if not match:
             at(loc, f"pin {pin!r} is not a digest ref; expected exactly {expected_form} (no tags, no placeholders)")

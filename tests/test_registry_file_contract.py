@@ -642,6 +642,11 @@ def test_a_registry_yaml_symlinked_within_the_repository_is_read(repo: Path) -> 
             "a: 1\r\nb: \x07\n",
             (2, 4, "not valid YAML: unacceptable character #x0007: special characters are not allowed"),
         ),
+        (
+            "a: 1\nb: 2\nc\0: 3\n",
+            (3, 2, "not valid YAML: unacceptable character #x0000: special characters are not allowed"),
+        ),
+        ("\nb\x01: 1\n", (2, 2, "not valid YAML: unacceptable character #x0001: special characters are not allowed")),
         ("- a\n- b\n", (1, 1, "expected a mapping at the top level")),
         ("", (1, 1, "expected a mapping at the top level")),
         (
@@ -1054,6 +1059,16 @@ def test_splice_into_a_key_that_is_not_there_is_refused(text: str, loc: tuple[st
     assert (
         info.value.remedy == "Add `platforms: {amd64: null, arm64: null}` under `image:` (as in the sample processor)."
     )
+
+
+@pytest.mark.parametrize(("value", "held"), [("{x: 1}", "a mapping"), ("[x]", "a list"), ("\n      - x", "a list")])
+def test_splice_into_a_key_holding_a_collection_is_refused(value: str, held: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        rf.splice_values(pins_text(f"    amd64: {value}\n"), {AMD64: "x"})
+    assert (
+        info.value.message == f"registry.yaml's image.platforms.amd64 holds {held}, not a single value to write into."
+    )
+    assert info.value.remedy == "Write it as `amd64: null` (as in the sample processor)."
 
 
 def test_the_proof_refuses_a_text_where_anything_else_moved(repo: Path) -> None:

@@ -271,8 +271,8 @@ def _load_document(path: Path, text: str | None = None) -> tuple[Any, list[Probl
     except ReaderError as exc:  # a character YAML forbids: shown at its place, without ruamel's stream name
         index = int(exc.position)
         line, col = text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
-        code = ord(exc.character) if isinstance(exc.character, str) else int(exc.character)
-        what = f"#x{code:04x}"
+        # ruamel's reader gives the character as its code point when reading text (as here)
+        what = f"#x{int(exc.character):04x}"
         return None, [Problem(shown, line, col, f"not valid YAML: unacceptable character {what}: {exc.reason}")]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -860,10 +860,16 @@ def splice_values(text: str, values: dict[tuple[str, ...], str | None]) -> str:
     edits: list[tuple[int, int, str]] = []
     for loc, value in values.items():
         key, node = _key_and_value(root, loc)
-        if key is None or not isinstance(node, ScalarNode):
+        if key is None:
             raise ValidationError(
                 f"registry.yaml has no {'.'.join(loc)} key to write into.",
                 remedy="Add `platforms: {amd64: null, arm64: null}` under `image:` (as in the sample processor).",
+            )
+        if not isinstance(node, ScalarNode):
+            held = "a mapping" if isinstance(node, MappingNode) else "a list"
+            raise ValidationError(
+                f"registry.yaml's {'.'.join(loc)} holds {held}, not a single value to write into.",
+                remedy=f"Write it as `{loc[-1]}: null` (as in the sample processor).",
             )
         start, end = node.start_mark.index, node.end_mark.index
         old_token = text[start:end].rstrip()  # a block scalar's extent runs into the next line

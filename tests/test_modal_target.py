@@ -585,21 +585,41 @@ def test_image_pull_failure_is_an_image_pull_error(world: World) -> None:
 
 
 def test_registry_auth_is_what_pulls_a_private_pin(world: World, auth_registry: AuthRegistry) -> None:
-    """REGISTRY_AUTH carries the pull credentials: a stale token fails the pull (ERR_IMAGE_PULL) until
-    sync-secrets replaces it; then the private pin deploys, pulled with those credentials."""
-    push_image(auth_registry.host, IMAGE_PATH, TINY_A, credentials=(auth_registry.user, auth_registry.password))
+    """REGISTRY_AUTH carries the pull credentials: a stale token fails the pull (ERR_IMAGE_PULL); the
+    next start with working credentials exported replaces it (a CI job's token expires with the job,
+    so a secret that holds both keys is not trusted to still work), and the private pin deploys,
+    pulled with them. A start without exported credentials uses the secret as it is."""
+    credentials = (auth_registry.user, auth_registry.password)
+    push_image(auth_registry.host, IMAGE_PATH, TINY_A, credentials=credentials)
+    push_image(auth_registry.host, IMAGE_PATH, TINY_B, credentials=credentials)
     repo = f"{auth_registry.host}/{IMAGE_PATH}"
     world.write(amd64=f"{repo}@{D_A}", repository=repo)
     stale = world.secrets_env(REGISTRY_USERNAME=auth_registry.user)  # the canary password: refused
     run = world.ctl("start", extra=stale)
     assert run.code == 13 and run.out["error"]["code"] == "ERR_IMAGE_PULL"
     assert "refused the credentials" in run.out["error"]["message"]
+    assert world.cp.state.secret_values("staging", "REGISTRY_AUTH") == {
+        "REGISTRY_USERNAME": auth_registry.user,
+        "REGISTRY_PASSWORD": world.canaries["REGISTRY_PASSWORD"],
+    }
     good = world.secrets_env(REGISTRY_USERNAME=auth_registry.user, REGISTRY_PASSWORD=auth_registry.password)
-    assert "REGISTRY_AUTH" in world.ok("sync-secrets", extra=good)["updated"]
     out = world.ok("start", extra=good)
-    assert out["action"] == "deployed" and out["digest"] == D_A
+    assert (out["action"], out["digest"], out["secrets"]["registry_auth"]) == ("deployed", D_A, "updated")
+    assert world.cp.state.secret_values("staging", "REGISTRY_AUTH") == {
+        "REGISTRY_USERNAME": auth_registry.user,
+        "REGISTRY_PASSWORD": auth_registry.password,
+    }
     last = world.cp.state.pulls[-1]
     assert (last.ok, last.auth, last.username, last.manifest_digest) == (True, "basic", auth_registry.user, D_A)
+    # no credentials exported: the stored ones pull the next pin
+    world.write(amd64=f"{repo}@{D_B}", repository=repo)
+    no_credentials = {k: v for k, v in good.items() if k not in ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")}
+    out = world.ok("start", extra=no_credentials)
+    assert (out["action"], out["digest"], out["secrets"]["registry_auth"]) == ("redeployed", D_B, "present")
+    last = world.cp.state.pulls[-1]
+    assert (last.ok, last.auth, last.username, last.manifest_digest) == (True, "basic", auth_registry.user, D_B)
+    # and sync-secrets with working credentials replaces it as well
+    assert "REGISTRY_AUTH" in world.ok("sync-secrets", extra=good)["updated"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -337,11 +337,21 @@ class ModalTarget(Target):
         await self._call(f"updating secret {name} in {env}", handle.update.aio(values), env=env, not_found=gone)
 
     async def _ensure_registry_auth(self, app: AppContext, image: ImageRef) -> str:
+        """Make REGISTRY_AUTH usable for this pull. Credentials exported now always replace what it
+        holds: Modal cannot tell us whether a stored token still works, and a CI job's registry token
+        (GITHUB_TOKEN) expires with the job that stored it, so a secret left as it was would fail the
+        next deploy's pull. Without exported credentials, a secret holding both keys is kept."""
         env = app.env
-        if await self._secret(env, REGISTRY_AUTH, REGISTRY_AUTH_KEYS) is not None:
-            return "present"
-        existing = await self._secret(env, REGISTRY_AUTH)
         credentials = secret_values.registry_credentials()
+        complete = await self._secret(env, REGISTRY_AUTH, REGISTRY_AUTH_KEYS)
+        if complete is not None:
+            if credentials is None:
+                return "present"
+            await self._update_secret(
+                env, REGISTRY_AUTH, complete, dict(zip(REGISTRY_AUTH_KEYS, credentials, strict=True))
+            )
+            return "updated"
+        existing = await self._secret(env, REGISTRY_AUTH)
         problem = f"lacks the keys {' and '.join(REGISTRY_AUTH_KEYS)}" if existing is not None else "does not exist"
         if credentials is None:
             raise MissingSecretError(

@@ -300,7 +300,7 @@ def is_loopback(registry: str) -> bool:
         host = host[1:].split("]", 1)[0]
     elif host.count(":") == 1:
         host = host.split(":", 1)[0]
-    if host == "localhost":
+    if host.lower() == "localhost":  # host names are case-insensitive
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -609,10 +609,10 @@ class RegistryClient:
                 if token is None or sent == f"Bearer {token}":
                     token = self._fetch_token(params["realm"], params.get("service"), token_scope)
                 with self._lock:
-                    if token_scope:
-                        self._tokens[token_scope] = token
-                    if (scope or "") != token_scope:
-                        self._tokens[scope or ""] = token
+                    # Kept under the scope asked for and under the request's own: a challenge without
+                    # a scope (`GET /v2/`) keys its token by "", which the retry looks up.
+                    self._tokens[token_scope] = token
+                    self._tokens[scope or ""] = token
             return True
         return False
 
@@ -686,9 +686,10 @@ class RegistryClient:
                 )
             try:
                 payload = response.json()
-                token = payload.get("token") or payload.get("access_token")
             except ValueError:
-                token = None
+                payload = None
+            # a JSON answer that is not an object (an array, a string) holds no token either
+            token = (payload.get("token") or payload.get("access_token")) if isinstance(payload, dict) else None
             if not isinstance(token, str) or not token:
                 raise RegistryAuthError(f"{self.registry}: the token service {self._where(realm)} returned no token.")
             if not token.isascii() or not token.isprintable() or token != token.strip():
@@ -968,12 +969,14 @@ class RegistryClient:
                 scope=scope,
                 body=data,
                 ok=(201, 204),
-                not_found_ok=session == 1,
+                not_found_ok=True,
                 write=True,
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
                 what=what,
             )
             if response.status_code == 404:
+                if session == 2:
+                    break
                 self._progress(f"restarting the upload of {what}: the registry lost the upload session")
                 continue
             stored = response.headers.get("docker-content-digest", "")
@@ -981,7 +984,12 @@ class RegistryClient:
                 raise DigestIntegrityError(f"{what}: the registry stored it as {stored}.")
             self._count("blob_uploads")
             return True
-        raise ImagePushError(f"{what}: the registry lost the upload session twice.")
+        raise ImagePushError(
+            f"{what}: the registry lost the upload session twice (404 on the PUT that completes it).",
+            remedy="Re-run the push: blobs already uploaded are not sent again. If it keeps happening, the "
+            "registry is dropping upload sessions (a load balancer spreading one upload over replicas "
+            "without shared storage, or an upload purge set too short).",
+        )
 
     # -- API: platforms ---------------------------------------------------------------------------------
     def resolve_platforms(self, repo: str, reference: str, platforms: list[str]) -> dict[str, PlatformResolution]:

@@ -786,9 +786,7 @@ class RegistryClient:
             before_retry=config_instead,
             max_body=_MAX_MANIFEST_BYTES,
         )
-        body = response.content
-        if len(body) > _MAX_MANIFEST_BYTES:
-            raise ImagePullError(f"{what}: the manifest is {len(body)} bytes, larger than any manifest should be.")
+        body = response.content  # at most _MAX_MANIFEST_BYTES: _send_bounded refuses to read more
         actual = sha256_digest(body)
         header_digest = response.headers.get("docker-content-digest", "")
         if DIGEST_RE.match(reference) and actual != reference:

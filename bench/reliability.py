@@ -559,10 +559,15 @@ def r2(ctx: Ctx) -> dict[str, Any]:
             if set(ctx.tmpdir.glob("theory-deploy-pin-*")) - tmp_before:
                 t.add("new_tmpdir_folders_after_kill")
                 t.add(f"new_tmpdir_folders_after_{sig.name}")
+            # A kill inside `git fetch` may leave a private ref's lock (counted, not a fault); the
+            # re-run must remove it, or every later run fails to update that ref.
             locks = [str(p.relative_to(root)) for p in root.rglob("*.lock")]
             if locks:
                 t.add("lock_files_after_kill", example=locks)
             rerun = ctx.cli("processorctl", *pr_args, root=work, env=env)
+            locks = [str(p.relative_to(root)) for p in root.rglob("*.lock")]
+            if locks:
+                t.add("lock_files_after_rerun", example=locks)
             if rerun.code != 0 and ("bad object worktrees/" in rerun.err or ".git/worktrees/" in rerun.err):
                 # known bug: a kill inside `git worktree add` leaves a locked, HEAD-less admin entry that
                 # breaks every later fetch in the clone. Count it, repair by hand, re-run, go on measuring.

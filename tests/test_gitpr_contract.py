@@ -1348,6 +1348,59 @@ def test_a_killed_runs_worktree_is_reclaimed_before_the_fetch(
     assert len(git(work, "worktree", "list").splitlines()) == 1
 
 
+def test_a_killed_fetchs_private_ref_locks_are_removed_and_a_users_lock_is_kept(
+    remote: Remote, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL inside `git fetch` leaves `<ref>.lock` under the private namespace, and git then refuses
+    to update that ref ever again: a re-run removes those (only our runs write there, and they hold the
+    clone lock) and finishes the job. A lock on the user's own ref may be a git command they are
+    running, so it stays."""
+    work = remote.work
+    private = work / ".git" / "refs" / "theory-deploy" / "remotes" / "origin"
+    stale_base = private / "main.lock"
+    stale_bot = private / "theory-deploy" / "pin" / "llm-litellm-v1.lock"
+    users = work / ".git" / "refs" / "heads" / "feature.lock"
+    for lock in (stale_base, stale_bot, users):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text("")
+    capfd.readouterr()
+    result = publish(remote, remote.pin(amd64=digest("b")))
+    assert [e["status"] for e in result["processors"]] == ["pushed"]
+    assert capfd.readouterr().err == (
+        "removed 2 ref lock(s) left by an interrupted run: refs/theory-deploy/remotes/origin/main.lock, "
+        "refs/theory-deploy/remotes/origin/theory-deploy/pin/llm-litellm-v1.lock\n"
+    )
+    assert not stale_base.exists() and not stale_bot.exists()
+    assert users.exists()
+    assert remote.file(BRANCH) == FIXTURE.replace(digest("a"), digest("b"))
+
+
+def test_the_clone_lock_is_held_for_the_whole_run(remote: Remote) -> None:
+    """The lock-file and worktree reclaim above is only safe because no other run can be writing
+    them: every step of a run, from the first fetch to the last push, happens under the clone lock."""
+    from theory_deploy.errors import LockTimeoutError
+    from theory_deploy.files import exclusive_lock
+
+    common = (remote.work / ".git").resolve()
+    inner = gitpr.pin_reapplier(remote.pin(amd64=digest("b")))
+    refused: list[str] = []
+
+    def still_locked(step: str) -> None:
+        with pytest.raises(LockTimeoutError):
+            with exclusive_lock(common, timeout_s=0.1):
+                pass
+        refused.append(step)
+
+    def reapply(root: Path) -> list[PinChange]:
+        still_locked("reapply")
+        return inner(root)
+
+    publish(remote, [PinChange(REF, REG, REPO, {})], reapply=reapply, before_push=lambda ref, n: still_locked("push"))
+    assert refused == ["reapply", "push"]
+    with exclusive_lock(common, timeout_s=0.1):  # released at the end
+        pass
+
+
 def test_worktree_folder_is_made_in_the_temp_dir_and_removed(remote: Remote, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 

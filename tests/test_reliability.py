@@ -86,12 +86,14 @@ def test_r2_killed_pr_never_half_writes_the_bot_branch(report: dict[str, Any]) -
     pr = report["R2"]["pr"]
     n = pr["iterations"]
     assert pr.get("half_written_branches", 0) == 0, report["R2"]["pr_examples"]
-    # a re-run finishes the job, except after the known stale-worktree wedge (its own xfail below),
-    # which the suite repairs by hand so that it can go on measuring
+    # a re-run finishes the job by itself: the bench repairs a wedged clone by hand only so that it can
+    # go on measuring, and counts each such repair as a failure here
     assert pr.get("rerun_failed", 0) == 0, report["R2"]["pr_examples"]
+    assert pr.get("rerun_failed_wedged_by_stale_worktree", 0) == 0, report["R2"]["pr_examples"]
     assert pr.get("rerun_ok", 0) == n + pr["targeted_iterations"], report["R2"]["pr_examples"]
     assert pr.get("open_prs_at_end") == 1
-    assert pr.get("lock_files_after_kill", 0) == 0, report["R2"]["pr_examples"]
+    # a kill may leave git's lock files (inside `git fetch`: a private ref's lock); the re-run removes them
+    assert pr.get("lock_files_after_rerun", 0) == 0, report["R2"]["pr_examples"]
 
 
 def test_r2_interrupted_pr_removes_its_worktree(report: dict[str, Any]) -> None:

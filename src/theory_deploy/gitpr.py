@@ -14,9 +14,14 @@ split up, one invariant (never overwrite a commit the bot did not make) would be
 
 How a pin reaches the branch
 ----------------------------
+0. The whole run holds an exclusive lock on the clone's git folder. Two runs in one clone take
+   turns, and the run that gets the lock removes what a killed run left (its bot worktree, its
+   private ref locks): a re-run after a crash finishes the job.
 1. `git ls-remote` + `git fetch` of the base branch and the bot branch into a private ref namespace
-   (`refs/theory-deploy/...`, deleted again at the end), never into the user's branches. Shallow
-   clones (actions/checkout's default) are deepened until base and bot branch share a merge base.
+   (`refs/theory-deploy/...`, deleted again at the end), never into the user's branches (the push in
+   step 6 does move the clone's remote-tracking ref of the bot branch, as every `git push` to a named
+   remote does). Shallow clones (actions/checkout's default) are deepened until base and bot branch
+   share a merge base.
 2. If the bot branch exists, every commit on it that is not on the base must be a bot commit: author
    *and* committer email equal to the bot identity *and* a `Theory-Deploy-Bot: pin` trailer. Any
    other commit (a human pushed a fix to the branch, someone pressed "Update branch") means the
@@ -373,35 +378,64 @@ WORKTREE_TMP_PREFIX = "theory-deploy-pin-"
 def _worktree(git: Git, rev: str, name: str) -> Iterator[Path]:
     """A temporary worktree at `rev`, removed afterwards, whatever happens.
 
-    Every bot worktree of a clone lives while its run holds an exclusive lock on the clone's git
-    folder, so a run that gets the lock knows that any bot worktree it finds was left by a killed
-    run (SIGKILL, or a kill inside `git worktree add`, which leaves a locked admin entry with no valid
-    HEAD that `git worktree prune` keeps and that breaks every later fetch). It removes those first:
-    a re-run after a crash finishes the job instead of tripping over the crash's remains.
+    Call it only under the clone lock (`_clone_lock`, which publish_pin_pr holds for its whole run):
+    that is what lets the next run treat any bot worktree it finds as a killed run's remains.
     """
-    common = _git_common_dir(git)
-    with exclusive_lock(common, timeout_s=300, what=f"{common} (another pin PR run holds its worktree)"):
-        _reclaim_stale_worktrees(git, common)
-        tmp = Path(tempfile.mkdtemp(prefix=WORKTREE_TMP_PREFIX))
-        path = tmp / name
-        try:
-            git.run("worktree", "add", "--detach", "--quiet", str(path), rev)
-            yield path
-        finally:
-            removed = git.run("worktree", "remove", "--force", str(path), check=False).returncode == 0
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not removed:
-                # Our admin entry is left pointing at a folder that is gone; prune drops such entries only.
-                git.run("worktree", "prune", check=False)
+    tmp = Path(tempfile.mkdtemp(prefix=WORKTREE_TMP_PREFIX))
+    path = tmp / name
+    try:
+        git.run("worktree", "add", "--detach", "--quiet", str(path), rev)
+        yield path
+    finally:
+        removed = git.run("worktree", "remove", "--force", str(path), check=False).returncode == 0
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not removed:
+            # Our admin entry is left pointing at a folder that is gone; prune drops such entries only.
+            git.run("worktree", "prune", check=False)
 
 
 def _git_common_dir(git: Git) -> Path:
-    """The clone's git folder shared by all its worktrees: what the worktree lock is taken on."""
+    """The clone's git folder shared by all its worktrees: what the clone lock is taken on."""
     return Path(git.out("rev-parse", "--path-format=absolute", "--git-common-dir"))
 
 
+@contextlib.contextmanager
+def _clone_lock(git: Git) -> Iterator[None]:
+    """Hold the clone's publish lock for a whole run, after clearing what a killed run left.
+
+    Only a run holding this lock makes bot worktrees or writes the private refs, so the run that gets
+    it knows that any bot worktree or private ref lock it finds belongs to a run that was killed
+    (SIGKILL leaves both: a kill inside `git worktree add` leaves a locked admin entry with no valid
+    HEAD that `git worktree prune` keeps and that breaks every later fetch; a kill inside `git fetch`
+    leaves `refs/theory-deploy/...lock`, and git then refuses to update that ref ever again). Both
+    are removed first: a re-run after a crash finishes the job instead of tripping over its remains.
+    Two runs in one clone take turns.
+    """
+    common = _git_common_dir(git)
+    with exclusive_lock(common, timeout_s=600, what=f"{common} (another pin PR run is using this clone)"):
+        _reclaim_stale_worktrees(git, common)
+        _remove_stale_private_ref_locks(common)
+        yield
+
+
+def _remove_stale_private_ref_locks(common: Path) -> list[str]:
+    """Delete the ref lock files a killed run left under the private namespace (clone lock held).
+
+    Only that namespace is ours: a lock on a user's ref, or on packed-refs, may belong to a git
+    command the user is running, so those are left for git to report."""
+    private = common / PRIVATE_REF_PREFIX
+    removed = []
+    for leftover in sorted(private.rglob("*.lock")) if private.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+        removed.append(leftover.relative_to(common).as_posix())
+    if removed:
+        output.progress(f"removed {len(removed)} ref lock(s) left by an interrupted run: {', '.join(removed)}")
+    return removed
+
+
 def _reclaim_stale_worktrees(git: Git, common: Path) -> list[str]:
-    """Remove the bot worktrees a killed run left (call only under the clone's worktree lock)."""
+    """Remove the bot worktrees a killed run left (call only under the clone lock)."""
     reclaimed = []
     admin_root = common / "worktrees"
     for admin in sorted(admin_root.glob(f"{WORKTREE_PREFIX}*")) if admin_root.is_dir() else []:
@@ -586,34 +620,30 @@ def publish_pin_pr(
     if top.returncode != 0:
         raise GitError(f"{repo_dir} is not inside a git repository.", remedy="Run from a clone of your repository.")
     grouped = _group(changes)
-    try:
-        git = Git(Path(top.stdout.strip()), identity)
-        token = git_token or (github.git_token() if github is not None else None)
-        if token:
-            git = git.with_http_token(token, git.remote_urls(remote))
-        # A worktree a killed run left behind breaks even `git fetch` (a locked admin entry with no
-        # valid HEAD): reclaim it before the first fetch, not only before the next worktree.
-        common = _git_common_dir(git)
-        with exclusive_lock(common, timeout_s=300, what=f"{common} (another pin PR run holds its worktree)"):
-            _reclaim_stale_worktrees(git, common)
-        results = [
-            _publish_one(
-                git,
-                change,
-                remote=remote,
-                base_branch=base_branch,
-                github=github,
-                reapply=reapply,
-                max_attempts=max_attempts,
-                identity=identity,
-                before_push=before_push,
-            )
-            for change in grouped.values()
-        ]
-    finally:
-        # Leave no refs behind: the private fetch refs only served this run.
-        for name in {base_branch, *(pin_branch(r) for r in grouped)}:
-            probe.run("update-ref", "-d", _private_ref(remote, name), check=False)
+    git = Git(Path(top.stdout.strip()), identity)
+    token = git_token or (github.git_token() if github is not None else None)
+    if token:
+        git = git.with_http_token(token, git.remote_urls(remote))
+    with _clone_lock(git):
+        try:
+            results = [
+                _publish_one(
+                    git,
+                    change,
+                    remote=remote,
+                    base_branch=base_branch,
+                    github=github,
+                    reapply=reapply,
+                    max_attempts=max_attempts,
+                    identity=identity,
+                    before_push=before_push,
+                )
+                for change in grouped.values()
+            ]
+        finally:
+            # Leave no refs behind: the private fetch refs only served this run.
+            for name in {base_branch, *(pin_branch(r) for r in grouped)}:
+                probe.run("update-ref", "-d", _private_ref(remote, name), check=False)
     lines = []
     for r in results:
         pr = f", PR {r['pr']['result']}: {r['pr']['url']}" if r["pr"] else ""

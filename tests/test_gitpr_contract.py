@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.github_standin import GitHubStandIn
+from tests.gitpr_repos import BRANCH, FIXTURE, HUMAN, REF, REG, REPO, Remote, digest
 
-# the other PR tests' git runner, and their fixture with its repository and branch
+# the other PR tests' git runner, and the repository they publish from
 from tests.test_gitpr import git
-from tests.test_gitpr_push_failures import BRANCH, FIXTURE, HUMAN, REPO
 from theory_deploy import gitpr, registry_file
 from theory_deploy.errors import (
     GitError,
@@ -36,18 +36,11 @@ from theory_deploy.gitpr import BotIdentity, GitHubClient, PinChange, publish_pi
 from theory_deploy.gitrun import Git
 
 TOKEN = "ghp_" + "C0ntr4ct" * 5
-REF = "llm/litellm@1"
-REG = "processors/llm/litellm/registry.yaml"
-
 BOT = f"{gitpr.DEFAULT_BOT_NAME} <{gitpr.DEFAULT_BOT_EMAIL}>"
 BOT_CFG = ["-c", f"user.name={gitpr.DEFAULT_BOT_NAME}", "-c", f"user.email={gitpr.DEFAULT_BOT_EMAIL}"]
 CREDENTIAL_SOURCES = (
     "the action's `github-token` input, or GITHUB_TOKEN / GH_TOKEN (or the GITHUB_APP_* variables) for processorctl"
 )
-
-
-def digest(ch: str, repo: str = REPO) -> str:
-    return f"{repo}@sha256:{ch * 64}"
 
 
 def sha(ch: str) -> str:
@@ -470,60 +463,6 @@ def test_push_token_from_env_mints_the_apps_installation_token(monkeypatch: pyte
 # ---------------------------------------------------------------------------------------------------
 # The algorithm, through real git on a local bare remote
 # ---------------------------------------------------------------------------------------------------
-
-
-class Remote:
-    """`remote.git` (bare; main holds the fixture) and `work`, a clone of it with origin = the bare path."""
-
-    def __init__(self, tmp: Path, fixture: str = FIXTURE) -> None:
-        self.tmp = tmp
-        self.path = tmp / "remote.git"
-        git(tmp, "init", "--quiet", "--bare", "-b", "main", str(self.path))
-        seed = tmp / "seed"
-        git(tmp, "init", "--quiet", "-b", "main", str(seed))
-        (seed / REG).parent.mkdir(parents=True)
-        (seed / REG).write_text(fixture)
-        (seed / "README.md").write_text("processors\n")
-        git(seed, "add", ".")
-        git(seed, *HUMAN, "commit", "--quiet", "-m", "initial")
-        git(seed, "push", "--quiet", str(self.path), "main")
-        self.work = self.clone("work")
-
-    def clone(self, name: str, *extra: str) -> Path:
-        path = self.tmp / name
-        git(self.tmp, "clone", "--quiet", *extra, str(self.path), str(path))
-        return path
-
-    def sha(self, branch: str) -> str | None:
-        return git(self.path, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False) or None
-
-    def file(self, rev: str) -> str:
-        return git(self.path, "show", f"{rev}:{REG}") + "\n"
-
-    def message(self, rev: str) -> str:
-        return git(self.path, "log", "-1", "--format=%B", rev) + "\n"
-
-    def over_main(self, branch: str = BRANCH) -> list[str]:
-        return git(self.path, "rev-list", branch, "--not", "main").splitlines()
-
-    def pin(self, **pins: str | None) -> list[PinChange]:
-        changed = registry_file.write_pins(self.work / REG, pins)  # type: ignore[arg-type]
-        return [PinChange(REF, REG, REPO, dict(changed))]
-
-    def commit(self, branch: str, edit, message: str, *, who: list[str] = HUMAN, path: str = REG) -> str:
-        """Commit `edit(text)` of `path` on `branch` of the remote (created from main when absent)."""
-        clone = self.tmp / f"writer-{len(list(self.tmp.iterdir()))}"
-        git(self.tmp, "clone", "--quiet", str(self.path), str(clone))
-        if branch != "main":
-            start = f"origin/{branch}" if self.sha(branch) else "origin/main"
-            git(clone, "checkout", "--quiet", "-B", branch, start)
-        target = clone / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(edit(target.read_text() if target.exists() else ""))
-        git(clone, "add", ".")
-        git(clone, *who, "commit", "--quiet", "--allow-empty", "-m", message)
-        git(clone, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}")
-        return git(clone, "rev-parse", "HEAD")
 
 
 @pytest.fixture

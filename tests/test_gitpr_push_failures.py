@@ -16,73 +16,12 @@ from pathlib import Path
 
 import pytest
 
+# The same git runner and clean environment as the PR tests, and the repository they publish from.
+from tests.gitpr_repos import BRANCH, REF, REG, REPO, Remote, digest
+from tests.test_gitpr import _clean_env, git  # noqa: F401 (_clean_env: an autouse fixture)
 from theory_deploy import gitpr, registry_file
 from theory_deploy.errors import GitError, PushConflictError
 from theory_deploy.gitpr import PinChange, publish_pin_pr
-
-REF = "llm/litellm@1"
-REG = "processors/llm/litellm/registry.yaml"
-REPO = "ghcr.io/acme/llm-litellm"
-BRANCH = "theory-deploy/pin/llm-litellm-v1"
-HUMAN = ["-c", "user.name=Hu Man", "-c", "user.email=human@example.com"]
-
-
-def digest(ch: str) -> str:
-    return f"{REPO}@sha256:{ch * 64}"
-
-
-FIXTURE = f"""\
-# llm/litellm@1: a fixture whose comments must survive every pin.
-ref: llm/litellm@1
-
-image:
-  repository: {REPO}
-  platforms:
-    amd64: {digest("a")}  # linux/amd64
-    arm64: null    # linux/arm64
-
-runtime:
-  cpu: 1      # one vCPU
-  memory_gb: 2
-
-inputs:
-  type: object
-"""
-
-
-# The same git runner and clean environment as the PR tests.
-from tests.test_gitpr import _clean_env, git  # noqa: E402, F401 (_clean_env: an autouse fixture)
-
-
-class Remote:
-    """`remote.git` (bare, branch main holding the fixture) and `work`, a clone of it."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.path = tmp / "remote.git"
-        git(tmp, "init", "--quiet", "--bare", "-b", "main", str(self.path))
-        seed = tmp / "seed"
-        git(tmp, "init", "--quiet", "-b", "main", str(seed))
-        (seed / REG).parent.mkdir(parents=True)
-        (seed / REG).write_text(FIXTURE)
-        git(seed, "add", ".")
-        git(seed, *HUMAN, "commit", "--quiet", "-m", "initial")
-        git(seed, "push", "--quiet", str(self.path), "main")
-        self.work = tmp / "work"
-        git(tmp, "clone", "--quiet", str(self.path), str(self.work))
-
-    def hook(self, name: str, script: str) -> None:
-        """Install a server-side hook in the bare remote (what a protected branch rule does on GitHub)."""
-        path = self.path / "hooks" / name
-        path.write_text("#!/bin/sh\n" + script)
-        path.chmod(0o755)
-
-    def sha(self, branch: str) -> str | None:
-        return git(self.path, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False) or None
-
-    def pin(self, **pins: str | None) -> list[PinChange]:
-        changed = registry_file.write_pins(self.work / REG, pins)  # type: ignore[arg-type]
-        return [PinChange(REF, REG, REPO, dict(changed))]
 
 
 @pytest.fixture

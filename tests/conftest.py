@@ -60,6 +60,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(mutation_plugin, "theory-mutation-support")
 
 
+@pytest.fixture(autouse=True)
+def _scrubber_values_stay_with_their_test() -> Iterator[None]:
+    """The scrubber (theory_deploy.secret_values) masks every value registered in the process, for
+    the life of the process, as it must in a CLI run. In one pytest process that would let a short
+    value one test registers ("other", "late") mask words in every later test's output
+    (`test_a_push_refused_otherwise` became `..._***wise`): each test leaves the set as it found it."""
+    from theory_deploy import secret_values
+
+    values, forms = set(secret_values._known_values), set(secret_values._known_forms)
+    yield
+    secret_values._known_values.clear()
+    secret_values._known_values.update(values)
+    secret_values._known_forms.clear()
+    secret_values._known_forms.update(forms)
+
+
 DEV_SERVICES = REPO_ROOT / "scripts" / "dev-services"
 LOCAL_BASE_IMAGE = REPO_ROOT / "scripts" / "local-base-image"
 

@@ -60,19 +60,6 @@ from theory_deploy.oci import (
 NOW = RetryPolicy(base_delay=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _forget_tokens_afterwards() -> Any:
-    """The client registers every token it receives with the process-wide scrubber. These tests hand
-    out short tokens ("late", "ping-token"); left registered, they would mask those words in the output
-    of every later test in the same process (a step summary's `ubuntu-latest` became `ubuntu-***st`)."""
-    values, forms = set(secret_values._known_values), set(secret_values._known_forms)
-    yield
-    secret_values._known_values.clear()
-    secret_values._known_values.update(values)
-    secret_values._known_forms.clear()
-    secret_values._known_forms.update(forms)
-
-
 ZERO = "sha256:" + "0" * 64
 MIB4 = 4 * 1024 * 1024
 

@@ -119,7 +119,11 @@ def test_what_the_action_deploys_on_modal_the_real_cli_verifies(modal_world: Wor
     assert (status["state"], status["digest"], status["matches_pin"]) == ("deployed", D_A, True)
     assert status["image"] == f"{IMAGE_REPO}@{D_A}"
     verified = w.ok("verify-digest")
-    assert verified["verified"] is True and verified["readings"] == {"deploy_record": D_A, "healthz": D_A}
+    assert verified["verified"] is True and verified["readings"] == {
+        "deploy_record": D_A,
+        "modal_image": D_A,
+        "healthz": D_A,
+    }
     # the secrets the action synced are the step's values, in the target environment
     assert w.cp.state.secret_values("main", "OPENAI_API_KEY") == {"OPENAI_API_KEY": w.canaries["OPENAI_API_KEY"]}
     assert w.cp.state.apps_in("staging") == [] and w.cp.state.apps_in("dev") == []
@@ -143,12 +147,12 @@ def test_what_the_real_cli_deploys_on_modal_the_action_verifies_and_both_refuse_
     assert "ERR_REGISTRY_MISMATCH" in refused.stderr and D_A in refused.stderr
     cli = w.ctl("verify-digest")
     assert cli.code == 21 and cli.out["error"]["code"] == "ERR_REGISTRY_MISMATCH"
-    assert cli.out["error"]["details"]["readings"] == {"deploy_record": D_A, "healthz": D_A}
+    assert cli.out["error"]["details"]["readings"] == {"deploy_record": D_A, "modal_image": None, "healthz": D_A}
 
     redeployed = _action(w.root, tmp_path / "runner-3", env, ref=str(w.ref), env="main", stages="start")
     assert redeployed.returncode == 0, redeployed.log[-4000:]
     after = w.ok("verify-digest")  # the action's start is what the CLI now verifies
-    assert after["readings"] == {"deploy_record": D_B, "healthz": D_B}
+    assert after["readings"] == {"deploy_record": D_B, "modal_image": D_B, "healthz": D_B}
     assert w.ok("status")["version"] == 2
 
 

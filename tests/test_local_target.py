@@ -502,7 +502,7 @@ def test_a_different_image_claiming_the_pin_fails_verification(
     target, app = LocalTarget(), proc.app()
     subprocess.run([docker_cli, "pull", str(images.v2)], capture_output=True, timeout=300, check=True)
     _run_liar(docker_cli, app.name, str(images.v2), images.v1.digest)
-    readings = target.read_running_digests(app)
+    readings = target.read_running_digests(app, images.v1)
     assert readings.readings == {"engine": images.v2.digest, "healthz": images.v1.digest}
     with pytest.raises(RegistryMismatchError) as info:
         target.verify_digest(app)
@@ -515,7 +515,7 @@ def test_a_locally_built_image_has_no_engine_reading(proc_factory: Any, images: 
     proc = proc_factory()
     target, app = LocalTarget(), proc.app()
     _run_liar(docker_cli, app.name, images.local_only, images.v1.digest)
-    readings = target.read_running_digests(app)
+    readings = target.read_running_digests(app, images.v1)
     assert readings.readings["engine"] is None
     assert "no registry digest" in readings.notes["engine"]
     with pytest.raises(RegistryMismatchError) as info:
@@ -528,7 +528,7 @@ def test_healthz_lying_alone_fails(proc_factory: Any, images: BuiltImages, docke
     target, app = LocalTarget(), proc.app()
     subprocess.run([docker_cli, "pull", str(images.v1)], capture_output=True, timeout=300, check=True)
     _run_liar(docker_cli, app.name, str(images.v1), images.v2.digest)
-    readings = target.read_running_digests(app)
+    readings = target.read_running_digests(app, images.v1)
     assert readings.readings == {"engine": images.v1.digest, "healthz": images.v2.digest}
     with pytest.raises(RegistryMismatchError) as info:
         target.verify_digest(app)
@@ -540,7 +540,7 @@ def test_healthz_down_fails_closed(proc_factory: Any, images: BuiltImages, docke
     target, app = LocalTarget(), proc.app()
     target.start(app, images.v1)
     subprocess.run([docker_cli, "stop", "-t", "1", app.name], capture_output=True, timeout=60, check=True)
-    readings = target.read_running_digests(app)
+    readings = target.read_running_digests(app, images.v1)
     assert readings.readings == {"engine": images.v1.digest, "healthz": None}
     with pytest.raises(RegistryMismatchError):
         target.verify_digest(app)

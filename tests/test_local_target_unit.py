@@ -73,7 +73,9 @@ def test_platform_is_the_hosts(monkeypatch: pytest.MonkeyPatch, machine: str, ex
 
 def test_missing_client_is_err_docker(app: AppContext) -> None:
     target = LocalTarget(Docker("/nonexistent/docker"))
-    for call in (target.status, target.stop, target.read_running_digests, target.endpoint):
+    pin = ImageRef.parse_digest_ref(f"127.0.0.1:5000/unit/proc@sha256:{'a' * 64}")
+    calls = (target.status, target.stop, lambda app: target.read_running_digests(app, pin), target.endpoint)
+    for call in calls:
         with pytest.raises(DockerUnavailableError) as info:
             call(app)
         assert info.value.code == "ERR_DOCKER"
@@ -300,7 +302,7 @@ class _Blind(Target):
     kind = "blind"
     platform = "amd64"  # type: ignore[assignment]
 
-    def read_running_digests(self, app: AppContext) -> DigestReadings:
+    def read_running_digests(self, app: AppContext, expected: ImageRef) -> DigestReadings:
         return DigestReadings()
 
     def start(self, *a: object, **k: object) -> dict[str, Any]:

@@ -9,6 +9,7 @@ text changes with the Python version, not with the API).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any
 
@@ -55,6 +56,8 @@ EXACT: dict[str, list[tuple[str, str, str]]] = {
         ("create_if_missing", K, "False"),
     ],
     "modal.App.get_tags": [("self", P, NO), ("client", K, "None")],
+    # the deploy record: documented to replace the whole tag set
+    "modal.App.set_tags": [("self", P, NO), ("tags", P, NO), ("client", K, "None")],
     "modal.App.info": [("self", P, NO), ("refresh", P, "False")],
     "modal.App.stop": [("self", P, NO), ("client", K, "None")],
     "modal.Image.from_registry": [
@@ -90,6 +93,10 @@ EXACT: dict[str, list[tuple[str, str, str]]] = {
         ("client", K, "None"),
     ],
     "modal.Function.get_web_url": [("self", P, NO)],
+    # verify-digest's modal_image reading: the live function's image id, and the id Modal gives the
+    # expected definition (an identical definition returns its existing image)
+    "modal.Function.info": [("self", P, NO), ("refresh", K, "False")],
+    "modal.Image.build": [("self", P, NO), ("app", P, "None")],
     "modal.concurrent": [("max_inputs", K, "None"), ("target_inputs", K, "None")],
     "modal.asgi_app": [
         ("label", K, "None"),
@@ -164,6 +171,9 @@ def test_keywords_we_pass_exist(name: str, params: list[tuple[str, str, str]]) -
         "modal.Secret.update",
         "modal.Secret.objects.create",
         "modal.Function.get_web_url",
+        "modal.Function.info",
+        "modal.Image.build",
+        "modal.App.set_tags",
         "AppLogsManager.tail",
         "AppLogsManager.stream",
     ],
@@ -171,6 +181,13 @@ def test_keywords_we_pass_exist(name: str, params: list[tuple[str, str, str]]) -
 def test_async_variants_exist(name: str) -> None:
     # Every call runs as `.aio` under asyncio.wait_for: that is how the deadlines work.
     assert callable(getattr(_resolve(name), "aio", None)), f"{name}.aio is gone"
+
+
+def test_function_info_carries_the_image_id() -> None:
+    # FunctionInfo.image_info.image_id is what the modal_image reading compares
+    fields = {f.name for f in dataclasses.fields(modal.types.FunctionInfo)}
+    assert "image_info" in fields
+    assert [f.name for f in dataclasses.fields(modal.types.FunctionInfo.ImageInfo)] == ["image_name", "image_id"]
 
 
 def test_app_logs_is_a_property_returning_the_logs_manager() -> None:

@@ -8,7 +8,9 @@ each rule and the docs it follows); each rule has a test here:
   * image builds pull what `from_registry` names from the real loopback registries, with the
     attached registry secret's credentials (so deploys here push real images first);
   * secrets follow Modal's documented key/value limits and the object-name rules;
-  * secret ids are the only environment handle SecretUpdate/GetInfo/Delete carry: they must be live.
+  * secret ids are the only environment handle SecretUpdate/GetInfo/Delete carry: they must be live;
+  * image ids follow from the definition (an identical one gets the existing image back);
+  * a publish merges the app's tags, App.set_tags replaces them.
 Raw RPCs (`raw`) go over the wire with grpclib, for what the SDK checks client-side first.
 """
 
@@ -255,6 +257,62 @@ def test_function_lookup_web_url_hook_and_info(cp: ModalStandIn, tmp_path: Path,
         sdk(modal.App.lookup, "missing-app", environment_name="main")
     with pytest.raises(modal.exception.NotFoundError):
         sdk(modal.App.lookup, "proc-demo", environment_name="staging")
+
+
+def _built_id(app: Any, image_ref: str, image_env: dict[str, str], env: str = "dev") -> str:
+    """The id Modal gives `from_registry(image_ref, secret=REGISTRY_AUTH).env(image_env)`."""
+    image = modal.Image.from_registry(
+        image_ref, secret=modal.Secret.from_name("REGISTRY_AUTH", environment_name=env)
+    ).env(image_env)
+    sdk(image.build, app, timeout=60)
+    return str(image.object_id)
+
+
+def test_image_ids_come_from_the_definition(cp: ModalStandIn, tmp_path: Path, images) -> None:
+    """Rule 8: an identical definition gets the existing image (and no second pull); any change to
+    the reference, the environment values, the pull secret or the builder version gives another id.
+    A function's image id is the one of the definition it was deployed with."""
+    seed_secrets("dev")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a, image_env={"IMAGE_DIGEST": "x"}), "dev")
+    app = sdk(modal.App.lookup, "proc-demo", environment_name="dev")
+    running = cp.state.deployed_app("dev", "proc-demo").functions["web"].image_id
+    pulls = len(cp.state.pulls)
+    same = _built_id(app, images.a, {"IMAGE_DIGEST": "x"})
+    assert same == running and _built_id(app, images.a, {"IMAGE_DIGEST": "x"}) == running
+    assert len(cp.state.pulls) == pulls  # the cached image was handed back: nothing pulled again
+    assert _built_id(app, images.a, {"IMAGE_DIGEST": "y"}) != running
+    assert _built_id(app, images.b, {"IMAGE_DIGEST": "x"}) != running
+    fn = sdk(modal.Function.from_name, "proc-demo", "web", environment_name="dev")
+    assert sdk(fn.info).image_info.image_id == running
+
+    # Another pull secret (a re-created REGISTRY_AUTH has a new id) is another definition.
+    sdk(modal.Secret.objects.delete, "REGISTRY_AUTH", environment_name="dev")
+    seed_secrets("dev")
+    assert _built_id(app, images.a, {"IMAGE_DIGEST": "x"}) != running
+
+    # The builder version is part of the id (raw RPC: the SDK always sends the server's own).
+    definition = cp.state.images[running].proto
+    ids = {
+        raw(
+            cp,
+            "ImageGetOrCreate",
+            api_pb2.ImageGetOrCreateRequest(app_id=app.app_id, image=definition, builder_version=v),
+        ).image_id
+        for v in ("2025.06", "2024.10", "2025.06")
+    }
+    assert len(ids) == 2
+
+
+def test_a_publish_merges_tags_and_set_tags_replaces_them(cp: ModalStandIn, tmp_path: Path, images) -> None:
+    """Rule 9: whether a publish replaces an app's tags is undocumented, so the stand-in merges them
+    (what a client relying on replacement would trip over); App.set_tags replaces, as documented."""
+    seed_secrets("dev")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.a, tags={"a": "1", "b": "2"}), "dev")
+    deploy(load_app(tmp_path, env="dev", image_ref=images.b, tags={"b": "3", "c": "4"}), "dev")
+    app = sdk(modal.App.lookup, "proc-demo", environment_name="dev")
+    assert sdk(app.get_tags) == {"a": "1", "b": "3", "c": "4"}
+    sdk(app.set_tags, {"c": "5"})
+    assert sdk(app.get_tags) == {"c": "5"} == cp.state.deployed_app("dev", "proc-demo").tags
 
 
 def test_stop_then_redeploy_gets_a_new_app(cp: ModalStandIn, tmp_path: Path, images) -> None:

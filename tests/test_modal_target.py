@@ -62,6 +62,7 @@ D_A, D_B = TINY_A.digest, TINY_B.digest
 IMAGE_HOST = os.environ.get("THEORY_REGISTRY") or "127.0.0.1:5000"
 IMAGE_PATH = "theory-test/modalproc"
 IMAGE_REPO = f"{IMAGE_HOST}/{IMAGE_PATH}"
+FUNCTION = modal_app.FUNCTION_NAME  # the one function the deploy module defines
 
 REGISTRY_YAML = """\
 # a test processor for tests/test_modal_target*.py
@@ -97,6 +98,10 @@ class HealthServer:
 
     def __init__(self) -> None:
         self.standin: ModalStandIn | None = None
+        # Digests the next /healthz requests answer before the live image's own, one each: a container
+        # of an earlier deploy still serving under Modal's rolling strategy.
+        self.stale_answers: list[str] = []
+        self.requests = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,11 +109,14 @@ class HealthServer:
                 parts = self.path.strip("/").split("/")
                 body: dict[str, Any] | None = None
                 if len(parts) == 4 and parts[3] == "healthz" and outer.standin is not None:
+                    outer.requests += 1
                     try:
                         spec = outer.standin.image_spec(parts[2])
                         body = {"ok": True, "digest": spec.env.get("IMAGE_DIGEST")}
                     except Exception:  # unknown image id
                         body = None
+                    if body and outer.stale_answers:
+                        body = {"ok": True, "digest": outer.stale_answers.pop(0)}
                 data = json.dumps(body or {"ok": False}).encode()
                 self.send_response(200 if body else 404)
                 self.send_header("Content-Type", "application/json")
@@ -736,10 +744,10 @@ def _hand_deploy(world: World, tmp_path: Path, *, image_ref: str, digest: str, t
 
 
 def test_verify_passes_when_right_and_fails_when_wrong(world: World, tmp_path: Path) -> None:
-    """verify must pass for what runs and fail, naming both digests, otherwise."""
+    """verify must pass for what runs and fail, naming what it saw, otherwise."""
     world.ok("start", extra=world.secrets_env())
     ok = world.ok("verify-digest")
-    assert ok["verified"] is True and ok["readings"] == {"deploy_record": D_A, "healthz": D_A}
+    assert ok["verified"] is True and ok["readings"] == {"deploy_record": D_A, "modal_image": D_A, "healthz": D_A}
 
     # (a) another digest deployed under the app's name with theory-deploy itself.
     with sdk_in_process(world.cp):
@@ -747,27 +755,100 @@ def test_verify_passes_when_right_and_fails_when_wrong(world: World, tmp_path: P
     bad = world.ctl("verify-digest")
     assert bad.code == 21 and bad.out["error"]["code"] == "ERR_REGISTRY_MISMATCH"
     message = bad.out["error"]["message"]
+    running = world.cp.state.deployed_app(world.env, world.name).functions[FUNCTION].image_id
     assert f"expected {D_A}" in message and f"deploy_record: {D_B}" in message and f"healthz: {D_B}" in message
-    assert bad.out["error"]["details"]["readings"] == {"deploy_record": D_B, "healthz": D_B}
-    assert world.ok("verify-digest", "--oci", f"{IMAGE_REPO}@{D_B}")["verified"] is True
-
-    # (b) a hand deploy without our tags: the deploy record is unreadable → fails closed.
-    _hand_deploy(world, tmp_path, image_ref=f"{IMAGE_REPO}@{D_A}", digest=D_A, tags={"owner": "someone"})
-    bad = world.ctl("verify-digest")
-    assert bad.code == 21 and "deploy_record: could not be read" in bad.out["error"]["message"]
-    assert bad.out["error"]["details"]["readings"] == {"deploy_record": None, "healthz": D_A}
-
-    # (c) forged tags naming the pin on another image: the running processor gives it away.
-    forged = modal_app.encode_tags({"theory.managed": "true", "theory.digest": D_A})
-    _hand_deploy(world, tmp_path, image_ref=f"{IMAGE_REPO}@{D_B}", digest=D_B, tags=forged)
-    bad = world.ctl("verify-digest")
-    assert bad.code == 21 and bad.out["error"]["details"]["readings"] == {
-        "deploy_record": D_A,
+    assert f"modal_image: the function runs Modal image {running}, not im-" in message
+    assert f", the image Modal builds from {IMAGE_REPO}@{D_A} (someone deployed another image" in message
+    assert bad.out["error"]["details"]["readings"] == {"deploy_record": D_B, "modal_image": None, "healthz": D_B}
+    assert world.ok("verify-digest", "--oci", f"{IMAGE_REPO}@{D_B}")["readings"] == {
+        "deploy_record": D_B,
+        "modal_image": D_B,
         "healthz": D_B,
     }
 
+    # (b) a hand deploy of the pinned bytes, but not of the definition theory-deploy deploys (other
+    # environment values): Modal's records say so, whatever the tags and the processor report.
+    world.ok("start", extra=world.secrets_env())
+    _hand_deploy(world, tmp_path, image_ref=f"{IMAGE_REPO}@{D_A}", digest=D_A, tags={"owner": "someone"})
+    bad = world.ctl("verify-digest")
+    assert bad.code == 21
+    assert bad.out["error"]["details"]["readings"] == {"deploy_record": D_A, "modal_image": None, "healthz": D_A}
+    assert "modal_image: the function runs Modal image im-" in bad.out["error"]["message"]
+
     # Redeploying the pin repairs it.
     assert world.ok("start", extra=world.secrets_env())["action"] == "redeployed"
+    assert world.ok("verify-digest")["verified"] is True
+
+
+def test_a_hand_deploy_of_another_image_claiming_the_pin_fails_verify(world: World, tmp_path: Path) -> None:
+    """Issue 13: a deploy made by hand with another image, our tags and the same IMAGE_DIGEST. The
+    deploy record and /healthz both read back what the impostor was told to say; only Modal's own
+    record of the function's image gives it away."""
+    world.ok("start", extra=world.secrets_env())
+    forged = modal_app.encode_tags({"theory.managed": "true", "theory.digest": D_A})
+    _hand_deploy(world, tmp_path, image_ref=f"{IMAGE_REPO}@{D_B}", digest=D_A, tags=forged)
+    live = world.cp.state.deployed_app(world.env, world.name)
+    assert world.cp.image_spec(live.functions[FUNCTION].image_id).registry_ref == f"{IMAGE_REPO}@{D_B}"
+    bad = world.ctl("verify-digest")
+    assert bad.code == 21 and bad.out["error"]["code"] == "ERR_REGISTRY_MISMATCH"
+    assert bad.out["error"]["details"]["readings"] == {"deploy_record": D_A, "modal_image": None, "healthz": D_A}
+    message = bad.out["error"]["message"]
+    assert message.startswith(f"{world.name} ({world.env}) does not verify: expected {D_A}; modal_image: ")
+    assert "healthz" not in message and "deploy_record" not in message  # both were fooled
+    # The running image's id is Modal's, derived from what was deployed: not one the impostor can choose.
+    assert live.functions[FUNCTION].image_id in message
+
+
+def test_verify_waits_for_a_rolling_deploy_and_never_passes_on_the_old_image(
+    world: World, health: HealthServer
+) -> None:
+    """Under the rolling strategy containers of the earlier deploy may answer /healthz for a while after
+    `start`: verify reads again while every other reading shows the new image, passes once the new
+    image answers, and fails (saying why) if the old one still answers when THEORY_MODAL_ROLLOUT_S ends."""
+    world.ok("start", extra=world.secrets_env())
+    world.write(amd64=f"{IMAGE_REPO}@{D_B}")
+    world.ok("start", extra=world.secrets_env())
+    health.stale_answers = [D_A, D_A]
+    health.requests = 0
+    ok = world.ok("verify-digest", extra={"THEORY_MODAL_ROLLOUT_S": "30"})
+    assert ok["readings"] == {"deploy_record": D_B, "modal_image": D_B, "healthz": D_B}
+    assert health.requests == 3  # two old answers, each followed by a wait, then the new image
+
+    health.stale_answers = [D_A] * 100
+    health.requests = 0
+    bad = world.ctl("verify-digest", extra={"THEORY_MODAL_ROLLOUT_S": "3"})
+    assert bad.code == 21
+    assert bad.out["error"]["details"]["readings"] == {"deploy_record": D_B, "modal_image": D_B, "healthz": D_A}
+    assert bad.out["error"]["message"] == (
+        f"{world.name} ({world.env}) does not verify: expected {D_B}; healthz: {D_A} (still answered by a "
+        "container of an earlier deploy after 3s, although Modal runs the expected image: under the rolling "
+        "strategy old containers serve until they drain; verify again later, or `stop` and `start` to replace "
+        "them at once). Fix: What runs is not what is pinned: re-run `start` to deploy the pin, or pin what "
+        "should run."
+    )
+    assert health.requests == 3  # at 0 s, 2 s and 4 s: past the 3 s rollout
+
+    # An old answer when Modal's records disagree too is a plain mismatch, read once, no waiting.
+    health.stale_answers = [D_A] * 100
+    health.requests = 0
+    bad = world.ctl("verify-digest", "--oci", f"{IMAGE_REPO}@{D_A}", extra={"THEORY_MODAL_ROLLOUT_S": "30"})
+    assert bad.code == 21 and health.requests == 1
+
+
+def test_start_replaces_every_tag_a_hand_deploy_left(world: World, tmp_path: Path) -> None:
+    """A publish may merge the tags it sends into the app's old ones (Modal does not document which; the
+    stand-in merges): start writes the deploy record with App.set_tags, documented to replace them
+    all, so no tag of an earlier deploy survives (an unchunked `theory.digest` would shadow ours)."""
+    world.ok("start", extra=world.secrets_env())
+    _hand_deploy(
+        world, tmp_path, image_ref=f"{IMAGE_REPO}@{D_B}", digest=D_B, tags={"owner": "someone", "theory.digest": "x"}
+    )
+    live = world.cp.state.deployed_app(world.env, world.name)
+    assert live.tags["owner"] == "someone" and "theory.digest.0" in live.tags  # merged by the publish
+    out = world.ok("start", extra=world.secrets_env())
+    assert out["action"] == "redeployed"
+    expected_tags = ModalTarget().plan(world.app(), ImageRef.parse_digest_ref(f"{IMAGE_REPO}@{D_A}")).tags
+    assert world.cp.state.deployed_app(world.env, world.name).tags == expected_tags
     assert world.ok("verify-digest")["verified"] is True
 
 
@@ -780,7 +861,7 @@ def test_verify_fails_closed(tmp_path: Path, canaries: dict[str, str], images: t
         w.ok("start", extra=w.secrets_env())
         bad = w.ctl("verify-digest")
         assert bad.code == 21
-        assert bad.out["error"]["details"]["readings"] == {"deploy_record": D_A, "healthz": None}
+        assert bad.out["error"]["details"]["readings"] == {"deploy_record": D_A, "modal_image": D_A, "healthz": None}
         assert "healthz: could not be read" in bad.out["error"]["message"]
 
 

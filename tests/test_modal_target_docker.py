@@ -224,7 +224,7 @@ def test_start_sync_verify_run_rollback_with_the_real_processor(
         assert cp.state.secret_values("staging", "OPENAI_API_KEY") == {"OPENAI_API_KEY": canaries["OPENAI_API_KEY"]}
 
         verified = step("verify-digest", "verify-digest")
-        assert verified["readings"] == {"deploy_record": a.digest, "healthz": a.digest}
+        assert verified["readings"] == {"deploy_record": a.digest, "modal_image": a.digest, "healthz": a.digest}
 
         ran = step("run", "run", "--mode", "mock", "--inputs-json", INPUTS)
         envelope = ran["envelope"]
@@ -235,7 +235,11 @@ def test_start_sync_verify_run_rollback_with_the_real_processor(
         assert back["rolled_back_to"] == str(b) and back["version"] == 2
         wait_healthy(back["url"], b.digest)
         drift = step("verify-digest (pin A, B runs)", "verify-digest", code=21)
-        assert drift["error"]["details"]["readings"] == {"deploy_record": b.digest, "healthz": b.digest}
+        assert drift["error"]["details"]["readings"] == {
+            "deploy_record": b.digest,
+            "modal_image": None,
+            "healthz": b.digest,
+        }
         assert a.digest in drift["error"]["message"] and b.digest in drift["error"]["message"]
         assert step("verify-digest --oci B", "verify-digest", "--oci", str(b))["verified"] is True
         ran_b = step("run (B)", "run", "--mode", "mock", "--inputs-json", INPUTS)

@@ -117,6 +117,7 @@ class FakeTarget(Target):
         self.envs: list[str] = []  # the environment of every list_apps / stop_listed call, in order
         self.listed_seen: list[ListedApp] = []
         self.starts: list[tuple[str, str, bool]] = []
+        self.read_against: list[str] = []  # the expected image of every read_running_digests call
 
     @property
     def platform(self) -> Platform:
@@ -149,9 +150,10 @@ class FakeTarget(Target):
             result["summary"] = self.start_summary
         return result
 
-    def read_running_digests(self, app: AppContext) -> DigestReadings:
+    def read_running_digests(self, app: AppContext, expected: ImageRef) -> DigestReadings:
         assert isinstance(app, AppContext)
         assert self.readings is not None
+        self.read_against.append(str(expected))
         return self.readings
 
     def endpoint(self, app: AppContext) -> Endpoint:
@@ -291,6 +293,28 @@ def test_verify_digest_compares_with_oci_when_given(offline_app: AppContext) -> 
     assert result["verified"] is True
     with pytest.raises(RegistryMismatchError):
         target.verify_digest(offline_app)  # the pin is A
+    # The target is told what it is compared with (Modal's image reading needs it).
+    assert target.read_against == [f"127.0.0.1:5000/other/repo@{DIGEST_B}", f"{OFFLINE_REPO}@{DIGEST_A}"]
+
+
+def test_verify_digest_names_a_mismatch_without_a_digest_and_explains_a_differing_reading(
+    offline_app: AppContext,
+) -> None:
+    """A reading may prove that another image runs without naming its digest (Modal's image ids), and
+    a target may say why a reading differs (a rollout still under way): both reach the message."""
+    readings = DigestReadings(
+        {"deploy_record": DIGEST_A, "modal_image": None, "healthz": DIGEST_B},
+        notes={"healthz": "an old container answered", "deploy_record": "ignored: it matches"},
+        mismatches={"modal_image": "the function runs im-1, not im-2"},
+    )
+    with pytest.raises(RegistryMismatchError) as info:
+        FakeTarget(readings=readings).verify_digest(offline_app)
+    assert info.value.message == (
+        f"unit-proc-v1 (staging) does not verify: expected {DIGEST_A}; "
+        "modal_image: the function runs im-1, not im-2; "
+        f"healthz: {DIGEST_B} (an old container answered)."
+    )
+    assert info.value.details["readings"] == {"deploy_record": DIGEST_A, "modal_image": None, "healthz": DIGEST_B}
 
 
 def test_verify_digest_fails_closed_naming_each_bad_reading(offline_app: AppContext) -> None:

@@ -64,6 +64,17 @@ keeps the gRPC status and message it was refused with. The rules, in order:
    the environment handle: it must be live (NOT_FOUND for an unknown id, a deleted secret, or one
    replaced by a newer secret of the same name), and it only ever reaches its own record.
 7. **Dicts** (the deploy lock) are per environment, as documented: see the section below.
+8. **Image ids come from the definition, never handed out freely.** ``ImageGetOrCreate`` derives the
+   id from the image definition it is sent (its Dockerfile commands, base images, registry secret id
+   and environment values, serialized deterministically) and the request's ``builder_version``, and
+   an identical definition gets the existing image back, as ``Image.build``'s docstring documents.
+   That the id depends on exactly these inputs is an assumption (Modal does not document its id
+   scheme; the pull secret's id and the builder version are named as inputs in
+   ../shared/reference/platform-facts.md). A function's ``image_id`` is the one its ``FunctionCreate``
+   carried, and ``FunctionGet`` returns it in ``ranked_functions[].function`` as Modal does.
+9. **A publish merges the app's tags** into the ones it already has (assumption: whether it merges
+   or replaces is undocumented; merging is the choice a client that relies on replacement fails
+   on). ``AppSetTags`` replaces them all, as ``App.set_tags`` documents.
 """
 
 from __future__ import annotations
@@ -610,7 +621,7 @@ class StandInServicer(api_grpc.ModalClientBase):
             app.deployed_at = time.time()
             app.deployed_by = self.owner.user
             app.deployment_tag = req.deployment_tag
-            app.tags = dict(req.tags)
+            app.tags = {**app.tags, **req.tags}  # rule 9: merged (AppSetTags replaces)
             app.functions = functions
             app.state = "deployed"
             app.signature = signature
@@ -775,7 +786,7 @@ class StandInServicer(api_grpc.ModalClientBase):
 
     def _do_ImageGetOrCreate(self, req: api_pb2.ImageGetOrCreateRequest):
         image = req.image
-        image_id = content_id("im", image.SerializeToString(deterministic=True))
+        image_id = content_id("im", req.builder_version.encode() + b"\0" + image.SerializeToString(deterministic=True))
         rec = self.state.images.get(image_id)
         if rec is not None and rec.builds > 0 and not req.force_build:
             return api_pb2.ImageGetOrCreateResponse(

@@ -83,10 +83,15 @@ class Endpoint:
 
 @dataclass
 class DigestReadings:
-    """Independent readings of what runs. Each is a `sha256:...` digest, or None when unreadable."""
+    """Independent readings of what runs. Each is a `sha256:...` digest, or None when it names none.
+
+    A reading that is None is either unreadable (`notes` says why) or a proof that what runs is not
+    the expected image although no digest can be named (`mismatches` says what was seen: Modal's
+    image ids are its own, not registry digests). `notes` may also explain a reading that differs."""
 
     readings: dict[str, str | None] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)  # why a reading is missing
+    notes: dict[str, str] = field(default_factory=dict)
+    mismatches: dict[str, str] = field(default_factory=dict)
 
 
 MANAGED_LABEL = "theory.managed"
@@ -139,7 +144,9 @@ class Target(ABC):
     ) -> dict[str, Any]: ...
 
     @abstractmethod
-    def read_running_digests(self, app: AppContext) -> DigestReadings: ...
+    def read_running_digests(self, app: AppContext, expected: ImageRef) -> DigestReadings:
+        """Read what runs. `expected` is the image verify-digest compares with: a reading that can
+        only answer "is it this image?" (Modal's image id) needs it; the others ignore it."""
 
     @abstractmethod
     def endpoint(self, app: AppContext) -> Endpoint: ...
@@ -184,18 +191,20 @@ class Target(ABC):
     def verify_digest(self, app: AppContext, oci: str | None = None) -> dict[str, Any]:
         expected_ref = ImageRef.parse_digest_ref(oci) if oci else app.processor.pin_for(self.platform)
         expected = expected_ref.digest
-        readings = self.read_running_digests(app)
+        readings = self.read_running_digests(app, expected_ref)
         if not readings.readings:
             raise RegistryMismatchError(
                 f"{app.name} ({app.env}): nothing could be read about what runs; failing closed."
             )
         problems = []
         for source, seen in readings.readings.items():
-            if seen is None:
-                why = readings.notes.get(source, "unreadable")
-                problems.append(f"{source}: could not be read ({why})")
+            note = readings.notes.get(source)
+            if source in readings.mismatches:
+                problems.append(f"{source}: {readings.mismatches[source]}")
+            elif seen is None:
+                problems.append(f"{source}: could not be read ({note or 'unreadable'})")
             elif seen != expected:
-                problems.append(f"{source}: {seen}")
+                problems.append(f"{source}: {seen}" + (f" ({note})" if note else ""))
         result = {
             "app": app.name,
             "env": app.env,

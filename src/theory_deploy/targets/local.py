@@ -807,7 +807,7 @@ class LocalTarget(Target):
         chosen = labels.get("theory.digest") if labels.get("theory.digest") in digests else digests[0]
         return chosen, f"the image is known under several digests: {', '.join(digests)}"
 
-    def read_running_digests(self, app: AppContext) -> DigestReadings:
+    def read_running_digests(self, app: AppContext, expected: ImageRef) -> DigestReadings:
         readings = DigestReadings(readings={"engine": None, "healthz": None})
         container = self.docker.inspect_container(app.name)
         if container is None:

@@ -34,7 +34,9 @@ tag=sha256-<40 hex>, strategy="rolling")`. Before deploying it:
 
 **What a deploy records** (app tags, so audits and cleanup never parse app names): theory.managed,
 theory.ref, theory.env, theory.branch/theory.user (dev), theory.digest (split over .0/.1: 71
-characters do not fit a 63-character tag), theory.image (the repository) and theory.spec.
+characters do not fit a 63-character tag), theory.image (the repository) and theory.spec. They are
+sent with the deploy and then written with `App.set_tags`, documented to replace the whole set
+(whether a publish merges tags into the old ones is undocumented).
 
 **sync-secrets.** Values come from this process's environment (registered with the scrubber before
 anything prints). A secret missing in Modal is created; an existing one is *updated*
@@ -47,12 +49,12 @@ included) has no value here. Nothing is redeployed or restarted: Modal injects s
 container starts, so containers started after the sync see the new values and a warm container
 keeps the old ones until it scales down (`stop` + `start` forces it at once).
 
-**verify-digest** compares the pin (or --oci) with two readings, each None with a note when it
-cannot be read (so verification fails closed): `deploy_record`, the digest recorded in the app's
-tags by the deploy that is live now, and `healthz`, what the running processor reports at
-<web url>/healthz. Modal itself never reports the registry digest it pulled (`image_id` is its own
-`im-` id), so neither reading is Modal's word about the bytes; they disagree when someone deploys
-another image under the app's name.
+**verify-digest** compares the pin (or --oci) with three readings, each None with a note when it
+cannot be read (so verification fails closed): `deploy_record`, the digest the app's tags record;
+`modal_image`, Modal's own record of the live function's image id against the id Modal gives the
+definition `start` deploys for that digest (no value we injected; a mismatch names both ids); and
+`healthz`, what the running processor reports at <web url>/healthz, read again while a rolling
+deploy's old containers still answer (THEORY_MODAL_ROLLOUT_S). docs/modal.md says what each proves.
 
 **The deploy lock** (`deploy_lock.py`: `--lock`, the pipeline) is the entry named after the app in
 the `modal.Dict` `theory-deploy-locks` of the app's environment (`ModalLockStore`).
@@ -66,13 +68,14 @@ name in `dev` and re-reading its tags (a redeploy from an existing branch meanwh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any, ClassVar, TypeVar
@@ -108,6 +111,8 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_DEPLOY_TIMEOUT_S = 1800.0
 DEFAULT_HEALTHZ_TIMEOUT_S = 150.0  # a scaled-to-zero web app cold-starts on the first request
+DEFAULT_ROLLOUT_S = 120.0  # how long verify waits for old containers to stop answering /healthz
+ROLLOUT_POLL_S = 2.0
 
 
 def _seconds(name: str, default: float) -> float:
@@ -142,12 +147,14 @@ class ModalTarget(Target):
         timeout_s: float | None = None,
         deploy_timeout_s: float | None = None,
         healthz_timeout_s: float | None = None,
+        rollout_s: float | None = None,
     ) -> None:
         self.timeout_s = timeout_s or _seconds("THEORY_MODAL_TIMEOUT_S", DEFAULT_TIMEOUT_S)
         self.deploy_timeout_s = deploy_timeout_s or _seconds("THEORY_MODAL_DEPLOY_TIMEOUT_S", DEFAULT_DEPLOY_TIMEOUT_S)
         self.healthz_timeout_s = healthz_timeout_s or _seconds(
             "THEORY_MODAL_HEALTHZ_TIMEOUT_S", DEFAULT_HEALTHZ_TIMEOUT_S
         )
+        self.rollout_s = rollout_s or _seconds("THEORY_MODAL_ROLLOUT_S", DEFAULT_ROLLOUT_S)
 
     @property
     def platform(self) -> Platform:
@@ -268,21 +275,23 @@ class ModalTarget(Target):
     async def _info(self, app: AppContext, handle: Any) -> Any:
         return await self._call(f"reading {app.name} in {app.env}", handle.info.aio(refresh=True), env=app.env)
 
-    async def _web_url(self, app: AppContext) -> str:
-        function = modal.Function.from_name(app.name, FUNCTION_NAME, environment_name=app.env)
-
-        def missing(message: str) -> TheoryDeployError:
+    def _missing_function(self, app: AppContext) -> Callable[[str], TheoryDeployError]:
+        def make(message: str) -> TheoryDeployError:
             return FunctionNotFoundError(
                 f"app {app.name} in {app.env} has no function {FUNCTION_NAME!r} ({message}); "
                 "it was not deployed by theory-deploy.",
                 remedy=f"Redeploy it: `modalctl start {_ctl(app)}`.",
             )
 
+        return make
+
+    async def _web_url(self, app: AppContext) -> str:
+        function = modal.Function.from_name(app.name, FUNCTION_NAME, environment_name=app.env)
         url = await self._call(
             f"reading the web URL of {app.name} in {app.env}",
             function.get_web_url.aio(),
             env=app.env,
-            not_found=missing,
+            not_found=self._missing_function(app),
         )
         if not url:
             raise NotRunningError(f"{app.name} ({app.env}) has no web URL.")
@@ -447,28 +456,39 @@ class ModalTarget(Target):
     async def _start(self, app: AppContext, plan: DeployPlan, module: str) -> dict[str, Any]:
         handle = await self._find(app)
         previous: dict[str, Any] | None = None
+        other_image: str | None = None
         if handle is not None:
             labels = await self._labels(app, handle)
             previous = {"digest": labels.get(DIGEST_LABEL), "spec": labels.get(SPEC_LABEL)}
             if previous == {"digest": plan.digest, "spec": plan.fingerprint}:
-                info = await self._info(app, handle)
-                return await self._start_result(
-                    app,
-                    plan,
-                    "unchanged",
-                    "its tags show this digest and spec; nothing was deployed",
-                    info,
-                    previous,
-                    registry_auth=None,
-                    declared=[],
-                )
+                # Tags are only what the last publish wrote (a hand deploy may leave ours in place):
+                # unchanged also needs Modal's own record to show the function runs this definition.
+                other_image = await self._other_image(app, handle, plan.image)
+                if other_image is None:
+                    info = await self._info(app, handle)
+                    return await self._start_result(
+                        app,
+                        plan,
+                        "unchanged",
+                        "its tags show this digest and spec, and Modal runs the image it builds from them; "
+                        "nothing was deployed",
+                        info,
+                        previous,
+                        registry_auth=None,
+                        declared=[],
+                    )
         registry_auth = await self._ensure_registry_auth(app, plan.image)
         declared, lacking = await self._ensure_app_secrets(app, plan)
         await self._deploy(app, plan, module)
         handle = await self._lookup(app)
+        # Killed between the deploy and this write, the tags still name the earlier digest: verify
+        # fails (closed) and the next start, seeing that digest, deploys (a no-op for Modal) and records.
+        await self._record(app, plan, handle)
         info = await self._info(app, handle)
         if previous is None:
             action, reason = "deployed", "no app of that name was deployed"
+        elif other_image is not None:
+            action, reason = "redeployed", f"its tags show this digest and spec, but {other_image}"
         elif previous.get("digest") != plan.digest:
             action, reason = "redeployed", f"it ran {previous.get('digest') or 'an unrecorded digest'}"
         else:
@@ -493,30 +513,29 @@ class ModalTarget(Target):
             return None
 
         output.progress(f"deploying {plan.image} as {plan.app_name} in the Modal environment {plan.env}")
-        previous = sys.modules.get(MODULE_NAME)
-        with tempfile.TemporaryDirectory(prefix="theory-modal-") as folder:
-            path = Path(folder) / f"{MODULE_NAME}.py"
-            path.write_text(module, encoding="utf-8")
-            spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
-            assert spec is not None and spec.loader is not None
-            module_obj = importlib.util.module_from_spec(spec)
-            sys.modules[MODULE_NAME] = module_obj
-            try:
-                spec.loader.exec_module(module_obj)
-                await self._call(
-                    f"deploying {plan.app_name} to {plan.env}",
-                    module_obj.app.deploy.aio(
-                        name=plan.app_name, environment_name=plan.env, tag=plan.deploy_tag, strategy="rolling"
-                    ),
-                    env=plan.env,
-                    timeout=self.deploy_timeout_s,
-                    on_error=on_error,
-                )
-            finally:
-                if previous is None:
-                    sys.modules.pop(MODULE_NAME, None)
-                else:
-                    sys.modules[MODULE_NAME] = previous
+        with _imported(module) as module_obj:
+            await self._call(
+                f"deploying {plan.app_name} to {plan.env}",
+                module_obj.app.deploy.aio(
+                    name=plan.app_name, environment_name=plan.env, tag=plan.deploy_tag, strategy="rolling"
+                ),
+                env=plan.env,
+                timeout=self.deploy_timeout_s,
+                on_error=on_error,
+            )
+
+    async def _record(self, app: AppContext, plan: DeployPlan, handle: Any) -> None:
+        """Write the deploy record: the app's whole tag set, replaced.
+
+        The module's `modal.App(tags=...)` sends the tags with the deploy too, but whether a publish
+        replaces an app's tags or merges them into the old ones is undocumented; `App.set_tags` is
+        documented to replace them. A label the last deploy had and this one has not (a dev app's
+        branch, a label removed from registry.yaml) must not outlive its deploy."""
+        await self._call(
+            f"recording the deploy in the tags of {plan.app_name} in {plan.env}",
+            handle.set_tags.aio(plan.tags),
+            env=plan.env,
+        )
 
     async def _start_result(
         self,
@@ -779,12 +798,12 @@ class ModalTarget(Target):
         return result
 
     # --- readings and endpoint ----------------------------------------------------------------------
-    def read_running_digests(self, app: AppContext) -> DigestReadings:
+    def read_running_digests(self, app: AppContext, expected: ImageRef) -> DigestReadings:
         self._require_credentials()
-        return asyncio.run(self._readings(app))
+        return asyncio.run(self._readings(app, expected))
 
-    async def _readings(self, app: AppContext) -> DigestReadings:
-        readings = DigestReadings(readings={"deploy_record": None, "healthz": None})
+    async def _readings(self, app: AppContext, expected: ImageRef) -> DigestReadings:
+        readings = DigestReadings(readings={"deploy_record": None, "modal_image": None, "healthz": None})
         handle = await self._lookup(app)  # a missing app is ERR_FUNCTION_NOT_FOUND, not a reading
         try:
             labels = await self._labels(app, handle)
@@ -799,21 +818,97 @@ class ModalTarget(Target):
                     f"the live deploy recorded no digest (tag {DIGEST_LABEL}: {recorded!r}); "
                     "it was not deployed by theory-deploy"
                 )
-        try:
-            url = await self._web_url(app)
-            answer: Any = protocol.fetch_health(
-                url, self._token(app), path=app.processor.spec.api.healthz, timeout_s=self.healthz_timeout_s
-            )
-            health: dict[str, Any] = await answer if inspect.isawaitable(answer) else answer
-        except TheoryDeployError as err:
-            readings.notes["healthz"] = err.message
-            return readings
-        reported = health.get("digest")
-        if isinstance(reported, str) and DIGEST_RE.match(reported):
-            readings.readings["healthz"] = reported
-        else:
-            readings.notes["healthz"] = f"{app.processor.spec.api.healthz} reported no digest ({reported!r})"
+        await self._read_modal_image(app, handle, expected, readings)
+        await self._read_healthz(app, expected, readings)
         return readings
+
+    async def _read_modal_image(
+        self, app: AppContext, handle: Any, expected: ImageRef, readings: DigestReadings
+    ) -> None:
+        try:
+            other = await self._other_image(app, handle, expected)
+        except TheoryDeployError as err:
+            readings.notes["modal_image"] = err.message
+            return
+        if other is None:
+            readings.readings["modal_image"] = expected.digest
+        else:
+            readings.mismatches["modal_image"] = (
+                f"{other} (someone deployed another image or definition under this app's name, or "
+                "REGISTRY_AUTH was re-created since the deploy: `start` redeploys the pin)"
+            )
+
+    async def _other_image(self, app: AppContext, handle: Any, expected: ImageRef) -> str | None:
+        """None when Modal's own record shows the live function runs the image Modal builds from the
+        expected definition (the deploy module's `Image.from_registry(<pin>, secret=REGISTRY_AUTH)
+        .env(...)`, built from the very module `start` would deploy); else what it runs instead.
+
+        Modal gives an identical definition its existing image, so the two ids are equal exactly when
+        the function runs that image; neither id comes from a value we told Modal to report."""
+        running = await self._running_image_id(app)
+        built = await self._expected_image_id(app, handle, expected)
+        if running == built:
+            return None
+        return f"the function runs Modal image {running}, not {built}, the image Modal builds from {expected}"
+
+    async def _running_image_id(self, app: AppContext) -> str:
+        function = modal.Function.from_name(app.name, FUNCTION_NAME, environment_name=app.env)
+        info = await self._call(
+            f"reading the image of {app.name}'s function in {app.env}",
+            function.info.aio(),
+            env=app.env,
+            not_found=self._missing_function(app),
+        )
+        image_id = info.image_info.image_id if info.image_info is not None else None
+        if not image_id:
+            raise DeployError(f"Modal reported no image id for the function of {app.name} in {app.env}.")
+        return str(image_id)
+
+    async def _expected_image_id(self, app: AppContext, handle: Any, expected: ImageRef) -> str:
+        plan = self.plan(app, expected)
+        with _imported(modal_app.render_module(plan)) as module_obj:
+            image = module_obj.image
+            await self._call(
+                f"asking Modal for the image it builds from {expected} in {app.env}",
+                image.build.aio(handle),
+                env=app.env,
+            )
+            return str(image.object_id)
+
+    async def _read_healthz(self, app: AppContext, expected: ImageRef, readings: DigestReadings) -> None:
+        """What the running processor reports. Under the rolling strategy a container of the earlier
+        deploy may keep answering for a while after a deploy: when every other reading shows the
+        expected image, an older digest here is read again until the rollout is over (at most
+        THEORY_MODAL_ROLLOUT_S); it never counts as a match, and after the wait it is a mismatch."""
+        deadline = time.monotonic() + self.rollout_s
+        while True:
+            try:
+                url = await self._web_url(app)
+                answer: Any = protocol.fetch_health(
+                    url, self._token(app), path=app.processor.spec.api.healthz, timeout_s=self.healthz_timeout_s
+                )
+                health: dict[str, Any] = await answer if inspect.isawaitable(answer) else answer
+            except TheoryDeployError as err:
+                readings.notes["healthz"] = err.message
+                return
+            reported = health.get("digest")
+            if not (isinstance(reported, str) and DIGEST_RE.match(reported)):
+                readings.notes["healthz"] = f"{app.processor.spec.api.healthz} reported no digest ({reported!r})"
+                return
+            readings.readings["healthz"] = reported
+            others_agree = all(
+                seen == expected.digest for source, seen in readings.readings.items() if source != "healthz"
+            )
+            if reported == expected.digest or not others_agree:
+                return
+            if time.monotonic() >= deadline:
+                readings.notes["healthz"] = (
+                    f"still answered by a container of an earlier deploy after {self.rollout_s:g}s, although "
+                    "Modal runs the expected image: under the rolling strategy old containers serve until "
+                    "they drain; verify again later, or `stop` and `start` to replace them at once"
+                )
+                return
+            await asyncio.sleep(ROLLOUT_POLL_S)
 
     def endpoint(self, app: AppContext) -> Endpoint:
         self._require_credentials()
@@ -969,3 +1064,25 @@ class ModalLockStore(LockStore):
 
 def _env_keys(names: list[str]) -> list[str]:
     return [key for name in names for key in keys_for(name)]
+
+
+@contextlib.contextmanager
+def _imported(module: str) -> Iterator[Any]:
+    """The generated deploy module, imported from a temporary file as Modal imports it (its name is
+    part of Modal's function definition); sys.modules is restored afterwards."""
+    previous = sys.modules.get(MODULE_NAME)
+    with tempfile.TemporaryDirectory(prefix="theory-modal-") as folder:
+        path = Path(folder) / f"{MODULE_NAME}.py"
+        path.write_text(module, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
+        assert spec is not None and spec.loader is not None
+        module_obj = importlib.util.module_from_spec(spec)
+        sys.modules[MODULE_NAME] = module_obj
+        try:
+            spec.loader.exec_module(module_obj)
+            yield module_obj
+        finally:
+            if previous is None:
+                sys.modules.pop(MODULE_NAME, None)
+            else:
+                sys.modules[MODULE_NAME] = previous

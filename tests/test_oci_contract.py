@@ -18,10 +18,12 @@ import email.utils
 import hashlib
 import json
 import socket
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -2432,3 +2434,277 @@ def test_registry_clients_compare_hosts_case_insensitively(srv: Scripted, monkey
     assert clients(f"localhost:{srv.port}").list_tags("r") == ["v1", "v2"]  # its own host keeps the credentials
     clients.close()
     named.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The connection pool: max_connections requests at once, every connection kept alive
+# ---------------------------------------------------------------------------------------------------
+
+
+class Gate:
+    """A guard for `Scripted`: holds every request until `limit` are in flight at once, waits a moment
+    more (so a request over the limit, if the client lets one through, arrives too), then lets the
+    round through. Records the peak of requests in flight and the connections (server threads) used."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.peak = 0
+        self.connections: set[str] = set()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._open = threading.Event()
+
+    def next_round(self) -> None:
+        self._open.clear()
+
+    def __call__(self, s: Seen) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.peak = max(self.peak, self._in_flight)
+            self.connections.add(threading.current_thread().name)
+            full = self._in_flight >= self.limit
+        if full and not self._open.is_set():
+            time.sleep(0.1)
+            self._open.set()
+        self._open.wait(5)
+        with self._lock:
+            self._in_flight -= 1
+
+
+@pytest.mark.parametrize("max_connections", [None, 24], ids=["default", "24"])
+def test_the_pool_sends_max_connections_requests_at_once_and_keeps_every_connection(
+    srv: Scripted, max_connections: int | None
+) -> None:
+    limit = max_connections or 16
+    gate = Gate(limit)
+    srv.guard = gate
+    sized = {} if max_connections is None else {"max_connections": max_connections}
+    with RegistryClient(srv.host, retry=NOW, progress=lambda _m: None, **sized) as c:
+        for _round in range(2):
+            gate.next_round()
+            with ThreadPoolExecutor(limit + 4) as callers:
+                assert list(callers.map(lambda _i: c.list_tags("r"), range(limit + 4))) == [["v1", "v2"]] * (limit + 4)
+    assert gate.peak == limit
+    # the second round reused every connection of the first: all of them were kept alive
+    assert len(gate.connections) == limit
+    assert len(srv.seen) == 2 * (limit + 4)
+
+
+def test_the_platform_pool_has_max_connections_threads(srv: Scripted) -> None:
+    arches = ("amd64", "arm64", "s390x")
+    images = [add_image(srv, "r", arch) for arch in arches]
+    add_index(srv, "r", [entry(i.manifest, arch) for i, arch in zip(images, arches, strict=True)], tag="v1")
+    # a slow registry: no platform is resolved before the next one is handed to the pool
+    srv.guard = lambda s: time.sleep(0.05) if "/manifests/sha256:" in s.path else None
+    before = set(threading.enumerate())
+    with RegistryClient(srv.host, retry=NOW, progress=lambda _m: None, max_connections=1) as c:
+        got = c.resolve_platforms("r", "v1", list(arches))
+        pool = sorted(t.name for t in set(threading.enumerate()) - before if t.name.startswith("theory-oci"))
+    assert [got[arch].manifest_digest for arch in arches] == [i.manifest for i in images]
+    assert pool == ["theory-oci_0"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# TLS: one CA bundle load per process; no HTTP/2 without h2; https token realms
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_every_client_trusts_the_ca_bundle_as_the_process_first_read_it(
+    tls: TlsFront, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(tls.cert.read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.setenv(oci.HTTP2_ENV, "0")
+    with RegistryClient(tls.host, insecure=False, retry=ONCE, progress=lambda _m: None) as first:
+        first.ping()
+    (tmp_path / "other").mkdir()
+    other = TlsFront(tmp_path / "other")
+    other.close()
+    bundle.write_bytes(other.cert.read_bytes())  # the file now trusts another certificate only
+    with RegistryClient(tls.host, insecure=False, retry=ONCE, progress=lambda _m: None) as second:
+        second.ping()  # the bundle is loaded once per process, not once per client
+    assert tls.alpn == ["http/1.1", "http/1.1"]
+
+
+def test_without_h2_installed_tls_offers_http1_only(tls: TlsFront, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.cert))
+    monkeypatch.delenv(oci.HTTP2_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "h2", None)  # `import h2` fails as when h2 is not installed
+    with RegistryClient(tls.host, insecure=False, retry=ONCE, progress=lambda _m: None) as c:
+        c.ping()
+    assert tls.alpn == ["http/1.1"]
+
+
+def test_an_https_token_realm_is_asked(srv: Scripted, tls: TlsFront, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.cert))
+    monkeypatch.setenv(oci.HTTP2_ENV, "0")
+    bearer_guard(srv, set(), f'Bearer realm="https://{tls.host}/token"')
+    with RegistryClient(srv.host, retry=NOW, progress=lambda _m: None) as c:
+        with pytest.raises(RegistryAuthError) as info:
+            c.list_tags("r")  # the TLS front answers `{}`: a token service without a token
+        assert c.stats == stats(requests=2, token_requests=1)
+    assert failure(info) == (
+        "RegistryAuthError",
+        f"{srv.host}: the token service {tls.host}/token returned no token.",
+        {},
+    )
+    assert tls.alpn == ["http/1.1"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Token requests
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_a_bare_realm_is_asked_without_a_query(srv: Scripted) -> None:
+    bearer_guard(srv, {"bare-token"}, f'Bearer realm="http://{srv.host}/token"')
+    srv.script("GET", "/token", token_reply("bare-token"))
+    with RegistryClient(srv.host, retry=NOW, progress=lambda _m: None) as c:
+        c.ping()
+    assert srv.paths() == ["GET /v2/", "GET /token", "GET /v2/"]
+
+
+def test_challenge_scopes_are_separated_by_spaces_only(srv: Scripted) -> None:
+    # a tab inside the quoted scope is part of that scope (RFC 6749: scopes are space-delimited)
+    bearer_guard(
+        srv, {"tab-token"}, f'Bearer realm="http://{srv.host}/token",scope="registry:catalog:*\trepository:r:pull"'
+    )
+    srv.script("GET", "/token", token_reply("tab-token"))
+    with RegistryClient(srv.host, retry=NOW, progress=lambda _m: None) as c:
+        c.ping()
+    assert srv.paths() == ["GET /v2/", "GET /token?scope=registry:catalog:%2A%09repository:r:pull", "GET /v2/"]
+
+
+def test_a_token_service_gets_one_attempt_when_the_policy_allows_one(srv: Scripted, lines: list[str]) -> None:
+    bearer_guard(srv, {"second"}, f'Bearer realm="http://{srv.host}/token"')
+    srv.script("GET", "/token", Reply(503), token_reply("second"))
+    with RegistryClient(srv.host, retry=ONCE, progress=lines.append) as c:
+        with pytest.raises(RegistryUnreachableError) as info:
+            c.list_tags("r")
+        assert c.stats == stats(requests=2, token_requests=1)
+    assert failure(info) == (
+        "RegistryUnreachableError",
+        f"{srv.host}: the token service {srv.host}/token answered 503.",
+        {},
+    )
+    assert lines == []
+
+
+def test_a_token_granted_for_push_serves_a_later_push_without_asking_again(srv: Scripted) -> None:
+    # a pull challenged for push gets a pull,push token; it is kept under that scope too
+    bearer_guard(srv, {"pp-token"}, f'Bearer realm="http://{srv.host}/token",service="s",scope="repository:r:push"')
+    srv.script("GET", "/token", token_reply("pp-token"))
+    data = b"pushed later"
+    digest = sha(data)
+    with RegistryClient(srv.host, credentials=("u", "p"), retry=NOW, progress=lambda _m: None) as c:
+        assert c.list_tags("r") == ["v1", "v2"]
+        assert c.upload_blob("r", digest, data) is True
+        assert c.stats == stats(requests=6, blob_uploads=1, token_requests=1)
+    assert srv.paths() == [
+        "GET /v2/r/tags/list",
+        "GET /token?service=s&scope=repository:r:pull,push",
+        "GET /v2/r/tags/list",
+        f"HEAD /v2/r/blobs/{digest}",
+        "POST /v2/r/blobs/uploads/",
+        f"PUT /v2/r/blobs/uploads/u1?_state=s&digest={digest.replace(':', '%3A')}",
+    ]
+    assert [s.auth for s in srv.seen[3:]] == ["Bearer pp-token"] * 3
+
+
+def test_without_an_allow_list_no_other_realm_host_is_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(oci.ALLOW_TOKEN_REALM_ENV, raising=False)
+    ghcr = RegistryClient("ghcr.io")
+    for host in ("xxxx", "auth", "localhost"):
+        assert ghcr._realm_refusal(f"https://{host}/token") == f"on another host ({host}) than the registry (ghcr.io)"
+
+
+def test_the_token_request_spells_the_authorization_header_canonically() -> None:
+    # header names are case-insensitive, but the raw spelling is what an HTTP/1.1 peer receives
+    seen: list[tuple[str, list[bytes]]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        names = [name for name, _value in request.headers.raw if name.lower() == b"authorization"]
+        seen.append((request.url.path, names))
+        if request.url.path == "/token":
+            return httpx.Response(200, json={"token": "canon-token"})
+        if request.headers.get("authorization") == "Bearer canon-token":
+            return httpx.Response(200, json={"tags": ["t"]})
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://registry.invalid/token"'})
+
+    with RegistryClient(
+        "registry.invalid", credentials=("u", "p"), transport=httpx.MockTransport(answer), retry=NOW
+    ) as c:
+        assert c.list_tags("r") == ["t"]
+    assert seen == [
+        ("/v2/r/tags/list", []),
+        ("/token", [b"Authorization"]),
+        ("/v2/r/tags/list", [b"Authorization"]),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bounded answers: never waited for past the limit, counted whole, named after the call
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [Reply(200, b"x" * 11, length=False), Reply(200, b"", {"Content-Length": "11"})],
+    ids=["never-ending", "declared-not-sent"],
+)
+def test_an_answer_over_the_limit_is_refused_without_waiting_for_its_end(
+    srv: Scripted, monkeypatch: pytest.MonkeyPatch, reply: Reply
+) -> None:
+    # the server keeps the connection open: waiting for the end of the body would wait forever
+    monkeypatch.setenv(oci.MAX_RESPONSE_BYTES_ENV, "10")
+    srv.script("GET", f"/v2/r/blobs/{ZERO}", reply)
+    with RegistryClient(srv.host, timeout=1.0, retry=ONCE, progress=lambda _m: None) as c:
+        with pytest.raises(ImagePullError) as info:
+            c.get_blob("r", ZERO)
+    assert failure(info) == (
+        "ImagePullError",
+        f"GET blob {srv.host}/r@{ZERO}: the registry's answer is larger than the 10-byte limit for it; "
+        "refusing to read more.",
+        {"registry": srv.host, "limit": 10},
+    )
+
+
+def test_a_body_read_in_pieces_is_bounded_by_its_total_and_kept_whole(
+    srv: Scripted, client: RegistryClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # over 64 KiB: the body arrives in several reads
+    monkeypatch.setenv(oci.MAX_RESPONSE_BYTES_ENV, "100000")
+    fits = srv.put_blob("r", b"a" * 100_000)
+    over = srv.put_blob("r", b"b" * 100_001)
+    srv.script("GET", f"/v2/r/blobs/{over}", Reply(200, b"b" * 100_001, {"Connection": "close"}, length=False))
+    assert client.get_blob("r", fits) == b"a" * 100_000
+    with pytest.raises(ImagePullError) as info:
+        client.get_blob("r", over)
+    assert info.value.message == (
+        f"GET blob {srv.host}/r@{over}: the registry's answer is larger than the 100000-byte limit for it; "
+        "refusing to read more."
+    )
+
+
+def test_an_upload_answer_over_the_limit_names_the_blob_whether_bytes_or_a_file(
+    srv: Scripted, client: RegistryClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(oci.MAX_RESPONSE_BYTES_ENV, "10")
+    data = b"layer bytes"
+    digest = sha(data)
+    path = tmp_path / "layer"
+    path.write_bytes(data)
+    srv.script("PUT", "/v2/r/blobs/uploads/u1", Reply(201, b"x" * 11))
+    srv.script("PUT", "/v2/r/blobs/uploads/u2", Reply(201, b"x" * 11))
+    for source in (data, path):
+        with pytest.raises(ImagePullError) as info:
+            client.upload_blob("r", digest, source)
+        assert info.value.message == (
+            f"PUT blob {srv.host}/r@{digest}: the registry's answer is larger than the 10-byte limit for it; "
+            "refusing to read more."
+        )
+    assert [p.split("?")[0] for p in srv.paths()] == [
+        f"HEAD /v2/r/blobs/{digest}", "POST /v2/r/blobs/uploads/", "PUT /v2/r/blobs/uploads/u1",
+        f"HEAD /v2/r/blobs/{digest}", "POST /v2/r/blobs/uploads/", "PUT /v2/r/blobs/uploads/u2",
+    ]  # fmt: skip

@@ -2490,18 +2490,36 @@ def test_the_pool_sends_max_connections_requests_at_once_and_keeps_every_connect
     assert len(srv.seen) == 2 * (limit + 4)
 
 
-def test_the_platform_pool_has_max_connections_threads(srv: Scripted) -> None:
-    arches = ("amd64", "arm64", "s390x")
+def test_the_platform_pool_has_at_most_max_connections_threads(srv: Scripted) -> None:
+    # kills: _each mutmut_3, _5 (a pool of the default size, min(32, cpus + 4), instead of max_connections)
+    arches = ("amd64", "arm64", "s390x", "ppc64le")
     images = [add_image(srv, "r", arch) for arch in arches]
-    add_index(srv, "r", [entry(i.manifest, arch) for i, arch in zip(images, arches, strict=True)], tag="v1")
-    # a slow registry: no platform is resolved before the next one is handed to the pool
-    srv.guard = lambda s: time.sleep(0.05) if "/manifests/sha256:" in s.path else None
-    before = set(threading.enumerate())
-    with RegistryClient(srv.host, retry=NOW, progress=lambda _m: None, max_connections=1) as c:
-        got = c.resolve_platforms("r", "v1", list(arches))
-        pool = sorted(t.name for t in set(threading.enumerate()) - before if t.name.startswith("theory-oci"))
-    assert [got[arch].manifest_digest for arch in arches] == [i.manifest for i in images]
-    assert pool == ["theory-oci_0"]
+    idx = add_index(srv, "r", [entry(i.manifest, arch) for i, arch in zip(images, arches, strict=True)])
+    callers: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        # srv's content, through the transport seam: no connection pool to share (and wait for)
+        _, _, repo, kind, ref = request.url.path.split("/")
+        callers.append(threading.current_thread().name)
+        time.sleep(0.01)  # long enough for every platform to be handed to the pool before one ends
+        if kind == "manifests":
+            body, media_type = srv.manifests[(repo, ref)]
+            return httpx.Response(200, content=body, headers={"Content-Type": media_type})
+        return httpx.Response(200, content=srv.blobs[(repo, ref)])
+
+    transport = httpx.MockTransport(answer)
+    before = {t.ident for t in threading.enumerate()}
+    with RegistryClient(srv.host, retry=NOW, progress=lambda _m: None, transport=transport, max_connections=1) as c:
+        got = c.resolve_platforms("r", idx, list(arches))
+        pool = {t.name for t in threading.enumerate() if t.ident not in before and t.name.startswith("theory-oci_")}
+    assert got == {
+        arch: PlatformResolution(i.manifest, True, OCI_MANIFEST, i.config, idx)
+        for i, arch in zip(images, arches, strict=True)
+    }
+    # the first platform runs in the calling thread, the other three queue for the pool's one thread
+    assert pool == {"theory-oci_0"}
+    assert set(callers) == {threading.current_thread().name, "theory-oci_0"}
+    assert len(callers) == 9 and srv.seen == []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -2619,30 +2637,6 @@ def test_without_an_allow_list_no_other_realm_host_is_trusted(monkeypatch: pytes
         assert ghcr._realm_refusal(f"https://{host}/token") == f"on another host ({host}) than the registry (ghcr.io)"
 
 
-def test_the_token_request_spells_the_authorization_header_canonically() -> None:
-    # header names are case-insensitive, but the raw spelling is what an HTTP/1.1 peer receives
-    seen: list[tuple[str, list[bytes]]] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        names = [name for name, _value in request.headers.raw if name.lower() == b"authorization"]
-        seen.append((request.url.path, names))
-        if request.url.path == "/token":
-            return httpx.Response(200, json={"token": "canon-token"})
-        if request.headers.get("authorization") == "Bearer canon-token":
-            return httpx.Response(200, json={"tags": ["t"]})
-        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://registry.invalid/token"'})
-
-    with RegistryClient(
-        "registry.invalid", credentials=("u", "p"), transport=httpx.MockTransport(answer), retry=NOW
-    ) as c:
-        assert c.list_tags("r") == ["t"]
-    assert seen == [
-        ("/v2/r/tags/list", []),
-        ("/token", [b"Authorization"]),
-        ("/v2/r/tags/list", [b"Authorization"]),
-    ]
-
-
 # ---------------------------------------------------------------------------------------------------
 # Bounded answers: never waited for past the limit, counted whole, named after the call
 # ---------------------------------------------------------------------------------------------------
@@ -2708,3 +2702,135 @@ def test_an_upload_answer_over_the_limit_names_the_blob_whether_bytes_or_a_file(
         f"HEAD /v2/r/blobs/{digest}", "POST /v2/r/blobs/uploads/", "PUT /v2/r/blobs/uploads/u1",
         f"HEAD /v2/r/blobs/{digest}", "POST /v2/r/blobs/uploads/", "PUT /v2/r/blobs/uploads/u2",
     ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the mutation run of manifest_exists / blob_size / get_blob / mount_blob / upload_blob / close /
+# _each left unpinned
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_manifest_exists_names_the_reference_when_the_head_fails(srv: Scripted, client: RegistryClient) -> None:
+    # kills: manifest_exists mutmut_9, _15 (subject), _17 (method in the message)
+    srv.script("HEAD", "/v2/r/manifests/t", Reply(400), Reply(403))
+    with pytest.raises(ImagePullError) as info:
+        client.manifest_exists("r", "t")
+    assert failure(info) == (
+        "ImagePullError",
+        f"HEAD {srv.host}/r:t failed: 400.",
+        {"registry": srv.host, "status": 400},
+    )
+    with pytest.raises(RegistryAuthError) as refused:
+        client.manifest_exists("r", "t")
+    assert refused.value.message == (
+        f"{srv.host} refused to let us read {srv.host}/r:t anonymously (REGISTRY_USERNAME/REGISTRY_PASSWORD unset): 403."
+    )
+    assert srv.paths() == ["HEAD /v2/r/manifests/t"] * 2
+
+
+def test_blob_size_names_the_blob_when_the_head_fails(srv: Scripted, client: RegistryClient) -> None:
+    # kills: blob_size mutmut_8, _13
+    srv.script("HEAD", f"/v2/r/blobs/{ZERO}", Reply(403), Reply(400))
+    with pytest.raises(RegistryAuthError) as refused:
+        client.blob_size("r", ZERO)
+    assert refused.value.message == (
+        f"{srv.host} refused to let us read blob {srv.host}/r@{ZERO} anonymously "
+        "(REGISTRY_USERNAME/REGISTRY_PASSWORD unset): 403."
+    )
+    # the existence check before an upload asks the same way (with the push scope)
+    with pytest.raises(ImagePullError) as info:
+        client.upload_blob("r", ZERO, b"x")
+    assert info.value.message == f"HEAD blob {srv.host}/r@{ZERO} failed: 400."
+    assert srv.paths() == [f"HEAD /v2/r/blobs/{ZERO}"] * 2
+
+
+def test_a_cached_blob_of_exactly_max_bytes_is_answered_from_the_cache(srv: Scripted, client: RegistryClient) -> None:
+    # kills: get_blob mutmut_12 (<= became <)
+    blob = srv.put_blob("r", b"q" * 20)
+    assert client.get_blob("r", blob) == b"q" * 20
+    assert client.get_blob("r", blob, max_bytes=20) == b"q" * 20
+    assert srv.paths() == [f"GET /v2/r/blobs/{blob}"]
+    assert client.stats == stats(requests=1, cache_hits=1)
+
+
+def test_a_failed_mount_names_the_method_and_the_mount(srv: Scripted, client: RegistryClient) -> None:
+    # kills: mount_blob mutmut_32 ("POST" -> "post" in the message; httpx upper-cases the method on the wire)
+    blob = srv.put_blob("base/img", b"shared")
+    srv.script("POST", "/v2/app/blobs/uploads/", Reply(400, errors_body("DENIED", "no mounts here")))
+    with pytest.raises(ImagePushError) as info:
+        client.mount_blob("app", blob, "base/img")
+    assert failure(info) == (
+        "ImagePushError",
+        f"POST a mount of {blob} from {srv.host}/base/img failed: 400: DENIED no mounts here.",
+        {"registry": srv.host, "status": 400},
+    )
+
+
+def test_mount_and_upload_posts_send_no_header_but_the_empty_length(srv: Scripted, client: RegistryClient) -> None:
+    # kills: mount_blob mutmut_38, upload_blob mutmut_46 (a bogus "XXContent-LengthXX: 0" header)
+    blob = srv.put_blob("base/img", b"shared")
+    assert client.mount_blob("app", blob, "base/img") is True
+    assert client.upload_blob("app", sha(b"new"), b"new", check_exists=False) is True
+    posts = [s for s in srv.seen if s.method == "POST"]
+    assert len(posts) == 2
+    for post in posts:
+        assert sorted(post.headers) == [
+            "accept",
+            "accept-encoding",
+            "connection",
+            "content-length",
+            "host",
+            "user-agent",
+        ]
+        assert (post.headers["content-length"], post.body) == ("0", b"")
+
+
+def test_a_digest_is_escaped_whole_in_the_mount_and_upload_queries(srv: Scripted, client: RegistryClient) -> None:
+    # A digest is one query value: even a '/' in it (say, from a damaged blob-cache record) is escaped.
+    # kills: mount_blob mutmut_7, upload_blob mutmut_81 (quote() keeping '/')
+    odd = "sha256:ab/cd"
+    assert client.mount_blob("app", odd, "base/img") is False
+    assert client.upload_blob("app", odd, b"x", check_exists=False) is True
+    assert srv.paths() == [
+        "POST /v2/app/blobs/uploads/?mount=sha256%3Aab%2Fcd&from=base/img",
+        "POST /v2/app/blobs/uploads/",
+        "PUT /v2/app/blobs/uploads/u2?_state=s&digest=sha256%3Aab%2Fcd",
+    ]
+
+
+def test_close_waits_for_platform_work_still_running_on_the_pool(srv: Scripted) -> None:
+    # kills: close mutmut_3 (shutdown(wait=None) returns at once and closes the connections under the pool)
+    amd = add_image(srv, "r", "amd64")
+    arm = add_image(srv, "r", "arm64")
+    idx = add_index(srv, "r", [entry(amd.manifest, "amd64"), entry(arm.manifest, "arm64")])
+    asked, release = threading.Event(), threading.Event()
+
+    def hold_arm(s: Seen) -> Reply | None:
+        if s.path == f"/v2/r/manifests/{arm.manifest}":
+            asked.set()
+            release.wait(5)
+        return None
+
+    srv.guard = hold_arm
+    c = RegistryClient(srv.host, retry=NOW, progress=lambda _m: None)
+    got: dict[str, PlatformResolution] = {}
+    resolver = threading.Thread(target=lambda: got.update(c.resolve_platforms("r", idx, ["amd64", "arm64"])))
+    resolver.start()
+    closer = threading.Thread(target=c.close)
+    try:
+        assert asked.wait(5)  # arm64 is on the pool, held by the registry
+        closer.start()
+        closer.join(0.3)
+        assert closer.is_alive()  # close() waits for it
+    finally:
+        release.set()
+        resolver.join(5)
+        if closer.ident is not None:
+            closer.join(5)
+    assert not closer.is_alive() and not resolver.is_alive()
+    assert got == {
+        "amd64": PlatformResolution(amd.manifest, True, OCI_MANIFEST, amd.config, idx),
+        "arm64": PlatformResolution(arm.manifest, True, OCI_MANIFEST, arm.config, idx),
+    }
+    with pytest.raises(RuntimeError):
+        c.ping()

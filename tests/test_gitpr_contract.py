@@ -1612,3 +1612,228 @@ def test_verify_proposed_pins_skips_unpins_and_checks_each_platform(loopback: di
     )
     assert capfd.readouterr().err == f"verified arm64: {loopback['arm64']} is a linux/arm64 image manifest\n"
     gitpr.verify_proposed_pins([])  # nothing to verify, no registry asked
+
+
+def test_fetching_and_deepening_write_only_the_private_refs(remote: Remote) -> None:
+    """A shallow CI clone that maps every remote branch (`+refs/heads/*:refs/remotes/origin/*`), with a
+    checked-out submodule and `fetch.recurseSubmodules` on, and a tag in the history the deepening
+    brings in: base and bot branch alone are fetched and deepened (no other branch, no FETCH_HEAD, no
+    tag, the submodule not fetched)."""
+    tmp = remote.tmp
+    sub = tmp / "sub.git"
+    git(tmp, "init", "--quiet", "--bare", "-b", "main", str(sub))
+    sub_seed = tmp / "sub-seed"
+    git(tmp, "init", "--quiet", "-b", "main", str(sub_seed))
+    git(sub_seed, *HUMAN, "commit", "--quiet", "--allow-empty", "-m", "s1")
+    git(sub_seed, "push", "--quiet", str(sub), "main")
+    seed = remote.clone("deep-seed")
+    git(seed, "-c", "protocol.file.allow=always", "submodule", "--quiet", "add", "../sub.git", "sub")
+    git(seed, *HUMAN, "commit", "--quiet", "-m", "add the submodule")
+    git(seed, "push", "--quiet", "origin", "main")
+    remote.commit(BRANCH, lambda t: t + "# bot\n", "bot")
+    _linear(seed, 3, "new")
+    git(seed, "push", "--quiet", "origin", "main")
+    git(remote.path, "tag", "v1", "main~1")  # below the depth-1 clone's tip: only a deepening brings it
+    git(remote.path, "branch", "feature", "main~2")
+    ci = remote.clone("ci", "--depth", "1", "--no-local")
+    git(ci, "-c", "protocol.file.allow=always", "submodule", "--quiet", "update", "--init")
+    git(ci, "config", "fetch.recurseSubmodules", "true")
+    git(ci, "config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*")
+    git(sub_seed, *HUMAN, "commit", "--quiet", "--allow-empty", "-m", "s2")
+    git(sub_seed, "push", "--quiet", str(sub), "main")
+    s2 = git(sub_seed, "rev-parse", "HEAD")
+
+    base, bot = gitpr._fetch(Git(ci), "origin", "main", BRANCH)
+    assert (base, bot) == (remote.sha("main"), remote.sha(BRANCH))
+    assert git(ci, "merge-base", base, bot) == git(remote.path, "merge-base", "main", BRANCH)
+    assert _private_refs(ci) == {
+        "refs/theory-deploy/remotes/origin/main": base,
+        f"refs/theory-deploy/remotes/origin/{BRANCH}": bot,
+    }
+    # git's opportunistic update moves the remote-tracking refs of the two branches fetched, no other
+    assert git(ci, "for-each-ref", "--format=%(refname)", "refs/remotes").splitlines() == [
+        "refs/remotes/origin/HEAD",
+        "refs/remotes/origin/main",
+        f"refs/remotes/origin/{BRANCH}",
+    ]
+    assert git(ci, "tag") == ""
+    assert not (ci / ".git" / "FETCH_HEAD").exists()
+    assert git(ci / "sub", "cat-file", "-t", s2, check=False) == ""
+
+
+def test_a_failed_deepening_fetch_names_the_step_the_remote_and_the_branch(remote: Remote) -> None:
+    """main is rewound while a shallow clone is being deepened, and the private ref it is fetched into
+    is locked then (a concurrent git): the deepening fetch fails, reported as that step with git's
+    words only (a quiet fetch: no "From ..." lines) and the remote and branch it was about."""
+    seed = remote.clone("deep-seed")
+    remote.commit(BRANCH, lambda t: t + "# bot\n", "bot")
+    _linear(seed, 3, "new")
+    git(seed, "push", "--quiet", "origin", "main")
+    ci = remote.clone("ci", "--depth", "1", "--no-local")
+    lock = ci / ".git" / "refs" / "theory-deploy" / "remotes" / "origin" / "main.lock"
+    # The clone's third upload-pack (ls-remote, fetch, then the deepening fetch) rewinds main by one
+    # commit and locks the private ref main is fetched into, then serves the fetch.
+    calls = remote.tmp / "upload-pack-calls"
+    script = remote.tmp / "upload-pack"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo x >> "{calls}"\n'
+        f'if [ "$(wc -l < "{calls}")" -eq 3 ]; then\n'
+        f'  git -C "{remote.path}" update-ref refs/heads/main refs/heads/main~1\n'
+        f'  : > "{lock}"\n'
+        "fi\n"
+        'exec git-upload-pack "$@"\n'
+    )
+    script.chmod(0o755)
+    git(ci, "config", "remote.origin.uploadpack", str(script))
+    with pytest.raises(GitError) as info:
+        gitpr._fetch(Git(ci), "origin", "main", BRANCH)
+    err = info.value
+    assert err.message == (
+        "deepening the shallow clone from origin failed: error: cannot lock ref "
+        f"'refs/theory-deploy/remotes/origin/main': Unable to create '{lock}': File exists.\n\n"
+        "Another git process seems to be running in this repository, e.g.\nan editor opened by 'git commit'. "
+        "Please make sure all processes\nare terminated then try again. If it still fails, a git process\n"
+        "may have crashed in this repository earlier:\nremove the file manually to continue."
+    )
+    assert err.remedy == "Check that origin is reachable and the token may read it, and read git's message."
+    assert err.details == {"branch": BRANCH, "remote": "origin"}
+    assert calls.read_text() == "x\nx\nx\n"
+
+
+def test_a_registry_path_starting_with_a_dash_is_staged_as_a_path(remote: Remote) -> None:
+    path = "-legacy/registry.yaml"
+    remote.commit("main", lambda t: FIXTURE, "add", path=path)
+    git(remote.work, "pull", "--quiet", "--ff-only")
+    changed = registry_file.write_pins(remote.work / path, {"amd64": digest("b")})
+    result = publish(remote, [PinChange(REF, path, REPO, dict(changed))])
+    tip = remote.sha(BRANCH)
+    assert [(e["registry_path"], e["status"], e["commit"]) for e in result["processors"]] == [(path, "pushed", tip)]
+    assert git(remote.path, "show", "--name-only", "--format=", BRANCH) == path
+    assert git(remote.path, "show", f"{BRANCH}:{path}") + "\n" == FIXTURE.replace(digest("a"), digest("b"))
+
+
+def test_foreign_commit_is_not_rebased_even_when_the_base_conflicts_with_it(remote: Remote) -> None:
+    """A human's commit on the bot branch and a base that changed the same line: nothing is rebased
+    (so nothing is superseded); the branch already holds our pin, so the result is unchanged."""
+    changes = remote.pin(amd64=digest("b"))
+    publish(remote, changes)
+    human = _human_commit_on_branch(remote)
+    remote.commit("main", lambda t: t.replace("# one vCPU", "# one vCPU, says main"), "main edits that line")
+    result = publish(remote, changes)
+    assert result["processors"] == [
+        entry("unchanged", commit=None, changes={}, proposed={"amd64": on(digest("a"), digest("b"))})
+    ]
+    assert remote.sha(BRANCH) == human
+
+
+def test_a_bot_branch_that_already_holds_the_base_is_not_rebased(remote: Remote) -> None:
+    """All commits over the base are the bot's, one a merge of main (bot identity and trailer): main is
+    already in the branch, so it is not rebased (a rebase would flatten the merge away); the new pin
+    commit goes on top of the merge."""
+    publish(remote, remote.pin(amd64=digest("b")))
+    first = remote.sha(BRANCH)
+    remote.commit("main", lambda t: "moved\n", "readme", path="README.md")
+    merger = remote.clone("merger")
+    git(merger, "checkout", "--quiet", "-B", "bot", f"origin/{BRANCH}")
+    git(merger, *BOT_CFG, "merge", "--quiet", "--no-ff", "-m", f"merge main\n\n{gitpr.BOT_TRAILER}", "origin/main")
+    git(merger, "push", "--quiet", "origin", f"HEAD:refs/heads/{BRANCH}")
+    merge = git(merger, "rev-parse", "HEAD")
+    result = publish(remote, remote.pin(arm64=digest("c")))
+    tip = remote.sha(BRANCH)
+    assert [(e["status"], e["commit"], e["superseded"]) for e in result["processors"]] == [("pushed", tip, [])]
+    assert git(remote.path, "rev-parse", f"{tip}^@").splitlines() == [merge]
+    assert git(remote.path, "rev-parse", f"{merge}^@").splitlines() == [first, remote.sha("main")]
+
+
+def test_a_base_branch_no_ref_can_be_named_after_is_reported_missing(remote: Remote) -> None:
+    """`a/` is no branch on the remote; the clean-up that follows (deleting private refs, one of them
+    with a name git refuses) must not replace that message with its own failure."""
+    changes = remote.pin(amd64=digest("b"))
+    with pytest.raises(GitError) as info:
+        publish_pin_pr(remote.work, changes, base_branch="a/", github=None, reapply=gitpr.pin_reapplier(changes))
+    assert info.value.message == "base branch 'a/' does not exist on remote 'origin'."
+    assert git(remote.work, "for-each-ref", "refs/theory-deploy") == ""
+
+
+@pytest.mark.registry
+def test_propose_pins_reads_and_pushes_the_given_remote(loopback: dict) -> None:
+    """The clone's remote is called upstream (there is no origin): the base pins are read from
+    upstream/main and the branch is pushed to upstream."""
+    r: Remote = loopback["remote"]
+    git(r.work, "remote", "rename", "origin", "upstream")
+    registry_file.write_pins(r.work / REG, {"arm64": loopback["arm64"]})
+    result = gitpr.propose_pins([_loaded(r)], base="main", remote="upstream", open_pr=False)
+    changes = {"arm64": on(None, loopback["arm64"])}
+    assert result == {
+        "processors": [entry("pushed", commit=r.sha(BRANCH), changes=changes, proposed=changes)],
+        "summary": f"{REF}: pushed on {BRANCH}",
+        "pr_url": None,
+        "pr_urls": [],
+    }
+
+
+@pytest.mark.registry
+def test_propose_pins_with_a_github_app_mints_one_installation_token(
+    loopback: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening the PR as a GitHub App: git pushes with the installation token of the client that opens
+    the PR, so exactly one token is minted."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    r: Remote = loopback["remote"]
+    registry_file.write_pins(r.work / REG, {"arm64": loopback["arm64"]})
+    with GitHubStandIn(app_id=4242, app_public_key=key.public_key(), installation_id=99, git_remote=r.path) as standin:
+        for name, value in {
+            "GITHUB_REPOSITORY": "acme/processors",
+            "GITHUB_API_URL": standin.url,
+            "GITHUB_APP_ID": "4242",
+            "GITHUB_APP_PRIVATE_KEY": pem,
+            "GITHUB_APP_INSTALLATION_ID": "99",
+        }.items():
+            monkeypatch.setenv(name, value)
+        result = gitpr.propose_pins([_loaded(r)], base="main")
+        assert [e["pr"]["result"] for e in result["processors"]] == ["created"]
+        assert [(q.method, q.path) for q in standin.requests] == [
+            ("POST", "/app/installations/99/access_tokens"),
+            ("GET", "/repos/acme/processors"),
+            ("GET", "/repos/acme/processors/pulls"),
+            ("POST", "/repos/acme/processors/pulls"),
+        ]
+
+
+@pytest.mark.registry
+def test_propose_pins_without_a_pr_pushes_with_the_environments_token(
+    loopback: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No PR (no API client is made), over smart HTTP from a clone that kept no credentials: git
+    fetches and pushes with GITHUB_TOKEN, and GitHub's API is never asked."""
+    r: Remote = loopback["remote"]
+    with GitHubStandIn(tokens={TOKEN}, git_remote=r.path) as standin:
+        ci = r.tmp / "ci"
+        auth = f"http.{standin.url}/.extraheader={GitHubStandIn.extraheader(TOKEN)}"
+        git(r.tmp, "-c", auth, "clone", "--quiet", standin.git_url, str(ci))
+        registry_file.write_pins(ci / REG, {"arm64": loopback["arm64"]})
+        monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+        standin.clear_requests()
+        result = gitpr.propose_pins([registry_file.load_path(ci / REG, ci)], base="main", open_pr=False)
+        assert [(e["status"], e["pr"]) for e in result["processors"]] == [("pushed", None)]
+        assert [(p["ref"], p["user"]) for p in standin.pushes] == [(f"refs/heads/{BRANCH}", "x-access-token")]
+        assert {(q.user, q.status) for q in standin.git_requests} == {("x-access-token", 200)}
+        assert standin.requests == []
+
+
+def test_a_folder_named_like_a_private_ref_lock_is_left_alone(tmp_path: Path) -> None:
+    """Only lock files are removed: a folder named `*.lock` in the private namespace (git never makes
+    one) is not a lock and stays; the lock file beside it goes."""
+    private = tmp_path / "refs" / "theory-deploy" / "remotes" / "origin"
+    folder = private / "main.lock"
+    folder.mkdir(parents=True)
+    (private / "other.lock").write_text("")
+    assert gitpr._remove_stale_private_ref_locks(tmp_path) == ["refs/theory-deploy/remotes/origin/other.lock"]
+    assert folder.is_dir() and not (private / "other.lock").exists()

@@ -1362,3 +1362,48 @@ def test_a_pin_written_as_a_folded_scalar_is_replaced_whole(repo: Path) -> None:
     path = write(repo, text)
     assert rf.write_pins(path, {"amd64": D1, "arm64": D2}) == {"amd64": (D2, D1), "arm64": (None, D2)}
     assert path.read_text() == VALID.replace("amd64: null", f"amd64: {D1}").replace("arm64: null", f"arm64: {D2}")
+
+
+def test_platform_names_are_the_build_platforms_without_linux(repo: Path) -> None:
+    path = write(repo, VALID + "build:\n  platforms: [linux/arm64, linux/amd64]\n")
+    spec, problems = rf.check_file(path)
+    assert problems == [] and spec is not None
+    assert spec.platform_names() == ["arm64", "amd64"]
+    spec, _ = rf.check_file(write(repo, VALID))
+    assert spec is not None and spec.platform_names() == ["amd64", "arm64"]  # the default: both
+
+
+def test_an_auth_secret_is_required_even_when_not_listed_and_none_adds_nothing(repo: Path) -> None:
+    path = write(repo, VALID + "api:\n  auth_secret: MY_TOKEN\nsecrets:\n  required: [OTHER]\n  optional: [EXTRA]\n")
+    spec, problems = rf.check_file(path)
+    assert problems == [] and spec is not None
+    assert spec.secret_names() == (["OTHER", "MY_TOKEN", "EXTRA"], ["OTHER", "MY_TOKEN"])
+    path.write_text(VALID + "secrets:\n  required: [OTHER]\n  optional: [EXTRA]\n")
+    spec, problems = rf.check_file(path)
+    assert problems == [] and spec is not None
+    assert spec.secret_names() == (["OTHER", "EXTRA"], ["OTHER"])
+
+
+def test_a_build_path_no_file_system_can_name_is_shown_at_its_value(repo: Path) -> None:
+    """A lone surrogate (`\\ud800`, from a YAML escape) cannot be encoded as a file name: the context
+    cannot be resolved, which is reported at its value (and the Dockerfile in it is not checked)."""
+    path = write(repo, VALID + 'build:\n  context: "\\ud800"\n  dockerfile: ../../../../Dockerfile\n')
+    folder = str((repo / "processors/llm/litellm").resolve())
+    assert shown(path) == [
+        at(
+            10,
+            12,
+            "build.context '\\ud800' cannot be resolved: 'utf-8' codec can't encode character '\\ud800' in "
+            f"position {len(folder) + 1}: surrogates not allowed",
+        )
+    ]
+
+
+def test_real_paths_join_takes_each_leading_dot_dot_as_one_parent(tmp_path: Path) -> None:
+    """Called directly (not through the checks, whose `except OSError` would also swallow the deadline's
+    TimeoutError): a scanner that stops advancing over the leading parts fails here in 20 s."""
+    base = tmp_path.resolve() / "a" / "b" / "c"
+    paths = rf._RealPaths()
+    assert paths.join(base, "../../x") == base.parent.parent / "x"
+    assert paths.join(base, "./../.") == base.parent
+    assert paths.join(base, "../..//x/y") == base.parent.parent / "x" / "y"

@@ -426,6 +426,8 @@ def _remove_stale_private_ref_locks(common: Path) -> list[str]:
     private = common / PRIVATE_REF_PREFIX
     removed = []
     for leftover in sorted(private.rglob("*.lock")) if private.is_dir() else []:
+        if leftover.is_dir():
+            continue  # git never makes one: not a lock, so not ours to delete (git will name it)
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
         removed.append(leftover.relative_to(common).as_posix())

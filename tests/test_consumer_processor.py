@@ -172,7 +172,7 @@ def test_processorctl_build_refuses_the_runtime_build_args(
 
 @pytest.fixture(scope="module")
 def consumer(
-    tmp_path_factory: pytest.TempPathFactory, registry: str, base_image: str, docker_cli: str
+    tmp_path_factory: pytest.TempPathFactory, registry: str, base_image: str, docker_cli: str, shared_blob_cache: str
 ) -> Iterator[dict[str, Any]]:
     base = tmp_path_factory.mktemp("consumer")
     root = base / "acme-processors"
@@ -182,6 +182,7 @@ def consumer(
     folder = make_consumer_repo(root, name, repository)
     env = _clean_env(
         THEORY_STATE_DIR=str(base / "state"),
+        THEORY_BLOB_CACHE_DIR=shared_blob_cache,
         THEORY_DOCKER=docker_cli,
         GIT_BRANCH=f"consumer-{uuid.uuid4().hex[:6]}",
         GIT_USER="tester",

@@ -1040,6 +1040,17 @@ def test_fetch_of_a_missing_base_branch(remote: Remote) -> None:
     assert _private_refs(remote.work) == {}
 
 
+def _git_cannot_lock(lock: Path) -> str:
+    """What git says when a ref's lock file exists (a killed git left it)."""
+    return (
+        "error: cannot lock ref "
+        f"'refs/theory-deploy/remotes/origin/main': Unable to create '{lock}': File exists.\n\n"
+        "Another git process seems to be running in this repository, e.g.\nan editor opened by 'git commit'. "
+        "Please make sure all processes\nare terminated then try again. If it still fails, a git process\n"
+        "may have crashed in this repository earlier:\nremove the file manually to continue."
+    )
+
+
 def test_fetch_from_a_remote_that_is_gone(remote: Remote) -> None:
     gone = remote.tmp / "gone.git"
     remote.path.rename(gone)
@@ -1065,13 +1076,7 @@ def test_fetch_that_fails_after_the_listing(remote: Remote) -> None:
         gitpr._fetch(Git(work), "origin", "main", BRANCH)
     err = info.value
     # git's words only (a quiet fetch: no "From ..." progress lines around them).
-    assert err.message == (
-        f"fetching main and {BRANCH} from origin failed: error: cannot lock ref "
-        f"'refs/theory-deploy/remotes/origin/main': Unable to create '{lock}': File exists.\n\n"
-        "Another git process seems to be running in this repository, e.g.\nan editor opened by 'git commit'. "
-        "Please make sure all processes\nare terminated then try again. If it still fails, a git process\n"
-        "may have crashed in this repository earlier:\nremove the file manually to continue."
-    )
+    assert err.message == f"fetching main and {BRANCH} from origin failed: " + _git_cannot_lock(lock)
     assert err.remedy == "Check that origin is reachable and the token may read it, and read git's message."
     assert err.details == {"branch": BRANCH, "remote": "origin"}
 
@@ -1216,6 +1221,34 @@ def test_worktree_checkout_reads_the_gitdir_pointer(tmp_path: Path) -> None:
     assert gitpr._worktree_checkout(admin) is None  # not UTF-8
     (admin / "gitdir").write_text("/tmp/theory-deploy-pin-abc/pin-x/.git\n")
     assert gitpr._worktree_checkout(admin) == Path("/tmp/theory-deploy-pin-abc/pin-x")
+
+
+def _admin_entries(work: Path) -> list[str]:
+    admin_root = work / ".git" / "worktrees"
+    return sorted(p.name for p in admin_root.iterdir()) if admin_root.is_dir() else []
+
+
+def test_a_worktree_left_locked_by_an_interrupted_add_is_still_removed(remote: Remote) -> None:
+    """SIGTERM/SIGINT inside `git worktree add` kills git half-way: its entry stays locked, and a single
+    --force refuses a locked worktree (bench/reliability.py R2 saw it left behind after a SIGTERM)."""
+    with pytest.raises(RuntimeError, match="interrupted"), gitpr._worktree(Git(remote.work), "HEAD", "pin-x") as tree:
+        git(remote.work, "worktree", "lock", "--reason", "initializing", str(tree))
+        raise RuntimeError("interrupted")
+    assert _admin_entries(remote.work) == []
+    assert not tree.parent.exists()
+
+
+def test_an_entry_whose_checkout_never_existed_is_removed(remote: Remote) -> None:
+    """Killed before the checkout was written: git no longer knows the path as a worktree; the entry
+    pointing into our temporary folder is dropped all the same, and a user's worktree is kept."""
+    users = remote.tmp / "users-tree"
+    git(remote.work, "worktree", "add", "--quiet", "--detach", str(users))
+    with pytest.raises(RuntimeError, match="interrupted"), gitpr._worktree(Git(remote.work), "HEAD", "pin-y") as tree:
+        git(remote.work, "worktree", "lock", str(tree))
+        (tree / ".git").unlink()
+        raise RuntimeError("interrupted")
+    assert _admin_entries(remote.work) == ["users-tree"]
+    assert not tree.parent.exists() and users.is_dir()
 
 
 def _stale_worktree(work: Path, tmp_root: Path, folder_prefix: str, name: str) -> Path:
@@ -1689,13 +1722,7 @@ def test_a_failed_deepening_fetch_names_the_step_the_remote_and_the_branch(remot
     with pytest.raises(GitError) as info:
         gitpr._fetch(Git(ci), "origin", "main", BRANCH)
     err = info.value
-    assert err.message == (
-        "deepening the shallow clone from origin failed: error: cannot lock ref "
-        f"'refs/theory-deploy/remotes/origin/main': Unable to create '{lock}': File exists.\n\n"
-        "Another git process seems to be running in this repository, e.g.\nan editor opened by 'git commit'. "
-        "Please make sure all processes\nare terminated then try again. If it still fails, a git process\n"
-        "may have crashed in this repository earlier:\nremove the file manually to continue."
-    )
+    assert err.message == "deepening the shallow clone from origin failed: " + _git_cannot_lock(lock)
     assert err.remedy == "Check that origin is reachable and the token may read it, and read git's message."
     assert err.details == {"branch": BRANCH, "remote": "origin"}
     assert calls.read_text() == "x\nx\nx\n"

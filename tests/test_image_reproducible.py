@@ -14,9 +14,10 @@ linux/amd64 from a temporary repository root holding copies of runtime/ and proc
 The copy's ref gets a random version so its local tag (theory-local/llm-litellm-v<N>:amd64) is its own.
 
 The same source from an empty cache (test_same_source_gives_the_same_pushed_digests_from_an_empty_cache):
-two builds with every step run again and the checkout's mtimes moved between them (as a fresh CI runner
-sees it), each pushed by `processorctl push`'s code with an empty blob cache, give one manifest digest,
-though the engine's own layers differ. Every step is run again with `--no-cache` rather than
+two builds with the checkout's mtimes moved between them (as a fresh CI runner sees it), the second
+running every step again, each pushed by `processorctl push`'s code with an empty blob cache, give one
+manifest digest, though the engine's own layers differ (the first build's steps ran at another time,
+now or earlier from the build cache). Every step is run again with `--no-cache` rather than
 `docker builder prune -af`, which would empty the cache of everything else using this engine (a
 concurrent test run's cache-hit assertions among them); set THEORY_TEST_PRUNE_BUILD_CACHE=1 to prune
 for real, as on a disposable CI runner.
@@ -160,7 +161,11 @@ def test_same_source_gives_the_same_pushed_digests_from_an_empty_cache(
         stamp = time.time() + 1000 * run
         for path in tmp_repo["root"].rglob("*"):
             os.utime(path, (stamp, stamp), follow_symlinks=False)
-        built = _build(tmp_repo, base_image, no_cache=not prune)
+        # The first build may take its steps from the build cache: they ran then, at another time, from
+        # another checkout (an earlier build of the same source: a test, the quickstart), or run now if
+        # the cache is empty. The second runs every step again. Two executions either way, and one fewer
+        # full build (pip included) than two --no-cache builds.
+        built = _build(tmp_repo, base_image, no_cache=run > 0 and not prune)
         local = _inspect(docker_cli, built.image_id)
         with RegistryClient(registry, progress=lambda _m: None) as client:
             result = push.push_platform_images(

@@ -25,7 +25,9 @@ REF = "llm/litellm@1"
 INPUTS = json.dumps({"schema": "v1", "params": {"messages": [{"role": "user", "content": "hello local target"}]}})
 
 
-def test_sample_processor_on_the_local_engine(tmp_path: Path, registry: str, base_image: str, docker_cli: str) -> None:
+def test_sample_processor_on_the_local_engine(
+    tmp_path: Path, registry: str, base_image: str, docker_cli: str, shared_blob_cache: str
+) -> None:
     root = tmp_path / "repo"
     shutil.copytree(REPO / "runtime", root / "runtime", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     shutil.copytree(REPO / "processors" / "llm" / "litellm", root / "processors" / "llm" / "litellm")
@@ -41,6 +43,7 @@ def test_sample_processor_on_the_local_engine(tmp_path: Path, registry: str, bas
     env.update(
         THEORY_REPO_ROOT=str(root),
         THEORY_STATE_DIR=str(tmp_path / "state"),
+        THEORY_BLOB_CACHE_DIR=shared_blob_cache,
         THEORY_DOCKER=docker_cli,
         GIT_BRANCH=branch,
         GIT_USER="tester",

@@ -14,6 +14,8 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from theory_deploy import push
 
 
@@ -135,3 +137,17 @@ def test_config_is_stamped_with_the_epoch_and_the_new_diff_ids() -> None:
     assert out["config"] == config["config"] and out["architecture"] == "amd64"
     # Canonical: the same config however its keys were ordered.
     assert push.normalise_config(dict(reversed(list(config.items()))), ["sha256:" + "2" * 64]) == body
+
+
+def test_the_blob_cache_lives_where_the_environment_says(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("THEORY_BLOB_CACHE_DIR", raising=False)
+    monkeypatch.delenv("THEORY_STATE_DIR", raising=False)
+    assert push.default_cache_dir() == tmp_path / "home" / ".cache" / "theory-deploy" / "blobs"
+    monkeypatch.setenv("THEORY_STATE_DIR", str(tmp_path / "state"))
+    assert push.default_cache_dir() == tmp_path / "state" / "blobs"
+    # its own variable wins: one cache kept across CI runs, or shared by several state folders
+    monkeypatch.setenv("THEORY_BLOB_CACHE_DIR", str(tmp_path / "kept"))
+    assert push.default_cache_dir() == tmp_path / "kept"
+    monkeypatch.setenv("THEORY_BLOB_CACHE_DIR", "")
+    assert push.default_cache_dir() == tmp_path / "state" / "blobs"

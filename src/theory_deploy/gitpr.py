@@ -387,10 +387,19 @@ def _worktree(git: Git, rev: str, name: str) -> Iterator[Path]:
         git.run("worktree", "add", "--detach", "--quiet", str(path), rev)
         yield path
     finally:
-        removed = git.run("worktree", "remove", "--force", str(path), check=False).returncode == 0
+        # --force twice: a SIGTERM or SIGINT during `git worktree add` stops it half-way (its child is
+        # killed with it), leaving the entry locked, and a locked worktree refuses a single --force.
+        removed = git.run("worktree", "remove", "--force", "--force", str(path), check=False).returncode == 0
         shutil.rmtree(tmp, ignore_errors=True)
         if not removed:
-            # Our admin entry is left pointing at a folder that is gone; prune drops such entries only.
+            # An entry git would not remove (add stopped before the checkout existed): every entry
+            # pointing into our temporary folder is ours (the clone lock is held), so drop it, then let
+            # prune drop what points at nothing.
+            admin_root = _git_common_dir(git) / "worktrees"
+            for admin in admin_root.iterdir() if admin_root.is_dir() else []:
+                checkout = _worktree_checkout(admin)
+                if checkout is not None and tmp in checkout.parents:
+                    shutil.rmtree(admin, ignore_errors=True)
             git.run("worktree", "prune", check=False)
 
 

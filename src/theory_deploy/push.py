@@ -25,9 +25,10 @@ links and whiteouts are untouched. What a build writes that depends on time *ins
 Dockerfile's business (SOURCE_DATE_EPOCH, hash-based .pyc: see build.py). An unchanged layer gives the
 same normalised digest, so the registry already has it and it is skipped, as `docker push` would.
 
-A local cache (`$THEORY_STATE_DIR/blobs`, else `~/.cache/theory-deploy/blobs`) remembers, per
-engine layer (diff_id), the normalised layer's diff_id, compressed digest and size, and per image its
-normalised config digest (records keyed by NORMALISATION).
+A local cache (`$THEORY_BLOB_CACHE_DIR`, else `$THEORY_STATE_DIR/blobs`, else
+`~/.cache/theory-deploy/blobs`) remembers, per engine layer (diff_id), the normalised layer's diff_id,
+compressed digest and size, per image its normalised config digest (records keyed by NORMALISATION),
+and per blob the repositories it was pushed to (mount sources).
 A warm push therefore neither saves nor gzips nor uploads: `docker image inspect`, a HEAD per
 blob, and HEADs of the manifests are all it does.
 
@@ -98,6 +99,11 @@ class PushResult:
 
 
 def default_cache_dir() -> Path:
+    # Its own variable so a CI job can keep the cache across runs (actions/cache on this folder alone)
+    # and several state folders (one per deployment under test, say) can share one.
+    explicit = os.environ.get("THEORY_BLOB_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
     state = os.environ.get("THEORY_STATE_DIR")
     if state:
         return Path(state) / "blobs"

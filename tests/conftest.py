@@ -192,7 +192,6 @@ EXTRA_MARKERS: dict[str, tuple[str, ...]] = {
 }
 NOT_FAST_MARKERS = (*SERVICE_MARKERS, "network", "slow")
 
-_service_tests: set[str] = set()  # node ids of the docker- or registry-marked tests
 _skipped_docker: list[str] = []  # node ids of skipped docker- or registry-marked tests
 _current_item: list[pytest.Item] = []  # the test being set up / run, for _check_marked
 
@@ -213,8 +212,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     if item.get_closest_marker(marker) is None:
                         item.add_marker(marker)
         needs = [m for m in NOT_FAST_MARKERS if item.get_closest_marker(m) is not None]
-        if any(m in needs for m in SERVICE_MARKERS):
-            _service_tests.add(item.nodeid)
         if not needs:
             item.add_marker("fast")
         elif item.get_closest_marker("fast") is not None:
@@ -291,9 +288,9 @@ def skip_allowlist(path: Path = SKIP_ALLOWLIST) -> dict[str, str]:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if not report.skipped or hasattr(report, "wasxfail"):
         return
-    # Under pytest-xdist the controller collects nothing (the workers do), so the report's own
-    # keywords (markers included, those added at collection too) say whether it needed a service.
-    if report.nodeid in _service_tests or any(marker in report.keywords for marker in SERVICE_MARKERS):
+    # The report's keywords hold the test's markers, those added at collection too. (Under pytest-xdist
+    # the controller that sees every report collects nothing itself.)
+    if any(marker in report.keywords for marker in SERVICE_MARKERS):
         _skipped_docker.append(report.nodeid)
     elif not any(report.nodeid.startswith(prefix) for prefix in skip_allowlist()):
         _skipped_unlisted.append(report.nodeid)

@@ -392,15 +392,10 @@ def _worktree(git: Git, rev: str, name: str) -> Iterator[Path]:
         removed = git.run("worktree", "remove", "--force", "--force", str(path), check=False).returncode == 0
         shutil.rmtree(tmp, ignore_errors=True)
         if not removed:
-            # An entry git would not remove (add stopped before the checkout existed): every entry
-            # pointing into our temporary folder is ours (the clone lock is held), so drop it, then let
-            # prune drop what points at nothing.
-            admin_root = _git_common_dir(git) / "worktrees"
-            for admin in admin_root.iterdir() if admin_root.is_dir() else []:
-                checkout = _worktree_checkout(admin)
-                if checkout is not None and tmp in checkout.parents:
-                    shutil.rmtree(admin, ignore_errors=True)
-            git.run("worktree", "prune", check=False)
+            # An entry git would not remove (add stopped before the checkout existed). The clone lock is
+            # held, so every bot worktree in this clone is this run's or a killed run's: the same sweep
+            # the next run would make.
+            _reclaim_stale_worktrees(git, _git_common_dir(git))
 
 
 def _git_common_dir(git: Git) -> Path:

@@ -5,6 +5,7 @@
     scripts/mutation src/theory_deploy/refs.py  some of them
     scripts/mutation --changed HEAD~1         the core modules a change touched (CI)
     scripts/mutation --report-only            score what mutants/ holds (an interrupted run)
+    scripts/mutation --recheck MODULE...      only what changed since the module's recorded run
 
 The core is `[tool.mutmut] only_mutate` in pyproject.toml; the tests run against each mutant are its
 `pytest_add_cli_args` (the fast and registry-backed suites). mutmut keeps its verdicts in `mutants/`
@@ -20,6 +21,15 @@ Writes bench/results/mutation.json:
    "when": "...", "commit": "..."}
 merging with the modules an earlier run measured (each entry keeps its own `commit` and `when`).
 Exit 1 when a module measured in this run scores under --min-score.
+
+--recheck follows mutmut's own incremental rule without needing the mutants/ folder of the earlier
+run (a fresh checkout has none): against the module's entry in the output file, every mutant of a
+function whose code changed since the entry's commit is tested again, and so is every mutant the
+entry left alive that tests/mutation_equivalents.txt does not list now. Every other mutant keeps
+the entry's verdict: killed then, so killed now, as mutmut itself assumes when it skips a function
+whose code did not change. A mutant that is listed now, or was listed at any time since the entry,
+counts as equivalent (never as a kill) unless it is run again. The entry must be a complete run of
+a clean commit, and the mutants generated from that commit's source must add up to its counts.
 """
 
 from __future__ import annotations
@@ -37,8 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.txt"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "mutation.json"
 # mutmut's exit codes of a mutant's test run (mutmut/stats.py): 1 and 3 are kills, 37 the type
-# checker's kill; everything else is a mutant no test noticed.
-KILLED_EXIT_CODES = {1, 3, 37}
+# checker's kill. A timeout (36, and SIGXCPU as 24, -24 or 152; 255) is a kill too, as PIT and Stryker
+# count it: the tests did not pass, and a CI run on that code would hang until its own limit. They are
+# counted in `timeouts` as well, so a score that rests on them shows it. Everything else is a mutant
+# no test noticed.
+TIMEOUT_EXIT_CODES = {36, 24, -24, 152, 255}
+KILLED_EXIT_CODES = {1, 3, 37} | TIMEOUT_EXIT_CODES
 
 
 def core_modules() -> list[str]:
@@ -81,11 +95,10 @@ def verdicts(module: str) -> dict[str, int | None]:
     return json.loads(meta.read_text())["exit_code_by_key"]
 
 
-def score_module(module: str, equivalents: dict[str, str]) -> dict[str, object]:
-    """Counts of one module's verdicts. Mutants mutmut has not checked yet (an interrupted run) are
-    reported as `not_checked` and left out of the score; every other mutant no test failed on
-    (survived, no tests, timeout, suspicious) counts against it."""
-    exit_codes = verdicts(module)
+def score_module(exit_codes: dict[str, int | None], equivalents: dict[str, str]) -> dict[str, object]:
+    """Counts of one module's verdicts (mutant name -> mutmut exit code). Mutants mutmut has not
+    checked yet (an interrupted run) are reported as `not_checked` and left out of the score; every
+    other mutant no test failed on (survived, no tests, timeout, suspicious) counts against it."""
     checked = {n: code for n, code in exit_codes.items() if code is not None}
     killed = [n for n, code in checked.items() if code in KILLED_EXIT_CODES]
     listed = sorted(n for n, code in checked.items() if code not in KILLED_EXIT_CODES and n in equivalents)
@@ -93,12 +106,104 @@ def score_module(module: str, equivalents: dict[str, str]) -> dict[str, object]:
     counted = len(killed) + len(surviving)
     return {
         "killed": len(killed),
+        "timeouts": sorted(n for n in killed if checked[n] in TIMEOUT_EXIT_CODES),
         "survived": len(surviving),
         "score": round(len(killed) / counted, 4) if counted else 1.0,
         "equivalent": len(listed),
         "not_checked": len(exit_codes) - len(checked),
         "surviving_mutants": surviving,
     }
+
+
+# --- --recheck: only what changed since a module's recorded run -----------------------------------
+
+
+def dotted(module: str) -> str:
+    return mutant_glob(module)[:-1]  # "theory_deploy.refs."
+
+
+def git_show(commit: str, path: str) -> str:
+    return subprocess.run(
+        ["git", "show", f"{commit}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def mutants_by_function(module: str, source: str) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The mutants mutmut generates for `source` (full names), grouped by function, and each mutated
+    function's hash (mutmut's own, the one it compares to decide what to test again)."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+
+    mutated = mutate_file_contents(module, source)
+    grouped: dict[str, list[str]] = {}
+    for name in mutated.mutant_names:
+        grouped.setdefault(name.rpartition("__mutmut_")[0], []).append(dotted(module) + name)
+    return grouped, dict(mutated.hash_by_function_name)
+
+
+def equivalents_ever_listed_since(commit: str) -> set[str]:
+    """Every mutant name tests/mutation_equivalents.txt has held at any commit since `commit` (an
+    entry may have been scored with equivalents committed only after it)."""
+    path = EQUIVALENTS.relative_to(ROOT).as_posix()
+    later = subprocess.run(
+        ["git", "rev-list", f"{commit}..HEAD", "--", path], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
+    names: set[str] = set()
+    for rev in [commit, *later]:
+        try:
+            text = git_show(rev, path)
+        except subprocess.CalledProcessError:  # no list at that commit yet
+            continue
+        for line in text.splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                names.add(line.partition("#")[0].strip())
+    return names
+
+
+class RecheckPlan:
+    """Which mutants of one module to test again, and the verdicts the recorded run still gives."""
+
+    def __init__(self, module: str, entry: dict[str, object], equivalents: dict[str, str]) -> None:
+        commit = str(entry["commit"])
+        if commit.endswith("+dirty") or int(entry.get("not_checked", 0)):  # type: ignore[call-overload]
+            raise SystemExit(
+                f"mutation: {module}: its recorded run ({commit}, {entry.get('not_checked')} not checked) is not a "
+                "complete run of a clean commit; run the module in full (without --recheck)"
+            )
+        old, old_hashes = mutants_by_function(module, git_show(commit, module))
+        new, new_hashes = mutants_by_function(module, (ROOT / module).read_text())
+        recorded = sum(int(entry[k]) for k in ("killed", "survived", "equivalent"))  # type: ignore[call-overload]
+        generated = sum(map(len, old.values()))
+        if generated != recorded:
+            raise SystemExit(
+                f"mutation: {module}: {commit}'s source gives {generated} mutants but its entry counts {recorded} "
+                "(another mutmut version?); run the module in full (without --recheck)"
+            )
+        alive_then = set(entry["surviving_mutants"])  # type: ignore[call-overload]
+        listed_since = equivalents_ever_listed_since(commit)
+        self.changed_functions = sorted(f for f in new if new_hashes.get(f) != old_hashes.get(f))
+        self.to_run: list[str] = []
+        self.killed_then: list[str] = []
+        self.listed: list[str] = []
+        for function, names in new.items():
+            if function in self.changed_functions:
+                self.to_run += names
+                continue
+            for name in names:
+                if name in equivalents:
+                    self.listed.append(name)
+                elif name in alive_then or name in listed_since:
+                    self.to_run.append(name)
+                else:
+                    self.killed_then.append(name)
+        self.commit = commit
+
+    def verdicts(self, tested: dict[str, int | None]) -> dict[str, int | None]:
+        """Exit codes for every mutant: this run's where it tested one, else the recorded run's (1, a
+        kill, for the killed; 0 for the listed, which score_module counts as equivalent)."""
+        codes: dict[str, int | None] = {name: 1 for name in self.killed_then}
+        codes.update({name: 0 for name in self.listed})
+        codes.update({name: tested.get(name) for name in self.to_run})
+        return codes
 
 
 def commit() -> str:
@@ -122,6 +227,12 @@ def main(argv: list[str]) -> int:
         help="score what mutants/ holds (e.g. after an interrupted run) without running mutmut; "
         "mutants not yet checked are counted apart",
     )
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="test again only the mutants of functions changed since each module's recorded run, and the "
+        "mutants it left alive that are not listed as equivalent (see the module docstring)",
+    )
     args = parser.parse_args(argv)
 
     core = core_modules()
@@ -134,9 +245,27 @@ def main(argv: list[str]) -> int:
         return 0
 
     equivalents = read_equivalents()
+    previous = json.loads(args.output.read_text()) if args.output.exists() else {}
+    results = dict(previous.get("modules", {}))
+    plans: dict[str, RecheckPlan] = {}
+    if args.recheck:
+        missing = [m for m in modules if m not in results]
+        if missing:
+            parser.error(f"--recheck needs a recorded run in {args.output} of: {', '.join(missing)}")
+        # A rechecked entry keeps the complete run it was built on: checking again starts from there.
+        plans = {m: RecheckPlan(m, results[m].get("baseline", results[m]), equivalents) for m in modules}
+        for module, plan in plans.items():
+            print(
+                f"mutation: {module}: since {plan.commit[:12]}, {len(plan.changed_functions)} function(s) changed; "
+                f"{len(plan.to_run)} mutant(s) to test again, {len(plan.killed_then)} killed then, "
+                f"{len(plan.listed)} listed as equivalent"
+            )
+    targets = (
+        [name for plan in plans.values() for name in plan.to_run] if args.recheck else list(map(mutant_glob, modules))
+    )
     log = ROOT / "mutants" / "mutmut-run.log"
     log.parent.mkdir(exist_ok=True)
-    if not args.report_only:
+    if not args.report_only and targets:
         print(f"mutation: mutmut over {len(modules)} module(s); log: {log.relative_to(ROOT)}", flush=True)
         with log.open("w") as out:
             run = subprocess.run(
@@ -146,7 +275,7 @@ def main(argv: list[str]) -> int:
                     "mutmut",
                     "run",
                     f"--max-children={args.max_children}",
-                    *map(mutant_glob, modules),
+                    *targets,
                 ],
                 cwd=ROOT,
                 stdout=out,
@@ -159,13 +288,24 @@ def main(argv: list[str]) -> int:
             print(log.read_text()[-3000:].replace("\r", "\n"), file=sys.stderr)
             return 2
 
-    previous = json.loads(args.output.read_text()) if args.output.exists() else {}
-    results = dict(previous.get("modules", {}))
     now, head = dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), commit()
     low = []
     print(f"\n{'module':45} {'killed':>7} {'survived':>9} {'equiv.':>7} {'unchecked':>9} {'score':>7}")
     for module in modules:
-        entry = score_module(module, equivalents)
+        if module in plans:
+            plan = plans[module]
+            entry = score_module(plan.verdicts(verdicts(module)), equivalents)
+            baseline = results[module].get("baseline", results[module])
+            entry |= {
+                "rechecked": {
+                    "since": plan.commit,
+                    "changed_functions": plan.changed_functions,
+                    "tested_again": len(plan.to_run),
+                },
+                "baseline": baseline,
+            }
+        else:
+            entry = score_module(verdicts(module), equivalents)
         results[module] = {**entry, "when": now, "commit": head}
         print(
             f"{module:45} {entry['killed']:7} {entry['survived']:9} {entry['equivalent']:7} "

@@ -17,6 +17,12 @@ What it answers, as docker 20.10+ does (the product reads nothing else of these 
 - `docker pull REF`: exit 0, after recording (in `pulls.jsonl`) its arguments and the registry
   configuration it was given (`$DOCKER_CONFIG` and its `config.json`, parsed; null without one),
   which is how the real client receives credentials;
+- `docker build ... --platform linux/ARCH ... --iidfile FILE ... CONTEXT` (the classic builder's
+  form, DOCKER_BUILDKIT=1): the image a test planted for ARCH with `add_built_image` becomes the
+  build's result: its id goes to FILE and the `-t` tag names it, after BuildKit-style step lines
+  (`#1 [1/1] FROM ...`); a platform with nothing planted fails (exit 1) as a failed RUN step would;
+- `docker save -o DEST ID`: the planted image's `docker save` archive (the legacy layout engine
+  20.10 writes: manifest.json, the config as <hex>.json, one layer.tar per layer) copied to DEST;
 - anything else: `unexpected: ...` on stderr, exit 2, so a test notices a call it did not plan for.
 
 Every call is appended to `calls.log` next to the executable (one line, arguments joined by spaces).
@@ -26,9 +32,12 @@ between calls with `save()`.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import stat
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +75,20 @@ if len(args) == 4 and args[1] == "inspect" and args[2] == "--" and args[0] in ("
     if record is None:
         out("", 1, f"Error: No such {kind}: {name}\n")
     out(json.dumps([record]) + "\n")
+if args[:1] == ["build"] and state["engine"]:
+    arch = args[args.index("--platform") + 1].removeprefix("linux/")
+    built = state["builds"].get(arch)
+    sys.stdout.write(f"#1 [internal] load build definition from Dockerfile\n#2 [1/1] FROM scratch ({arch})\n")
+    if built is None:
+        out("#3 ERROR: process \"/bin/sh -c false\" did not complete successfully: exit code: 1\n", 1)
+    Path(args[args.index("--iidfile") + 1]).write_text(built)
+    state["images"][args[args.index("-t") + 1]] = state["images"][built]
+    (HERE / "state.json").write_text(json.dumps(state))
+    out("#3 DONE 0.0s\n")
+if args[:2] == ["save", "-o"] and len(args) == 4 and state["engine"]:
+    import shutil
+    shutil.copyfile(state["archives"][args[3]], args[2])
+    out("")
 if args[:1] == ["pull"] and len(args) == 2:
     import os
     folder = os.environ.get("DOCKER_CONFIG")
@@ -95,6 +118,8 @@ class FakeDocker:
         self.version, self.buildx, self.engine = version, buildx, engine
         self.containers: dict[str, dict[str, Any]] = {}
         self.images: dict[str, dict[str, Any]] = {}
+        self.builds: dict[str, str] = {}  # arch -> the image id `docker build` for linux/<arch> gives
+        self.archives: dict[str, str] = {}  # image id -> its `docker save` archive
         self.path.write_text(_SCRIPT.replace("@PYTHON@", sys.executable))
         self.path.chmod(self.path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         self.save()
@@ -106,8 +131,49 @@ class FakeDocker:
             "engine": self.engine,
             "containers": self.containers,
             "images": self.images,
+            "builds": self.builds,
+            "archives": self.archives,
         }
         (self.folder / "state.json").write_text(json.dumps(state))
+
+    def add_built_image(self, arch: str, files: dict[str, bytes]) -> str:
+        """Plant the image `docker build` for linux/<arch> gives: one layer holding `files`, with its
+        engine record (Architecture, Os, RootFS) and its `docker save` archive. Returns its id, which
+        is the config's digest, as the classic image store's ids are."""
+        layer = io.BytesIO()
+        with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in sorted(files.items()):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), 1_700_000_000  # an engine's mtime, which push normalises
+                tar.addfile(info, io.BytesIO(data))
+        diff_id = "sha256:" + hashlib.sha256(layer.getvalue()).hexdigest()
+        config = json.dumps(
+            {
+                "architecture": arch,
+                "os": "linux",
+                "created": "2024-01-01T00:00:00Z",
+                "config": {"Env": ["PATH=/usr/bin"]},
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            }
+        ).encode()
+        hex_id = hashlib.sha256(config).hexdigest()
+        archive = self.folder / f"save-{hex_id}.tar"
+        with tarfile.open(archive, "w") as tar:
+            manifest = [{"Config": f"{hex_id}.json", "RepoTags": None, "Layers": [f"{hex_id[:12]}/layer.tar"]}]
+            for name, data in (
+                ("manifest.json", json.dumps(manifest).encode()),
+                (f"{hex_id}.json", config),
+                (f"{hex_id[:12]}/layer.tar", layer.getvalue()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        image_id = f"sha256:{hex_id}"
+        self.images[image_id] = {"Id": image_id, "Architecture": arch, "Os": "linux", "RootFS": {"Layers": [diff_id]}}
+        self.builds[arch] = image_id
+        self.archives[image_id] = str(archive)
+        self.save()
+        return image_id
 
     def pulls(self) -> list[dict[str, Any]]:
         log = self.folder / "pulls.jsonl"

@@ -506,6 +506,28 @@ def test_issue_endpoints_refuse_what_github_refuses(gh: GitHubStandIn) -> None:
     assert [i["number"] for i in c.get(q, params={"labels": "drift", "state": "all"}).json()] == [3, 2]
 
 
+def test_unknown_issues_page_sizes_and_branchless_merges(gh: GitHubStandIn) -> None:
+    c = api(gh)
+    q = "/repos/acme/processors/issues"
+    unknown = c.get(f"{q}/41")
+    assert (unknown.status_code, unknown.json()["message"]) == (404, "Not Found")
+    for n in range(3):
+        c.post(q, json={"title": f"i{n}"})
+    # per_page is clamped to 1..100, as GitHub documents: 0 gives pages of one, 500 one page of all
+    one = c.get(q, params={"per_page": "0"})
+    assert [i["number"] for i in one.json()] == [3]
+    last = next(url for url, rel in _links(one.headers["Link"]) if rel == "last")
+    assert parse_qsl(urlsplit(last).query) == [("per_page", "0"), ("page", "3")]
+    every = c.get(q, params={"per_page": "500"})
+    assert [i["number"] for i in every.json()] == [3, 2, 1] and "Link" not in every.headers
+    # a pull request whose head branch was deleted cannot be merged
+    branch(gh, "gone")
+    number = c.post(PULLS, json={"head": "gone", "base": "main", "title": "G"}).json()["number"]
+    gh.delete_branch("gone")
+    refused = c.put(f"{PULLS}/{number}/merge", json={})
+    assert (refused.status_code, refused.json()["message"]) == (405, "Pull Request is not mergeable")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Git over smart HTTP: authentication, protection
 # ---------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -1102,6 +1103,88 @@ def test_build_passes_the_build_args_to_the_builder(world: World) -> None:
     with pytest.raises(TheoryDeployError) as caught:
         world.pipeline(world.request(["build"], env=None, build_args=epoch)).run()
     assert caught.value.message == SOURCE_DATE_EPOCH_REFUSED
+
+
+# ------------------------------------------------------------------------------------------------
+# build and push through the engine stand-in: the images `docker build` gives are planted in it (one
+# small layer each), and push reads them back with `docker save`, as from a real engine
+
+
+def _registry_json(url: str, accept: str) -> dict[str, Any]:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_build_push_and_pin_run_each_stage_on_what_the_last_one_made(world: World, registry: str) -> None:
+    repository = f"{registry}/theory-test/pipeline-contract-built"
+    world.write(REF, amd64=None, arm64=None, repository=repository)
+    (world.path(REF).parent / "Dockerfile").write_text("FROM scratch\nCOPY app.txt /\n")
+    ids = {
+        arch: world.docker.add_built_image(arch, {"app.txt": f"{arch} {time.time_ns()}\n".encode()})
+        for arch in ("amd64", "arm64")
+    }
+    pipeline = world.pipeline(world.request(["build", "push", "pin"], env=None))
+    report = pipeline.run()
+
+    timing = ("seconds", "started_at", "finished_at")
+    build, pushed, pinned = ({k: v for k, v in stage.items() if k not in timing} for stage in report["stages"])
+    assert build == {"stage": "build", "status": "ok", "images": ids}
+    # push: one manifest per platform, by digest, in the repository registry.yaml names; an index over them
+    platforms = pushed["platforms"]
+    assert sorted(platforms) == ["amd64", "arm64"]
+    assert all(ref.startswith(f"{repository}@sha256:") for ref in [*platforms.values(), pushed["index"]])
+    # every blob went up once: a config and a layer per platform; nothing was there before
+    assert (pushed["uploaded_blobs"], pushed["skipped_blobs"], pushed["mounted_blobs"]) == (4, 0, 0)
+    assert (pushed["stage"], pushed["status"]) == ("push", "ok")
+    (result,) = pipeline.results
+    assert result.pushed == PushRecord(str(REF), platforms, index=pushed["index"])
+    # the registry holds what was pushed, each manifest's config for its own platform
+    host, path = repository.split("/", 1)
+    for arch, ref in platforms.items():
+        digest = ref.rsplit("@", 1)[1]
+        manifest = _registry_json(
+            f"http://{host}/v2/{path}/manifests/{digest}", "application/vnd.oci.image.manifest.v1+json"
+        )
+        config = _registry_json(f"http://{host}/v2/{path}/blobs/{manifest['config']['digest']}", "*/*")
+        assert (config["architecture"], config["os"]) == (arch, "linux")
+    # tagged as the CLI tags a push: the index by the processor's slug, each platform as <slug>-<arch>
+    tags = {f"{SLUG}-{arch}": ref for arch, ref in platforms.items()} | {SLUG: pushed["index"]}
+    for tag, ref in tags.items():
+        head = urllib.request.Request(f"http://{host}/v2/{path}/manifests/{tag}", method="HEAD")
+        head.add_header("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
+        with urllib.request.urlopen(head, timeout=10) as answer:
+            assert answer.headers["Docker-Content-Digest"] == ref.rsplit("@", 1)[1], tag
+    # pin: what the push made, written to registry.yaml
+    assert pinned == {
+        "stage": "pin",
+        "status": "ok",
+        "pins": {arch: {"old": None, "new": platforms[arch], "changed": True} for arch in ("amd64", "arm64")},
+        "changed": ["amd64", "arm64"],
+        "file": str(world.path(REF)),
+    }
+    assert load_processor(REF, world.root).spec.pins() == platforms
+    # the engine was asked for one build per platform, then for each image's export
+    calls = world.docker.calls()
+    assert [c.split(" --platform ")[1].split()[0] for c in calls if c.startswith("build ")] == [
+        "linux/amd64",
+        "linux/arm64",
+    ]
+    assert sorted(c.split()[-1] for c in calls if c.startswith("save ")) == sorted(ids.values())
+
+
+def test_an_invalid_repository_is_refused_before_anything_is_built(world: World) -> None:
+    (world.path(REF).parent / "Dockerfile").write_text("FROM scratch\n")
+    world.docker.add_built_image(PLATFORM, {"app.txt": b"x\n"})
+    request = world.request(["build", "push"], env=None, platforms=[PLATFORM], repository="Not A/Repository")
+    with pytest.raises(TheoryDeployError) as caught:
+        world.pipeline(request).run()
+    assert (caught.value.code, caught.value.message) == (
+        "ERR_INVALID_REF",
+        "repository: the image ref contains a space (U+0020) at position 4; image refs may not contain whitespace "
+        "or control characters.",
+    )
+    assert not [call for call in world.docker.calls() if call.startswith("build ")]
 
 
 # ------------------------------------------------------------------------------------------------

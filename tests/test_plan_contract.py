@@ -10,12 +10,14 @@ made with tests/test_plan.py's helpers.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.test_plan import SAMPLE, commit, git, init_repo
+from theory_deploy import plan as plan_module
 from theory_deploy.errors import (
     GitError,
     InvalidEnvError,
@@ -336,6 +338,23 @@ def test_a_base_that_is_no_commit_says_to_fetch_history(repo: Path) -> None:
         f"--base {'f' * 40!r} is not a commit in {repo}.",
         "Fetch enough history (actions/checkout with `fetch-depth: 0`), or pass --all.",
     )
+
+
+def test_plans_git_calls_have_their_own_time_limit(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A git that hangs (a stuck fsmonitor hook, a lock on a network file system) must not hold a CI
+    # job for git's general two-minute limit: plan's calls have their own. Here it is made short and
+    # git slower than it, through a `git` on PATH that sleeps before running the real one.
+    base = head_of(repo)
+    real = subprocess.run(["which", "git"], check=True, capture_output=True, text=True).stdout.strip()
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    (slow / "git").write_text(f'#!/bin/sh\nsleep 2\nexec {real} "$@"\n')
+    (slow / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(plan_module, "_GIT_TIMEOUT_S", 1.0)
+    with pytest.raises(GitError) as info:
+        compute_plan(repo, base=base)
+    assert info.value.message.endswith(f"in {repo} did not finish in 1s."), info.value.message
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -289,3 +289,40 @@ def test_parse_platforms_names_its_flag_when_empty_and_for_each_bad_item() -> No
     with pytest.raises(InvalidRefError) as info:
         parse_platforms("riscv64", where="input platforms")
     assert info.value.message.startswith("input platforms: 'riscv64' is not a supported platform")
+
+
+def test_an_unknown_environment_names_the_env_flag_by_default() -> None:
+    with pytest.raises(TheoryDeployError) as caught:
+        refs.parse_env("prod")
+    assert (caught.value.code, caught.value.message) == (
+        "ERR_INVALID_ENV",
+        "--env: 'prod' is not an environment; expected one of dev, staging, main.",
+    )
+    assert refs.parse_env("staging") == "staging"
+
+
+def test_a_dev_app_name_without_an_identity_says_what_it_needs() -> None:
+    ref = refs.ProcessorRef("llm", "echo", 1)
+    assert refs.app_name(ref, "main") == refs.app_name(ref, "staging") == "llm-echo-v1"
+    with pytest.raises(GitContextError) as caught:
+        refs.app_name(ref, "dev")
+    assert caught.value.message == "dev app names need a branch and a user."
+
+
+def test_a_dev_name_needs_a_letter_or_digit_in_branch_and_user() -> None:
+    ref = refs.ProcessorRef("llm", "echo", 1)
+    with pytest.raises(GitContextError) as caught:
+        refs.app_name(ref, "dev", refs.DevIdentity(branch="///", user="dev"))
+    assert caught.value.message == "branch '///' and user 'dev' must each contain a letter or digit."
+
+
+def test_a_slug_cut_before_the_hash_loses_its_trailing_dash() -> None:
+    # 54 + 1 + 4 + 3 = 62 characters: too long for branch and user beside it, so the slug itself is cut
+    # to 64 - 8 - 1 = 55 characters, which end with the dash after the namespace.
+    ref = refs.ProcessorRef("a" * 54, "name", 1)
+    name = refs.app_name(ref, "dev", refs.DevIdentity(branch="feat", user="dev"))
+    assert name[:55] == "a" * 54 + "-" and name[55:].isalnum() and len(name[55:]) == 8
+    assert "--" not in name and len(name) == 63
+    # a slug whose cut ends in a letter keeps all 55 characters: the name is exactly 64 long
+    longest = refs.app_name(refs.ProcessorRef("a" * 56, "n", 1), "dev", refs.DevIdentity(branch="feat", user="dev"))
+    assert longest[:56] == "a" * 55 + "-" and len(longest) == refs.APP_NAME_MAX

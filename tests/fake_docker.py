@@ -21,6 +21,7 @@ What it answers, as docker 20.10+ does (the product reads nothing else of these 
   form, DOCKER_BUILDKIT=1): the image a test planted for ARCH with `add_built_image` becomes the
   build's result: its id goes to FILE and the `-t` tag names it, after BuildKit-style step lines
   (`#1 [1/1] FROM ...`); a platform with nothing planted fails (exit 1) as a failed RUN step would;
+  with no image planted at all, a build is unexpected (below);
 - `docker save -o DEST ID`: the planted image's `docker save` archive (the legacy layout engine
   20.10 writes: manifest.json, the config as <hex>.json, one layer.tar per layer) copied to DEST;
 - anything else: `unexpected: ...` on stderr, exit 2, so a test notices a call it did not plan for.
@@ -75,7 +76,7 @@ if len(args) == 4 and args[1] == "inspect" and args[2] == "--" and args[0] in ("
     if record is None:
         out("", 1, f"Error: No such {kind}: {name}\n")
     out(json.dumps([record]) + "\n")
-if args[:1] == ["build"] and state["engine"]:
+if args[:1] == ["build"] and state["engine"] and state["builds"]:
     arch = args[args.index("--platform") + 1].removeprefix("linux/")
     built = state["builds"].get(arch)
     sys.stdout.write(f"#1 [internal] load build definition from Dockerfile\n#2 [1/1] FROM scratch ({arch})\n")
@@ -85,7 +86,7 @@ if args[:1] == ["build"] and state["engine"]:
     state["images"][args[args.index("-t") + 1]] = state["images"][built]
     (HERE / "state.json").write_text(json.dumps(state))
     out("#3 DONE 0.0s\n")
-if args[:2] == ["save", "-o"] and len(args) == 4 and state["engine"]:
+if args[:2] == ["save", "-o"] and len(args) == 4 and state["engine"] and args[3] in state["archives"]:
     import shutil
     shutil.copyfile(state["archives"][args[3]], args[2])
     out("")

@@ -42,6 +42,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from tests.modal_standin.images import image_config, layer_tar
+
 _SCRIPT = r"""#!@PYTHON@
 import json, sys
 from pathlib import Path
@@ -141,22 +143,10 @@ class FakeDocker:
         """Plant the image `docker build` for linux/<arch> gives: one layer holding `files`, with its
         engine record (Architecture, Os, RootFS) and its `docker save` archive. Returns its id, which
         is the config's digest, as the classic image store's ids are."""
-        layer = io.BytesIO()
-        with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name, data in sorted(files.items()):
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime = len(data), 1_700_000_000  # an engine's mtime, which push normalises
-                tar.addfile(info, io.BytesIO(data))
-        diff_id = "sha256:" + hashlib.sha256(layer.getvalue()).hexdigest()
-        config = json.dumps(
-            {
-                "architecture": arch,
-                "os": "linux",
-                "created": "2024-01-01T00:00:00Z",
-                "config": {"Env": ["PATH=/usr/bin"]},
-                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            }
-        ).encode()
+        # An engine's mtime, which push normalises; the layer and config are the Modal stand-in's own.
+        layer = layer_tar(files, mtime=1_700_000_000)
+        diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+        config = image_config(layer, arch=arch)
         hex_id = hashlib.sha256(config).hexdigest()
         archive = self.folder / f"save-{hex_id}.tar"
         with tarfile.open(archive, "w") as tar:
@@ -164,7 +154,7 @@ class FakeDocker:
             for name, data in (
                 ("manifest.json", json.dumps(manifest).encode()),
                 (f"{hex_id}.json", config),
-                (f"{hex_id[:12]}/layer.tar", layer.getvalue()),
+                (f"{hex_id[:12]}/layer.tar", layer),
             ):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import threading
 import time
@@ -321,8 +322,9 @@ def test_a_slug_cut_before_the_hash_loses_its_trailing_dash() -> None:
     # to 64 - 8 - 1 = 55 characters, which end with the dash after the namespace.
     ref = refs.ProcessorRef("a" * 54, "name", 1)
     name = refs.app_name(ref, "dev", refs.DevIdentity(branch="feat", user="dev"))
-    assert name[:55] == "a" * 54 + "-" and name[55:].isalnum() and len(name[55:]) == 8
+    assert name[:55] == "a" * 54 + "-" and re.fullmatch("[0-9a-f]{8}", name[55:])
     assert "--" not in name and len(name) == 63
     # a slug whose cut ends in a letter keeps all 55 characters: the name is exactly 64 long
     longest = refs.app_name(refs.ProcessorRef("a" * 56, "n", 1), "dev", refs.DevIdentity(branch="feat", user="dev"))
-    assert longest[:56] == "a" * 55 + "-" and len(longest) == refs.APP_NAME_MAX
+    assert longest[:56] == "a" * 55 + "-" and re.fullmatch("[0-9a-f]{8}", longest[56:])
+    assert len(longest) == refs.APP_NAME_MAX

@@ -63,24 +63,38 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def tiny_image(payload: str = "a", *, arch: str = "amd64", os_name: str = "linux") -> TinyImage:
-    """Build (not push) a one-layer image holding ``payload.txt``; same arguments, same digest."""
+def layer_tar(files: dict[str, bytes], *, mtime: int = 0) -> bytes:
+    """An uncompressed layer holding ``files`` (name -> bytes), in name order, every entry at ``mtime``."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        data = payload.encode()
-        info = tarfile.TarInfo("payload.txt")
-        info.size, info.mtime = len(data), 0
-        tar.addfile(info, io.BytesIO(data))
-    layer = gzip.compress(raw.getvalue(), mtime=0)
-    config = json.dumps(
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), mtime
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def image_config(layer: bytes, *, arch: str, os_name: str = "linux", labels: dict[str, str] | None = None) -> bytes:
+    """The config of a one-layer ``os_name/arch`` image whose uncompressed layer is ``layer``."""
+    config: dict[str, object] = {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]}
+    if labels:
+        config["Labels"] = labels
+    return json.dumps(
         {
             "architecture": arch,
             "os": os_name,
-            "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Labels": {"payload": payload}},
-            "rootfs": {"type": "layers", "diff_ids": [_digest(raw.getvalue())]},
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
         },
         sort_keys=True,
     ).encode()
+
+
+def tiny_image(payload: str = "a", *, arch: str = "amd64", os_name: str = "linux") -> TinyImage:
+    """Build (not push) a one-layer image holding ``payload.txt``; same arguments, same digest."""
+    raw = layer_tar({"payload.txt": payload.encode()})
+    layer = gzip.compress(raw, mtime=0)
+    config = image_config(raw, arch=arch, os_name=os_name, labels={"payload": payload})
     manifest = json.dumps(
         {
             "schemaVersion": 2,

@@ -28,8 +28,9 @@ function whose code changed since the entry's commit is tested again, and so is 
 entry left alive that tests/mutation_equivalents.txt does not list now. Every other mutant keeps
 the entry's verdict: killed then, so killed now, as mutmut itself assumes when it skips a function
 whose code did not change. A mutant that is listed now, or was listed at any time since the entry,
-counts as equivalent (never as a kill) unless it is run again. The entry must be a complete run of
-a clean commit, and the mutants generated from that commit's source must add up to its counts.
+counts as equivalent (never as a kill) unless it is run again. The mutants generated from the entry
+commit's source must add up to its counts. An entry that is not a complete run of a clean commit (an
+interrupted run) keeps no verdict: every mutant of that module is tested, in the same mutmut run.
 """
 
 from __future__ import annotations
@@ -164,11 +165,20 @@ class RecheckPlan:
 
     def __init__(self, module: str, entry: dict[str, object], equivalents: dict[str, str]) -> None:
         commit = str(entry["commit"])
+        self.commit = commit
+        self.to_run: list[str] = []
+        self.killed_then: list[str] = []
+        self.listed: list[str] = []
         if commit.endswith("+dirty") or int(entry.get("not_checked", 0)):  # type: ignore[call-overload]
-            raise SystemExit(
-                f"mutation: {module}: its recorded run ({commit}, {entry.get('not_checked')} not checked) is not a "
-                "complete run of a clean commit; run the module in full (without --recheck)"
-            )
+            # An interrupted run, or one of uncommitted code, gives no verdict worth keeping (its
+            # killed mutants are not named): every mutant of the module is tested, as a full run would.
+            self.partial = True
+            current, _ = mutants_by_function(module, (ROOT / module).read_text())
+            self.changed_functions = sorted(current)
+            for name in (n for names in current.values() for n in names):
+                (self.listed if name in equivalents else self.to_run).append(name)
+            return
+        self.partial = False
         old, old_hashes = mutants_by_function(module, git_show(commit, module))
         new, new_hashes = mutants_by_function(module, (ROOT / module).read_text())
         recorded = sum(int(entry[k]) for k in ("killed", "survived", "equivalent"))  # type: ignore[call-overload]
@@ -181,9 +191,6 @@ class RecheckPlan:
         alive_then = set(entry["surviving_mutants"])  # type: ignore[call-overload]
         listed_since = equivalents_ever_listed_since(commit)
         self.changed_functions = sorted(f for f in new if new_hashes.get(f) != old_hashes.get(f))
-        self.to_run: list[str] = []
-        self.killed_then: list[str] = []
-        self.listed: list[str] = []
         for function, names in new.items():
             if function in self.changed_functions:
                 self.to_run += names
@@ -195,7 +202,6 @@ class RecheckPlan:
                     self.to_run.append(name)
                 else:
                     self.killed_then.append(name)
-        self.commit = commit
 
     def verdicts(self, tested: dict[str, int | None]) -> dict[str, int | None]:
         """Exit codes for every mutant: this run's where it tested one, else the recorded run's (1, a
@@ -292,7 +298,7 @@ def main(argv: list[str]) -> int:
     low = []
     print(f"\n{'module':45} {'killed':>7} {'survived':>9} {'equiv.':>7} {'unchecked':>9} {'score':>7}")
     for module in modules:
-        if module in plans:
+        if module in plans and not plans[module].partial:
             plan = plans[module]
             entry = score_module(plan.verdicts(verdicts(module)), equivalents)
             baseline = results[module].get("baseline", results[module])
@@ -304,6 +310,8 @@ def main(argv: list[str]) -> int:
                 },
                 "baseline": baseline,
             }
+        elif module in plans:  # every mutant was tested: a full run of its own, with no baseline
+            entry = score_module(plans[module].verdicts(verdicts(module)), equivalents)
         else:
             entry = score_module(verdicts(module), equivalents)
         results[module] = {**entry, "when": now, "commit": head}

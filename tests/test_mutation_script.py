@@ -107,12 +107,23 @@ def test_a_mutant_listed_since_the_run_but_no_longer_is_tested_again(script: Mod
     assert label[0] not in plan.killed_then
 
 
-def test_an_entry_that_is_not_a_complete_clean_run_is_refused(script: ModuleType, tmp_path: Path) -> None:
+def test_an_entry_that_is_not_a_complete_clean_run_tests_every_mutant_again(script: ModuleType, tmp_path: Path) -> None:
+    grouped, _ = script.mutants_by_function(MODULE, BEFORE)
+    everything = sorted(n for names in grouped.values() for n in names)
+    (tmp_path / "tests" / "mutation_equivalents.txt").write_text(f"{everything[0]}  # why it is equivalent\n")
     entry = _entry(script, tmp_path, alive=[])
-    with pytest.raises(SystemExit, match="not a complete run of a clean commit"):
-        script.RecheckPlan(MODULE, {**entry, "commit": entry["commit"] + "+dirty"}, {})
-    with pytest.raises(SystemExit, match="not a complete run of a clean commit"):
-        script.RecheckPlan(MODULE, {**entry, "not_checked": 3}, {})
+    for partial in ({**entry, "commit": entry["commit"] + "+dirty"}, {**entry, "not_checked": 3}):
+        plan = script.RecheckPlan(MODULE, partial, script.read_equivalents())
+        assert plan.partial and plan.killed_then == [] and plan.listed == [everything[0]]
+        assert sorted(plan.to_run) == everything[1:]  # none of the interrupted run's kills is kept
+        assert plan.changed_functions == sorted(grouped)
+        untested = script.score_module(plan.verdicts({}), script.read_equivalents())
+        assert (untested["killed"], untested["not_checked"]) == (0, len(everything) - 1)
+
+
+def test_counts_that_do_not_match_the_commits_mutants_are_refused(script: ModuleType, tmp_path: Path) -> None:
+    entry = _entry(script, tmp_path, alive=[])
+    assert not script.RecheckPlan(MODULE, entry, {}).partial
     # counts that do not add up to the mutants of that commit's source: another mutmut made them
     with pytest.raises(SystemExit, match=r"gives \d+ mutants but its entry counts \d+"):
         script.RecheckPlan(MODULE, {**entry, "killed": int(entry["killed"]) + 1}, {})  # type: ignore[call-overload]

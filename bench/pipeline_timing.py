@@ -111,7 +111,13 @@ def main() -> None:
     workspace = Path(tempfile.mkdtemp(prefix="theory-bench-"))
     for folder in ("processors", "runtime", "schema"):
         shutil.copytree(REPO / folder, workspace / folder, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    env = {"THEORY_REPO_ROOT": str(workspace), "GIT_BRANCH": f"bench-{tag}", "GIT_USER": "bench"}
+    env = {
+        "THEORY_REPO_ROOT": str(workspace),
+        "GIT_BRANCH": f"bench-{tag}",
+        "GIT_USER": "bench",
+        # Build records of this run only: the cold run finds none, the warm one finds the cold run's.
+        "THEORY_BUILD_RECORDS_DIR": str(workspace / ".build-records"),
+    }
     run(
         [
             str(BIN / "processorctl"),

@@ -22,6 +22,7 @@ What it answers, as docker 20.10+ does (the product reads nothing else of these 
   build's result: its id goes to FILE and the `-t` tag names it, after BuildKit-style step lines
   (`#1 [1/1] FROM ...`); a platform with nothing planted fails (exit 1) as a failed RUN step would;
   with no image planted at all, a build is unexpected (below);
+- `docker tag SOURCE TARGET`: TARGET names SOURCE's record from then on (`No such image` otherwise);
 - `docker save -o DEST ID`: the planted image's `docker save` archive (the legacy layout engine
   20.10 writes: manifest.json, the config as <hex>.json, one layer.tar per layer) copied to DEST;
 - anything else: `unexpected: ...` on stderr, exit 2, so a test notices a call it did not plan for.
@@ -88,6 +89,12 @@ if args[:1] == ["build"] and state["engine"] and state["builds"]:
     state["images"][args[args.index("-t") + 1]] = state["images"][built]
     (HERE / "state.json").write_text(json.dumps(state))
     out("#3 DONE 0.0s\n")
+if args[:1] == ["tag"] and len(args) == 3 and state["engine"]:
+    if args[1] not in state["images"]:
+        out("", 1, f"Error response from daemon: No such image: {args[1]}\n")
+    state["images"][args[2]] = state["images"][args[1]]
+    (HERE / "state.json").write_text(json.dumps(state))
+    out("")
 if args[:2] == ["save", "-o"] and len(args) == 4 and state["engine"] and args[3] in state["archives"]:
     import shutil
     shutil.copyfile(state["archives"][args[3]], args[2])

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import output, runtime_bundle
+from . import build_inputs, output, runtime_bundle
 from .docker import Builder, Docker, find_builder, inspect_image
 from .errors import ImageBuildError, UsageError, ValidationError
 from .gitrun import Git
@@ -252,10 +252,12 @@ def build_platform_images(
     all_labels = {**image_labels(ref, context, repo_root), **(labels or {})}
     pull = len(archs) > 1 if pull is None else pull
     ca = ca_bundle()
+    # An unchanged build is not run again (build_inputs: what the fingerprint covers, and when none is made).
+    fingerprints = build_inputs.Fingerprints(builder, context, dockerfile, progress=progress)
+    records = build_inputs.BuildRecords()
     built: dict[str, BuiltImage] = {}
     for arch in archs:
         tag = local_tag(ref.slug, arch)
-        progress(f"building {ref} for linux/{arch} with {builder.client} ({builder.mode}) -> {tag}")
         with tempfile.TemporaryDirectory(prefix="theory-build-") as tmp:
             iidfile = Path(tmp) / "iid"
             cmd = build_command(
@@ -272,6 +274,13 @@ def build_platform_images(
                 runtime=runtime,
                 no_cache=no_cache,
             )
+            fingerprint = fingerprints.of(cmd, arch)
+            reused = fingerprint and build_inputs.reusable_image(records, fingerprint, builder, tag, arch)
+            if reused:
+                built[arch] = BuiltImage(image_id=reused, local_tag=tag, platform=arch)
+                progress(f"linux/{arch}: nothing it is built from changed: {tag} is still {reused} (not rebuilt)")
+                continue
+            progress(f"building {ref} for linux/{arch} with {builder.client} ({builder.mode}) -> {tag}")
             _run_build(cmd, builder, arch, ref, debug=debug, progress=progress)
             image_id = iidfile.read_text().strip() if iidfile.exists() else ""
         if not image_id:
@@ -285,6 +294,8 @@ def build_platform_images(
                 "(or `FROM --platform=$TARGETPLATFORM`).",
             )
         built[arch] = BuiltImage(image_id=image_id, local_tag=tag, platform=arch)
+        if fingerprint:
+            records.remember(fingerprint, image_id, arch)
         progress(f"built {tag} ({image_id})")
     return built
 

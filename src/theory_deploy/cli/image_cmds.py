@@ -63,6 +63,7 @@ def _do_build(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -
         parse_build_args(args.build_arg),
         registry_path=loaded.path,
         debug=bool(args.debug),
+        no_cache=bool(getattr(args, "no_cache", False)),
     )
 
 
@@ -281,6 +282,12 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     ref_flag(b)
     platforms_flag(b)
     build_arg_flag(b)
+    b.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run every build step again: neither the engine's build cache nor an earlier build with the "
+        "same inputs is reused (see build_inputs)",
+    )
 
     p = add_verb(
         subparsers,

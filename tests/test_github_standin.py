@@ -304,6 +304,51 @@ def test_merge_refusals_and_mergeability(gh: GitHubStandIn) -> None:
     assert c.put(f"{PULLS}/{number}/merge", json={"merge_method": "squash"}).status_code == 200
 
 
+def test_merge_refused_when_the_base_moved_during_it(gh: GitHubStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.github_standin import server
+
+    c = api(gh)
+    head = branch(gh, "feat")
+    number = c.post(PULLS, json={"head": "feat", "base": "main", "title": "F"}).json()["number"]
+    # Another client's push lands on main after the merge read main's tip and before it moves main:
+    # the merge's compare-and-swap of the ref fails, and the other write is kept.
+    merge_tree = server._Handler._merge_tree
+    landed: list[str] = []
+
+    def racing(handler: server._Handler, base_sha: str, head_sha: str) -> str | None:
+        tree = merge_tree(handler, base_sha, head_sha)
+        if not landed:
+            landed.append(gh.commit("main", {"theirs.txt": "theirs"}, "pushed meanwhile"))
+        return tree
+
+    monkeypatch.setattr(server._Handler, "_merge_tree", racing)
+    refused = c.put(f"{PULLS}/{number}/merge", json={"sha": head})
+    assert (refused.status_code, refused.json()["message"]) == (
+        405,
+        "Base branch was modified. Review and try the merge again.",
+    )
+    assert gh.state.refs()["main"] == landed[0]
+    pr = c.get(f"{PULLS}/{number}").json()
+    assert (pr["state"], pr["merged"], pr["merge_commit_sha"]) == ("open", False, None)
+    assert c.get(f"{PULLS}/{number}/merge").status_code == 404
+    # Tried again, it merges onto the moved base.
+    merged = c.put(f"{PULLS}/{number}/merge", json={"sha": head})
+    assert merged.status_code == 200
+    assert gh.state.git("log", "-1", "--format=%P", "main").stdout.split() == [landed[0], head]
+
+
+def test_merge_refused_without_its_base_branch(gh: GitHubStandIn) -> None:
+    c = api(gh)
+    gh.commit("dev", {"dev.txt": "dev"}, parent="main")
+    branch(gh, "feat", parent="dev")
+    number = c.post(PULLS, json={"head": "feat", "base": "dev", "title": "F"}).json()["number"]
+    gh.delete_branch("dev")
+    refused = c.put(f"{PULLS}/{number}/merge", json={})
+    assert (refused.status_code, refused.json()["message"]) == (405, "Pull Request is not mergeable")
+    assert "dev" not in gh.state.refs()
+    assert (gh.pulls[0]["state"], gh.pulls[0]["merged"]) == ("open", False)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Pagination
 # ---------------------------------------------------------------------------------------------------
@@ -556,6 +601,32 @@ def test_git_http_needs_a_known_token(gh: GitHubStandIn, tmp_path: Path) -> None
     assert gh.requests == []  # git traffic is recorded apart from REST
 
 
+def test_git_http_accepts_the_token_as_user_with_x_oauth_basic(gh: GitHubStandIn, tmp_path: Path) -> None:
+    def basic(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    refs = f"{gh.git_url}/info/refs"
+    unknown = "ghp_" + "w" * 36
+    for user, password, status in (
+        (TOKEN, "x-oauth-basic", 200),  # https://TOKEN:x-oauth-basic@github.com/...
+        (TOKEN, "not-x-oauth-basic", 401),  # the token as user name only with that password (or none)
+        (unknown, "x-oauth-basic", 401),
+    ):
+        got = httpx.get(refs, params={"service": "git-upload-pack"}, headers={"Authorization": basic(user, password)})
+        assert got.status_code == status, (user, password)
+    # A real clone and push with it; the user name (the token) is what the push is recorded under.
+    header = f"http.extraheader=Authorization: {basic(TOKEN, 'x-oauth-basic')}"
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "--quiet", "-c", header, gh.git_url, str(work))
+    for setting in ("user.name=Hu Man", "user.email=human@example.com"):
+        git(work, "config", *setting.split("=", 1))
+    sha = commit_file(work, "oauth.txt", "x")
+    git(work, "push", "--quiet", "origin", "HEAD:refs/heads/oauth")
+    assert gh.state.refs()["oauth"] == sha
+    assert [(p["ref"], p["user"], p["refused"]) for p in gh.pushes] == [("refs/heads/oauth", TOKEN, None)]
+    assert ("git-receive-pack", TOKEN, 200) in [(r.service, r.user, r.status) for r in gh.git_requests]
+
+
 def test_public_repository_fetches_anonymously_but_pushes_need_a_token(tmp_path: Path) -> None:
     with GitHubStandIn(tokens={TOKEN}, private=False) as gh:
         gh.commit("main", {"f": "x"})
@@ -627,6 +698,41 @@ def test_protected_branch_refuses_pushes_like_github(gh: GitHubStandIn, tmp_path
     assert gh.state.refs()["main"] == git(work, "rev-parse", "HEAD").stdout.strip()
 
 
+def test_protection_exact_name_wins_and_patterns_match_as_fnmatch_pathname(gh: GitHubStandIn, tmp_path: Path) -> None:
+    work = clone(gh, tmp_path)
+    commit_file(work, "work.txt", "work\n")
+    # The pattern is added first, so only the exact-name lookup lets the laxer rule win for release/open.
+    gh.protect("release/**/*")
+    gh.protect("release/open", require_pull_request=False)
+    gh.protect("hotfix/*")
+    gh.protect("feat/**")
+    gh.protect("v?x")
+    names = ("release/open", "release/x", "release/a/b", "hotfix/a", "hotfix/a/b", "feat/a", "feat/a/b", "v1x", "v/x")
+    for name in names:
+        pushed = git(work, "push", "--porcelain", "origin", f"HEAD:refs/heads/{name}", check=False)
+        refused = f"remote: error: GH006: Protected branch update failed for refs/heads/{name}." in pushed.stderr
+        assert refused == (pushed.returncode != 0), pushed.stderr
+    pr_only = "Changes must be made through a pull request."
+    assert {p["ref"].removeprefix("refs/heads/"): p["refused"] for p in gh.pushes} == {
+        "release/open": None,  # the exact name's rule, though release/**/* matches too
+        "release/x": pr_only,  # a segment's leading `**/` is zero or more whole segments: none here,
+        "release/a/b": pr_only,  # one here (it crosses `/`)
+        "hotfix/a": pr_only,
+        "hotfix/a/b": None,  # `*` stops at `/`
+        "feat/a": pr_only,
+        "feat/a/b": None,  # so does a `**` not followed by `/`: it is a `*`
+        "v1x": pr_only,
+        "v/x": None,  # and `?`
+    }
+    assert set(gh.state.refs()) == {"main", "release/open", "hotfix/a/b", "feat/a/b", "v/x"}
+    # The REST side reads the same rule.
+    c = api(gh)
+    lax = c.get("/repos/acme/processors/branches/release/open/protection").json()
+    assert "required_pull_request_reviews" not in lax
+    unprotected = c.get("/repos/acme/processors/branches/feat/a/b/protection")
+    assert (unprotected.status_code, unprotected.json()["message"]) == (404, "Branch not protected")
+
+
 def test_branch_protection_endpoint(gh: GitHubStandIn) -> None:
     from github import Auth, Github, GithubException
 
@@ -636,7 +742,7 @@ def test_branch_protection_endpoint(gh: GitHubStandIn) -> None:
     assert missing.status_code == 404 and missing.json()["message"] == "Branch not protected"
     assert c.get("/repos/acme/processors/branches/nope/protection").json()["message"] == "Branch not found"
     gh.protect("main", required_approving_review_count=1)
-    gh.protect("theory-deploy/**", require_pull_request=False)
+    gh.protect("theory-deploy/**/*", require_pull_request=False)  # GitHub's form for any depth
 
     repo = Github(base_url=gh.url, auth=Auth.Token(TOKEN), seconds_between_requests=0).get_repo("acme/processors")
     main = repo.get_branch("main")

@@ -32,13 +32,17 @@ ZERO = "0" * 40
 
 
 def branch_pattern(pattern: str) -> re.Pattern[str]:
-    """GitHub's branch-protection patterns are fnmatch with FNM_PATHNAME: `*` stops at `/`, `**` does not."""
+    """GitHub's branch-protection patterns: Ruby's `File.fnmatch` with FNM_PATHNAME, as GitHub documents.
+
+    `*` and `?` stop at `/`. Only `**/` at the start of a segment crosses it (zero or more whole
+    segments: `qa/**/*` covers `qa/x` and `qa/a/b`); any other `**` is a `*` (`qa/**` covers `qa/x`
+    but not `qa/a/b`), as in Ruby's dir.c."""
     out = ""
     i = 0
     while i < len(pattern):
-        if pattern.startswith("**", i):
-            out += ".*"
-            i += 2
+        if (i == 0 or pattern[i - 1] == "/") and pattern.startswith("**/", i):
+            out += "(?:[^/]*/)*"
+            i += 3
         elif pattern[i] == "*":
             out += "[^/]*"
             i += 1

@@ -21,9 +21,11 @@ The bare repository is `git_remote` when given, else one the stand-in makes (rem
   401 with `WWW-Authenticate: Basic realm="GitHub"`. An authenticated request gets REMOTE_USER, the
   Basic user name (http-backend enables receive-pack only with REMOTE_USER, as documented).
 - Branch protection: `protect(pattern, require_pull_request=True, required_approving_review_count=0,
-  allow_force_pushes=False, allow_deletions=False)`; patterns are GitHub's fnmatch (`*` stops at
-  `/`), an exact name wins over a pattern. A pre-receive hook (tests/github_standin/hook.py,
-  installed in the bare repository by `start()`) refuses, as GitHub does, with
+  allow_force_pushes=False, allow_deletions=False)`; patterns are GitHub's fnmatch (Ruby's, with
+  FNM_PATHNAME: `*` and `?` stop at `/`, only a segment's leading `**/` crosses it, so `qa/**/*`
+  covers `qa/a/b` and `qa/**` does not), an exact name wins over a pattern. A pre-receive hook
+  (tests/github_standin/hook.py, installed in the bare repository by `start()`) refuses, as GitHub
+  does, with
   `remote: error: GH006: Protected branch update failed for refs/heads/<branch>.` and then the
   reason: `Changes must be made through a pull request.` (any update, when PRs are required),
   `Cannot force-push to this branch` (non-fast-forward), `Cannot delete this branch`. Assumption:
@@ -71,8 +73,10 @@ REST endpoints (JSON shaped like api.github.com's, as far as PyGithub reads it)
   405 "Pull Request is not mergeable" for a conflict, a closed or merged PR, or a missing head or
   base branch; 405 "At least N approving review(s) ... required by reviewers with write access."
   when the base's protection wants more approvals than `approve()` gave; 409 "Head branch was
-  modified. Review and try the merge again." when `sha` is not the head's tip; 422 for another
-  merge_method. Afterwards the PR is closed with merged=true, merged_at and merge_commit_sha.
+  modified. Review and try the merge again." when `sha` is not the head's tip; 405 "Base branch was
+  modified. Review and try the merge again." when the base moved between the merge's read of its
+  tip and its update (the ref update is a compare-and-swap: the other write is kept); 422 for
+  another merge_method. Afterwards the PR is closed with merged=true, merged_at and merge_commit_sha.
   Merges are the stand-in's own writes: protection's push rules do not apply to them (as on GitHub).
 - `GET  /repos/{o}/{r}/pulls/{n}/merge` -> 204 when merged, 404 otherwise.
 - `GET  /repos/{o}/{r}/issues?state=&labels=a,b&per_page=&page=` (every label must match; newest first)
@@ -669,6 +673,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status = int(value.strip().split()[0])
             else:
                 headers.append((key, value.strip()))
+        record.status = status  # before the answer, as in _plain
         self.send_response(status)
         for key, value in headers:
             self.send_header(key, value)
@@ -680,7 +685,6 @@ class _Handler(BaseHTTPRequestHandler):
         feeder.join(timeout=30)
         drainer.join(timeout=30)
         proc.wait(timeout=30)
-        record.status = status
 
     def _feed(self, sink: BinaryIO, chunked: bool) -> None:
         """Stream the request body to http-backend: de-chunked, or Content-Length bytes."""
@@ -716,6 +720,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _plain(self, record: GitRequest, status: int, text: str, headers: dict[str, str] | None = None) -> None:
         data = text.encode()
+        record.status = status  # before the answer: the client may be done (and the test reading) once it has it
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -723,7 +728,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
-        record.status = status
 
     # --- REST ------------------------------------------------------------------------------------
     def _handle(self, method: str, path: str, query_string: str) -> None:

@@ -4,13 +4,18 @@ Every SDK call runs under a timeout: a client pointed at nothing hangs for about
 
 The stand-in is as strict as Modal where it matters to the product (servicer.py's docstring lists
 each rule and the docs it follows); each rule has a test here:
-  * RPCs it does not implement answer UNIMPLEMENTED (never an empty success);
+  * RPCs it does not implement answer UNIMPLEMENTED (never an empty success), blob uploads and
+    AppRollback included;
   * image builds pull what `from_registry` names from the real loopback registries, with the
-    attached registry secret's credentials (so deploys here push real images first);
+    attached registry secret's credentials (so deploys here push real images first), and fail as a
+    pull fails (no linux/amd64 entry, a missing layer, 403 denied, AWS/GCP auth not implemented);
   * secrets follow Modal's documented key/value limits and the object-name rules;
   * secret ids are the only environment handle SecretUpdate/GetInfo/Delete carry: they must be live;
+    a registry secret is read by its id, whatever its environment;
   * image ids follow from the definition (an identical one gets the existing image back);
-  * a publish merges the app's tags, App.set_tags replaces them.
+  * a publish merges the app's tags, App.set_tags replaces them;
+  * a Dict needs a name, and a deleted Dict's id is dead;
+  * environments can be created and deleted; a deletion takes the environment's objects with it.
 Raw RPCs (`raw`) go over the wire with grpclib, for what the SDK checks client-side first.
 """
 
@@ -524,6 +529,65 @@ def test_unknown_rpcs_answer_unimplemented(cp: ModalStandIn) -> None:
             assert hasattr(cp.servicer, f"_do_{c.method}") or hasattr(cp.servicer, f"_stream_{c.method}")
 
 
+def test_blob_uploads_answer_unimplemented(cp: ModalStandIn) -> None:
+    """Files over the inline limit go through the blob store (BlobCreate, then MountPutFile with a
+    data_blob_id); the stand-in has none, so each step answers UNIMPLEMENTED and nothing is stored."""
+    data = b"x" * 16
+    sha = hashlib.sha256(data).hexdigest()
+    for method, request in (
+        ("BlobCreate", api_pb2.BlobCreateRequest(content_sha256_base64="eA==", content_length=5 * 2**20)),
+        ("BlobGet", api_pb2.BlobGetRequest(blob_id="bl-" + "x" * 22)),
+    ):
+        with pytest.raises(GRPCError) as info:
+            raw(cp, method, request)
+        assert (info.value.status, info.value.message) == (
+            Status.UNIMPLEMENTED,
+            f"stand-in: {method} is not implemented",
+        )
+    with pytest.raises(GRPCError) as info:
+        raw(cp, "MountPutFile", api_pb2.MountPutFileRequest(sha256_hex=sha, data_blob_id="bl-" + "x" * 22))
+    assert (info.value.status, info.value.message) == (
+        Status.UNIMPLEMENTED,
+        "stand-in: blob uploads (files over the inline size) are not implemented",
+    )
+    assert sha not in cp.state.mount_blobs
+    assert [(c.method, c.status) for c in cp.state.calls] == [
+        ("BlobCreate", "UNIMPLEMENTED"),
+        ("BlobGet", "UNIMPLEMENTED"),
+        ("MountPutFile", "UNIMPLEMENTED"),
+    ]
+
+
+def test_a_deploy_module_over_the_inline_limit_fails_unimplemented(cp: ModalStandIn, tmp_path: Path, images) -> None:
+    """The SDK's own path: a module file of 4 MiB or more is uploaded as a blob, and BlobCreate is the
+    first RPC it sends for it; the deploy fails there, loudly, and nothing is published."""
+    seed_secrets("dev")
+    app = load_app(tmp_path, env="dev", image_ref=images.a)
+    with (tmp_path / "standin_sample_app.py").open("a") as module:
+        module.write(("# padding\n" * 420_000)[: 4 * 2**20])  # the SDK's LARGE_FILE_LIMIT is 4 MiB
+    with pytest.raises(modal.exception.UnimplementedError, match=r"^stand-in: BlobCreate is not implemented$"):
+        deploy(app, "dev")
+    assert cp.state.calls_to("BlobCreate")[-1].status == "UNIMPLEMENTED"
+    assert cp.state.calls_to("MountPutFile") == []
+    assert cp.state.deployed_app("dev", "proc-demo") is None
+    assert all(a.state == "stopped" for a in cp.state.apps.values())
+
+
+def test_app_rollback_answers_unimplemented(cp: ModalStandIn) -> None:
+    """AppRollback is a paid-plan feature on Modal: refused on purpose, for a deployed app too."""
+    app = sdk(modal.App.lookup, "proc-demo", environment_name="dev", create_if_missing=True)
+    assert cp.state.apps[app.app_id].state == "deployed"
+    for version in (-1, 1):  # -1: the previous version (what `modal app rollback <app>` sends)
+        with pytest.raises(GRPCError) as info:
+            raw(cp, "AppRollback", api_pb2.AppRollbackRequest(app_id=app.app_id, version=version))
+        assert (info.value.status, info.value.message) == (
+            Status.UNIMPLEMENTED,
+            "stand-in: rollback is not supported (it needs a paid plan on Modal)",
+        )
+    assert [c.status for c in cp.state.calls_to("AppRollback")] == ["UNIMPLEMENTED", "UNIMPLEMENTED"]
+    assert cp.state.apps[app.app_id].state == "deployed"
+
+
 def test_a_deploy_uses_only_implemented_rpcs_and_uploads_its_module(cp: ModalStandIn, tmp_path: Path, images) -> None:
     seed_secrets("dev")
     app = load_app(tmp_path, env="dev", image_ref=images.a)
@@ -691,6 +755,80 @@ def test_only_loopback_registries_are_pulled_from(cp: ModalStandIn, tmp_path: Pa
     assert cp.state.pulls[-1].ok is False
 
 
+def _builder_app(env: str = "dev") -> Any:
+    """An app to build images in (`Image.build` needs one), without a deploy."""
+    return sdk(modal.App.lookup, "image-builder", environment_name=env, create_if_missing=True)
+
+
+def test_build_fails_for_an_index_without_linux_amd64(cp: ModalStandIn, tmp_path: Path, registry: str) -> None:
+    """The product refuses such an index before it deploys, so only this self-test reaches the rule."""
+    repo = f"standin/no-amd64-{uuid.uuid4().hex[:10]}"
+    arm = push_tiny_image(registry, repo, payload="a", arch="arm64")
+    s390x = push_tiny_image(registry, repo, payload="a", arch="s390x")
+    index = push_tiny_index(registry, repo, [arm, s390x])
+    seed_secrets("dev")
+    message = _deploy_fails(tmp_path, index, "no matching manifest for linux/amd64")
+    expected = f"failed to pull {index}: no matching manifest for linux/amd64 in the manifest list entries"
+    (pull,) = cp.state.pulls
+    assert (pull.ok, pull.error, pull.manifest_digest) == (False, expected, "")
+    assert message.endswith(f"failed with the exception:\n{expected}")
+    assert cp.state.deployed_app("dev", "proc-demo") is None
+
+
+def test_build_fails_when_a_layer_blob_is_missing(cp: ModalStandIn, tmp_path: Path, registry: str) -> None:
+    """The manifest and config are there, one layer is not (a registry refuses to store such a manifest,
+    so the proxy answers 404 for the layer): the pull fails on the layer."""
+    from tests.registry_faults import Fault, FaultProxy
+
+    repo = f"standin/layerless-{uuid.uuid4().hex[:10]}"
+    img = push_tiny_image(registry, repo, payload="layer")
+    with FaultProxy(registry, faults=[Fault(f"/blobs/{img.layer_digest}$", "404", times=100)]) as proxy:
+        ref = f"{proxy.host}/{repo}@{img.digest}"
+        seed_secrets("dev")
+        message = _deploy_fails(tmp_path, ref, "blob unknown")
+        assert proxy.count(path=f"/blobs/{img.config_digest}$") == 1  # the config was there
+        assert proxy.count(path=f"/blobs/{img.layer_digest}$", method="HEAD") == 1
+    expected = f"failed to pull {ref}: blob unknown: {img.layer_digest} is missing from {proxy.host}/{repo}"
+    (pull,) = cp.state.pulls
+    assert (pull.ok, pull.error, pull.manifest_digest) == (False, expected, "")
+    assert message.endswith(f"failed with the exception:\n{expected}")
+    assert cp.state.deployed_app("dev", "proc-demo") is None
+
+
+def test_build_fails_when_the_registry_denies_the_pull(cp: ModalStandIn, tmp_path: Path, registry: str) -> None:
+    """403 (denied) is a refusal, not a challenge: no credentials are tried, nothing is retried."""
+    from tests.registry_faults import Fault, FaultProxy
+
+    repo = f"standin/denied-{uuid.uuid4().hex[:10]}"
+    img = push_tiny_image(registry, repo, payload="denied")
+    with FaultProxy(registry, faults=[Fault(r"/manifests/", "403", times=100)]) as proxy:
+        ref = f"{proxy.host}/{repo}@{img.digest}"
+        seed_secrets("dev")  # a registry secret is attached: a 403 is still final
+        message = _deploy_fails(tmp_path, ref, "denied: requested access to the resource is denied")
+        assert [(r.method, r.authorization) for r in proxy.requests] == [("GET", "none")]
+    expected = f"failed to pull {ref}: denied: requested access to the resource is denied (injected: injected 403)"
+    (pull,) = cp.state.pulls
+    assert (pull.ok, pull.error, pull.auth) == (False, expected, "anonymous")
+    assert message.endswith(f"failed with the exception:\n{expected}")
+    assert cp.state.deployed_app("dev", "proc-demo") is None
+
+
+def test_gcp_registry_auth_is_not_implemented(cp: ModalStandIn, images) -> None:
+    """`Image.from_gcp_artifact_registry` sends REGISTRY_AUTH_TYPE_GCP: the stand-in has no GCP auth, so
+    the build fails saying so, even for an image anyone could pull."""
+    sdk(modal.Secret.objects.create, "GCP_PULL", {"SERVICE_ACCOUNT_JSON": "{}"}, environment_name="dev")
+    image = modal.Image.from_gcp_artifact_registry(
+        images.a, secret=modal.Secret.from_name("GCP_PULL", environment_name="dev")
+    )
+    with pytest.raises(modal.exception.ImageBuildError) as info:
+        sdk(image.build, _builder_app(), timeout=60)
+    expected = f"failed to pull {images.a}: stand-in: GCP Artifact Registry registry authentication is not implemented"
+    (pull,) = cp.state.pulls
+    assert (pull.ok, pull.error, pull.secret_id) == (False, expected, cp.state.secret("dev", "GCP_PULL").secret_id)
+    assert cp.state.images[pull.image_id].registry_auth_type == api_pb2.REGISTRY_AUTH_TYPE_GCP
+    assert str(info.value).endswith(f"failed with the exception:\n{expected}")
+
+
 # ------------------------------------------------------------------------------------------------
 # Rule 3: secrets follow Modal's documented limits and the object-name rules
 
@@ -785,3 +923,138 @@ def test_a_secret_id_reaches_only_its_own_live_record(cp: ModalStandIn) -> None:
         assert info.value.status is Status.NOT_FOUND, method
     assert cp.state.secret_values("dev", "svc") == {"A": "dev-3"}
     assert cp.state.secret_values("main", "svc") == {"A": "main-1"}
+
+
+def test_a_registry_secret_of_another_environment_is_used_by_its_id(cp: ModalStandIn, private: SimpleNamespace) -> None:
+    """Assumption (servicer rule 4): the image definition carries only the registry secret's id and
+    ImageGetOrCreate names no environment, so the builder reads that id's secret whatever its
+    environment: a dev app's image pulls with main's secret, not with dev's secret of the same name."""
+    assert "environment_name" not in api_pb2.ImageGetOrCreateRequest.DESCRIPTOR.fields_by_name
+    sdk(
+        modal.Secret.objects.create,
+        "REGISTRY_AUTH",
+        {**private.creds, "REGISTRY_PASSWORD": "no"},
+        environment_name="dev",
+    )
+    sdk(modal.Secret.objects.create, "REGISTRY_AUTH", private.creds, environment_name="main")
+    app = _builder_app("dev")
+    image = modal.Image.from_registry(
+        private.ref, secret=modal.Secret.from_name("REGISTRY_AUTH", environment_name="main")
+    )
+    sdk(image.build, app, timeout=60)
+    main_secret = cp.state.secret("main", "REGISTRY_AUTH")
+    (pull,) = cp.state.pulls
+    assert (pull.ok, pull.auth, pull.manifest_digest) == (True, "basic", private.digest)
+    assert (pull.secret_id, pull.username) == (main_secret.secret_id, private.creds["REGISTRY_USERNAME"])
+    assert cp.state.apps[cp.state.images[pull.image_id].app_id].environment_name == "dev"
+    spec = cp.image_spec(str(image.object_id))
+    assert (spec.registry_secret_name, spec.registry_secret_environment) == ("REGISTRY_AUTH", "main")
+    assert not cp.state.failed_calls()
+
+
+# ------------------------------------------------------------------------------------------------
+# Rule 5: Dicts (the deploy lock) are named per environment; a deleted Dict's id is dead
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        api_pb2.OBJECT_CREATION_TYPE_UNSPECIFIED,
+        api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING,
+        api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS,
+    ],
+)
+def test_a_dict_name_must_not_be_empty(cp: ModalStandIn, kind: int) -> None:
+    # The SDK refuses it before sending; the service refuses it too (over the wire here).
+    with pytest.raises(modal.exception.InvalidError, match="Invalid Dict name: ''"):
+        sdk(modal.Dict.from_name("", environment_name="dev", create_if_missing=True).hydrate)
+    assert cp.state.calls_to("DictGetOrCreate") == []
+    req = api_pb2.DictGetOrCreateRequest(deployment_name="", environment_name="dev", object_creation_type=kind)
+    with pytest.raises(GRPCError) as info:
+        raw(cp, "DictGetOrCreate", req)
+    assert (info.value.status, info.value.message) == (Status.INVALID_ARGUMENT, "Dict name is empty")
+    assert cp.state.dicts_by_id == {} and cp.state.dict_names("dev") == []
+    # An ephemeral Dict has no name: that is not refused.
+    ephemeral = api_pb2.DictGetOrCreateRequest(
+        environment_name="dev", object_creation_type=api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL
+    )
+    assert raw(cp, "DictGetOrCreate", ephemeral).dict_id in cp.state.dicts_by_id
+
+
+def test_a_deleted_dicts_id_is_refused(cp: ModalStandIn) -> None:
+    d = sdk(modal.Dict.from_name("locks", environment_name="dev", create_if_missing=True).hydrate)
+    sdk(d.put, "k", "v")
+    old_id = d.object_id
+    sdk(modal.Dict.objects.delete, "locks", environment_name="dev")
+    gone = f"Dict '{old_id}' not found"
+    # The old handle (what a lock holder keeps) reaches nothing.
+    with pytest.raises(modal.exception.NotFoundError, match=f"^{gone}$"):
+        sdk(d.get, "k")
+    with pytest.raises(modal.exception.NotFoundError, match=f"^{gone}$"):
+        sdk(d.put, "k", "v2", skip_if_exists=True)
+    # Nor does any RPC that takes a dict_id (the stream included).
+    key = b"k"
+    for method, request in (
+        ("DictGetById", api_pb2.DictGetByIdRequest(dict_id=old_id)),
+        ("DictGet", api_pb2.DictGetRequest(dict_id=old_id, key=key)),
+        ("DictUpdate", api_pb2.DictUpdateRequest(dict_id=old_id, updates=[api_pb2.DictEntry(key=key, value=b"v")])),
+        ("DictPop", api_pb2.DictPopRequest(dict_id=old_id, key=key)),
+        ("DictContains", api_pb2.DictContainsRequest(dict_id=old_id, key=key)),
+        ("DictLen", api_pb2.DictLenRequest(dict_id=old_id)),
+        ("DictClear", api_pb2.DictClearRequest(dict_id=old_id)),
+        ("DictHeartbeat", api_pb2.DictHeartbeatRequest(dict_id=old_id)),
+        ("DictDelete", api_pb2.DictDeleteRequest(dict_id=old_id)),
+        ("DictContents", api_pb2.DictContentsRequest(dict_id=old_id, keys=True, values=True)),
+    ):
+        with pytest.raises(GRPCError) as info:
+            raw(cp, method, request)
+        assert (info.value.status, info.value.message) == (Status.NOT_FOUND, gone), method
+    # Re-created under the same name: a new, empty Dict with a new id; the old id stays dead.
+    again = sdk(modal.Dict.from_name("locks", environment_name="dev", create_if_missing=True).hydrate)
+    assert again.object_id != old_id and sdk(again.get, "k") is None
+    with pytest.raises(modal.exception.NotFoundError, match=f"^{gone}$"):
+        sdk(d.get, "k")
+    assert cp.state.dicts_by_id[old_id].deleted and cp.state.dict_names("dev") == ["locks"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Rule 6: environments can be created and deleted (EnvironmentCreate / EnvironmentDelete)
+
+
+def test_environments_are_created_and_deleted_with_their_objects(cp: ModalStandIn) -> None:
+    E = modal.Environment.objects
+    sdk(E.create, "qa")
+    assert cp.state.environments == ["dev", "staging", "main", "qa"]
+    assert [e.name for e in sdk(E.list)] == ["dev", "staging", "main", "qa"]
+    for name in ("qa", "dev"):
+        with pytest.raises(modal.exception.AlreadyExistsError, match=f"^Environment '{name}' already exists$"):
+            sdk(E.create, name)
+    # The new environment is usable like the others.
+    sdk(modal.Secret.objects.create, "svc", {"A": "qa-1"}, environment_name="qa")
+    secret = sdk(modal.Secret.from_name("svc", environment_name="qa").hydrate)
+    lock = sdk(modal.Dict.from_name("locks", environment_name="qa", create_if_missing=True).hydrate)
+    app = sdk(modal.App.lookup, "proc-demo", environment_name="qa", create_if_missing=True)
+
+    sdk(E.delete, "qa")
+    assert cp.state.environments == ["dev", "staging", "main"]
+    assert [e.name for e in sdk(E.list)] == ["dev", "staging", "main"]
+    for call in (
+        lambda: modal.Secret.objects.list(environment_name="qa"),
+        lambda: modal.Secret.from_name("svc", environment_name="qa").hydrate(),
+        lambda: modal.App.lookup("proc-demo", environment_name="qa"),
+        lambda: E.delete("qa"),
+    ):
+        with pytest.raises(modal.exception.NotFoundError, match=r"^Environment 'qa' not found$"):
+            sdk(call)
+    # The SDK documents the deletion as transitive ("will transitively delete all objects in the
+    # Environment"): its objects are gone, and a new environment of the same name starts empty.
+    assert cp.state.apps[app.app_id].state == "stopped"
+    sdk(E.create, "qa")
+    assert sdk(modal.Secret.objects.list, environment_name="qa") == []
+    assert sdk(modal.Dict.objects.list, environment_name="qa") == []
+    with pytest.raises(modal.exception.NotFoundError, match=r"^App 'proc-demo' not found"):
+        sdk(modal.App.lookup, "proc-demo", environment_name="qa")
+    with pytest.raises(modal.exception.NotFoundError, match=f"^Secret '{secret.object_id}' not found$"):
+        sdk(secret.update, {"A": "qa-2"})
+    with pytest.raises(modal.exception.NotFoundError, match=f"^Dict '{lock.object_id}' not found$"):
+        sdk(lock.get, "k")

@@ -17,7 +17,10 @@ keeps the gRPC status and message it was refused with. The rules, in order:
    (EnvironmentGetOrCreate carries the name in ``deployment_name``; App lookups by app id ignore the
    environment, as the SDK documents; objects owned by an app, such as the anonymous mount of the
    deploy module, are sent with an app_id and no environment: they take the app's, and the call is
-   recorded with ``environment_from_app=True``.)
+   recorded with ``environment_from_app=True``.) ``EnvironmentCreate`` adds one (ALREADY_EXISTS for a
+   name in use); ``EnvironmentDelete`` removes one (NOT_FOUND for an unknown name) with its objects,
+   as ``Environment.objects.delete`` documents ("will transitively delete all objects in the
+   Environment"): its named secrets and Dicts are deleted, its apps stopped.
 3. **Unknown RPCs answer UNIMPLEMENTED** ("stand-in: <Name> is not implemented";
    ``modal.exception.UnimplementedError``), unary and streaming alike: an RPC is answered only by
    a real implementation (``_do_<Name>`` / ``_stream_<Name>``), never by an empty success, so a
@@ -458,6 +461,16 @@ class StandInServicer(api_grpc.ModalClientBase):
         if req.name not in self.state.environments:
             raise GRPCError(Status.NOT_FOUND, f"Environment '{req.name}' not found")
         self.state.environments.remove(req.name)
+        # Transitive, as `Environment.objects.delete` documents: the environment's named secrets and
+        # its Dicts go (their ids die with them), its apps stop; a re-created namesake starts empty.
+        self.state.secrets.pop(req.name, None)
+        self.state.dicts.pop(req.name, None)
+        for rec in self.state.dicts_by_id.values():
+            if rec.environment_name == req.name:
+                rec.deleted = True
+        for app in self.state.apps_in(req.name):
+            if app.state != "stopped":
+                app.state, app.stopped_at, app.stopped_by = "stopped", time.time(), self.owner.user
         return empty_pb2.Empty()
 
     # ------------------------------------------------------------------ apps

@@ -269,6 +269,9 @@ def main(argv: list[str]) -> int:
     targets = (
         [name for plan in plans.values() for name in plan.to_run] if args.recheck else list(map(mutant_glob, modules))
     )
+    # The commit is what mutmut copies now (src/ and tests/ into mutants/): a commit or an edit made
+    # while it runs is not what it tested.
+    head = commit()
     log = ROOT / "mutants" / "mutmut-run.log"
     log.parent.mkdir(exist_ok=True)
     if not args.report_only and targets:
@@ -294,7 +297,7 @@ def main(argv: list[str]) -> int:
             print(log.read_text()[-3000:].replace("\r", "\n"), file=sys.stderr)
             return 2
 
-    now, head = dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), commit()
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     low = []
     print(f"\n{'module':45} {'killed':>7} {'survived':>9} {'equiv.':>7} {'unchecked':>9} {'score':>7}")
     for module in modules:

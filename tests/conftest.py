@@ -80,7 +80,9 @@ def _scrubber_values_stay_with_their_test() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _build_records_stay_with_their_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _build_records_stay_with_their_test(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An unchanged build is not run again (theory_deploy.build_inputs): each test gets its own
     records, so one test's build is never another's, and a test that wants a build reused builds twice."""
     monkeypatch.setenv("THEORY_BUILD_RECORDS_DIR", str(tmp_path_factory.mktemp("build-records")))

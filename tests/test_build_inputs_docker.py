@@ -108,7 +108,9 @@ def test_an_unchanged_processor_is_not_built_again_by_the_engine(
     again, lines = build_once()
     assert (again, engine_built(lines)) == (first, False)
     (root / "README.md").write_text("edited, but not in the context\n")
-    registry_file.write_pins(root / FOLDER / "registry.yaml", {"amd64": "ghcr.io/theory-deploy/llm-litellm@sha256:" + "a" * 64})
+    registry_file.write_pins(
+        root / FOLDER / "registry.yaml", {"amd64": "ghcr.io/theory-deploy/llm-litellm@sha256:" + "a" * 64}
+    )
     again, lines = build_once()
     assert (again, engine_built(lines)) == (first, False)
     (root / FOLDER / "handler.py").write_text((root / FOLDER / "handler.py").read_text() + "\n# changed\n")

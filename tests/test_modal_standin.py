@@ -760,6 +760,16 @@ def _builder_app(env: str = "dev") -> Any:
     return sdk(modal.App.lookup, "image-builder", environment_name=env, create_if_missing=True)
 
 
+def _the_failed_pull(cp: ModalStandIn, message: str, expected: str) -> Any:
+    """The one pull of a deploy that failed with `expected`: the SDK showed that error and nothing was
+    deployed. Returns the pull record for the test's own checks."""
+    (pull,) = cp.state.pulls
+    assert (pull.ok, pull.error) == (False, expected)
+    assert message.endswith(f"failed with the exception:\n{expected}")
+    assert cp.state.deployed_app("dev", "proc-demo") is None
+    return pull
+
+
 def test_build_fails_for_an_index_without_linux_amd64(cp: ModalStandIn, tmp_path: Path, registry: str) -> None:
     """The product refuses such an index before it deploys, so only this self-test reaches the rule."""
     repo = f"standin/no-amd64-{uuid.uuid4().hex[:10]}"
@@ -769,10 +779,7 @@ def test_build_fails_for_an_index_without_linux_amd64(cp: ModalStandIn, tmp_path
     seed_secrets("dev")
     message = _deploy_fails(tmp_path, index, "no matching manifest for linux/amd64")
     expected = f"failed to pull {index}: no matching manifest for linux/amd64 in the manifest list entries"
-    (pull,) = cp.state.pulls
-    assert (pull.ok, pull.error, pull.manifest_digest) == (False, expected, "")
-    assert message.endswith(f"failed with the exception:\n{expected}")
-    assert cp.state.deployed_app("dev", "proc-demo") is None
+    assert _the_failed_pull(cp, message, expected).manifest_digest == ""
 
 
 def test_build_fails_when_a_layer_blob_is_missing(cp: ModalStandIn, tmp_path: Path, registry: str) -> None:
@@ -789,10 +796,7 @@ def test_build_fails_when_a_layer_blob_is_missing(cp: ModalStandIn, tmp_path: Pa
         assert proxy.count(path=f"/blobs/{img.config_digest}$") == 1  # the config was there
         assert proxy.count(path=f"/blobs/{img.layer_digest}$", method="HEAD") == 1
     expected = f"failed to pull {ref}: blob unknown: {img.layer_digest} is missing from {proxy.host}/{repo}"
-    (pull,) = cp.state.pulls
-    assert (pull.ok, pull.error, pull.manifest_digest) == (False, expected, "")
-    assert message.endswith(f"failed with the exception:\n{expected}")
-    assert cp.state.deployed_app("dev", "proc-demo") is None
+    assert _the_failed_pull(cp, message, expected).manifest_digest == ""
 
 
 def test_build_fails_when_the_registry_denies_the_pull(cp: ModalStandIn, tmp_path: Path, registry: str) -> None:
@@ -807,10 +811,7 @@ def test_build_fails_when_the_registry_denies_the_pull(cp: ModalStandIn, tmp_pat
         message = _deploy_fails(tmp_path, ref, "denied: requested access to the resource is denied")
         assert [(r.method, r.authorization) for r in proxy.requests] == [("GET", "none")]
     expected = f"failed to pull {ref}: denied: requested access to the resource is denied (injected: injected 403)"
-    (pull,) = cp.state.pulls
-    assert (pull.ok, pull.error, pull.auth) == (False, expected, "anonymous")
-    assert message.endswith(f"failed with the exception:\n{expected}")
-    assert cp.state.deployed_app("dev", "proc-demo") is None
+    assert _the_failed_pull(cp, message, expected).auth == "anonymous"
 
 
 def test_gcp_registry_auth_is_not_implemented(cp: ModalStandIn, images) -> None:

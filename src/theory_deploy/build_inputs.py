@@ -205,10 +205,10 @@ def _registry_file_digest(path: Path) -> str:
         text = data.decode("utf-8")
         pins = pins_in_text(text)
         if pins:
-            data = splice_values(text, {("image", "platforms", arch): None for arch in pins}).encode()
+            text = splice_values(text, {("image", "platforms", arch): None for arch in pins})
+        data = text.encode()
     except (UnicodeDecodeError, TheoryDeployError, YAMLError):
-        # An unreadable file is hashed byte for byte: at worst a miss, never a false hit.
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        pass  # an unreadable file is hashed byte for byte: at worst a miss, never a false hit
     return hashlib.sha256(data).hexdigest()
 
 
@@ -455,12 +455,9 @@ def reusable_image(records: BuildRecords, fingerprint: str, builder: Builder, ta
         return None
     docker = Docker(builder.client)
     tagged = docker.inspect_image(tag)
-    if tagged is None or tagged.get("Id") != image_id:
-        tagged = docker.inspect_image(image_id)
-        if tagged is None:
-            return None
-        if tagged.get("Architecture") == platform and tagged.get("Os") == "linux":
-            docker.run(["tag", image_id, tag], what=f"docker tag {tag}")
-    if tagged.get("Architecture") != platform or tagged.get("Os") != "linux":
+    record = tagged if tagged is not None and tagged.get("Id") == image_id else docker.inspect_image(image_id)
+    if record is None or (record.get("Architecture"), record.get("Os")) != (platform, "linux"):
         return None
+    if record is not tagged:
+        docker.run(["tag", image_id, tag], what=f"docker tag {tag}")
     return image_id

@@ -14,6 +14,7 @@ Messages are asserted whole: they are the contract (what failed, where, how to f
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -2123,7 +2124,8 @@ class TlsFront:
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.host = f"127.0.0.1:{self._sock.getsockname()[1]}"
         self.alpn: list[str | None] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, name="tls-front", daemon=True)
+        self._thread.start()
 
     def _accept(self) -> None:
         while True:
@@ -2143,7 +2145,12 @@ class TlsFront:
             conn.close()
 
     def close(self) -> None:
+        # shutdown() first: on Linux, close() alone does not wake an accept() blocked in another
+        # thread. That thread then keeps the socket listening, unowned, for the rest of the session.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
+        self._thread.join(timeout=5)
 
 
 @pytest.fixture

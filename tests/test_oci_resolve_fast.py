@@ -6,6 +6,7 @@ never timed."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -231,7 +232,8 @@ class H2Front:
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.host = f"127.0.0.1:{self._sock.getsockname()[1]}"
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, name="h2-front", daemon=True)
+        self._thread.start()
 
     def _accept(self) -> None:
         n = 0
@@ -283,7 +285,13 @@ class H2Front:
             sock.close()
 
     def close(self) -> None:
+        import socket
+
+        # shutdown() first: on Linux, close() alone does not wake the accept() blocked in _accept.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
+        self._thread.join(timeout=5)
         self._http.close()
 
 

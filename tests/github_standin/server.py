@@ -328,6 +328,11 @@ class GitHubStandIn:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        # serve_forever() polls, then accepts. A connection that is gone by then (reset by its client,
+        # or taken by a thread left over from another test that still accepts on a reused descriptor)
+        # would block a blocking accept() for good, and stop() with it. Non-blocking, such an accept
+        # raises, serve_forever() ignores it and polls again; each accepted connection is blocking.
+        self._server.socket.setblocking(False)
         # A short poll: shutdown() waits for it, once per test.
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="github-standin", daemon=True

@@ -300,15 +300,18 @@ class LocalWorld:
         identity = {"GIT_BRANCH": branch, "GIT_USER": user} if branch and user else {}
         run = _run([str(LOCALCTL), "start", "--ref", self.ref, "--env", env_name, "--json"], self.env(**identity))
         assert run.code == 0, run
-        name = str(run.out["app"])
-        self.containers.append(name)
-        return name
+        self.containers.append(str(run.out["container"]))
+        return str(run.out["app"])
 
     def exists(self, name: str) -> bool:
-        proc = subprocess.run(
-            [self.docker_cli, "container", "inspect", name], capture_output=True, text=True, timeout=60
+        """A container of that app (`<app>.<env>`, local.container_name) or of that very name."""
+        return any(
+            subprocess.run(
+                [self.docker_cli, "container", "inspect", candidate], capture_output=True, text=True, timeout=60
+            ).returncode
+            == 0
+            for candidate in (f"{name}.dev", f"{name}.staging", name)
         )
-        return proc.returncode == 0
 
     def dev_branches(self) -> set[str]:
         """The branches recorded on every dev container on this engine (other tests' included)."""

@@ -323,7 +323,7 @@ def test_a_template_processor_builds_pushes_and_runs_from_its_own_repository(con
         code, stopped, err = _cli("localctl", "stop", *target, cwd=folder, env=env)
         assert code == 0 and stopped["action"] == "stopped", err
     finally:
-        subprocess.run([docker_cli, "rm", "-f", app], capture_output=True, timeout=60)
+        subprocess.run([docker_cli, "rm", "-f", f"{app}.dev"], capture_output=True, timeout=60)
 
 
 def _docker_build(consumer: dict[str, Any], *flags: str) -> subprocess.CompletedProcess[str]:

@@ -31,6 +31,8 @@ from theory_deploy.targets.local import LocalTarget
 BIN = Path(sys.executable).parent
 REF = "unit/lockproc@1"
 APP = "unit-lockproc-v1"
+# The local target keys its lock by container name, `<app>.<env>`: staging and main share the app name.
+STAGING_KEY = f"{APP}.staging"
 YAML = """\
 ref: unit/lockproc@1
 image:
@@ -47,7 +49,7 @@ FAST_POLL = (0.05, 0.1)
 
 
 def make_lock(folder: Path, key: str = APP) -> DeployLock:
-    return DeployLock(LocalLockStore(folder), key, target="local", env="staging", app=key, ref=REF, poll_s=FAST_POLL)
+    return DeployLock(LocalLockStore(folder), key, target="local", env="staging", app=APP, ref=REF, poll_s=FAST_POLL)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def test_the_record_file_is_private_and_outside_the_flock_folder(tmp_path: Path,
     app = AppContext.for_processor(load_processor(ProcessorRef.parse(REF), repo), "main")
     lock = LocalTarget().deploy_lock(app)
     lock.hold("run-a", wait_s=0, ttl_s=60)
-    record = tmp_path / "state" / "deploy-locks" / f"{APP}.json"
+    record = tmp_path / "state" / "deploy-locks" / f"{APP}.main.json"
     assert json.loads(record.read_text())["holder"] == "run-a"
     assert record.stat().st_mode & 0o777 == 0o600
     assert not (tmp_path / "state" / "locks").exists()  # the start/sync flocks live apart
@@ -232,7 +234,7 @@ def test_lock_verb_status_release_break(repo: Path) -> None:
     assert code == 0 and out["action"] == "status" and out["lock"] is None and out["held"] is False
     assert out["app"] == APP and out["target"] == "local" and out["store"] == str(repo / "state" / "deploy-locks")
 
-    held = make_lock(repo / "state" / "deploy-locks").hold("run-a", wait_s=0, ttl_s=60)
+    held = make_lock(repo / "state" / "deploy-locks", STAGING_KEY).hold("run-a", wait_s=0, ttl_s=60)
     code, out, _ = localctl(repo, "lock", "--status")
     assert code == 0 and out["held"] is True and out["expired"] is False
     assert out["lock"] == held.record.to_json()
@@ -243,7 +245,7 @@ def test_lock_verb_status_release_break(repo: Path) -> None:
     code, out, _ = localctl(repo, "lock", "--release", env={"THEORY_LOCK_HOLDER": "run-a"})
     assert code == 0 and out["released"] is True and out["holder"] == "run-a"
 
-    make_lock(repo / "state" / "deploy-locks").hold("run-c", wait_s=0, ttl_s=60)
+    make_lock(repo / "state" / "deploy-locks", STAGING_KEY).hold("run-c", wait_s=0, ttl_s=60)
     code, out, err = localctl(repo, "lock", "--break")
     assert code == 0 and out["action"] == "break" and out["broken"] is True
     assert out["previous"]["holder"] == "run-c" and "held by run-c" in err
@@ -259,7 +261,7 @@ def test_lock_verb_status_release_break(repo: Path) -> None:
 
 
 def test_verb_waits_for_another_holder_then_fails_naming_it(repo: Path) -> None:
-    make_lock(repo / "state" / "deploy-locks").hold("run-a", wait_s=0, ttl_s=60)
+    make_lock(repo / "state" / "deploy-locks", STAGING_KEY).hold("run-a", wait_s=0, ttl_s=60)
     t0 = time.monotonic()
     code, out, err = localctl(repo, "sync-secrets", "--lock", "run-b", "--lock-wait", "1")
     assert time.monotonic() - t0 >= 1
@@ -296,7 +298,7 @@ def test_lock_then_unlock_around_a_verb(repo: Path) -> None:
     assert localctl(repo, "lock")[1]["lock"] is None
 
     # A dry run changes nothing: it neither waits for nor takes the lock.
-    make_lock(repo / "state" / "deploy-locks").hold("run-c", wait_s=0, ttl_s=60)
+    make_lock(repo / "state" / "deploy-locks", STAGING_KEY).hold("run-c", wait_s=0, ttl_s=60)
     code, out, _ = localctl(repo, "sync-secrets", "--check", "--lock", "run-d", "--lock-wait", "0", env=secret)
     assert code == 0 and "lock" not in out
     assert localctl(repo, "lock")[1]["lock"]["holder"] == "run-c"

@@ -36,7 +36,7 @@ from theory_deploy.errors import (
 from theory_deploy.refs import ImageRef, ProcessorRef
 from theory_deploy.registry_file import load_processor, write_pins
 from theory_deploy.targets.base import AppContext
-from theory_deploy.targets.local import LocalTarget, host_platform
+from theory_deploy.targets.local import LocalTarget, container_name, host_platform
 
 pytestmark = pytest.mark.docker
 
@@ -204,12 +204,16 @@ class Proc:
     def name(self) -> str:
         return self.app().name
 
+    @property
+    def container(self) -> str:
+        return container_name(self.app())
+
     def pin(self, image: ImageRef | None) -> None:
         write_pins(self.path, {PLATFORM: str(image) if image else None})
 
     def inspect(self) -> dict[str, Any] | None:
         proc = subprocess.run(
-            [self.docker_cli, "container", "inspect", self.name], capture_output=True, text=True, timeout=30
+            [self.docker_cli, "container", "inspect", self.container], capture_output=True, text=True, timeout=30
         )
         return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
 
@@ -274,7 +278,7 @@ def proc_factory(
 
     yield make
     for proc in made:
-        subprocess.run([docker_cli, "rm", "-f", proc.name], capture_output=True, timeout=60)
+        subprocess.run([docker_cli, "rm", "-f", proc.container, proc.name], capture_output=True, timeout=60)
 
 
 def _health(url: str, path: str = "/healthz") -> dict[str, Any]:
@@ -412,14 +416,14 @@ def test_dry_run_touches_nothing(proc_factory: Any, images: BuiltImages) -> None
     assert not (proc.state / "secrets").exists()
 
 
-def test_unmanaged_container_with_the_app_name_is_left_alone(
+def test_unmanaged_container_with_the_apps_container_name_is_left_alone(
     proc_factory: Any, images: BuiltImages, docker_cli: str
 ) -> None:
     proc = proc_factory()
     target, app = LocalTarget(), proc.app()
     subprocess.run([docker_cli, "pull", str(images.v1)], capture_output=True, timeout=300, check=True)
     subprocess.run(
-        [docker_cli, "run", "-d", "--name", app.name, str(images.v1)],
+        [docker_cli, "run", "-d", "--name", proc.container, str(images.v1)],
         capture_output=True,
         timeout=60,
         check=True,
@@ -450,12 +454,60 @@ def test_crash_on_boot_is_a_clear_error_with_scrubbed_logs(
     assert_no_canary(message, canaries)
 
 
+def test_staging_and_main_run_side_by_side(proc_factory: Any, images: BuiltImages, docker_cli: str) -> None:
+    """Both use the bare slug as app name (as on Modal, where environments separate them); on one
+    engine the environment is part of the container's name, so main never replaces staging."""
+    staging = proc_factory()
+    target = LocalTarget()
+    main_app = AppContext.for_processor(load_processor(staging.ref, staging.root), "main")
+    assert main_app.name == staging.app().name
+    try:
+        staged = target.start(staging.app(), images.v1)
+        mained = target.start(main_app, images.v2)
+        assert mained["action"] == "started"  # not "replaced": staging's container is not main's
+        assert (staged["container"], mained["container"]) == (f"{staging.name}.staging", f"{staging.name}.main")
+        assert _health(staged["url"])["variant"] == "v1" and _health(mained["url"])["variant"] == "v2"
+        assert target.verify_digest(staging.app())["readings"]["engine"] == images.v1.digest
+        assert target.status(main_app)["digest"] == images.v2.digest
+
+        target.stop(main_app)
+        assert target.status(main_app)["state"] == "missing"
+        assert target.status(staging.app())["state"] == "running"
+    finally:
+        subprocess.run([docker_cli, "rm", "-f", container_name(main_app)], capture_output=True, timeout=60)
+
+
+def test_a_container_of_the_older_name_is_found_and_replaced(
+    proc_factory: Any, images: BuiltImages, docker_cli: str
+) -> None:
+    """Containers were once named after the app alone: after an upgrade, status and verify still read
+    that container, and start replaces it (under the new name) rather than running a second one."""
+    proc = proc_factory()
+    target, app = LocalTarget(), proc.app()
+    subprocess.run([docker_cli, "pull", str(images.v1)], capture_output=True, timeout=300, check=True)
+    _run_liar(docker_cli, proc.name, str(images.v1), images.v1.digest, env="staging")
+    assert target.status(app)["container"] == proc.name
+    assert target.verify_digest(app)["verified"] is True
+
+    # The same container is not this app's in another environment: main finds nothing.
+    main_app = AppContext.for_processor(load_processor(proc.ref, proc.root), "main")
+    assert target.status(main_app)["state"] == "missing"
+
+    started = target.start(app, images.v1)
+    assert started["action"] == "restarted"  # same digest, new run settings (its name)
+    assert started["container"] == proc.container
+    gone = subprocess.run([docker_cli, "container", "inspect", proc.name], capture_output=True, timeout=30)
+    assert gone.returncode != 0
+    assert target.verify_digest(app)["verified"] is True
+
+
 # ------------------------------------------------------------------------------------------------
 # Tampering: the two readings are independent, and either one lying fails verification
 
 
-def _run_liar(docker_cli: str, name: str, image: str, reported: str) -> None:
+def _run_liar(docker_cli: str, name: str, image: str, reported: str, env: str | None = None) -> None:
     subprocess.run([docker_cli, "rm", "-f", name], capture_output=True, timeout=60)
+    labels = ["--label", f"theory.env={env}"] if env else []
     subprocess.run(
         [
             docker_cli,
@@ -471,6 +523,7 @@ def _run_liar(docker_cli: str, name: str, image: str, reported: str) -> None:
             "theory.managed=true",
             "--label",
             f"theory.digest={reported}",
+            *labels,
             image,
         ],
         capture_output=True,
@@ -501,7 +554,7 @@ def test_a_different_image_claiming_the_pin_fails_verification(
     proc = proc_factory()
     target, app = LocalTarget(), proc.app()
     subprocess.run([docker_cli, "pull", str(images.v2)], capture_output=True, timeout=300, check=True)
-    _run_liar(docker_cli, app.name, str(images.v2), images.v1.digest)
+    _run_liar(docker_cli, proc.container, str(images.v2), images.v1.digest)
     readings = target.read_running_digests(app, images.v1)
     assert readings.readings == {"engine": images.v2.digest, "healthz": images.v1.digest}
     with pytest.raises(RegistryMismatchError) as info:
@@ -514,7 +567,7 @@ def test_a_different_image_claiming_the_pin_fails_verification(
 def test_a_locally_built_image_has_no_engine_reading(proc_factory: Any, images: BuiltImages, docker_cli: str) -> None:
     proc = proc_factory()
     target, app = LocalTarget(), proc.app()
-    _run_liar(docker_cli, app.name, images.local_only, images.v1.digest)
+    _run_liar(docker_cli, proc.container, images.local_only, images.v1.digest)
     readings = target.read_running_digests(app, images.v1)
     assert readings.readings["engine"] is None
     assert "no registry digest" in readings.notes["engine"]
@@ -527,7 +580,7 @@ def test_healthz_lying_alone_fails(proc_factory: Any, images: BuiltImages, docke
     proc = proc_factory()
     target, app = LocalTarget(), proc.app()
     subprocess.run([docker_cli, "pull", str(images.v1)], capture_output=True, timeout=300, check=True)
-    _run_liar(docker_cli, app.name, str(images.v1), images.v2.digest)
+    _run_liar(docker_cli, proc.container, str(images.v1), images.v2.digest)
     readings = target.read_running_digests(app, images.v1)
     assert readings.readings == {"engine": images.v1.digest, "healthz": images.v2.digest}
     with pytest.raises(RegistryMismatchError) as info:
@@ -539,7 +592,7 @@ def test_healthz_down_fails_closed(proc_factory: Any, images: BuiltImages, docke
     proc = proc_factory()
     target, app = LocalTarget(), proc.app()
     target.start(app, images.v1)
-    subprocess.run([docker_cli, "stop", "-t", "1", app.name], capture_output=True, timeout=60, check=True)
+    subprocess.run([docker_cli, "stop", "-t", "1", proc.container], capture_output=True, timeout=60, check=True)
     readings = target.read_running_digests(app, images.v1)
     assert readings.readings == {"engine": images.v1.digest, "healthz": None}
     with pytest.raises(RegistryMismatchError):

@@ -104,5 +104,5 @@ def test_sample_processor_on_the_local_engine(
         assert status["state"] == "running" and status["matches_pin"] is True
         assert cli("localctl", "stop", *target)["action"] == "stopped"
     finally:
-        subprocess.run([docker_cli, "rm", "-f", app], capture_output=True, timeout=60)
+        subprocess.run([docker_cli, "rm", "-f", f"{app}.dev"], capture_output=True, timeout=60)
     assert_no_canary("\n".join(outputs), canaries)

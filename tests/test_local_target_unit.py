@@ -171,6 +171,7 @@ LOCALCTL = Path(sys.executable).with_name("localctl")
 PINNED = f"127.0.0.1:5000/unit/proc@{DIGEST}"
 IMAGE_ID = "sha256:" + "1d" * 32
 APP = "unit-proc-v1"  # the staging app name (the slug)
+CONTAINER = f"{APP}.staging"  # its container on the local engine (local.container_name)
 
 
 class Healthz:
@@ -212,6 +213,7 @@ def _container(state: str = "running", port: int | None = None) -> dict[str, Any
     """`docker container inspect` of the app's container, as the engine prints it (the fields read)."""
     ports = {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]} if port else {}
     return {
+        "Name": "/" + CONTAINER,
         "Id": "c0ffee" * 10 + "abcd",
         "Image": IMAGE_ID,
         "State": {"Status": state},
@@ -251,12 +253,12 @@ def test_verify_with_no_reading_at_all_fails_closed(
 ) -> None:
     docker = FakeDocker(tmp_path / "bin")
     if world == "running, image gone, no port":
-        docker.containers[APP] = _container("running")
+        docker.containers[CONTAINER] = _container("running")
     elif world == "exited, image built locally":
-        docker.containers[APP] = _container("exited", healthz.port)
+        docker.containers[CONTAINER] = _container("exited", healthz.port)
         docker.images[IMAGE_ID] = {"Id": IMAGE_ID, "RepoDigests": []}
     elif world == "running, healthz without a digest, image built locally":
-        docker.containers[APP] = _container("running", healthz.port)
+        docker.containers[CONTAINER] = _container("running", healthz.port)
         docker.images[IMAGE_ID] = {"Id": IMAGE_ID, "RepoDigests": [f"elsewhere.io/other/proc@{DIGEST}"]}
         healthz.body = {"ok": True, "digest": None}
     docker.save()
@@ -269,13 +271,13 @@ def test_verify_with_no_reading_at_all_fails_closed(
     message = out["error"]["message"]
     assert "engine: could not be read" in message and "healthz: could not be read" in message
     assert "verified:" not in err
-    assert any(call.startswith("container inspect -- " + APP) for call in docker.calls())
+    assert any(call.startswith("container inspect -- " + CONTAINER) for call in docker.calls())
 
 
 def test_verify_passes_only_when_every_reading_is_the_pin(app: AppContext, tmp_path: Path, healthz: Healthz) -> None:
     """The same stand-in with both readings present: verified; one of them off, or one missing: not."""
     docker = FakeDocker(tmp_path / "bin")
-    docker.containers[APP] = _container("running", healthz.port)
+    docker.containers[CONTAINER] = _container("running", healthz.port)
     docker.images[IMAGE_ID] = {"Id": IMAGE_ID, "RepoDigests": [PINNED]}
     docker.save()
     healthz.body = {"ok": True, "digest": DIGEST}

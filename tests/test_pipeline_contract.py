@@ -61,7 +61,7 @@ from theory_deploy.push_records import PushRecord
 from theory_deploy.refs import ImageRef, ProcessorRef
 from theory_deploy.registry_file import load_processor
 from theory_deploy.targets.base import AppContext
-from theory_deploy.targets.local import LocalTarget, host_platform
+from theory_deploy.targets.local import LocalTarget, container_name, host_platform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("theory_runtime") is None:  # not pip-installed: use the source tree
@@ -227,7 +227,8 @@ class World:
         args, _config = target._run_args(app, image, plan)
         labels = dict(args[i + 1].split("=", 1) for i, arg in enumerate(args) if arg == "--label")
         image_id = "sha256:" + hashlib.sha256(digest.encode()).hexdigest()  # one engine image per digest
-        self.docker.containers[app.name] = {
+        self.docker.containers[container_name(app)] = {
+            "Name": "/" + container_name(app),
             "Id": "c0ffee" * 8,
             "Image": image_id,
             "State": {"Status": "running"},
@@ -248,8 +249,9 @@ class World:
     def pipeline(self, request: PipelineRequest) -> Pipeline:
         return Pipeline(request, progress=self.progress.append)
 
-    def lock_file(self, app: str = SLUG) -> Path:
-        return self.state / "deploy-locks" / f"{app}.json"
+    def lock_file(self, app: str = SLUG, env: str = "staging") -> Path:
+        """The local target's deploy lock record, keyed by container name (`<app>.<env>`)."""
+        return self.state / "deploy-locks" / f"{app}.{env}.json"
 
 
 @pytest.fixture
@@ -535,6 +537,7 @@ def test_a_deploy_reports_every_stage_and_releases_the_lock_after_the_last(
         "ws_url": f"ws://127.0.0.1:{world.port}/run",
         "action": "unchanged",
         "reason": "already running that digest with the same secrets",
+        "container": f"{SLUG}.staging",
         "container_id": "c0ffeec0ffee",
         "secrets": {"injected": [], "pending": [], "unset_optional": ["PIPE_OPTIONAL"]},
     }  # no "summary": the target's summary line is not a stage fact
@@ -1034,7 +1037,7 @@ def test_dev_start_refuses_a_push_without_this_targets_platform(world: World) ->
         f"(pushed: {ELSEWHERE}). Fix: Build linux/{PLATFORM} too (--platforms)."
     )
     assert [_stage(s) for s in err.details["stages"]] == [("start", "failed")]
-    assert not world.lock_file(f"feat-pipe-tester-{SLUG}").exists()
+    assert not world.lock_file(f"feat-pipe-tester-{SLUG}", "dev").exists()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -108,6 +108,8 @@ class ListedApp:
     name: str
     labels: dict[str, str] = field(default_factory=dict)
     note: str | None = None
+    # What the target addresses the app by, when that is not its name (local: the container).
+    address: str | None = None
 
 
 def digest_of(ref_or_digest: str | None) -> str | None:

@@ -15,7 +15,8 @@ reach a daemon is `ERR_DOCKER`.
 
 **What runs.** `start` verifies the pin (or `--oci`) in the registry as this host's platform
 manifest, `docker pull`s exactly `repo@sha256:...` (with REGISTRY_USERNAME/REGISTRY_PASSWORD, when
-set, in a throw-away 0600 DOCKER_CONFIG), and runs it as a container named after the app, labelled
+set, in a throw-away 0600 DOCKER_CONFIG), and runs it as a container named `<app>.<env>` (see
+`container_name`), labelled
 `theory.managed=true`, `theory.ref`, `theory.env`, `theory.branch`/`theory.user` (dev),
 `theory.digest`, `theory.image`, `theory.secrets` (a keyed fingerprint of the injected values) and
 `theory.config` (a hash of the run arguments). It publishes `build.port` on 127.0.0.1 at an
@@ -23,8 +24,8 @@ ephemeral port, sets IMAGE_DIGEST and PORT, and waits for /healthz.
 
 Re-running `start`: same digest, same secrets, same arguments, still running → `unchanged`
 (nothing restarts); another digest → `replaced`; same digest with changed secrets or arguments (or
-an exited container) → `restarted`. A container with the app's name that theory-deploy did not
-create is never touched.
+an exited container) → `restarted`. A container with that name that theory-deploy did not create
+is never touched.
 
 **Secrets, and the order start → sync-secrets** (the documented order; the reverse works too).
 Containers get values only from the local secret store (`secret_store.py`), never straight from
@@ -171,6 +172,21 @@ class SecretPlan:
         return {key: value for name in self.injected for key, value in self.values[name].items()}
 
 
+def container_name(app: AppContext) -> str:
+    """`<app>.<env>`: the name of the app's container on this engine.
+
+    On Modal an app name is unique only within its environment, and staging and main both use the
+    bare slug. One engine is one namespace, so the environment is part of the container's name:
+    without it, starting main replaced the staging container. App names never contain a '.', so no
+    app of one environment can take another's name."""
+    return f"{app.name}.{app.env}"
+
+
+def _name_of(container: dict[str, Any]) -> str:
+    """The name `docker container inspect` reports ("/name"), else its id: either one addresses it."""
+    return str(container.get("Name") or "").lstrip("/") or str(container.get("Id"))
+
+
 def _short(container_id: str | None) -> str | None:
     return container_id[:12] if container_id else None
 
@@ -218,7 +234,7 @@ class LocalTarget(Target):
         folder = state_dir() / "locks"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         with exclusive_lock(
-            folder / f"local-{app.name}.lock",
+            folder / f"local-{container_name(app)}.lock",
             timeout_s=timeout_s,
             busy=DeployError,
             what=f"{app.name} (another start or sync-secrets is running)",
@@ -226,12 +242,12 @@ class LocalTarget(Target):
             yield
 
     def deploy_lock(self, app: AppContext) -> DeployLock:
-        """A JSON file per app under $THEORY_STATE_DIR/deploy-locks/ (not `locks/`, where `_locked`
-        keeps its flock files). Keyed by the app name alone: on this engine the app name is the
-        container name, which staging and main share (both are the slug), so they share the lock."""
+        """A JSON file per app and environment under $THEORY_STATE_DIR/deploy-locks/ (not `locks/`,
+        where `_locked` keeps its flock files), keyed by the container name: staging and main share
+        the app name (the slug) but not the container, so a main deploy never waits on staging's."""
         return DeployLock(
             LocalLockStore(state_dir() / "deploy-locks"),
-            app.name,
+            container_name(app),
             target=self.kind,
             env=app.env,
             app=app.name,
@@ -305,7 +321,7 @@ class LocalTarget(Target):
         body = [
             "--detach",
             "--name",
-            app.name,
+            container_name(app),
             "--env",
             f"IMAGE_DIGEST={image.digest}",
             "--env",
@@ -342,11 +358,12 @@ class LocalTarget(Target):
             return "started", "no container was running"
         labels = _labels(existing)
         if labels.get(MANAGED_LABEL) != "true":
+            name = _name_of(existing)
             raise DeployError(
-                f"a container named {app.name} exists that theory-deploy did not start "
+                f"a container named {name} exists that theory-deploy did not start "
                 f"(no {MANAGED_LABEL}=true label); "
                 "refusing to touch it.",
-                remedy=f"Remove it yourself (`docker rm -f {app.name}`) if it is not needed, then re-run start.",
+                remedy=f"Remove it yourself (`docker rm -f {name}`) if it is not needed, then re-run start.",
             )
         engine, _note = self._engine_digest(app, existing)
         state = _state(existing)
@@ -373,8 +390,8 @@ class LocalTarget(Target):
         previous_port = None
         if existing is not None:
             previous_port = _host_port(existing, port)
-            output.progress(f"removing the old container {app.name} ({_short(existing.get('Id'))})")
-            self._remove(app.name)
+            output.progress(f"removing the old container {_name_of(existing)} ({_short(existing.get('Id'))})")
+            self._remove(_name_of(existing))
         env = dict(os.environ)
         for key in [k for name in plan.names for k in secret_values.keys_for(name)]:
             env.pop(key, None)  # only the store's values reach the container
@@ -384,18 +401,36 @@ class LocalTarget(Target):
             # Keep the app's URL across restarts when that port is still free; else a new ephemeral one.
             publish = f"127.0.0.1::{port}"
             attempts.insert(0, [f"127.0.0.1:{previous_port}:{port}" if a == publish else a for a in args])
+        name = container_name(app)
         for attempt in attempts:
-            proc = self.docker.run(attempt, env=env, check=False, what=f"docker run {app.name}")
+            proc = self.docker.run(attempt, env=env, check=False, what=f"docker run {name}")
             if proc.returncode == 0:
                 break
             if attempt is not args:
-                self.docker.run(["rm", "--force", app.name], check=False, what=f"docker rm {app.name}")
+                self.docker.run(["rm", "--force", name], check=False, what=f"docker rm {name}")
                 continue
-            raise DeployError(f"docker run {app.name} failed: {tail_text(proc.stderr)}")
-        container = self.docker.inspect_container(app.name)
+            raise DeployError(f"docker run {name} failed: {tail_text(proc.stderr)}")
+        container = self.docker.inspect_container(name)
         if container is None:
-            raise DeployError(f"{app.name}: the container vanished right after docker run.")
+            raise DeployError(f"{name}: the container vanished right after docker run.")
         return self._wait_healthy(app, container)
+
+    def _find(self, app: AppContext) -> dict[str, Any] | None:
+        """The app's container (`docker container inspect`), or None.
+
+        Before containers were named `<app>.<env>` they were named after the app alone. A container
+        of that older name still counts as this app's when theory-deploy started it for this very
+        environment (its labels say so), so that after an upgrade `stop`, `status` and `verify`
+        still find it and `start` replaces it instead of leaving it running beside the new one."""
+        found = self.docker.inspect_container(container_name(app))
+        if found is not None:
+            return found
+        legacy = self.docker.inspect_container(app.name)
+        if legacy is not None:
+            labels = _labels(legacy)
+            if labels.get(MANAGED_LABEL) == "true" and labels.get("theory.env") == app.env:
+                return legacy
+        return None
 
     def _remove(self, name: str) -> None:
         self.docker.run(
@@ -418,7 +453,7 @@ class LocalTarget(Target):
                 if health.get("ok") is True:
                     return container
                 last = str(health.get("error") or health)
-            current = self.docker.inspect_container(app.name)
+            current = self.docker.inspect_container(container_name(app))
             if current is None or _state(current) != "running":
                 code = ((current or {}).get("State") or {}).get("ExitCode")
                 raise DeployError(
@@ -442,7 +477,9 @@ class LocalTarget(Target):
     def _last_logs(self, app: AppContext) -> str:
         with contextlib.suppress(TheoryDeployError):
             self._store(app).register_all()
-        proc = self.docker.run(["logs", "--tail", str(LOG_LINES_ON_FAILURE), app.name], check=False, what="docker logs")
+        proc = self.docker.run(
+            ["logs", "--tail", str(LOG_LINES_ON_FAILURE), container_name(app)], check=False, what="docker logs"
+        )
         text = (proc.stdout or "") + (proc.stderr or "")
         lines = [secret_values.scrub(line) for line in text.splitlines()[-LOG_LINES_ON_FAILURE:]]
         return "\n".join(f"  | {line}" for line in lines) or "  | (no output)"
@@ -484,6 +521,7 @@ class LocalTarget(Target):
             "ws_url": f"ws://127.0.0.1:{port}{spec.api.path}" if port else None,
             "action": action,
             "reason": reason,
+            "container": _name_of(container),
             "container_id": _short(container.get("Id")),
             "secrets": {
                 "injected": plan.injected,
@@ -515,7 +553,7 @@ class LocalTarget(Target):
                     store.ensure_placeholder(name)
             plan = self._secret_plan(app, store)
             args, config = self._run_args(app, image, plan)
-            existing = self.docker.inspect_container(app.name)
+            existing = self._find(app)
             action, reason = self._decide(app, image, existing, config, plan)
             if action == "unchanged":
                 assert existing is not None
@@ -543,7 +581,7 @@ class LocalTarget(Target):
         args, config = self._run_args(app, image, plan)
         note = None
         try:
-            existing = self.docker.inspect_container(app.name)
+            existing = self._find(app)
             action, reason = self._decide(app, image, existing, config, plan)
         except DockerUnavailableError as err:
             action, reason, note = "start", "the engine could not be asked what runs", err.message
@@ -576,17 +614,18 @@ class LocalTarget(Target):
         return plan_result
 
     def stop(self, app: AppContext) -> dict[str, Any]:
-        existing = self.docker.inspect_container(app.name)
+        existing = self._find(app)
         if existing is None:
             raise FunctionNotFoundError(
-                f"no app {app.name} in {app.env} on the local engine (no container by that name)."
+                f"no app {app.name} in {app.env} on the local engine (no container {container_name(app)})."
             )
+        name = _name_of(existing)
         if _labels(existing).get(MANAGED_LABEL) != "true":
             raise DeployError(
-                f"the container {app.name} was not started by theory-deploy; refusing to stop it.",
-                remedy=f"Remove it yourself with `docker rm -f {app.name}` if it is yours.",
+                f"the container {name} was not started by theory-deploy; refusing to stop it.",
+                remedy=f"Remove it yourself with `docker rm -f {name}` if it is yours.",
             )
-        self._remove(app.name)
+        self._remove(name)
         return {
             "app": app.name,
             "env": app.env,
@@ -598,7 +637,7 @@ class LocalTarget(Target):
 
     def status(self, app: AppContext) -> dict[str, Any]:
         spec = app.processor.spec
-        existing = self.docker.inspect_container(app.name)
+        existing = self._find(app)
         pinned = spec.pins().get(self.platform)
         result: dict[str, Any] = {
             "app": app.name,
@@ -625,6 +664,7 @@ class LocalTarget(Target):
             url=url,
             ws_url=f"ws://127.0.0.1:{port}{spec.api.path}" if url else None,
             health=health,
+            container=_name_of(existing),
             container_id=_short(existing.get("Id")),
             managed=labels.get(MANAGED_LABEL) == "true",
             started_at=(existing.get("State") or {}).get("StartedAt"),
@@ -643,14 +683,14 @@ class LocalTarget(Target):
         return result
 
     def logs(self, app: AppContext, *, follow: bool, tail: int) -> dict[str, Any]:
-        existing = self.docker.inspect_container(app.name)
+        existing = self._find(app)
         if existing is None:
             raise FunctionNotFoundError(f"no app {app.name} in {app.env} on the local engine.")
         # Every value the container could know is registered before a single line is printed.
         self._store(app).register_all()
         names, _required = app.processor.spec.secret_names()
         secret_values.read_from_environment(names)
-        args = ["logs", "--tail", str(max(tail, 0)), *(["--follow"] if follow else []), app.name]
+        args = ["logs", "--tail", str(max(tail, 0)), *(["--follow"] if follow else []), _name_of(existing)]
         proc = self.docker.popen(args)
         lines: list[str] = []
         count = 0
@@ -745,7 +785,7 @@ class LocalTarget(Target):
     ) -> str:
         """Recreate the app's container (same digest) when its secret values differ from the store's."""
         try:
-            existing = self.docker.inspect_container(app.name)
+            existing = self._find(app)
         except DockerUnavailableError as err:
             result["container"] = None
             return f"not checked ({err.message}); values apply at the next start."
@@ -755,7 +795,7 @@ class LocalTarget(Target):
         labels = _labels(existing)
         if labels.get(MANAGED_LABEL) != "true":
             result["container"] = None
-            return f"a container named {app.name} exists that theory-deploy did not start; left alone."
+            return f"a container named {_name_of(existing)} exists that theory-deploy did not start; left alone."
         plan = self._secret_plan(app, store, overlay=overlay, create_key=not check)
         stale = plan.fingerprint is None or labels.get("theory.secrets") != plan.fingerprint
         result["container"] = {"id": _short(existing.get("Id")), "state": _state(existing), "stale": stale}
@@ -809,9 +849,9 @@ class LocalTarget(Target):
 
     def read_running_digests(self, app: AppContext, expected: ImageRef) -> DigestReadings:
         readings = DigestReadings(readings={"engine": None, "healthz": None})
-        container = self.docker.inspect_container(app.name)
+        container = self._find(app)
         if container is None:
-            why = f"no container named {app.name}"
+            why = f"no container named {container_name(app)}"
             readings.notes = {"engine": why, "healthz": why}
             return readings
         engine, note = self._engine_digest(app, container)
@@ -835,7 +875,7 @@ class LocalTarget(Target):
 
     def endpoint(self, app: AppContext) -> Endpoint:
         spec = app.processor.spec
-        container = self.docker.inspect_container(app.name)
+        container = self._find(app)
         if container is None:
             raise FunctionNotFoundError(f"no app {app.name} in {app.env} on the local engine.")
         if _state(container) != "running":
@@ -867,16 +907,19 @@ class LocalTarget(Target):
             container = self.docker.inspect_container(container_id)
             if container is None:
                 continue  # removed since it was listed
-            name = str(container.get("Name") or container_id).lstrip("/")
-            listed.append(ListedApp(name, _labels(container)))
+            name = _name_of(container)
+            # Reported by app name, as on Modal; `<app>.<env>` is only how this engine tells them apart.
+            app_name = name.removesuffix(f".{env}")
+            listed.append(ListedApp(app_name, _labels(container), address=name))
         return listed
 
     def stop_listed(self, env: Environment, listed: ListedApp) -> str | None:
-        container = self.docker.inspect_container(listed.name)
+        name = listed.address or listed.name
+        container = self.docker.inspect_container(name)
         if container is None:
             return "left alone: no longer there (removed since it was listed)"
         declined = changed_since_listing(listed, _labels(container))
         if declined:
             return declined
-        self._remove(listed.name)
+        self._remove(name)
         return None

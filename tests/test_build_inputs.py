@@ -8,6 +8,7 @@ The ignore rules are checked against real BuildKit in tests/test_build_inputs_do
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -323,3 +324,50 @@ def test_records_of_another_machine_or_a_broken_file_are_ignored(tmp_path: Path)
     (tmp_path / ("1" * 64 + ".json")).write_text('{"image_id": "latest"}')
     assert records.image_for("0" * 64) is None and records.image_for("1" * 64) is None
     assert records.image_for("2" * 64) is None
+
+
+@pytest.mark.parametrize(
+    ("tool", "argv"),
+    [
+        ("processorctl", ["build"]),
+        ("theory-deploy", ["pipeline", "--env", "dev", "--stages", "build"]),
+    ],
+)
+def test_no_cache_on_the_command_line_reaches_the_build(
+    tool: str,
+    argv: list[str],
+    repo: Path,
+    engine: FakeDocker,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--no-cache` on build and on the pipeline (publish shares the pipeline's request): the second,
+    unchanged build runs again, with --no-cache, instead of reusing the first one's image."""
+    from theory_deploy.cli import framework, pipeline, processorctl
+
+    parser = processorctl.parser() if tool == "processorctl" else pipeline.parser()
+    monkeypatch.setenv("THEORY_REPO_ROOT", str(repo))
+    monkeypatch.setenv("THEORY_DOCKER", str(engine.path))
+    common = ["--ref", str(REF), "--platforms", "linux/amd64", "--build-arg", f"BASE_IMAGE={BASE}", "--json"]
+    assert framework.run_tool(parser, [*argv, *common]) == 0, capsys.readouterr()
+    before = len(engine.calls())
+    assert framework.run_tool(parser, [*argv, *common]) == 0, capsys.readouterr()
+    assert _builds(engine.calls()[before:]) == []  # unchanged: reused
+    before = len(engine.calls())
+    assert framework.run_tool(parser, [*argv, *common, "--no-cache"]) == 0, capsys.readouterr()
+    [again] = _builds(engine.calls()[before:])
+    assert "--no-cache" in again.split()
+
+
+def test_build_records_keep_the_ones_used_last(tmp_path: Path) -> None:
+    records = build_inputs.BuildRecords(tmp_path / "records", keep=3)
+    image = {name: "sha256:" + name * 64 for name in "abcde"}
+    for age, name in enumerate("abc"):
+        records.remember(name, image[name], "amd64")
+        os.utime(records.root / f"{name}.json", ns=(age * 10**9, age * 10**9))  # a oldest, c newest
+    assert records.image_for("a") == image["a"]  # a reuse makes `a` the one used last
+    records.remember("d", image["d"], "amd64")  # four records: the least recently used goes
+    assert sorted(p.name for p in records.root.iterdir()) == ["a.json", "c.json", "d.json"]
+    assert records.image_for("b") is None
+    records.remember("e", image["e"], "amd64")
+    assert len(list(records.root.iterdir())) == 3 and records.image_for("e") == image["e"]

@@ -34,6 +34,7 @@ may move, and `--no-cache`. A fingerprint never under-counts: a miss only costs 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -423,21 +424,33 @@ def default_records_dir() -> Path:
 
 
 class BuildRecords:
-    """fingerprint -> the image id its build gave: small JSON files, written atomically."""
+    """fingerprint -> the image id its build gave: small JSON files, written atomically.
 
-    def __init__(self, root: Path | None = None) -> None:
+    Every build with new inputs adds one, so the folder is kept to the `keep` records used last (a
+    reuse counts as a use): without a bound it would only grow, by one file per source change, for as
+    long as the machine builds. A pruned record only costs one cached build."""
+
+    KEEP = 2000
+
+    def __init__(self, root: Path | None = None, *, keep: int = KEEP) -> None:
         self.root = root or default_records_dir()
+        self.keep = keep
 
     def _path(self, fingerprint: str) -> Path:
         return self.root / f"{fingerprint}.json"
 
     def image_for(self, fingerprint: str) -> str | None:
+        path = self._path(fingerprint)
         try:
-            record: Any = json.loads(self._path(fingerprint).read_text())
+            record: Any = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
         image_id = record.get("image_id") if isinstance(record, dict) else None
-        return image_id if isinstance(image_id, str) and image_id.startswith("sha256:") else None
+        if not (isinstance(image_id, str) and image_id.startswith("sha256:")):
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used now: the last to be pruned
+        return image_id
 
     def remember(self, fingerprint: str, image_id: str, platform: str) -> None:
         try:
@@ -445,6 +458,24 @@ class BuildRecords:
             atomic_write(self._path(fingerprint), json.dumps({"image_id": image_id, "platform": platform}))
         except OSError as exc:  # a record that cannot be written only costs the next build's speed
             output.progress(f"warning: cannot write the build record in {self.root}: {exc.strerror}")
+            return
+        self._prune()
+
+    def _prune(self) -> None:
+        """Delete all but the `keep` records used last. Two processes may prune at once: a record
+        the other one deleted first is simply gone."""
+        records = []
+        try:
+            for entry in os.scandir(self.root):
+                if entry.name.endswith(".json"):
+                    with contextlib.suppress(OSError):
+                        records.append((entry.stat().st_mtime_ns, entry.path))
+        except OSError:
+            return
+        records.sort()
+        for _mtime, path in records[: max(len(records) - self.keep, 0)]:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def reusable_image(records: BuildRecords, fingerprint: str, builder: Builder, tag: str, platform: str) -> str | None:

@@ -170,6 +170,7 @@ class PipelineRequest:
     keep_going: bool = False
     repo_root: Path | None = None
     debug: bool = False  # the build's full engine output
+    no_cache: bool = False  # run every build step again (`processorctl build --no-cache`)
     # The app's deploy lock, held from the first target stage to the last (deploy_lock.py). None: a
     # holder of this run's own (`user@host:pid:uuid`), always released at the end.
     lock_holder: str | None = None
@@ -314,6 +315,7 @@ class _ProcessorRun:
             self.request.build_args,
             registry_path=self.processor.path,
             debug=self.request.debug,
+            no_cache=self.request.no_cache,
         )
         return {"images": {arch: b.image_id for arch, b in self.built.items()}}
 

@@ -55,6 +55,12 @@ def parse_build_args(values: list[str] | None) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------
 
 
+NO_CACHE_HELP = (
+    "run every build step again: neither the engine's build cache nor an earlier build with the same inputs "
+    "is reused (see build_inputs)"
+)
+
+
 def _do_build(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -> dict[str, build_mod.BuiltImage]:
     return build_mod.build_platform_images(
         loaded.spec,
@@ -63,7 +69,7 @@ def _do_build(args: argparse.Namespace, loaded: registry_file.LoadedProcessor) -
         parse_build_args(args.build_arg),
         registry_path=loaded.path,
         debug=bool(args.debug),
-        no_cache=bool(getattr(args, "no_cache", False)),
+        no_cache=bool(args.no_cache),
     )
 
 
@@ -199,6 +205,7 @@ def cmd_publish(args: argparse.Namespace) -> dict[str, Any]:
         stages=("build", "push", "pin"),
         platforms=_platforms(args, loaded),
         build_args=parse_build_args(args.build_arg),
+        no_cache=bool(args.no_cache),
         repository=str(_repository(args, loaded)) if getattr(args, "repository", None) else None,
         repo_root=loaded.repo_root,
         debug=bool(args.debug),
@@ -269,6 +276,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     def build_arg_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--build-arg", action="append", metavar="KEY=VALUE", help="docker build argument (repeatable)")
 
+    def no_cache_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+
     def repository_flag(p: argparse.ArgumentParser, what: str) -> None:
         p.add_argument("--repository", metavar="REPO", help=what)
 
@@ -282,12 +292,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     ref_flag(b)
     platforms_flag(b)
     build_arg_flag(b)
-    b.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="run every build step again: neither the engine's build cache nor an earlier build with the "
-        "same inputs is reused (see build_inputs)",
-    )
+    no_cache_flag(b)
 
     p = add_verb(
         subparsers,
@@ -323,6 +328,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     ref_flag(pb)
     platforms_flag(pb)
     build_arg_flag(pb)
+    no_cache_flag(pb)
 
     mg = add_verb(
         subparsers,

@@ -14,7 +14,7 @@ from ..refs import ProcessorRef, parse_env, parse_platforms, parse_repository, s
 from ..targets import TARGET_KINDS
 from ..targets.base import parse_inputs
 from . import framework
-from .image_cmds import parse_build_args
+from .image_cmds import NO_CACHE_HELP, parse_build_args
 from .init_cmds import add_init_verb
 
 
@@ -31,6 +31,7 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         stages=resolve_stages(requested, env=env, mode=mode, open_pr=False),
         platforms=list(parse_platforms(args.platforms)) if args.platforms else None,
         build_args=parse_build_args(args.build_arg),
+        no_cache=args.no_cache,
         repository=str(parse_repository(args.repository)) if args.repository else None,
         from_push=Path(args.from_push) if args.from_push else None,
         pr_base=args.pr_base,
@@ -90,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=["mock", "real", "none"], default="mock", help="run mode; none: no run stage")
     run.add_argument("--platforms", help="e.g. linux/amd64,linux/arm64 (default: build.platforms)")
     run.add_argument("--build-arg", action="append", metavar="KEY=VALUE", help="docker build argument (repeatable)")
+    run.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     run.add_argument(
         "--stages",
         help=f"comma-separated subset of {','.join(STAGES)} (default: all, which in staging and main is "

@@ -2156,6 +2156,9 @@ class TlsFront:
 @pytest.fixture
 def tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    # Each test builds its own verifying context: one cached by an earlier test in this process (the
+    # cache is per process, keyed by the trust settings) would hide how this one is made.
+    monkeypatch.setattr(oci, "_SSL_CONTEXTS", {})
     front = TlsFront(tmp_path)
     yield front
     front.close()

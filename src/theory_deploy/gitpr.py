@@ -91,12 +91,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import output
+from . import api_commits, output
 from .errors import (
     GitError,
+    GitHubError,
     PlatformMismatchError,
     ProcessorNotFoundError,
     PushConflictError,
@@ -138,10 +140,20 @@ BOT_TRAILER = f"{BOT_TRAILER_KEY}: {BOT_TRAILER_VALUE}"
 DEFAULT_BOT_NAME = "theory-deploy[bot]"
 DEFAULT_BOT_EMAIL = "theory-deploy[bot]@users.noreply.github.com"
 PRIVATE_REF_PREFIX = "refs/theory-deploy/remotes"
+# Who GitHub makes the author of a commit a bot token creates through the API, and its committer.
+_GITHUB_BOT_ADDRESS = re.compile(r"(?:[0-9]+\+)?[a-z0-9][a-z0-9-]*\[bot\]@users\.noreply\.github\.com")
+GITHUB_COMMITTER_EMAIL = "noreply@github.com"
 
 _LEASE_REJECTED = ("stale info", "cannot lock ref", "incorrect old value", "fetch first")
 # What git (and GitHub, through it as `remote: ...`) prints when a push or fetch is refused, by cause.
-_PROTECTED = ("GH006", "GH013", "protected branch hook declined")  # branch protection; rulesets
+# Branch protection; rulesets; the same refusals of an API ref update (no GH-number there).
+_PROTECTED = (
+    "GH006",
+    "GH013",
+    "protected branch hook declined",
+    "Protected branch update failed",
+    "Repository rule violations found",
+)
 _NO_CREDENTIALS = ("could not read Username", "could not read Password")
 _BAD_CREDENTIALS = ("Authentication failed", "Invalid username or token", "returned error: 401")
 _FORBIDDEN = ("returned error: 403", "Write access to repository not granted")
@@ -340,12 +352,24 @@ class _Commit:
     trailer: str
 
     def made_by(self, identity: BotIdentity) -> bool:
-        bot = identity.email.lower()
-        return (
-            self.author_email.lower() == bot
-            and self.committer_email.lower() == bot
-            and BOT_TRAILER_VALUE in [v.strip() for v in self.trailer.split(",")]
-        )
+        """The trailer, and an author and committer pair only the bot produces.
+
+        A commit the bot made with git (and pushed) has the configured identity (THEORY_BOT_EMAIL) as
+        author and committer. A commit it made through GitHub's API, so that GitHub signs it, is
+        authored by the token's bot account, whose address GitHub forms as
+        `[<id>+]<slug>[bot]@users.noreply.github.com` (`github-actions[bot]`, an App's `<slug>[bot]`),
+        and committed by GitHub (`noreply@github.com`, the committer of the commits GitHub signs); a
+        later local rebase of it makes the configured identity its committer. So: author the
+        configured identity or a GitHub bot account, committer the configured identity or GitHub.
+        A human's commit, and "Update branch" (author: the human), stay foreign; so does a commit
+        another bot account both authored and committed (another tool's git push), unless it is the
+        configured identity (set THEORY_BOT_EMAIL to the App's address to claim its commits)."""
+        if BOT_TRAILER_VALUE not in [v.strip() for v in self.trailer.split(",")]:
+            return False
+        bot, author, committer = identity.email.lower(), self.author_email.lower(), self.committer_email.lower()
+        if author != bot and not _GITHUB_BOT_ADDRESS.fullmatch(author):
+            return False
+        return committer in (bot, GITHUB_COMMITTER_EMAIL)
 
 
 def _commits(git: Git, range_args: list[str]) -> list[_Commit]:
@@ -643,6 +667,7 @@ def publish_pin_pr(
                     max_attempts=max_attempts,
                     identity=identity,
                     before_push=before_push,
+                    api_commits_by=github if github is not None and github.signs_commits else None,
                 )
                 for change in grouped.values()
             ]
@@ -668,6 +693,7 @@ def _publish_one(
     max_attempts: int,
     identity: BotIdentity,
     before_push: Callable[[str, int], None] | None,
+    api_commits_by: GitHubClient | None,
 ) -> dict[str, Any]:
     ref, path = change.ref, change.registry_path
     branch = pin_branch(ref)
@@ -744,6 +770,33 @@ def _publish_one(
                         "if registry.yaml is valid this is a bug in the pin editor.",
                     )
             new_sha = wt.out("rev-parse", "HEAD")
+            if api_commits_by is not None:
+                published = _publish_through_api(
+                    git,
+                    api_commits_by,
+                    remote=remote,
+                    branch=branch,
+                    base_sha=base_sha,
+                    bot_sha=bot_sha,
+                    local_tip=new_sha,
+                    before_update=partial(before_push, ref, attempt) if before_push is not None else None,
+                )
+                if published is not None:
+                    return _finish(
+                        git,
+                        change,
+                        branch=branch,
+                        base_branch=base_branch,
+                        github=github,
+                        base_sha=base_sha,
+                        tip_sha=published,
+                        status="pushed",
+                        attempts=attempt,
+                        made=made,
+                        superseded=superseded,
+                    )
+                last_seen = bot_sha
+                continue
             if before_push is not None:
                 before_push(ref, attempt)
             lease = f"--force-with-lease=refs/heads/{branch}:{bot_sha or ''}"
@@ -788,6 +841,46 @@ def _publish_one(
         f"{(last_seen or 'no branch')[:12]}); nothing of ours was pushed.",
         details={"branch": branch, "attempts": max_attempts},
     )
+
+
+def _publish_through_api(
+    git: Git,
+    github: GitHubClient,
+    *,
+    remote: str,
+    branch: str,
+    base_sha: str,
+    bot_sha: str | None,
+    local_tip: str,
+    before_update: Callable[[], None] | None,
+) -> str | None:
+    """Step 6 through GitHub's API: re-make the local commits on GitHub (signed), then move the branch
+    from `bot_sha` (None: create it) with a compare-and-swap. The sha GitHub gave the tip, now also
+    fetched into the clone; None when another writer moved the branch first (the lease is lost)."""
+    on_remote = [base_sha, *([bot_sha] if bot_sha else [])]
+    tip = api_commits.replay_on_github(git, github, local_tip=local_tip, on_remote=on_remote)
+    if before_update is not None:
+        before_update()
+    # Forced only when the line was rebased; the compare-and-swap on bot_sha is what keeps it safe.
+    fast_forward = bot_sha is None or git.ok("merge-base", "--is-ancestor", bot_sha, local_tip)
+    try:
+        moved = github.move_branch(branch, tip, expected_sha=bot_sha, force=not fast_forward)
+    except GitHubError as err:
+        if any(marker in err.message for marker in _PROTECTED):
+            raise _remote_failure(
+                f"updating {branch} through GitHub's API",
+                err.message,
+                git=git,
+                remote=remote,
+                branch=branch,
+                remedy=err.remedy,
+            ) from None
+        err.details.setdefault("branch", branch)
+        raise
+    if not moved:
+        return None
+    api_commits.fetch_published(git, remote, branch, _private_ref(remote, branch), tip=tip, local_tip=local_tip)
+    return tip
 
 
 def _finish(

@@ -1804,8 +1804,9 @@ def test_propose_pins_reads_and_pushes_the_given_remote(loopback: dict) -> None:
 def test_propose_pins_with_a_github_app_mints_one_installation_token(
     loopback: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Opening the PR as a GitHub App: git pushes with the installation token of the client that opens
-    the PR, so exactly one token is minted."""
+    """Opening the PR as a GitHub App: the bot's commit is made through the API with the installation
+    token of the client that opens the PR (and git fetches with it), so exactly one token is minted;
+    GitHub signs the commit, authored by the App's bot account."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -1828,10 +1829,20 @@ def test_propose_pins_with_a_github_app_mints_one_installation_token(
         assert [e["pr"]["result"] for e in result["processors"]] == ["created"]
         assert [(q.method, q.path) for q in standin.requests] == [
             ("POST", "/app/installations/99/access_tokens"),
+            ("POST", "/repos/acme/processors/git/blobs"),
+            ("POST", "/repos/acme/processors/git/trees"),
+            ("POST", "/repos/acme/processors/git/commits"),
             ("GET", "/repos/acme/processors"),
+            ("POST", "/graphql"),
             ("GET", "/repos/acme/processors/pulls"),
             ("POST", "/repos/acme/processors/pulls"),
         ]
+        [commit] = standin.api_commits
+        assert standin.verification(commit)["verified"] is True and r.sha(BRANCH) == commit
+        assert git(r.path, "log", "-1", "--format=%ae|%ce", commit) == (
+            "4242+theory-deploy-app[bot]@users.noreply.github.com|noreply@github.com"
+        )
+        assert gitpr.is_bot_commit(r.path, commit)
 
 
 @pytest.mark.registry

@@ -163,7 +163,8 @@ def _apply_entry(st: Any, entry: Any, env: dict[str, str]) -> Answer | None:
     if has_sha and entry["sha"] is None:
         if _git(st, "ls-files", "--error-unmatch", "--", path, env=env).returncode != 0:
             return _invalid(f"tree.path {path} does not exist and cannot be deleted", resource="Tree", code="custom")
-        _git(st, "update-index", "--force-remove", "--", path, env=env)
+        # `--index-info` with mode 0 removes the entry (`--force-remove` wants a work tree).
+        _git(st, "update-index", "--index-info", data=f"0 {ZERO}\t{path}\n".encode(), env=env)
         return None
     if has_content:
         if not isinstance(entry["content"], str) or kind != "blob":

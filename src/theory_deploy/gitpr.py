@@ -22,11 +22,14 @@ How a pin reaches the branch
    step 6 does move the clone's remote-tracking ref of the bot branch, as every `git push` to a named
    remote does). Shallow clones (actions/checkout's default) are deepened until base and bot branch
    share a merge base.
-2. If the bot branch exists, every commit on it that is not on the base must be a bot commit: author
-   *and* committer email equal to the bot identity *and* a `Theory-Deploy-Bot: pin` trailer. Any
-   other commit (a human pushed a fix to the branch, someone pressed "Update branch") means the
-   branch is never rewritten or pushed: if it already holds our pins the result is `unchanged`,
-   otherwise PushConflictError names the commit.
+2. If the bot branch exists, every commit on it that is not on the base must be a bot commit: the
+   `Theory-Deploy-Bot: pin` trailer, *and* as author the bot identity (THEORY_BOT_EMAIL, what git
+   commits carry) or a GitHub bot account (`<slug>[bot]@users.noreply.github.com`, the author GitHub
+   gives a commit a bot token makes through the API), *and* as committer the bot identity or GitHub
+   (`noreply@github.com`, who commits what GitHub signs). See `_Commit.made_by`. Any other commit
+   (a human pushed a fix to the branch, someone pressed "Update branch") means the branch is never
+   rewritten or pushed: if it already holds our pins the result is `unchanged`, otherwise
+   PushConflictError names the commit.
 3. A temporary `git worktree` (outside the repository, detached HEAD) is made at the bot branch tip
    (or the base tip when there is no bot branch), and the bot's commits are rebased onto the latest
    base. Commits already on the base (a squash-merged PR) drop out; if the base changed the same pin
@@ -38,25 +41,56 @@ How a pin reaches the branch
 5. Only that processor's registry.yaml is staged and committed, as the bot, with hooks disabled and
    signing off. A guard (`registry_pins.is_pin_only_change`) refuses to push a commit that changes anything but
    `image.platforms` lines.
-6. `git push --force-with-lease=refs/heads/<branch>:<sha we based on>` (empty for a new branch). If
-   another writer moved the branch in between, the lease is rejected; we fetch again, rebuild on the
-   new tip (keeping the other writer's bot commits) and re-apply, at most `max_attempts` times.
+6. Publish, with a lease on the sha we based on (none: the branch must not exist yet). If another
+   writer moved the branch in between, the lease is lost and nothing of ours lands; we fetch again,
+   rebuild on the new tip (keeping the other writer's bot commits) and re-apply, at most
+   `max_attempts` times. Two ways, same lease:
+   - through GitHub's API, when the GitHub client's token is a bot's (a GitHub App installation
+     token; a workflow's GITHUB_TOKEN is one): see "Verified commits" below;
+   - else `git push --force-with-lease=refs/heads/<branch>:<sha we based on>` (`--github none`,
+     local runs, a plain git remote, a person's token).
 7. The PR is found by head branch (open PRs only) and its title/body updated, or created. A create
    that races another job's create (422 "already exists") turns into an update: never two PRs.
 
+Verified commits: the API path
+------------------------------
+A commit pushed with git is unsigned, and a repository that requires signed commits refuses to
+merge a PR holding one. GitHub signs the commits a bot (a GitHub App, and so a workflow's
+GITHUB_TOKEN) makes through its API without a custom author, committer or signature, and shows them
+as Verified. So when the client's token is a bot's (`GitHubClient.signs_commits`), step 6 does not
+push. `api_commits.replay_on_github` re-makes each local commit the remote lacks, oldest first: its
+changed files as blobs, its tree on its parent's tree (`base_tree`), the commit with the same message
+and the re-made parent. GitHub's blob and tree shas must equal the local ones, so GitHub's commit
+holds exactly the content built, re-applied and guarded (pin-only) here. Then the branch is moved
+with GraphQL `updateRefs`, whose `beforeOid` is the sha we based on (all zeros: must not exist):
+GitHub's compare-and-swap on a ref, so a concurrent writer is never overwritten, even by the forced
+update a rebase needs (REST's PATCH /git/refs checks nothing when forced, and without force only
+refuses a non-fast-forward; it has no expected-old-value). A refused update is told apart by reading
+the branch back: moved elsewhere is a lost lease (rebuild), at our new commit is our own update
+whose answer was lost (done), unmoved is an error. Last, the branch is fetched into the clone and
+the new commit's tree checked again, so the PR step and a later run see it. No race is left open
+on the branch itself; commits made for an attempt that then lost the lease stay unreferenced on
+GitHub until it collects them.
+
+A person's token (`ghp_`, `github_pat_`) keeps the git push: GitHub would not sign its API commits,
+and their author would be that person, whom step 2 could not tell from a human.
+
 Which credentials git uses
 --------------------------
-Steps 1 and 6 reach the remote. When theory-deploy knows a GitHub token (the one its REST calls use:
-GITHUB_TOKEN / GH_TOKEN or the GitHub App's installation token, i.e. the actions' `github-token`
-input), git authenticates to an http(s) remote with that token, as `x-access-token`, and whatever
-actions/checkout persisted for that server is not sent (see `gitrun.Git.with_http_token`: the token
-goes into git's environment only, never argv or a config file). So the bot branch is pushed by the
-same identity that opens the PR (a GitHub App's push triggers the PR's checks, a GITHUB_TOKEN's does
-not), and `persist-credentials: false` works. Without a token git uses its own configuration.
+Steps 1 and 6 (the push, or the fetch after an API update) reach the remote. When theory-deploy
+knows a GitHub token (the one its REST calls use: GITHUB_TOKEN / GH_TOKEN or the GitHub App's
+installation token, i.e. the actions' `github-token` input), git authenticates to an http(s) remote
+with that token, as `x-access-token`, and whatever actions/checkout persisted for that server is
+not sent (see `gitrun.Git.with_http_token`: the token goes into git's environment only, never argv
+or a config file). So the bot branch is written by the same identity that opens the PR (a GitHub
+App's push or API update triggers the PR's checks, a GITHUB_TOKEN's does not), and
+`persist-credentials: false` works. Without a token git uses its own configuration. The result's
+status is "pushed" either way (the branch holds the new commit).
 
 A refused push is explained by its cause: a branch protection rule or ruleset covering the bot's
-branches (GH006 / GH013), no credentials at all, credentials GitHub refused, or a token without
-`contents: write`.
+branches (GH006 / GH013, or "Protected branch update failed" from the API), no credentials at all,
+credentials GitHub refused, or a token without `contents: write` (which the API path needs too:
+Git database writes and `updateRefs` are Contents writes).
 
 Why the worktree and not a temporary index: the re-apply step needs real files of the *base*
 revision to edit (the editor reads, validates and splices text), and the rebase in step 3 needs a
@@ -625,15 +659,18 @@ def publish_pin_pr(
     before_push: Callable[[str, int], None] | None = None,
     git_token: str | None = None,
 ) -> dict[str, Any]:
-    """Commit and push each processor's pins to its bot branch and open/update its PR.
+    """Commit each processor's pins to its bot branch and open/update its PR.
 
+    The commits reach the branch through GitHub's API, signed, when `github`'s token is a bot's
+    (`GitHubClient.signs_commits`), else by `git push` (see "Verified commits" above).
     git authenticates to an http(s) remote with `git_token`, else with the token `github` uses for
     the API (`GitHubClient.git_token`), else with git's own configuration (see "Which credentials git
     uses" above).
 
     `reapply(tree)` must write the pins into the registry.yaml files under `tree` (a fresh checkout of
     the branch being built) and return what it changed; it is called once per attempt.
-    `before_push(ref, attempt)` runs just before each push (a seam for tests and progress output).
+    `before_push(ref, attempt)` runs just before each push, or each API branch update (after the
+    commits were made on GitHub): a seam for tests and progress output.
     Returns {"processors": [...], "summary": str}; each entry has ref, branch, status ("pushed" |
     "unchanged"), commit, attempts, changes, superseded and pr ({"url", "result"} or None).
     Processors are handled one after another; a failure raises and leaves earlier ones published

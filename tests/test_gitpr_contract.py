@@ -121,6 +121,16 @@ def _commit(author_email: str, committer_email: str, trailer: str) -> gitpr._Com
         ("bot@x", "bot@x", "", False),  # no trailer
         ("bot@x", "bot@x", "pinned", False),  # not the value
         ("bot@x", "bot@x", "PIN", False),  # the value is case-sensitive
+        # Made through GitHub's API (signed): the token's bot account authors, GitHub commits.
+        ("41898282+github-actions[bot]@users.noreply.github.com", "noreply@github.com", "pin", True),
+        ("4242+pin-app[bot]@users.noreply.github.com", "noreply@github.com", "pin", True),
+        ("4242+pin-app[bot]@users.noreply.github.com", "bot@x", "pin", True),  # then rebased here
+        ("bot@x", "noreply@github.com", "pin", True),  # THEORY_BOT_EMAIL set to the App's address
+        ("41898282+github-actions[bot]@users.noreply.github.com", "noreply@github.com", "", False),
+        ("human@x", "noreply@github.com", "pin", False),  # a human's web edit or "Update branch"
+        # Another tool's git push as some bot account (author and committer): not ours.
+        ("7+other[bot]@users.noreply.github.com", "7+other[bot]@users.noreply.github.com", "pin", False),
+        ("github-actions[bot]@users.noreply.github.com.evil.com", "noreply@github.com", "pin", False),
     ],
 )
 def test_commit_made_by_needs_both_emails_and_the_trailer(

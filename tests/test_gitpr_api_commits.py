@@ -336,3 +336,23 @@ def test_a_rerun_after_a_crash_between_the_commit_and_the_ref_finishes_the_job(w
     assert world.remote_sha(BRANCH) is None and len(gh.api_commits) == 1
     result = bot_publish(world, changes)
     assert result["processors"][0]["status"] == "pushed" and gh.verification(world.remote_sha(BRANCH))["verified"]
+
+
+def test_api_and_git_runs_take_turns_on_one_branch(world: World, gh: GitHubStandIn) -> None:
+    """A CI run (API, signed) then a laptop run (`--github none`, git push, which rebases the signed
+    commit onto a moved base: its committer becomes the configured bot) then CI again: each run
+    recognises the others' commits as the bot's and builds on them."""
+    signed = bot_publish(world, world.pin(world.work, amd64=digest("b")))["processors"][0]["commit"]
+    world.human_push_to_main(FIXTURE.replace("memory_gb: 2", "memory_gb: 5"), "more memory")
+    laptop = publish(world, world.pin(world.work, arm64=digest("c")), None)["processors"][0]
+    assert laptop["status"] == "pushed" and signed not in world.commits_over_main()  # rebased: a new sha
+    rebased = world.commits_over_main()[1]
+    assert git(world.remote, "log", "-1", "--format=%ae|%ce", rebased) == f"{ACTIONS_BOT[1]}|{gitpr.DEFAULT_BOT_EMAIL}"
+    assert is_bot_commit(world.remote, rebased)
+
+    again = bot_publish(world, world.pin(world.work, amd64=digest("d")))["processors"][0]
+    assert again["status"] == "pushed" and again["attempts"] == 1
+    assert world.commits_over_main()[1:] == [laptop["commit"], rebased]  # both kept, ours on top
+    assert gh.verification(again["commit"])["verified"] is True
+    final = world.remote_file(BRANCH)
+    assert "memory_gb: 5" in final and digest("d") in final and digest("c") in final

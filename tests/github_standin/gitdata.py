@@ -19,7 +19,8 @@ Signing (documented, and where the docs are silent, assumed)
 - Assumption: a workflow's GITHUB_TOKEN counts as a bot (it is the installation token of the GitHub
   Actions app; the docs only say "GitHub App"; GitHub's own examples of verified commits from Actions
   rely on it). The stand-in tells bot tokens by GitHub's documented prefix `ghs_` (installation
-  access token), which the tokens it mints for the App also carry. Any other token (`ghp_`,
+  access token; the stateless `ghs_<app id>_<jwt>` format rolled out from April 2026 keeps it),
+  which the tokens it mints for the App also carry. Any other token (`ghp_`,
   `github_pat_`: a person) gets unsigned API commits authored by that person.
 - Assumption: a bot's signed commit has the bot as author (`github-actions[bot]`
   <41898282+github-actions[bot]@users.noreply.github.com> for a GITHUB_TOKEN, `<slug>[bot]`

@@ -356,3 +356,11 @@ def test_api_and_git_runs_take_turns_on_one_branch(world: World, gh: GitHubStand
     assert gh.verification(again["commit"])["verified"] is True
     final = world.remote_file(BRANCH)
     assert "memory_gb: 5" in final and digest("d") in final and digest("c") in final
+
+
+def test_content_github_stored_otherwise_is_caught_before_the_branch_moves(world: World, gh: GitHubStandIn) -> None:
+    gh.tamper_next_blobs()
+    with pytest.raises(GitError, match="differs from the one built here") as info:
+        bot_publish(world, world.pin(world.work, amd64=digest("b")))
+    assert info.value.details["expected"] != info.value.details["got"]
+    assert gh.api_commits == [] and gh.ref_updates == [] and world.remote_sha(BRANCH) is None

@@ -128,6 +128,9 @@ def create_blob(st: Any, base: str, body: dict[str, Any]) -> Answer:
         return _invalid(
             f"encoding must be utf-8 or base64, not {encoding!r}", resource="Blob", field="encoding", code="invalid"
         )
+    if st.tamper_blobs:
+        st.tamper_blobs -= 1
+        data += b"\n"
     sha = _git(st, "hash-object", "-w", "--stdin", data=data).stdout.decode().strip()
     return 201, {"sha": sha, "url": f"{base}/git/blobs/{sha}"}
 

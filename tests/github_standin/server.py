@@ -110,7 +110,8 @@ Every REST request needs `Authorization: token X` or `Bearer X` with a known tok
 credentials" otherwise) and is recorded in `requests` (method, path, query, headers, JSON body,
 status answered), including refused ones, so tests can prove what PyGithub sent and how often.
 
-Faults: `fail_next(status, message, method=None, headers=None, applied=False, times=1)` makes the
+Faults: `tamper_next_blobs(times=1)` stores the next blobs with a byte appended (content changed on
+the way). `fail_next(status, message, method=None, headers=None, applied=False, times=1)` makes the
 next REST request(s) (of that method) fail with that status, message and headers (e.g.
 `{"Retry-After": "1"}` for a secondary rate limit). With `applied=True` the request is carried out
 first and only its answer is replaced: a write that happened although the client saw an error, as
@@ -228,6 +229,7 @@ class StandInState:
     signed_commits: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     api_commits: list[str] = field(default_factory=list)  # every commit made through the API, in order
     ref_updates: list[dict[str, str]] = field(default_factory=list)  # REST/GraphQL ref writes: ref, old, new, via
+    tamper_blobs: int = 0  # a fault: the next N POST /git/blobs store other bytes than were sent
 
     def add_pull(self, head: str, base: str, title: str, body: str | None, head_sha: str) -> dict[str, Any]:
         now = _now()
@@ -481,6 +483,12 @@ class GitHubStandIn:
         with self.state.lock:
             for _ in range(times):
                 self.state.failures.append(_Failure(status, message, method, dict(headers or {}), applied))
+
+    def tamper_next_blobs(self, times: int = 1) -> None:
+        """A fault no real answer shows: the next `times` blobs are stored with a byte appended (a
+        server, or a proxy, that changed the content), so the client's own sha check must catch it."""
+        with self.state.lock:
+            self.state.tamper_blobs += times
 
     def before_next(self, action: Callable[[], None], *, method: str | None = None) -> None:
         """Run `action` just before the next REST request (of `method`) is handled, under the lock:

@@ -757,3 +757,186 @@ def test_branch_protection_endpoint(gh: GitHubStandIn) -> None:
     assert info.value.status == 404
     gh.unprotect("main")
     assert c.get("/repos/acme/processors/branches/main/protection").status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Git database, updateRefs, and commit verification (tests/github_standin/gitdata.py)
+# ---------------------------------------------------------------------------------------------------
+
+BOT = "ghs_" + "b" * 36  # an installation token: what a GitHub App's token and GITHUB_TOKEN are
+GIT = "/repos/acme/processors/git"
+ZERO = "0" * 40
+
+
+def _bot(gh: GitHubStandIn) -> httpx.Client:
+    gh.add_token(BOT)
+    return api(gh, BOT)
+
+
+def _commit_on_main(gh: GitHubStandIn, client: httpx.Client, text: str, **extra: object) -> dict:
+    """A commit changing conf.txt on top of main, made through the API (no ref moves)."""
+    main = gh.state.refs()["main"]
+    base_tree = client.get(f"{GIT}/commits/{main}").json()["tree"]["sha"]
+    blob = client.post(f"{GIT}/blobs", json={"content": base64.b64encode(text.encode()).decode(), "encoding": "base64"})
+    assert blob.status_code == 201
+    tree = client.post(
+        f"{GIT}/trees",
+        json={
+            "base_tree": base_tree,
+            "tree": [{"path": "conf.txt", "mode": "100644", "type": "blob", "sha": blob.json()["sha"]}],
+        },
+    )
+    assert tree.status_code == 201
+    made = client.post(
+        f"{GIT}/commits", json={"message": "api change\n", "tree": tree.json()["sha"], "parents": [main], **extra}
+    )
+    assert made.status_code == 201
+    return made.json()
+
+
+def test_a_bot_tokens_api_commit_is_signed_and_verified(gh: GitHubStandIn) -> None:
+    made = _commit_on_main(gh, _bot(gh), "x\n")
+    assert made["verification"]["verified"] is True and made["verification"]["reason"] == "valid"
+    assert made["author"]["name"] == "github-actions[bot]" and made["committer"]["email"] == "noreply@github.com"
+    for path in (f"{GIT}/commits/{made['sha']}", f"/repos/acme/processors/commits/{made['sha']}"):
+        answer = api(gh, BOT).get(path).json()
+        verification = answer.get("verification") or answer["commit"]["verification"]
+        assert verification["verified"] is True and verification["payload"].startswith(f"tree {made['tree']['sha']}")
+    # The signature is in the commit object itself, as GitHub's is: a fetch brings it along.
+    assert "\ngpgsig " in gh.state.git("cat-file", "commit", made["sha"]).stdout
+
+
+def test_a_persons_api_commit_a_custom_author_and_a_pushed_commit_are_not_verified(
+    gh: GitHubStandIn, tmp_path: Path
+) -> None:
+    by_person = _commit_on_main(gh, api(gh), "p\n")
+    assert by_person["verification"] == {
+        "verified": False,
+        "reason": "unsigned",
+        "signature": None,
+        "payload": None,
+        "verified_at": None,
+    }
+    assert by_person["author"]["email"] == by_person["committer"]["email"] == "token-user@users.noreply.github.com"
+    custom = _commit_on_main(gh, _bot(gh), "c\n", author={"name": "Someone", "email": "s@example.com"})
+    assert custom["verification"]["verified"] is False and custom["author"]["email"] == "s@example.com"
+    work = clone(gh, tmp_path)
+    pushed = commit_file(work, "conf.txt", "pushed\n")
+    git(work, "push", "--quiet", "origin", "HEAD:main")
+    assert api(gh, BOT).get(f"/repos/acme/processors/commits/{pushed}").json()["commit"]["verification"]["reason"] == (
+        "unsigned"
+    )
+
+
+def test_tree_refusals(gh: GitHubStandIn) -> None:
+    client = _bot(gh)
+    main_tree = client.get(f"{GIT}/commits/{gh.state.refs()['main']}").json()["tree"]["sha"]
+    entry = {"path": "new.txt", "mode": "100644", "type": "blob", "content": "n\n"}
+    cases = [
+        {"tree": "no list"},
+        {"base_tree": "f" * 40, "tree": [entry]},
+        {"tree": [{**entry, "mode": "100600"}]},
+        {"tree": [{**entry, "type": "tree"}]},
+        {"tree": [{**entry, "sha": "f" * 40}]},  # both sha and content
+        {"tree": [{"path": "x", "mode": "100644", "type": "blob", "sha": "f" * 40}]},  # no such blob
+        {"base_tree": main_tree, "tree": [{"path": "absent.txt", "mode": "100644", "type": "blob", "sha": None}]},
+    ]
+    for body in cases:
+        assert client.post(f"{GIT}/trees", json=body).status_code == 422, body
+    # Deleting a file that exists, and adding one, on top of base_tree.
+    made = client.post(
+        f"{GIT}/trees",
+        json={
+            "base_tree": main_tree,
+            "tree": [entry, {"path": "README.md", "mode": "100644", "type": "blob", "sha": None}],
+        },
+    )
+    assert made.status_code == 201 and sorted(e["path"] for e in made.json()["tree"]) == ["conf.txt", "new.txt"]
+
+
+def test_commit_and_blob_refusals(gh: GitHubStandIn) -> None:
+    client = _bot(gh)
+    main = gh.state.refs()["main"]
+    tree = client.get(f"{GIT}/commits/{main}").json()["tree"]["sha"]
+    assert client.post(f"{GIT}/commits", json={"tree": tree, "parents": [main]}).status_code == 422
+    assert client.post(f"{GIT}/commits", json={"message": "m", "tree": main, "parents": [main]}).status_code == 422
+    assert client.post(f"{GIT}/commits", json={"message": "m", "tree": tree, "parents": [tree]}).status_code == 422
+    assert client.post(f"{GIT}/blobs", json={"encoding": "base64"}).status_code == 422
+    assert client.post(f"{GIT}/blobs", json={"content": "x", "encoding": "latin-1"}).status_code == 422
+    assert gh.api_commits == []
+
+
+def test_rest_ref_writes_and_their_422s(gh: GitHubStandIn) -> None:
+    client = _bot(gh)
+    main = gh.state.refs()["main"]
+    made = _commit_on_main(gh, client, "r\n")["sha"]
+    elsewhere = _commit_on_main(gh, client, "s\n")["sha"]  # a sibling of `made`: not a fast-forward from it
+
+    assert client.post(f"{GIT}/refs", json={"ref": "heads/x", "sha": made}).status_code == 422  # not refs/...
+    assert client.post(f"{GIT}/refs", json={"ref": "refs/heads/x", "sha": "f" * 40}).status_code == 422
+    created = client.post(f"{GIT}/refs", json={"ref": "refs/heads/x", "sha": made})
+    assert created.status_code == 201 and created.json()["object"]["sha"] == made
+    again = client.post(f"{GIT}/refs", json={"ref": "refs/heads/x", "sha": made})
+    assert again.status_code == 422 and again.json()["message"] == "Reference already exists"
+
+    assert client.get(f"{GIT}/ref/heads/x").json()["object"]["sha"] == made
+    assert client.get(f"{GIT}/ref/heads/nope").status_code == 404
+    assert client.patch(f"{GIT}/refs/heads/nope", json={"sha": made}).json()["message"] == "Reference does not exist"
+    not_ff = client.patch(f"{GIT}/refs/heads/x", json={"sha": elsewhere})
+    assert not_ff.status_code == 422 and not_ff.json()["message"] == "Update is not a fast forward"
+    assert client.patch(f"{GIT}/refs/heads/x", json={"sha": elsewhere, "force": False}).status_code == 422
+    assert gh.state.refs()["x"] == made
+    forced = client.patch(f"{GIT}/refs/heads/x", json={"sha": elsewhere, "force": True})
+    assert forced.status_code == 200 and gh.state.refs()["x"] == elsewhere
+    assert client.patch(f"{GIT}/refs/heads/x", json={"sha": main}, headers={}).status_code == 422  # backwards
+    assert [u["via"] for u in gh.ref_updates] == ["rest", "rest"]
+
+
+def test_ref_writes_honour_branch_protection(gh: GitHubStandIn) -> None:
+    client = _bot(gh)
+    made = _commit_on_main(gh, client, "p\n")["sha"]
+    gh.protect("main")
+    refused = client.patch(f"{GIT}/refs/heads/main", json={"sha": made})
+    assert refused.status_code == 422
+    assert refused.json()["message"].startswith("Protected branch update failed for refs/heads/main.")
+    answer = client.post("/graphql", json=_update_refs("refs/heads/main", made, gh.state.refs()["main"])).json()
+    assert answer["data"]["updateRefs"] is None and "Protected branch update failed" in answer["errors"][0]["message"]
+    assert gh.ref_updates == []
+
+
+def _update_refs(name: str, after: str, before: str | None, *, force: bool = False, repo: str = "R_1") -> dict:
+    update: dict[str, object] = {"name": name, "afterOid": after, "force": force}
+    if before is not None:
+        update["beforeOid"] = before
+    return {
+        "query": "mutation Mutation($input: UpdateRefsInput!) { updateRefs(input: $input) { clientMutationId } }",
+        "variables": {"input": {"repositoryId": repo, "refUpdates": [update]}},
+    }
+
+
+def test_graphql_update_refs_is_a_compare_and_swap(gh: GitHubStandIn) -> None:
+    client = _bot(gh)
+    first = _commit_on_main(gh, client, "1\n")["sha"]
+    second = _commit_on_main(gh, client, "2\n")["sha"]  # a sibling: replacing `first` with it needs force
+
+    created = client.post("/graphql", json=_update_refs("refs/heads/b", first, ZERO)).json()
+    assert created == {"data": {"updateRefs": {"clientMutationId": None}}} and gh.state.refs()["b"] == first
+    # beforeOid ZERO: "must not exist" — it does now. A stale beforeOid: a generic error, nothing moves.
+    for before in (ZERO, second):
+        stale = client.post("/graphql", json=_update_refs("refs/heads/b", second, before, force=True))
+        assert stale.status_code == 200 and stale.json()["data"]["updateRefs"] is None
+        assert stale.json()["errors"][0]["message"].startswith("Something went wrong")
+    assert gh.state.refs()["b"] == first
+    not_ff = client.post("/graphql", json=_update_refs("refs/heads/b", second, first)).json()
+    assert "not a fast forward" in not_ff["errors"][0]["message"] and gh.state.refs()["b"] == first
+    forced = client.post("/graphql", json=_update_refs("refs/heads/b", second, first, force=True)).json()
+    assert "errors" not in forced and gh.state.refs()["b"] == second
+    unknown = client.post("/graphql", json=_update_refs("refs/heads/b", first, second, repo="R_nope")).json()
+    assert unknown["errors"][0]["type"] == "NOT_FOUND" and gh.state.refs()["b"] == second
+    other = client.post("/graphql", json={"query": "{ viewer { login } }"}).json()
+    assert "errors" in other
+    assert [(u["old"], u["new"], u["via"]) for u in gh.ref_updates] == [
+        (ZERO, first, "graphql"),
+        (first, second, "graphql"),
+    ]
+    assert api(gh, token="nope").post("/graphql", json=_update_refs("refs/heads/b", first, second)).status_code == 401

@@ -121,6 +121,16 @@ def _commit(author_email: str, committer_email: str, trailer: str) -> gitpr._Com
         ("bot@x", "bot@x", "", False),  # no trailer
         ("bot@x", "bot@x", "pinned", False),  # not the value
         ("bot@x", "bot@x", "PIN", False),  # the value is case-sensitive
+        # Made through GitHub's API (signed): the token's bot account authors, GitHub commits.
+        ("41898282+github-actions[bot]@users.noreply.github.com", "noreply@github.com", "pin", True),
+        ("4242+pin-app[bot]@users.noreply.github.com", "noreply@github.com", "pin", True),
+        ("4242+pin-app[bot]@users.noreply.github.com", "bot@x", "pin", True),  # then rebased here
+        ("bot@x", "noreply@github.com", "pin", True),  # THEORY_BOT_EMAIL set to the App's address
+        ("41898282+github-actions[bot]@users.noreply.github.com", "noreply@github.com", "", False),
+        ("human@x", "noreply@github.com", "pin", False),  # a human's web edit or "Update branch"
+        # Another tool's git push as some bot account (author and committer): not ours.
+        ("7+other[bot]@users.noreply.github.com", "7+other[bot]@users.noreply.github.com", "pin", False),
+        ("github-actions[bot]@users.noreply.github.com.evil.com", "noreply@github.com", "pin", False),
     ],
 )
 def test_commit_made_by_needs_both_emails_and_the_trailer(
@@ -1804,8 +1814,9 @@ def test_propose_pins_reads_and_pushes_the_given_remote(loopback: dict) -> None:
 def test_propose_pins_with_a_github_app_mints_one_installation_token(
     loopback: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Opening the PR as a GitHub App: git pushes with the installation token of the client that opens
-    the PR, so exactly one token is minted."""
+    """Opening the PR as a GitHub App: the bot's commit is made through the API with the installation
+    token of the client that opens the PR (and git fetches with it), so exactly one token is minted;
+    GitHub signs the commit, authored by the App's bot account."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -1828,10 +1839,20 @@ def test_propose_pins_with_a_github_app_mints_one_installation_token(
         assert [e["pr"]["result"] for e in result["processors"]] == ["created"]
         assert [(q.method, q.path) for q in standin.requests] == [
             ("POST", "/app/installations/99/access_tokens"),
+            ("POST", "/repos/acme/processors/git/blobs"),
+            ("POST", "/repos/acme/processors/git/trees"),
+            ("POST", "/repos/acme/processors/git/commits"),
             ("GET", "/repos/acme/processors"),
+            ("POST", "/graphql"),
             ("GET", "/repos/acme/processors/pulls"),
             ("POST", "/repos/acme/processors/pulls"),
         ]
+        [commit] = standin.api_commits
+        assert standin.verification(commit)["verified"] is True and r.sha(BRANCH) == commit
+        assert git(r.path, "log", "-1", "--format=%ae|%ce", commit) == (
+            "4242+theory-deploy-app[bot]@users.noreply.github.com|noreply@github.com"
+        )
+        assert gitpr.is_bot_commit(r.path, commit)
 
 
 @pytest.mark.registry

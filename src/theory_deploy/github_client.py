@@ -14,7 +14,15 @@ too, so a create whose answer was lost (GitHub made the PR, the answer was a 5xx
 422 "already exists": `open_or_update_pr` then finds the PR it made and reports it as `created`.
 
 `git_token()` is the token these calls use (the given one, or the GitHub App's installation token),
-for `gitpr` to push the bot branch with the same identity that opens the PR.
+for `gitpr` to fetch (and, without the API path, push) the bot branch with the same identity that
+opens the PR.
+
+The Git database calls (`create_blob`, `create_tree`, `create_commit`, `branch_sha`, `move_branch`)
+are how `api_commits` writes the bot's commits so that GitHub signs them: a commit made through the
+API by a bot (a GitHub App installation token, which GITHUB_TOKEN is too) with no custom author,
+committer or signature is signed by GitHub and shown as Verified. `signs_commits` says whether this
+client's token is such a bot token. `move_branch` is the lease: GraphQL `updateRefs` with
+`beforeOid`, a compare-and-swap on the branch (REST's PATCH /git/refs has none for a forced update).
 
 Credentials: `GITHUB_TOKEN` (or `GH_TOKEN`), or a GitHub App (`GITHUB_APP_ID`,
 `GITHUB_APP_PRIVATE_KEY`, `GITHUB_APP_INSTALLATION_ID`); `GITHUB_REPOSITORY` is owner/name and
@@ -23,17 +31,23 @@ Credentials: `GITHUB_TOKEN` (or `GH_TOKEN`), or a GitHub App (`GITHUB_APP_ID`,
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Callable, Mapping
 from functools import cache, partial
 from typing import Any
+from urllib.parse import quote
 
 from . import secret_values as _secrets
 from .errors import GitHubError
 from .gitrun import mask_tokens
 
 DEFAULT_API_URL = "https://api.github.com"
+ZERO_OID = "0" * 40  # GraphQL updateRefs: as beforeOid, "the ref must not exist yet"
+# GitHub's documented token prefixes: `ghs_` is a GitHub App installation access token, which is also
+# what a workflow's GITHUB_TOKEN is. Commits such a token makes through the API are signed by GitHub.
+_INSTALLATION_TOKEN_PREFIX = "ghs_"  # noqa: S105 (a prefix, not a secret)
 
 _REMEDY_BY_STATUS = {
     401: "The GitHub token is invalid or expired: set GITHUB_TOKEN (or the GITHUB_APP_* variables) to a valid one.",
@@ -51,6 +65,17 @@ _ISSUE_REMEDY_BY_STATUS = {
     403: "The token may not write issues: give the workflow `permissions: issues: write`.",
     404: "No such issue or repository visible to the token: check the issue number, GITHUB_REPOSITORY and GITHUB_API_URL.",
     422: "GitHub refused the issue as invalid: it needs a non-empty title (and a comment a non-empty body).",
+}
+
+
+# The Git database and ref calls: GraphQL answers a refused mutation with HTTP 200 and `errors`,
+# which PyGithub reports as 400.
+_REF_REMEDY_BY_STATUS = {
+    **_REMEDY_BY_STATUS,
+    400: "GitHub refused the branch update: read its message. A branch protection rule or ruleset covering "
+    "the bot's branches refuses it too; the token needs contents: write.",
+    403: "The token may not write the repository's git data: it needs contents: write.",
+    422: "GitHub refused the git object as invalid: read its message (a bug in theory-deploy if it persists).",
 }
 
 
@@ -167,6 +192,13 @@ class GitHubClient:
         _secrets.register_secret_value(token)
         return token
 
+    @property
+    def signs_commits(self) -> bool:
+        """True when commits this client makes through the API are signed by GitHub (Verified): its
+        token is a GitHub App's installation token (the App's, or a workflow's GITHUB_TOKEN). A
+        personal token's API commits are not signed, and their author is that person."""
+        return self.auth_kind == "app" or (self._token or "").startswith(_INSTALLATION_TOKEN_PREFIX)
+
     def _note_retry(self, method: str, url: str) -> None:
         self._retried.append((method.upper(), url))
 
@@ -247,6 +279,80 @@ class GitHubClient:
                 raise
             return pr.html_url, "created"
         raise GitHubError(f"GitHub reported an open PR for {branch} but none could be found.")
+
+    # --- the Git database (signed bot commits) ---------------------------------------------------
+    def _rest(self, action: str, verb: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One REST call by path (the Git database has no PyGithub object this needs); its JSON."""
+        url = f"/repos/{self.repository}{path}"
+        call = partial(self._gh.requester.requestJsonAndCheck, verb, url, input=body)
+        _headers, data = self._call(action, call, _REF_REMEDY_BY_STATUS)
+        return data
+
+    def create_blob(self, content: bytes) -> str:
+        """Store `content` as a blob; its sha (git's own blob id of those bytes)."""
+        encoded = base64.b64encode(content).decode()
+        return str(self._rest("blob creation", "POST", "/git/blobs", {"content": encoded, "encoding": "base64"})["sha"])
+
+    def create_tree(self, base_tree: str, entries: list[dict[str, Any]]) -> str:
+        """A tree: `base_tree` with `entries` ({path, mode, type, sha}; sha None deletes) applied; its sha."""
+        data = self._rest("tree creation", "POST", "/git/trees", {"base_tree": base_tree, "tree": entries})
+        return str(data["sha"])
+
+    def create_commit(self, message: str, tree: str, parents: list[str]) -> dict[str, Any]:
+        """A commit with no custom author, committer or signature, so GitHub signs it when the token is a
+        bot's: {"sha", "tree", "verified", "reason"}."""
+        data = self._rest(
+            "commit creation", "POST", "/git/commits", {"message": message, "tree": tree, "parents": parents}
+        )
+        verification = data.get("verification") or {}
+        return {
+            "sha": str(data["sha"]),
+            "tree": str((data.get("tree") or {}).get("sha") or ""),
+            "verified": bool(verification.get("verified")),
+            "reason": str(verification.get("reason") or "unsigned"),
+        }
+
+    def branch_sha(self, branch: str) -> str | None:
+        """The commit `branch` points at on GitHub now, or None when there is no such branch."""
+        try:
+            data = self._rest(f"lookup of branch {branch}", "GET", f"/git/ref/heads/{quote(branch)}")
+        except GitHubError as err:
+            if getattr(err, "status", None) == 404:
+                return None
+            raise
+        return str(data["object"]["sha"])
+
+    def move_branch(self, branch: str, new_sha: str, *, expected_sha: str | None, force: bool) -> bool:
+        """Point `branch` at `new_sha` only if it still points at `expected_sha` (None: only if it does
+        not exist): GraphQL `updateRefs` with `beforeOid`, GitHub's compare-and-swap on a ref.
+
+        True when the branch now points at `new_sha`; False when another writer moved it first (the
+        lease is lost, nothing was changed). GitHub answers a stale `beforeOid` with a generic error,
+        so after any refusal the branch is read again: moved elsewhere is a lost lease, at `new_sha`
+        is our own update whose answer was lost (a retried request), unmoved is a real error."""
+        repo = self._repository()
+        update = {
+            "name": f"refs/heads/{branch}",
+            "afterOid": new_sha,
+            "beforeOid": expected_sha or ZERO_OID,
+            "force": force,
+        }
+        mutation = partial(
+            self._gh.requester.graphql_named_mutation,
+            "updateRefs",
+            {"repositoryId": repo.node_id, "refUpdates": [update]},
+            "clientMutationId",
+        )
+        try:
+            self._call(f"update of branch {branch}", mutation, _REF_REMEDY_BY_STATUS)
+        except GitHubError:
+            now = self.branch_sha(branch)
+            if now == new_sha:
+                return True
+            if now != expected_sha:
+                return False
+            raise
+        return True
 
     # --- issues -----------------------------------------------------------------------------------
     def find_open_issues(self, label: str) -> list[dict[str, Any]]:

@@ -22,11 +22,14 @@ How a pin reaches the branch
    step 6 does move the clone's remote-tracking ref of the bot branch, as every `git push` to a named
    remote does). Shallow clones (actions/checkout's default) are deepened until base and bot branch
    share a merge base.
-2. If the bot branch exists, every commit on it that is not on the base must be a bot commit: author
-   *and* committer email equal to the bot identity *and* a `Theory-Deploy-Bot: pin` trailer. Any
-   other commit (a human pushed a fix to the branch, someone pressed "Update branch") means the
-   branch is never rewritten or pushed: if it already holds our pins the result is `unchanged`,
-   otherwise PushConflictError names the commit.
+2. If the bot branch exists, every commit on it that is not on the base must be a bot commit: the
+   `Theory-Deploy-Bot: pin` trailer, *and* as author the bot identity (THEORY_BOT_EMAIL, what git
+   commits carry) or a GitHub bot account (`<slug>[bot]@users.noreply.github.com`, the author GitHub
+   gives a commit a bot token makes through the API), *and* as committer the bot identity or GitHub
+   (`noreply@github.com`, who commits what GitHub signs). See `_Commit.made_by`. Any other commit
+   (a human pushed a fix to the branch, someone pressed "Update branch") means the branch is never
+   rewritten or pushed: if it already holds our pins the result is `unchanged`, otherwise
+   PushConflictError names the commit.
 3. A temporary `git worktree` (outside the repository, detached HEAD) is made at the bot branch tip
    (or the base tip when there is no bot branch), and the bot's commits are rebased onto the latest
    base. Commits already on the base (a squash-merged PR) drop out; if the base changed the same pin
@@ -38,25 +41,56 @@ How a pin reaches the branch
 5. Only that processor's registry.yaml is staged and committed, as the bot, with hooks disabled and
    signing off. A guard (`registry_pins.is_pin_only_change`) refuses to push a commit that changes anything but
    `image.platforms` lines.
-6. `git push --force-with-lease=refs/heads/<branch>:<sha we based on>` (empty for a new branch). If
-   another writer moved the branch in between, the lease is rejected; we fetch again, rebuild on the
-   new tip (keeping the other writer's bot commits) and re-apply, at most `max_attempts` times.
+6. Publish, with a lease on the sha we based on (none: the branch must not exist yet). If another
+   writer moved the branch in between, the lease is lost and nothing of ours lands; we fetch again,
+   rebuild on the new tip (keeping the other writer's bot commits) and re-apply, at most
+   `max_attempts` times. Two ways, same lease:
+   - through GitHub's API, when the GitHub client's token is a bot's (a GitHub App installation
+     token; a workflow's GITHUB_TOKEN is one): see "Verified commits" below;
+   - else `git push --force-with-lease=refs/heads/<branch>:<sha we based on>` (`--github none`,
+     local runs, a plain git remote, a person's token).
 7. The PR is found by head branch (open PRs only) and its title/body updated, or created. A create
    that races another job's create (422 "already exists") turns into an update: never two PRs.
 
+Verified commits: the API path
+------------------------------
+A commit pushed with git is unsigned, and a repository that requires signed commits refuses to
+merge a PR holding one. GitHub signs the commits a bot (a GitHub App, and so a workflow's
+GITHUB_TOKEN) makes through its API without a custom author, committer or signature, and shows them
+as Verified. So when the client's token is a bot's (`GitHubClient.signs_commits`), step 6 does not
+push. `api_commits.replay_on_github` re-makes each local commit the remote lacks, oldest first: its
+changed files as blobs, its tree on its parent's tree (`base_tree`), the commit with the same message
+and the re-made parent. GitHub's blob and tree shas must equal the local ones, so GitHub's commit
+holds exactly the content built, re-applied and guarded (pin-only) here. Then the branch is moved
+with GraphQL `updateRefs`, whose `beforeOid` is the sha we based on (all zeros: must not exist):
+GitHub's compare-and-swap on a ref, so a concurrent writer is never overwritten, even by the forced
+update a rebase needs (REST's PATCH /git/refs checks nothing when forced, and without force only
+refuses a non-fast-forward; it has no expected-old-value). A refused update is told apart by reading
+the branch back: moved elsewhere is a lost lease (rebuild), at our new commit is our own update
+whose answer was lost (done), unmoved is an error. Last, the branch is fetched into the clone and
+the new commit's tree checked again, so the PR step and a later run see it. No race is left open
+on the branch itself; commits made for an attempt that then lost the lease stay unreferenced on
+GitHub until it collects them.
+
+A person's token (`ghp_`, `github_pat_`) keeps the git push: GitHub would not sign its API commits,
+and their author would be that person, whom step 2 could not tell from a human.
+
 Which credentials git uses
 --------------------------
-Steps 1 and 6 reach the remote. When theory-deploy knows a GitHub token (the one its REST calls use:
-GITHUB_TOKEN / GH_TOKEN or the GitHub App's installation token, i.e. the actions' `github-token`
-input), git authenticates to an http(s) remote with that token, as `x-access-token`, and whatever
-actions/checkout persisted for that server is not sent (see `gitrun.Git.with_http_token`: the token
-goes into git's environment only, never argv or a config file). So the bot branch is pushed by the
-same identity that opens the PR (a GitHub App's push triggers the PR's checks, a GITHUB_TOKEN's does
-not), and `persist-credentials: false` works. Without a token git uses its own configuration.
+Steps 1 and 6 (the push, or the fetch after an API update) reach the remote. When theory-deploy
+knows a GitHub token (the one its REST calls use: GITHUB_TOKEN / GH_TOKEN or the GitHub App's
+installation token, i.e. the actions' `github-token` input), git authenticates to an http(s) remote
+with that token, as `x-access-token`, and whatever actions/checkout persisted for that server is
+not sent (see `gitrun.Git.with_http_token`: the token goes into git's environment only, never argv
+or a config file). So the bot branch is written by the same identity that opens the PR (a GitHub
+App's push or API update triggers the PR's checks, a GITHUB_TOKEN's does not), and
+`persist-credentials: false` works. Without a token git uses its own configuration. The result's
+status is "pushed" either way (the branch holds the new commit).
 
 A refused push is explained by its cause: a branch protection rule or ruleset covering the bot's
-branches (GH006 / GH013), no credentials at all, credentials GitHub refused, or a token without
-`contents: write`.
+branches (GH006 / GH013, or "Protected branch update failed" from the API), no credentials at all,
+credentials GitHub refused, or a token without `contents: write` (which the API path needs too:
+Git database writes and `updateRefs` are Contents writes).
 
 Why the worktree and not a temporary index: the re-apply step needs real files of the *base*
 revision to edit (the editor reads, validates and splices text), and the rebase in step 3 needs a
@@ -91,12 +125,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import output
+from . import api_commits, output
 from .errors import (
     GitError,
+    GitHubError,
     PlatformMismatchError,
     ProcessorNotFoundError,
     PushConflictError,
@@ -138,10 +174,20 @@ BOT_TRAILER = f"{BOT_TRAILER_KEY}: {BOT_TRAILER_VALUE}"
 DEFAULT_BOT_NAME = "theory-deploy[bot]"
 DEFAULT_BOT_EMAIL = "theory-deploy[bot]@users.noreply.github.com"
 PRIVATE_REF_PREFIX = "refs/theory-deploy/remotes"
+# Who GitHub makes the author of a commit a bot token creates through the API, and its committer.
+_GITHUB_BOT_ADDRESS = re.compile(r"(?:[0-9]+\+)?[a-z0-9][a-z0-9-]*\[bot\]@users\.noreply\.github\.com")
+GITHUB_COMMITTER_EMAIL = "noreply@github.com"
 
 _LEASE_REJECTED = ("stale info", "cannot lock ref", "incorrect old value", "fetch first")
 # What git (and GitHub, through it as `remote: ...`) prints when a push or fetch is refused, by cause.
-_PROTECTED = ("GH006", "GH013", "protected branch hook declined")  # branch protection; rulesets
+# Branch protection; rulesets; the same refusals of an API ref update (no GH-number there).
+_PROTECTED = (
+    "GH006",
+    "GH013",
+    "protected branch hook declined",
+    "Protected branch update failed",
+    "Repository rule violations found",
+)
 _NO_CREDENTIALS = ("could not read Username", "could not read Password")
 _BAD_CREDENTIALS = ("Authentication failed", "Invalid username or token", "returned error: 401")
 _FORBIDDEN = ("returned error: 403", "Write access to repository not granted")
@@ -340,12 +386,24 @@ class _Commit:
     trailer: str
 
     def made_by(self, identity: BotIdentity) -> bool:
-        bot = identity.email.lower()
-        return (
-            self.author_email.lower() == bot
-            and self.committer_email.lower() == bot
-            and BOT_TRAILER_VALUE in [v.strip() for v in self.trailer.split(",")]
-        )
+        """The trailer, and an author and committer pair only the bot produces.
+
+        A commit the bot made with git (and pushed) has the configured identity (THEORY_BOT_EMAIL) as
+        author and committer. A commit it made through GitHub's API, so that GitHub signs it, is
+        authored by the token's bot account, whose address GitHub forms as
+        `[<id>+]<slug>[bot]@users.noreply.github.com` (`github-actions[bot]`, an App's `<slug>[bot]`),
+        and committed by GitHub (`noreply@github.com`, the committer of the commits GitHub signs); a
+        later local rebase of it makes the configured identity its committer. So: author the
+        configured identity or a GitHub bot account, committer the configured identity or GitHub.
+        A human's commit, and "Update branch" (author: the human), stay foreign; so does a commit
+        another bot account both authored and committed (another tool's git push), unless it is the
+        configured identity (set THEORY_BOT_EMAIL to the App's address to claim its commits)."""
+        if BOT_TRAILER_VALUE not in [v.strip() for v in self.trailer.split(",")]:
+            return False
+        bot, author, committer = identity.email.lower(), self.author_email.lower(), self.committer_email.lower()
+        if author != bot and not _GITHUB_BOT_ADDRESS.fullmatch(author):
+            return False
+        return committer in (bot, GITHUB_COMMITTER_EMAIL)
 
 
 def _commits(git: Git, range_args: list[str]) -> list[_Commit]:
@@ -601,15 +659,18 @@ def publish_pin_pr(
     before_push: Callable[[str, int], None] | None = None,
     git_token: str | None = None,
 ) -> dict[str, Any]:
-    """Commit and push each processor's pins to its bot branch and open/update its PR.
+    """Commit each processor's pins to its bot branch and open/update its PR.
 
+    The commits reach the branch through GitHub's API, signed, when `github`'s token is a bot's
+    (`GitHubClient.signs_commits`), else by `git push` (see "Verified commits" above).
     git authenticates to an http(s) remote with `git_token`, else with the token `github` uses for
     the API (`GitHubClient.git_token`), else with git's own configuration (see "Which credentials git
     uses" above).
 
     `reapply(tree)` must write the pins into the registry.yaml files under `tree` (a fresh checkout of
     the branch being built) and return what it changed; it is called once per attempt.
-    `before_push(ref, attempt)` runs just before each push (a seam for tests and progress output).
+    `before_push(ref, attempt)` runs just before each push, or each API branch update (after the
+    commits were made on GitHub): a seam for tests and progress output.
     Returns {"processors": [...], "summary": str}; each entry has ref, branch, status ("pushed" |
     "unchanged"), commit, attempts, changes, superseded and pr ({"url", "result"} or None).
     Processors are handled one after another; a failure raises and leaves earlier ones published
@@ -643,6 +704,7 @@ def publish_pin_pr(
                     max_attempts=max_attempts,
                     identity=identity,
                     before_push=before_push,
+                    api_commits_by=github if github is not None and github.signs_commits else None,
                 )
                 for change in grouped.values()
             ]
@@ -668,6 +730,7 @@ def _publish_one(
     max_attempts: int,
     identity: BotIdentity,
     before_push: Callable[[str, int], None] | None,
+    api_commits_by: GitHubClient | None,
 ) -> dict[str, Any]:
     ref, path = change.ref, change.registry_path
     branch = pin_branch(ref)
@@ -744,6 +807,33 @@ def _publish_one(
                         "if registry.yaml is valid this is a bug in the pin editor.",
                     )
             new_sha = wt.out("rev-parse", "HEAD")
+            if api_commits_by is not None:
+                published = _publish_through_api(
+                    git,
+                    api_commits_by,
+                    remote=remote,
+                    branch=branch,
+                    base_sha=base_sha,
+                    bot_sha=bot_sha,
+                    local_tip=new_sha,
+                    before_update=partial(before_push, ref, attempt) if before_push is not None else None,
+                )
+                if published is not None:
+                    return _finish(
+                        git,
+                        change,
+                        branch=branch,
+                        base_branch=base_branch,
+                        github=github,
+                        base_sha=base_sha,
+                        tip_sha=published,
+                        status="pushed",
+                        attempts=attempt,
+                        made=made,
+                        superseded=superseded,
+                    )
+                last_seen = bot_sha
+                continue
             if before_push is not None:
                 before_push(ref, attempt)
             lease = f"--force-with-lease=refs/heads/{branch}:{bot_sha or ''}"
@@ -788,6 +878,46 @@ def _publish_one(
         f"{(last_seen or 'no branch')[:12]}); nothing of ours was pushed.",
         details={"branch": branch, "attempts": max_attempts},
     )
+
+
+def _publish_through_api(
+    git: Git,
+    github: GitHubClient,
+    *,
+    remote: str,
+    branch: str,
+    base_sha: str,
+    bot_sha: str | None,
+    local_tip: str,
+    before_update: Callable[[], None] | None,
+) -> str | None:
+    """Step 6 through GitHub's API: re-make the local commits on GitHub (signed), then move the branch
+    from `bot_sha` (None: create it) with a compare-and-swap. The sha GitHub gave the tip, now also
+    fetched into the clone; None when another writer moved the branch first (the lease is lost)."""
+    on_remote = [base_sha, *([bot_sha] if bot_sha else [])]
+    tip = api_commits.replay_on_github(git, github, local_tip=local_tip, on_remote=on_remote)
+    if before_update is not None:
+        before_update()
+    # Forced only when the line was rebased; the compare-and-swap on bot_sha is what keeps it safe.
+    fast_forward = bot_sha is None or git.ok("merge-base", "--is-ancestor", bot_sha, local_tip)
+    try:
+        moved = github.move_branch(branch, tip, expected_sha=bot_sha, force=not fast_forward)
+    except GitHubError as err:
+        if any(marker in err.message for marker in _PROTECTED):
+            raise _remote_failure(
+                f"updating {branch} through GitHub's API",
+                err.message,
+                git=git,
+                remote=remote,
+                branch=branch,
+                remedy=err.remedy,
+            ) from None
+        err.details.setdefault("branch", branch)
+        raise
+    if not moved:
+        return None
+    api_commits.fetch_published(git, remote, branch, _private_ref(remote, branch), tip=tip, local_tip=local_tip)
+    return tip
 
 
 def _finish(

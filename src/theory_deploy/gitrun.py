@@ -264,6 +264,31 @@ class Git:
         proc = self.run("rev-parse", "--verify", "--quiet", f"{rev}:{path}", check=False)
         return proc.stdout.strip() if proc.returncode == 0 else None
 
+    def blob_bytes(self, sha: str) -> bytes:
+        """The exact bytes of blob `sha` (text calls would decode them; an upload must not)."""
+        not_an_option(sha, "object", self.error)
+        argv = ["git"]
+        for setting in _CONFIG:
+            argv += ["-c", setting]
+        argv += ["cat-file", "blob", sha]
+        try:
+            proc = subprocess.run(
+                argv,
+                cwd=self.cwd,
+                env=self.env,
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise self.error(f"cannot read blob {sha} in {self.cwd}: {exc}.") from None
+        if proc.returncode != 0:
+            raise self.error(
+                f"`git cat-file blob {sha}` failed in {self.cwd}: {proc.stderr.decode(errors='replace').strip()}"
+            )
+        return proc.stdout
+
     def show(self, rev: str, path: str, *, max_bytes: int | None = None) -> str | None:
         """The text of `path` at `rev`, or None when the revision or the file does not exist.
 

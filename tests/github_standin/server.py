@@ -87,6 +87,14 @@ REST endpoints (JSON shaped like api.github.com's, as far as PyGithub reads it)
 - `POST /repos/{o}/{r}/issues/{n}/comments` -> 201; 404 unknown issue, 422 empty body
 - `POST /app/installations/{id}/access_tokens` -> a fresh installation token (needs a Bearer JWT
   signed by the configured app key)
+- The Git database, and the signing of commits made through it (tests/github_standin/gitdata.py
+  says what is documented, what is assumed, and each refusal): `POST /git/blobs`, `POST /git/trees`
+  (`base_tree`), `POST /git/commits` (signed, `verification.verified: true`, only for a bot token
+  and no custom author/committer/signature), `GET /git/commits/{sha}`, `GET /commits/{ref}`,
+  `GET /git/ref/heads/{branch}`, `POST /git/refs`, `PATCH /git/refs/heads/{branch}` (`force`), and
+  GraphQL `POST /graphql` with the `updateRefs` mutation only (`beforeOid`: the compare-and-swap).
+  Commits that arrived by `git push` are never reported verified. Test helpers: `api_commits`,
+  `ref_updates` (API ref writes), `verification(sha)`.
 
 Pagination: when a list does not fit on one page, `Link` carries `prev`/`next`/`last`/`first` URLs
 that repeat every query parameter of the request (state, head, base, labels, sort, direction,
@@ -102,7 +110,8 @@ Every REST request needs `Authorization: token X` or `Bearer X` with a known tok
 credentials" otherwise) and is recorded in `requests` (method, path, query, headers, JSON body,
 status answered), including refused ones, so tests can prove what PyGithub sent and how often.
 
-Faults: `fail_next(status, message, method=None, headers=None, applied=False, times=1)` makes the
+Faults: `tamper_next_blobs(times=1)` stores the next blobs with a byte appended (content changed on
+the way). `fail_next(status, message, method=None, headers=None, applied=False, times=1)` makes the
 next REST request(s) (of that method) fail with that status, message and headers (e.g.
 `{"Retry-After": "1"}` for a secondary rate limit). With `applied=True` the request is carried out
 first and only its answer is replaced: a write that happened although the client saw an error, as
@@ -139,8 +148,9 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+from . import gitdata
 from .hook import ZERO, rule_for
 
 DOCS = "https://docs.github.com/rest"
@@ -214,6 +224,12 @@ class StandInState:
     # Re-entrant: a `before_next` action runs under the lock and may call the helpers that take it.
     lock: threading.RLock = field(default_factory=threading.RLock)
     next_number: int = 1
+    app_tokens: set[str] = field(default_factory=set)  # installation tokens minted for the App
+    # Commits the stand-in made and signed through the API: sha -> (signature, payload, verified_at).
+    signed_commits: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    api_commits: list[str] = field(default_factory=list)  # every commit made through the API, in order
+    ref_updates: list[dict[str, str]] = field(default_factory=list)  # REST/GraphQL ref writes: ref, old, new, via
+    tamper_blobs: int = 0  # a fault: the next N POST /git/blobs store other bytes than were sent
 
     def add_pull(self, head: str, base: str, title: str, body: str | None, head_sha: str) -> dict[str, Any]:
         now = _now()
@@ -429,6 +445,23 @@ class GitHubStandIn:
         with self.state.lock:
             return [dict(c) for c in self.state.comments]
 
+    @property
+    def api_commits(self) -> list[str]:
+        """Every commit made through the REST API (POST /git/commits), oldest first."""
+        with self.state.lock:
+            return list(self.state.api_commits)
+
+    @property
+    def ref_updates(self) -> list[dict[str, str]]:
+        """Every ref write made through the API (REST or GraphQL): {ref, old, new, via}."""
+        with self.state.lock:
+            return [dict(u) for u in self.state.ref_updates]
+
+    def verification(self, sha: str) -> dict[str, Any]:
+        """What GET /commits/{sha} reports as the commit's `verification`."""
+        with self.state.lock:
+            return gitdata.verification(self.state, sha)
+
     def clear_requests(self) -> None:
         """Forget the recorded REST and git requests and the hook's push log."""
         with self.state.lock:
@@ -450,6 +483,12 @@ class GitHubStandIn:
         with self.state.lock:
             for _ in range(times):
                 self.state.failures.append(_Failure(status, message, method, dict(headers or {}), applied))
+
+    def tamper_next_blobs(self, times: int = 1) -> None:
+        """A fault no real answer shows: the next `times` blobs are stored with a byte appended (a
+        server, or a proxy, that changed the content), so the client's own sha check must catch it."""
+        with self.state.lock:
+            self.state.tamper_blobs += times
 
     def before_next(self, action: Callable[[], None], *, method: str | None = None) -> None:
         """Run `action` just before the next REST request (of `method`) is handled, under the lock:
@@ -790,6 +829,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(404, "Not Found")
             token = "ghs_" + secrets.token_hex(18)
             st.tokens.add(token)
+            st.app_tokens.add(token)
             expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
             return self._send(201, {"token": token, "expires_at": expires, "permissions": {}})
 
@@ -810,11 +850,15 @@ class _Handler(BaseHTTPRequestHandler):
                     )
                 self._override = failure
 
+        if path == "/graphql" and method == "POST":
+            return self._send(*gitdata.graphql(st, body, self._repo_json()["node_id"]))
         prefix = f"/repos/{st.owner}/{st.repo}"
         if not path.startswith(prefix):
             return self._error(404, "Not Found")
         rest = path[len(prefix) :]
         data = body if isinstance(body, dict) else {}
+        if rest.startswith(("/git/", "/commits/")):
+            return self._git_database(method, rest, data, cred[1])
 
         if rest == "" and method == "GET":
             return self._send(200, self._repo_json())
@@ -853,6 +897,42 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, self._issue_json(issue))
             if not match[2] and method == "PATCH":
                 return self._edit_issue(issue, data)
+        return self._error(404, "Not Found")
+
+    def _git_database(self, method: str, rest: str, data: dict[str, Any], token: str) -> None:
+        st = self.standin_state
+        base = f"{self._base()}/repos/{st.owner}/{st.repo}"
+        if rest == "/git/blobs" and method == "POST":
+            return self._send(*gitdata.create_blob(st, base, data))
+        if rest == "/git/trees" and method == "POST":
+            return self._send(*gitdata.create_tree(st, base, data))
+        if rest == "/git/commits" and method == "POST":
+            return self._send(*gitdata.create_commit(st, base, token, data))
+        if rest == "/git/refs" and method == "POST":
+            return self._send(*gitdata.create_ref(st, base, data))
+        match = re.fullmatch(r"/git/refs/(.+)", rest)
+        if match and method == "PATCH":
+            return self._send(*gitdata.update_ref(st, base, f"refs/{unquote(match[1])}", data))
+        match = re.fullmatch(r"/git/ref/(.+)", rest)
+        if match and method == "GET":
+            ref = f"refs/{unquote(match[1])}"
+            sha = gitdata.ref_sha(st, ref)
+            return self._send(200, gitdata.ref_json(base, ref, sha)) if sha else self._error(404, "Not Found")
+        match = re.fullmatch(r"/git/commits/([0-9a-f]{40})", rest)
+        if match and method == "GET":
+            if gitdata.object_type(st, match[1]) != "commit":
+                return self._error(404, "Not Found")
+            return self._send(200, gitdata.git_commit_json(st, base, match[1]))
+        match = re.fullmatch(r"/commits/([^/]+)", rest)
+        if match and method == "GET":
+            sha = (
+                match[1]
+                if gitdata.object_type(st, match[1]) == "commit"
+                else gitdata.ref_sha(st, f"refs/heads/{unquote(match[1])}")
+            )
+            if sha is None:
+                return self._error(422, f"No commit found for SHA: {match[1]}")
+            return self._send(200, gitdata.commit_json(st, base, sha))
         return self._error(404, "Not Found")
 
     # --- pagination ------------------------------------------------------------------------------

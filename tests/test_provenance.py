@@ -338,7 +338,7 @@ def test_a_processor_without_a_policy_pins_with_a_warning(tmp_path: Path, regist
     path = make_processor(tmp_path, f"{registry}/{repo}", policy="")
     code, out, err = pin_cli("--platform", "amd64", "--oci", f"{registry}/{repo}@{image.manifest_digest}")
     assert code == 0, (out, err)
-    assert out["provenance"] == {"amd64": None}
+    assert "provenance" not in out  # the result is what it was before policies existed
     assert "warning:" in err and "no provenance policy" in err
     assert image.manifest_digest in path.read_text()
 

@@ -168,6 +168,6 @@ def verify_and_pin(
         "pins": results,
         "changed": changed,
         "candidates": {arch: c.to_json() for arch, c in candidates.items()},
-        "provenance": provenances,
+        **({"provenance": provenances} if processor.spec.provenance is not None else {}),
         "summary": "\n".join([head, *lines]),
     }

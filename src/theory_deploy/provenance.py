@@ -492,6 +492,11 @@ def check(client: RegistryClient, image: ImageRef, policy: Any, *, where: str) -
     raise ProvenanceSignerError(message, details=details)
 
 
+# Repositories already warned about in this process: a pipeline gates pin, start and verify of one
+# processor, and one warning says all there is to say.
+_warned: set[str] = set()
+
+
 def gate(
     client_for: Callable[[str], RegistryClient],
     image: ImageRef,
@@ -500,14 +505,19 @@ def gate(
     where: str,
     progress: Callable[[str], None] = output.progress,
 ) -> Verified | None:
-    """`check`, or, for a processor without a policy, a warning and None (today's behaviour)."""
+    """`check`, or, for a processor without a policy, a warning and None (today's behaviour).
+
+    The warning goes to stderr and, in GitHub Actions, to an annotation: it is not progress of the
+    verb that asked (callers' progress lines stay what they were)."""
     if policy is None:
-        message = (
-            f"{where}: no provenance policy in registry.yaml, so {image} is used without checking who built it "
-            "(add `provenance: {signers: [{key: local}]}`; see docs/provenance.md)."
-        )
-        progress(f"warning: {message}")
-        gha.annotate("warning", message)
+        if image.repository not in _warned:
+            _warned.add(image.repository)
+            message = (
+                f"{where}: no provenance policy in registry.yaml, so {image.repository} digests are used without "
+                "checking who built them (add `provenance: {signers: [{key: local}]}`; see docs/provenance.md)."
+            )
+            output.progress(f"warning: {message}")
+            gha.annotate("warning", message)
         return None
     verified = check(client_for(image.registry), image, policy, where=where)
     progress(f"{where}: provenance {verified.referrer[:19]}… of {image.digest} verified (key {verified.keyid[:16]})")

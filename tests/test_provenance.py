@@ -351,3 +351,33 @@ def test_a_signer_entry_must_be_a_key_or_an_identity_with_its_issuer(tmp_path: P
     assert code != 0 and out["error"]["code"] == "ERR_VALIDATION", out
     assert "issuer" in out["error"]["message"]
     assert os.path.exists(tmp_path / "processors" / "demo" / "signed" / "registry.yaml")
+
+
+def test_a_keyless_entry_allows_nothing_yet_and_says_so(tmp_path: Path, registry: str, client, pin_cli) -> None:
+    """Keyless verification is not wired (docs/provenance.md): such an entry fails closed, by name."""
+    repo = f"test/prov-{uuid.uuid4().hex[:10]}"
+    image = push_synthetic_image(client, repo, "amd64", "a")
+    _attest(client, registry, repo, image)
+    policy = (
+        "\nprovenance:\n  signers:\n"
+        "    - identity: https://github.com/org/repo/.github/workflows/deploy.yml@refs/heads/main\n"
+        "      issuer: https://token.actions.githubusercontent.com\n"
+    )
+    path = make_processor(tmp_path, f"{registry}/{repo}", policy=policy)
+    before = _snapshot(path)
+    code, out, _ = pin_cli("--platform", "amd64", "--oci", f"{registry}/{repo}@{image.manifest_digest}")
+    assert code == ProvenanceSignerError.exit_code and out["error"]["code"] == "ERR_PROVENANCE_SIGNER", out
+    assert "not verified by this version" in out["error"]["message"]
+    assert _snapshot(path) == before
+
+
+def test_an_unreadable_key_file_is_refused_without_quoting_it(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = state_dir / "signing"
+    folder.mkdir(mode=0o700)
+    (folder / "provenance-ed25519.pem").write_text("not-a-key-but-secret-looking-bytes\n")
+    code = framework.run_tool(processorctl.parser(), ["provenance-key", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 54 and json.loads(out)["error"]["code"] == "ERR_SIGNING_KEY"
+    assert "secret-looking" not in out + err and "Traceback" not in err

@@ -33,7 +33,8 @@ The signer `key: local` in a committed policy means "this machine's key": it mak
 pipeline run pass with nothing to configure, and it never lets in a digest someone pushed from
 another machine (their key is not this machine's). `key: <PEM public key>` names a fixed key (a
 release key shared by a team). Entries with `identity` and `issuer` name a Sigstore keyless signer
-(a GitHub workflow); see docs/provenance.md for what is and is not wired for those yet.
+(a GitHub workflow): the schema takes them, but this version neither signs keyless nor verifies a
+Sigstore bundle, so such an entry allows nothing (fail closed; docs/provenance.md, "Not done yet").
 """
 
 from __future__ import annotations
@@ -377,7 +378,9 @@ class AllowedKeys:
         return cls(keys, described, keyless)
 
     def describe(self) -> str:
-        names = self.described + [f"keyless {k}" for k in self.keyless]
+        # Keyless entries are kept in messages so nobody wonders why they did not match: this version
+        # verifies no Sigstore bundle yet (docs/provenance.md, "Not done yet"), so they allow nothing.
+        names = self.described + [f"keyless {k} (not verified by this version)" for k in self.keyless]
         return ", ".join(names) or "nobody"
 
 

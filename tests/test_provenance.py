@@ -38,6 +38,7 @@ from theory_deploy.errors import (
 )
 from theory_deploy.oci import OCI_MANIFEST, ManifestHead, RegistryClient, RetryPolicy
 from theory_deploy.refs import ImageRef
+from theory_deploy.registry_file import ProvenanceSigner, ProvenanceSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -381,3 +382,20 @@ def test_an_unreadable_key_file_is_refused_without_quoting_it(
     out, err = capsys.readouterr()
     assert code == 54 and json.loads(out)["error"]["code"] == "ERR_SIGNING_KEY"
     assert "secret-looking" not in out + err and "Traceback" not in err
+
+
+def test_referrers_behind_basic_auth(auth_registry) -> None:
+    """The auth registry (:5001): storing and finding a provenance goes through the same challenges."""
+    repo = f"test/prov-auth-{uuid.uuid4().hex[:10]}"
+    with RegistryClient(
+        auth_registry.host,
+        credentials=(auth_registry.user, auth_registry.password),
+        retry=RetryPolicy(base_delay=0.01),
+        progress=lambda _m: None,
+    ) as c:
+        image = push_synthetic_image(c, repo, "arm64", "z")
+        referrer = _attest(c, auth_registry.host, repo, image)
+        ref = ImageRef.parse_digest_ref(f"{auth_registry.host}/{repo}@{image.manifest_digest}", where="test")
+        policy = ProvenanceSpec(signers=[ProvenanceSigner(key="local")])
+        verified = provenance.check(c, ref, policy, where="test")
+    assert verified.referrer == referrer and verified.digest == image.manifest_digest

@@ -1208,6 +1208,8 @@ class RegistryClient:
             url,
             scope=_pull_scope(repo),
             headers={"Accept": OCI_INDEX},
+            # 404 is what the spec has a registry without the API answer; some answer 400 or 405 instead
+            ok=(200, 400, 405),
             not_found_ok=True,
             what=f"referrers of {self.registry}/{repo}@{digest}",
             max_body=_MAX_MANIFEST_BYTES,

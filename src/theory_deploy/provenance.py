@@ -74,6 +74,7 @@ from .errors import (
 from .files import atomic_write, exclusive_lock
 from .oci import ManifestHead, RegistryClient
 from .refs import ImageRef
+from .registry_file import ProvenanceSpec
 
 # What the artifact is (the OCI manifest's artifactType) and what its one layer holds.
 ARTIFACT_TYPE = "application/vnd.in-toto+json"
@@ -357,7 +358,7 @@ class AllowedKeys:
     keyless: list[str]
 
     @classmethod
-    def from_policy(cls, policy: Any, *, where: str) -> AllowedKeys:
+    def from_policy(cls, policy: ProvenanceSpec, *, where: str) -> AllowedKeys:
         keys: list[SSlibKey] = []
         described: list[str] = []
         keyless: list[str] = []
@@ -446,7 +447,7 @@ def _verify_one(envelope_json: bytes, allowed: AllowedKeys, digest: str) -> tupl
     return next(iter(accepted)), stmt
 
 
-def check(client: RegistryClient, image: ImageRef, policy: Any, *, where: str) -> Verified:
+def check(client: RegistryClient, image: ImageRef, policy: ProvenanceSpec, *, where: str) -> Verified:
     """Prove `image` (repository@digest of a platform manifest) has a provenance the policy allows."""
     assert image.digest is not None
     allowed = AllowedKeys.from_policy(policy, where=where)
@@ -503,7 +504,7 @@ _warned: set[str] = set()
 def gate(
     client_for: Callable[[str], RegistryClient],
     image: ImageRef,
-    policy: Any,
+    policy: ProvenanceSpec | None,
     *,
     where: str,
     progress: Callable[[str], None] = output.progress,

@@ -147,6 +147,7 @@ def test_pipeline_signs_every_digest_and_every_gate_refuses_what_it_must(
             digest = pinned.split("@")[1]
             listed = referrers(registry, repo, digest)
             assert [m["artifactType"] for m in listed] == ["application/vnd.in-toto+json"], listed
+            assert by["push"]["provenance"][arch] == listed[0]["digest"]
             envelope = Envelope.from_dict(json.loads(envelope_of(registry, repo, listed[0]["digest"])))
             envelope.verify([key], 1)
             stmt = json.loads(envelope.payload)

@@ -322,12 +322,9 @@ class _ProcessorRun:
         # Every platform manifest is pushed with a signed provenance (provenance.py), whatever the policy:
         # a pin or deploy elsewhere may ask for it.
         facts = provenance.BuildFacts.here(str(self.ref), self.processor.repo_root, self.request.build_args)
+        attestor = provenance.local_attestor(facts, self.processor.repo_root)
         pushed = push.push_platform_images(
-            self.built,
-            repository,
-            self.clients(repository.registry),
-            tag=self.processor.ref.slug,
-            attestor=provenance.local_attestor(facts, self.processor.repo_root),
+            self.built, repository, self.clients(repository.registry), tag=self.processor.ref.slug, attestor=attestor
         )
         self.result.pushed = PushRecord.from_result(str(self.ref), pushed)
         return {
@@ -335,6 +332,7 @@ class _ProcessorRun:
             "uploaded_blobs": pushed.uploaded_blobs,
             "skipped_blobs": pushed.skipped_blobs,
             "mounted_blobs": pushed.mounted_blobs,
+            "provenance": pushed.provenance,  # platform -> the provenance referrer's digest
         }
 
     def stage_pin(self) -> dict[str, Any]:

@@ -87,6 +87,7 @@ class PushResult:
     mounted_blobs: int = 0
     uploaded_bytes: int = 0
     tags: list[str] = field(default_factory=list)
+    provenance: dict[str, str] = field(default_factory=dict)  # platform -> its provenance referrer's digest
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -582,6 +583,7 @@ def push_platform_images(
         mounted_blobs=pusher.mounted,
         uploaded_bytes=pusher.uploaded_bytes,
         tags=tags,
+        provenance=dict(attestor.attached) if attestor is not None else {},
     )
 
 

@@ -164,6 +164,7 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
         "skipped_blobs": result.skipped_blobs,
         "mounted_blobs": result.mounted_blobs,
         "tags": result.tags,
+        "provenance": result.provenance,
         "summary": "\n".join([f"pushed {loaded.ref}:", *_push_summary(result)]),
     }
 

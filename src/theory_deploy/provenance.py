@@ -69,12 +69,14 @@ from .errors import (
     ProvenanceMissingError,
     ProvenanceSignerError,
     ProvenanceSubjectError,
+    SecretStoreError,
     SigningKeyError,
 )
 from .files import atomic_write, exclusive_lock
 from .oci import ManifestHead, RegistryClient
 from .refs import ImageRef
 from .registry_file import ProvenanceSpec
+from .secret_store import _is_within, _make_private_dir, state_dir
 
 # What the artifact is (the OCI manifest's artifactType) and what its one layer holds.
 ARTIFACT_TYPE = "application/vnd.in-toto+json"
@@ -98,15 +100,11 @@ KEY_FILE = "provenance-ed25519.pem"
 
 
 def key_path() -> Path:
-    from .secret_store import state_dir  # the one place that says where theory-deploy keeps state
-
     return state_dir() / KEY_FOLDER / KEY_FILE
 
 
 def _private_folder(path: Path) -> None:
-    from .errors import SecretStoreError
-    from .secret_store import _make_private_dir
-
+    # The secret store's rule for a private folder (0700, ours, tightened if loosened), not a second one.
     try:
         _make_private_dir(path)
     except SecretStoreError as exc:
@@ -150,7 +148,7 @@ def _signer_from_pem(pem: bytes, path: Path) -> CryptoSigner:
 def local_signer(*, create: bool = True, repo_root: Path | None = None) -> CryptoSigner | None:
     """This machine's signer, made (once, under a lock) when `create` and there is none yet."""
     path = key_path()
-    if repo_root is not None and _within(path, repo_root):
+    if repo_root is not None and _is_within(path, repo_root):
         raise SigningKeyError(
             f"the signing key {path} would be inside the repository {repo_root}, where it could be committed."
         )
@@ -193,14 +191,6 @@ def public_key_pem(key: SSlibKey) -> str:
         return public + "\n"
     raw = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
     return raw.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
-
-
-def _within(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-    except ValueError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -399,3 +399,32 @@ def test_referrers_behind_basic_auth(auth_registry) -> None:
         policy = ProvenanceSpec(signers=[ProvenanceSigner(key="local")])
         verified = provenance.check(c, ref, policy, where="test")
     assert verified.referrer == referrer and verified.digest == image.manifest_digest
+
+
+def test_a_referrers_index_anyone_wrote_only_rejects_its_own_entries(registry: str, client: RegistryClient) -> None:
+    """The tag scheme's index is writable by anyone with push rights: an entry that is not a provenance
+    artifact (here: the image manifest itself) rejects itself; it neither passes nor stops a valid one."""
+    from theory_deploy.oci import OCI_INDEX, referrers_tag
+
+    repo = f"test/prov-{uuid.uuid4().hex[:10]}"
+    image = push_synthetic_image(client, repo, "amd64", "a")
+    ref = ImageRef.parse_digest_ref(f"{registry}/{repo}@{image.manifest_digest}", where="test")
+    policy = ProvenanceSpec(signers=[ProvenanceSigner(key="local")])
+    provenance.local_signer()
+    junk = {
+        "mediaType": OCI_MANIFEST,
+        "digest": image.manifest_digest,
+        "size": image.manifest_size,
+        "artifactType": provenance.ARTIFACT_TYPE,
+    }
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [junk]}).encode()
+    client.put_manifest(repo, referrers_tag(image.manifest_digest), index, OCI_INDEX)
+    with pytest.raises(ProvenanceError) as refused:
+        provenance.check(client, ref, policy, where="test")
+    assert refused.value.code == "ERR_PROVENANCE_INVALID"
+    assert refused.value.details["rejected"] == [
+        {"referrer": image.manifest_digest, "reason": "is not an artifact (its manifest names no subject)"}
+    ]
+
+    referrer = _attest(client, registry, repo, image)  # appended to the same index
+    assert provenance.check(client, ref, policy, where="test").referrer == referrer

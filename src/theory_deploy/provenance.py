@@ -40,11 +40,12 @@ Sigstore bundle, so such an entry allows nothing (fail closed; docs/provenance.m
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,10 @@ from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 
 from . import gha, output
 from .errors import (
+    ConfigDigestError,
+    DigestIntegrityError,
+    ImagePullError,
+    ImageUnavailableError,
     ProvenanceError,
     ProvenanceMissingError,
     ProvenanceSignerError,
@@ -74,7 +79,7 @@ from .errors import (
 )
 from .files import atomic_write, exclusive_lock
 from .oci import ManifestHead, RegistryClient
-from .refs import ImageRef
+from .refs import DIGEST_RE, ImageRef
 from .registry_file import ProvenanceSpec
 from .secret_store import _is_within, _make_private_dir, state_dir
 
@@ -437,6 +442,16 @@ def _verify_one(envelope_json: bytes, allowed: AllowedKeys, digest: str) -> tupl
     return next(iter(accepted)), stmt
 
 
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Reading a referrer's manifest or envelope: one the registry lacks, or serves wrong, rejects that
+    referrer (another may still pass). Auth and reachability errors propagate: they say nothing about it."""
+    try:
+        yield
+    except (ImageUnavailableError, DigestIntegrityError, ImagePullError, ConfigDigestError) as exc:
+        raise _Rejected(_INVALID, f"has a {what} that cannot be read ({exc.message})") from None
+
+
 def check(client: RegistryClient, image: ImageRef, policy: ProvenanceSpec, *, where: str) -> Verified:
     """Prove `image` (repository@digest of a platform manifest) has a provenance the policy allows."""
     assert image.digest is not None
@@ -452,9 +467,15 @@ def check(client: RegistryClient, image: ImageRef, policy: ProvenanceSpec, *, wh
     for descriptor in found:
         referrer = str(descriptor.get("digest") or "")
         try:
-            manifest = client.get_manifest(image.path, referrer)
-            if (manifest.data.get("subject") or {}).get("digest") != image.digest:
-                raise _Rejected(_SUBJECT, f"is listed for {image.digest} but its manifest's subject is another")
+            if not DIGEST_RE.match(referrer):  # a tag index is anyone's to write: never follow a tag from it
+                raise _Rejected(_INVALID, "is listed without a digest")
+            with _reading("manifest"):
+                manifest = client.get_manifest(image.path, referrer)
+            subject = (manifest.data.get("subject") or {}).get("digest")
+            if not subject:
+                raise _Rejected(_INVALID, "is not an artifact (its manifest names no subject)")
+            if subject != image.digest:
+                raise _Rejected(_SUBJECT, f"is listed for {image.digest} but its manifest's subject is {subject}")
             layers = [
                 layer
                 for layer in manifest.data.get("layers") or []
@@ -462,7 +483,11 @@ def check(client: RegistryClient, image: ImageRef, policy: ProvenanceSpec, *, wh
             ]
             if not layers:
                 raise _Rejected(_INVALID, "holds no DSSE envelope")
-            blob = client.get_blob(image.path, str(layers[0].get("digest")), max_bytes=MAX_ENVELOPE_BYTES)
+            envelope_digest = str(layers[0].get("digest"))
+            if not DIGEST_RE.match(envelope_digest):
+                raise _Rejected(_INVALID, "names its envelope without a digest")
+            with _reading("envelope"):
+                blob = client.get_blob(image.path, envelope_digest, max_bytes=MAX_ENVELOPE_BYTES)
             keyid, stmt = _verify_one(blob, allowed, image.digest)
         except _Rejected as rejected:
             rejections.append((referrer, rejected))

@@ -42,7 +42,7 @@ from ruamel.yaml import YAML
 
 from tests.action_runner import ActionResult, evaluate, parse_output_file, run_action, substitute
 from tests.github_standin import GitHubStandIn
-from tests.helpers import assert_no_canary, make_canaries
+from tests.helpers import assert_no_canary, make_canaries, sign_as_this_machine
 from tests.test_modal_target import HealthServer
 
 # Every test runs the action's steps (Python processes) in subprocesses: a second or more each. The
@@ -556,6 +556,7 @@ def modal(tmp_path: Path, registry: str) -> Iterator[ModalWorld]:
     # The Modal stand-in pulls what a deploy references, as Modal does: pin a real (tiny) image.
     path = "theory-test/llm-litellm-modal-glue"
     pin = push_tiny_image(registry, path, payload="action-glue").ref
+    sign_as_this_machine(pin, world.env["THEORY_STATE_DIR"])  # as a theory-deploy push would: the sample has a policy
     text = world.registry_yaml.read_text()
     world.registry_yaml.write_text(text.replace(f"repository: {GHCR}", f"repository: {registry}/{path}", 1))
     _pin(world.registry_yaml, "amd64", pin)

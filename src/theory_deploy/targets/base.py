@@ -208,8 +208,6 @@ class Target(ABC):
     def verify_digest(self, app: AppContext, oci: str | None = None) -> dict[str, Any]:
         expected_ref = ImageRef.parse_digest_ref(oci) if oci else app.processor.pin_for(self.platform)
         expected = expected_ref.digest
-        # What should run must itself be allowed to run: a matching digest nobody trusted does not verify.
-        verified_provenance = self.check_provenance(app, expected_ref, verb="verify-digest")
         readings = self.read_running_digests(app, expected_ref)
         if not readings.readings:
             raise RegistryMismatchError(
@@ -231,13 +229,16 @@ class Target(ABC):
             "readings": readings.readings,
             "verified": not problems,
         }
-        if verified_provenance is not None:  # without a policy the result stays what it always was
-            result["provenance"] = verified_provenance
         if problems:
             raise RegistryMismatchError(
                 f"{app.name} ({app.env}) does not verify: expected {expected}; " + "; ".join(problems) + ".",
                 details=result,
             )
+        # What runs is what was expected; it must also be allowed to run: a matching digest nobody the
+        # policy trusts built does not verify. (Asked second: a mismatch is the more telling answer.)
+        verified_provenance = self.check_provenance(app, expected_ref, verb="verify-digest")
+        if verified_provenance is not None:  # without a policy the result stays what it always was
+            result["provenance"] = verified_provenance
         result["summary"] = f"verified: {app.name} ({app.env}) runs {expected} ({', '.join(readings.readings)})"
         return result
 

@@ -64,35 +64,3 @@ def assert_no_canary(text: str | bytes | None, canaries: Mapping[str, str] | Ite
     leaked = find_canaries(text, canaries)
     if leaked:
         raise AssertionError(f"secret value(s) leaked into output: {', '.join(sorted(leaked))}")
-
-
-def sign_as_this_machine(image_ref: str, state_dir: str | None = None, platform: str = "amd64") -> str:
-    """Leave beside `image_ref` (repo@sha256:…, a platform manifest some test pushed by other means) the
-    provenance a theory-deploy push on this machine would have left: signed with the key kept under
-    `state_dir` (THEORY_STATE_DIR of the run that will check it; default: this process's). Returns the
-    provenance referrer's digest. For tests whose subject is not provenance but whose processor has a
-    policy (the sample's `key: local`)."""
-    import os
-
-    from theory_deploy import provenance
-    from theory_deploy.oci import RegistryClient
-    from theory_deploy.refs import ImageRef
-
-    saved = os.environ.get("THEORY_STATE_DIR")
-    if state_dir is not None:
-        os.environ["THEORY_STATE_DIR"] = state_dir
-    try:
-        signer = provenance.local_signer()
-    finally:
-        if state_dir is not None:
-            if saved is None:
-                os.environ.pop("THEORY_STATE_DIR", None)
-            else:
-                os.environ["THEORY_STATE_DIR"] = saved
-    assert signer is not None
-    ref = ImageRef.parse_digest_ref(image_ref, where="test")
-    assert ref.digest is not None
-    facts = provenance.BuildFacts("test", None, None, "urn:theory-deploy:host:test")
-    with RegistryClient(ref.registry, progress=lambda _m: None) as client:
-        head = client.head_manifest(ref.path, ref.digest)
-        return provenance.Attestor(facts, signer, progress=lambda _m: None).attest(client, ref, platform, head)

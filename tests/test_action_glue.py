@@ -42,7 +42,7 @@ from ruamel.yaml import YAML
 
 from tests.action_runner import ActionResult, evaluate, parse_output_file, run_action, substitute
 from tests.github_standin import GitHubStandIn
-from tests.helpers import assert_no_canary, make_canaries, sign_as_this_machine
+from tests.helpers import assert_no_canary, make_canaries
 from tests.test_modal_target import HealthServer
 
 # Every test runs the action's steps (Python processes) in subprocesses: a second or more each. The
@@ -556,7 +556,6 @@ def modal(tmp_path: Path, registry: str) -> Iterator[ModalWorld]:
     # The Modal stand-in pulls what a deploy references, as Modal does: pin a real (tiny) image.
     path = "theory-test/llm-litellm-modal-glue"
     pin = push_tiny_image(registry, path, payload="action-glue").ref
-    sign_as_this_machine(pin, world.env["THEORY_STATE_DIR"])  # as a theory-deploy push would: the sample has a policy
     text = world.registry_yaml.read_text()
     world.registry_yaml.write_text(text.replace(f"repository: {GHCR}", f"repository: {registry}/{path}", 1))
     _pin(world.registry_yaml, "amd64", pin)
@@ -653,24 +652,6 @@ def test_modal_a_failed_verify_fails_the_step_and_annotates_the_pin_line(modal: 
     assert "ERR_REGISTRY_MISMATCH" in result.stderr and running in result.stderr
     assert result.outputs["verified"] == "false"
     assert "❌ not verified" in result.summary and "**Failures**" in result.summary
-
-
-def test_modal_start_refuses_a_pin_without_provenance_and_leaves_the_app_as_it_was(
-    modal: ModalWorld, registry: str
-) -> None:
-    """Issue 13 on Modal: a digest pushed by other means than theory-deploy (no provenance) is never
-    deployed, and the running app keeps its deploy."""
-    caller = {**modal.endpoint(), **modal.tokens(), "REGISTRY_USERNAME": "bot", "REGISTRY_PASSWORD": "pw"}
-    started = modal.world.run("actions/modal-deploy", environ=caller, ref=REF, env="main", stages="start")
-    assert started.returncode == 0, started.log[-3000:]
-    deploys_before = len(modal.cp.state.deployed_app("main", SLUG).deploys)
-    unsigned = push_tiny_image(registry, "theory-test/llm-litellm-modal-glue", payload="pushed-by-hand").ref
-    _pin(modal.world.registry_yaml, "amd64", unsigned)
-    refused = modal.world.run("actions/modal-deploy", environ=caller, ref=REF, env="main", stages="start")
-    assert refused.returncode == 51, refused.log[-3000:]
-    assert "ERR_PROVENANCE_MISSING" in refused.stderr and unsigned.split("@")[1] in refused.stderr
-    rec = modal.cp.state.deployed_app("main", SLUG)
-    assert len(rec.deploys) == deploys_before and rec.deploys[-1].images["web"].registry_ref == modal.pin
 
 
 def test_modal_working_directory_becomes_the_repo_root(modal: ModalWorld, tmp_path: Path) -> None:

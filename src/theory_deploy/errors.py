@@ -299,56 +299,6 @@ class FileConflictError(TheoryDeployError):
     remedy = "A file is already there with other content and was left as it was: move it aside, or pass --force."
 
 
-# --- Provenance (docs/provenance.md) -------------------------------------------------------------------
-class ProvenanceError(TheoryDeployError):
-    """A provenance was found but does not hold: altered, unreadable, or not an SLSA provenance. The
-    other refusals are its subclasses, so `except ProvenanceError` catches every provenance refusal."""
-
-    code = "ERR_PROVENANCE_INVALID"
-    exit_code = 50
-    remedy = (
-        "The provenance stored beside the image does not verify (altered or not ours): do not deploy it; "
-        "rebuild and push it with `theory-deploy pipeline` or `processorctl push`, which sign anew."
-    )
-
-
-class ProvenanceMissingError(ProvenanceError):
-    code = "ERR_PROVENANCE_MISSING"
-    exit_code = 51
-    remedy = (
-        "Push with theory-deploy (`processorctl push` or `theory-deploy pipeline`), which signs a provenance for "
-        "every platform digest; an image pushed by hand (`docker push`) has none."
-    )
-
-
-class ProvenanceSignerError(ProvenanceError):
-    code = "ERR_PROVENANCE_SIGNER"
-    exit_code = 52
-    remedy = (
-        "The provenance is signed by a key the processor's `provenance.signers` does not allow: push from a "
-        "machine or workflow the policy names, or add its key (`processorctl provenance-key` prints this machine's)."
-    )
-
-
-class ProvenanceSubjectError(ProvenanceError):
-    code = "ERR_PROVENANCE_SUBJECT"
-    exit_code = 53
-    remedy = (
-        "The provenance beside this digest describes another image: it was copied, not made for it. Push the "
-        "image again with theory-deploy so it gets its own."
-    )
-
-
-class SigningKeyError(TheoryDeployError):
-    code = "ERR_SIGNING_KEY"
-    exit_code = 54
-    remedy = (
-        "This machine's provenance key ($THEORY_STATE_DIR/signing/provenance-ed25519.pem, default "
-        "~/.local/state/theory-deploy) must be a private PEM file (0600, yours) outside the repository: fix it, "
-        "or move it aside and a new one is made on the next push (then update any policy that names its PEM)."
-    )
-
-
 ALL_ERRORS: tuple[type[TheoryDeployError], ...] = (
     TheoryDeployError,
     UsageError,
@@ -391,11 +341,6 @@ ALL_ERRORS: tuple[type[TheoryDeployError], ...] = (
     RevisionError,
     LockTimeoutError,
     FileConflictError,
-    ProvenanceError,
-    ProvenanceMissingError,
-    ProvenanceSignerError,
-    ProvenanceSubjectError,
-    SigningKeyError,
 )
 
 BY_CODE: dict[str, type[TheoryDeployError]] = {cls.code: cls for cls in ALL_ERRORS}

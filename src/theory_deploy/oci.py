@@ -30,11 +30,6 @@ This client speaks just enough of the API for theory-deploy:
   they hashed to their digest: the cache never holds an unverified byte. Tags are always asked.
   `resolve_platforms` fetches the platforms of one index concurrently (manifest, then its config).
   Threads that meet the same bearer challenge at once fetch one token, not one each.
-* **Referrers** (OCI distribution 1.1). `put_referrer` stores an artifact whose manifest names a
-  `subject`; a registry with the referrers API indexes it itself (it answers the PUT with
-  `OCI-Subject`), any other (Distribution 2.8 here) gets the spec's fallback: the index tagged
-  `sha256-<hex of the subject>` lists the referrers, and is read, extended and put back. `referrers`
-  asks `GET /v2/<name>/referrers/<digest>` and falls back to that tag when the API answers 404.
 * **Platforms.** `resolve_platform` turns an index, a manifest list or an image manifest into the
   one image manifest for `linux/<arch>`, checking the image config's `os`/`architecture` itself. It
   skips attestation entries and tells a config digest (which cannot be pulled) from an unknown one.
@@ -89,9 +84,6 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-# OCI 1.1 artifacts: an image manifest with `artifactType`, this two-byte `{}` config and a `subject`.
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
-OCI_EMPTY_BODY = b"{}"
 
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
@@ -1138,104 +1130,6 @@ class RegistryClient:
         return config_digest
 
     # -- API: tags ----------------------------------------------------------------------------------------
-    # -- API: referrers (OCI distribution spec 1.1) -------------------------------------------------------
-    def put_referrer(
-        self,
-        repo: str,
-        subject: ManifestHead,
-        *,
-        artifact_type: str,
-        blob: bytes,
-        blob_media_type: str,
-        annotations: dict[str, str] | None = None,
-    ) -> str:
-        """Store `blob` as an OCI 1.1 artifact whose `subject` is the manifest `subject`; its digest.
-
-        The artifact manifest is PUT by digest. A registry that indexes referrers itself says so with
-        an `OCI-Subject` header on that PUT; for any other, the referrers tag scheme's index is
-        updated (read, the new descriptor added unless listed, put back under the tag).
-        """
-        blob_digest = sha256_digest(blob)
-        self.upload_blob(repo, sha256_digest(OCI_EMPTY_BODY), OCI_EMPTY_BODY)
-        self.upload_blob(repo, blob_digest, blob)
-        manifest: dict[str, Any] = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": artifact_type,
-            "config": {"mediaType": OCI_EMPTY, "digest": sha256_digest(OCI_EMPTY_BODY), "size": len(OCI_EMPTY_BODY)},
-            "layers": [{"mediaType": blob_media_type, "digest": blob_digest, "size": len(blob)}],
-            "subject": {"mediaType": subject.media_type, "digest": subject.digest, "size": subject.size},
-        }
-        if annotations:
-            manifest["annotations"] = dict(sorted(annotations.items()))
-        body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        digest = sha256_digest(body)
-        url = self.url(f"/v2/{repo}/manifests/{digest}")
-        response = self._request(
-            "PUT",
-            url,
-            scope=_push_scope(repo),
-            headers={"Content-Type": OCI_MANIFEST},
-            body=body,
-            ok=(200, 201, 202),
-            write=True,
-            what=f"{self.registry}/{repo}@{digest}",
-        )
-        if response.headers.get("oci-subject"):
-            return digest  # the registry indexes referrers itself
-        descriptor: dict[str, Any] = {
-            "mediaType": OCI_MANIFEST,
-            "digest": digest,
-            "size": len(body),
-            "artifactType": artifact_type,
-        }
-        if annotations:
-            descriptor["annotations"] = dict(sorted(annotations.items()))
-        tag = referrers_tag(subject.digest)
-        listed = self._referrers_from_tag(repo, subject.digest)
-        if any(entry.get("digest") == digest for entry in listed):
-            return digest
-        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*listed, descriptor]}
-        self.put_manifest(repo, tag, json.dumps(index, sort_keys=True, separators=(",", ":")).encode(), OCI_INDEX)
-        return digest
-
-    def referrers(self, repo: str, digest: str, artifact_type: str | None = None) -> list[dict[str, Any]]:
-        """The descriptors of the artifacts whose subject is `digest` (of `artifact_type`, if given):
-        from the referrers API where the registry has it, else from the referrers tag's index."""
-        url = self.url(f"/v2/{repo}/referrers/{digest}")
-        response = self._request(
-            "GET",
-            url,
-            scope=_pull_scope(repo),
-            headers={"Accept": OCI_INDEX},
-            # 404 is what the spec has a registry without the API answer; some answer 400 or 405 instead
-            ok=(200, 400, 405),
-            not_found_ok=True,
-            what=f"referrers of {self.registry}/{repo}@{digest}",
-            max_body=_MAX_MANIFEST_BYTES,
-        )
-        listed: list[dict[str, Any]] | None = None
-        if response.status_code == 200 and _media_type(response.headers.get("content-type", "")) == OCI_INDEX:
-            try:
-                data = json.loads(response.content)
-            except ValueError:
-                data = None
-            if isinstance(data, dict) and isinstance(data.get("manifests"), list):
-                listed = [m for m in data["manifests"] if isinstance(m, dict)]
-        if listed is None:  # 404, or Distribution 2.8 answering something that is not an index
-            listed = self._referrers_from_tag(repo, digest)
-        if artifact_type is not None:
-            listed = [m for m in listed if m.get("artifactType") == artifact_type]
-        return listed
-
-    def _referrers_from_tag(self, repo: str, digest: str) -> list[dict[str, Any]]:
-        tag = referrers_tag(digest)
-        if self.manifest_exists(repo, tag) is None:
-            return []
-        index = self.get_manifest(repo, tag)
-        manifests = index.data.get("manifests") if index.is_index else None
-        return [m for m in manifests if isinstance(m, dict)] if isinstance(manifests, list) else []
-
     def list_tags(self, repo: str) -> list[str]:
         response = self._request(
             "GET",
@@ -1245,12 +1139,6 @@ class RegistryClient:
         )
         tags = response.json().get("tags") or []
         return [t for t in tags if isinstance(t, str)]
-
-
-def referrers_tag(digest: str) -> str:
-    """The referrers tag scheme's tag for a subject: `<alg>-<hex>` (sha256:ab… -> sha256-ab…)."""
-    algorithm, _, encoded = digest.partition(":")
-    return f"{algorithm}-{encoded}"[:128]
 
 
 def _merge_scopes(ours: str | None, challenged: str | None) -> str:

@@ -10,11 +10,6 @@ refused before the file is touched, each with its own error code:
 | an image *config* digest (cannot be pulled)      | ERR_CONFIG_DIGEST        |
 | another platform's manifest, an attestation      | ERR_PLATFORM_MISMATCH    |
 | a digest the registry does not have              | ERR_IMAGE_UNAVAILABLE    |
-| no provenance the processor's policy allows      | ERR_PROVENANCE_*         |
-
-The last is the provenance gate (provenance.py): when registry.yaml has a `provenance` policy, every
-platform manifest must carry a signed provenance, about that very digest, by a signer the policy names.
-All platforms are checked before anything is written, so one refusal leaves every pin as it was.
 
 An index (or Docker manifest list) digest is accepted and resolved to the platform's manifest; the
 pin is the manifest digest, and `resolved_from_index` says so. The registry is asked, and what it
@@ -29,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import output, provenance, registry_file
+from . import output, registry_file
 from .errors import NotADigestError, RepositoryMismatchError
 from .oci import RegistryClient
 from .refs import ImageRef, Platform, parse_platform, parse_repository
@@ -147,12 +142,6 @@ def verify_and_pin(
         )
         note = " (resolved from its index)" if candidates[arch].resolved_from_index else ""
         progress(f"verified {arch}: {candidates[arch].pin} is a linux/{arch} image manifest{note}")
-    provenances: dict[str, Any] = {}
-    for arch, candidate in candidates.items():
-        verified = provenance.gate(
-            client_factory, candidate.ref, processor.spec.provenance, where=f"pin {arch}", progress=progress
-        )
-        provenances[arch] = verified.to_json() if verified is not None else None
     results = pin_digests(processor.path, candidates)
     lines = []
     for arch, outcome in results.items():
@@ -168,6 +157,5 @@ def verify_and_pin(
         "pins": results,
         "changed": changed,
         "candidates": {arch: c.to_json() for arch, c in candidates.items()},
-        **({"provenance": provenances} if processor.spec.provenance is not None else {}),
         "summary": "\n".join([head, *lines]),
     }

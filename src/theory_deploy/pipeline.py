@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import build as build_mod
-from . import gha, output, pin, provenance, push
+from . import gha, output, pin, push
 from .deploy_lock import DEFAULT_TTL_S, DEFAULT_WAIT_S, DeployLock, Held, check_holder, new_holder
 from .errors import InputsError, TheoryDeployError, UsageError
 from .oci import RegistryClients
@@ -321,12 +321,8 @@ class _ProcessorRun:
 
     def stage_push(self) -> dict[str, Any]:
         repository = self._repository()
-        # Every platform manifest is pushed with a signed provenance (provenance.py), whatever the policy:
-        # a pin or deploy elsewhere may ask for it.
-        facts = provenance.BuildFacts.here(str(self.ref), self.processor.repo_root, self.request.build_args)
-        attestor = provenance.local_attestor(facts, self.processor.repo_root)
         pushed = push.push_platform_images(
-            self.built, repository, self.clients(repository.registry), tag=self.processor.ref.slug, attestor=attestor
+            self.built, repository, self.clients(repository.registry), tag=self.processor.ref.slug
         )
         self.result.pushed = PushRecord.from_result(str(self.ref), pushed)
         return {
@@ -334,7 +330,6 @@ class _ProcessorRun:
             "uploaded_blobs": pushed.uploaded_blobs,
             "skipped_blobs": pushed.skipped_blobs,
             "mounted_blobs": pushed.mounted_blobs,
-            "provenance": pushed.provenance,  # platform -> the provenance referrer's digest
         }
 
     def stage_pin(self) -> dict[str, Any]:

@@ -61,11 +61,9 @@ from .oci import (
     OCI_INDEX,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
-    ManifestHead,
     RegistryClient,
     sha256_digest,
 )
-from .provenance import Attestor
 from .refs import PLATFORMS, ImageRef
 
 GZIP_LEVEL = 6
@@ -87,7 +85,6 @@ class PushResult:
     mounted_blobs: int = 0
     uploaded_bytes: int = 0
     tags: list[str] = field(default_factory=list)
-    provenance: dict[str, str] = field(default_factory=dict)  # platform -> its provenance referrer's digest
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -522,14 +519,11 @@ def push_platform_images(
     docker_client: str | None = None,
     cache_dir: Path | None = None,
     progress: Callable[[str], None] = output.progress,
-    attestor: Attestor | None = None,
 ) -> PushResult:
     """Push each built image by digest and join them into an index; return the manifest digests.
 
     `repository` is a bare repository (registry/path). `tag`, if given, tags the index `<tag>` and
-    each platform manifest `<tag>-<arch>` (the CLI passes the processor's slug). `attestor`, if given,
-    signs a provenance for each platform manifest and stores it as that manifest's referrer
-    (provenance.py), right after the manifest is put and before the index names it.
+    each platform manifest `<tag>-<arch>` (the CLI passes the processor's slug).
     """
     if repository.tag or repository.digest:
         raise ImagePushError(f"push to a bare repository, not {repository}.")
@@ -554,10 +548,6 @@ def push_platform_images(
             pm = pusher.push_platform(image)
             platform_tag = f"{tag}-{arch}" if tag else None
             digest = pusher.put_manifest(pm.body, OCI_MANIFEST, platform_tag)
-            if attestor is not None:
-                attestor.attest(
-                    client, repository.with_digest(digest), arch, ManifestHead(digest, OCI_MANIFEST, len(pm.body))
-                )
             if platform_tag:
                 tags.append(platform_tag)
             manifests.append(pm)
@@ -583,7 +573,6 @@ def push_platform_images(
         mounted_blobs=pusher.mounted,
         uploaded_bytes=pusher.uploaded_bytes,
         tags=tags,
-        provenance=dict(attestor.attached) if attestor is not None else {},
     )
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -117,40 +117,6 @@ class ApiSpec(_Strict):
     )
 
 
-class ProvenanceSigner(_Strict):
-    """Who may have built an image: a key (`local` = this machine's, or a PEM public key), or a
-    Sigstore keyless identity and its OIDC issuer. docs/provenance.md explains each."""
-
-    key: str | None = Field(
-        None,
-        min_length=1,
-        description="`local` (this machine's provenance key, made on first push) or a PEM public key.",
-    )
-    identity: str | None = Field(
-        None,
-        min_length=1,
-        description="Keyless: the certificate identity, e.g. https://github.com/ORG/REPO/.github/workflows/W.yml@refs/heads/main.",
-    )
-    issuer: str | None = Field(
-        None, min_length=1, description="Keyless: the OIDC issuer, e.g. https://token.actions.githubusercontent.com."
-    )
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> ProvenanceSigner:
-        keyless = self.identity is not None or self.issuer is not None
-        if self.key is not None and keyless:
-            raise ValueError("a signer is either `key` or `identity` + `issuer`, not both")
-        if self.key is None and not (self.identity and self.issuer):
-            raise ValueError("a signer needs `key`, or both `identity` and `issuer`")
-        return self
-
-
-class ProvenanceSpec(_Strict):
-    signers: list[ProvenanceSigner] = Field(
-        min_length=1, description="Any one of these may have built the image; a provenance by anyone else is refused."
-    )
-
-
 class ProcessorSpec(_Strict):
     ref: str = Field(description="ns/name@N, e.g. llm/litellm@1; must match the folder processors/ns/name.")
     build: BuildSpec = Field(default_factory=BuildSpec)
@@ -160,11 +126,6 @@ class ProcessorSpec(_Strict):
     api: ApiSpec = Field(default_factory=ApiSpec)
     inputs: dict[str, Any] = Field(description="JSON Schema of the processor's inputs.")
     outputs: dict[str, Any] = Field(default_factory=dict)
-    provenance: ProvenanceSpec | None = Field(
-        None,
-        description="Who may have built the pinned images (docs/provenance.md). Without it, pin and deploy "
-        "warn and check nothing.",
-    )
 
     @property
     def processor_ref(self) -> ProcessorRef:

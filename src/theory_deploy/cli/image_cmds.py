@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import build as build_mod
-from .. import docker, output, pin, provenance, push, push_records, registry_file
+from .. import docker, output, pin, push, push_records, registry_file
 from ..errors import ImageBuildError, UsageError
 from ..oci import RegistryClients
 from ..pipeline import Pipeline, PipelineRequest
@@ -132,17 +132,7 @@ def _do_push(
     clients: RegistryClients,
 ) -> push.PushResult:
     repository = _repository(args, loaded)
-    # The images were built earlier (`processorctl build`): their build arguments are the ones given here.
-    facts = provenance.BuildFacts.here(
-        str(loaded.ref), loaded.repo_root, parse_build_args(getattr(args, "build_arg", None))
-    )
-    return push.push_platform_images(
-        built,
-        repository,
-        clients(repository.registry),
-        tag=loaded.ref.slug,
-        attestor=provenance.local_attestor(facts, loaded.repo_root),
-    )
+    return push.push_platform_images(built, repository, clients(repository.registry), tag=loaded.ref.slug)
 
 
 def _push_summary(result: push.PushResult) -> list[str]:
@@ -170,7 +160,6 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
         "skipped_blobs": result.skipped_blobs,
         "mounted_blobs": result.mounted_blobs,
         "tags": result.tags,
-        "provenance": result.provenance,
         "summary": "\n".join([f"pushed {loaded.ref}:", *_push_summary(result)]),
     }
 
@@ -198,19 +187,6 @@ def cmd_pin(args: argparse.Namespace) -> dict[str, Any]:
         return pin.verify_and_pin(loaded, wanted, clients)
     finally:
         clients.close()
-
-
-def cmd_provenance_key(args: argparse.Namespace) -> dict[str, Any]:
-    """This machine's provenance key: its public half (for a policy's `key:`), made if there is none."""
-    signer = provenance.local_signer(create=True)
-    assert signer is not None
-    pem = provenance.public_key_pem(signer.public_key)
-    return {
-        "keyid": signer.public_key.keyid,
-        "public_key": pem,
-        "file": str(provenance.key_path()),
-        "summary": f"{pem}keyid {signer.public_key.keyid}; the private key stays in {provenance.key_path()}",
-    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -328,14 +304,6 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     ref_flag(p)
     platforms_flag(p)
     repository_flag(p, "push here instead of image.repository (e.g. 127.0.0.1:5000/org/name)")
-
-    add_verb(
-        subparsers,
-        parent,
-        "provenance-key",
-        cmd_provenance_key,
-        "print this machine's provenance signing key (public half, PEM) for a registry.yaml policy; made on first use",
-    )
 
     pn = add_verb(
         subparsers,

@@ -23,7 +23,6 @@ VERB_MODULES = {
     "build": "image_cmds",
     "push": "image_cmds",
     "pin": "image_cmds",
-    "provenance-key": "image_cmds",
     "publish": "image_cmds",
     "merge": "image_cmds",
     "plan": "plan_cmds",

@@ -657,7 +657,7 @@ def test_spec_export_drops_pins_and_is_canonical(tmp_path: Path) -> None:
     assert out.read_bytes() == body and body.endswith(b"}\n") and not body.endswith(b"\n\n")
     assert out.stat().st_mtime == 0 and (out.stat().st_mode & 0o777) == 0o644
     data = json.loads(body)
-    assert "image" not in data and "build" not in data and "provenance" not in data
+    assert "image" not in data and "build" not in data
     assert set(data) == {"ref", "runtime", "secrets", "api", "inputs", "outputs"}
     assert body == (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
     assert b"sha256:" not in body and b"ghcr.io" not in body

@@ -6,9 +6,7 @@ Why not copy registry.yaml into the image: registry.yaml also holds the image pi
 (`image.platforms.*`), which are rewritten after every build. An image carrying them would change
 with every pin commit, need a new pin, and so on forever. The export keeps everything the runtime
 reads (ref, api, secrets, runtime, inputs, outputs) and drops what it never reads: `image` (the
-repository and the pins), `build` (how to build; the builder reads it from the source tree) and
-`provenance` (who may have built the image: checked by pin, start and verify-digest, never by the
-processor; carried along, an edit of the policy would change the image it judges).
+repository and the pins) and `build` (how to build; the builder reads it from the source tree).
 
 The output is canonical, so the same input always gives the same bytes: sorted keys, 2-space
 indent, UTF-8, one trailing newline, and the file's mtime set to 0 (layer tars record mtimes).
@@ -29,7 +27,7 @@ from typing import Any
 from .registry import RegistryFileError, read_document, registry_from_data
 
 #: Top-level sections of registry.yaml that never go into an image (see the module docstring).
-DROPPED_SECTIONS = ("image", "build", "provenance")
+DROPPED_SECTIONS = ("image", "build")
 
 
 def _check_json_types(value: Any, where: str) -> None:

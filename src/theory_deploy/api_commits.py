@@ -30,7 +30,7 @@ from __future__ import annotations
 from . import output
 from .errors import GitError
 from .github_client import GitHubClient
-from .gitrun import Git
+from .gitrun import QUIET_FETCH, Git
 
 _SUBMODULE_MODE = "160000"
 
@@ -72,11 +72,7 @@ def fetch_published(git: Git, remote: str, branch: str, into_ref: str, *, tip: s
     """Fetch `branch` (just moved to `tip` through the API) into `into_ref`, and check that GitHub's
     commit holds exactly the tree built locally as `local_tip`."""
     fetched = git.run(
-        "fetch",
-        "--quiet",
-        "--no-tags",
-        "--no-write-fetch-head",
-        "--no-recurse-submodules",
+        *QUIET_FETCH,
         remote,
         f"+refs/heads/{branch}:{into_ref}",
         check=False,

@@ -141,7 +141,7 @@ from .errors import (
 )
 from .files import exclusive_lock
 from .github_client import GitHubClient
-from .gitrun import Git, mask_tokens, not_an_option
+from .gitrun import QUIET_FETCH, Git, mask_tokens, not_an_option
 from .oci import RegistryClients
 from .pin import verify_pin_candidate
 from .refs import ImageRef, ProcessorRef
@@ -333,11 +333,7 @@ def _fetch(git: Git, remote: str, base_branch: str, branch: str) -> tuple[str, s
     _network(
         git,
         f"fetching {base_branch} and {branch} from {remote}",
-        "fetch",
-        "--quiet",
-        "--no-tags",
-        "--no-write-fetch-head",
-        "--no-recurse-submodules",
+        *QUIET_FETCH,
         remote,
         *refspecs,
         remote=remote,
@@ -363,11 +359,7 @@ def _ensure_merge_base(git: Git, remote: str, branch: str, refspecs: list[str], 
         _network(
             git,
             f"deepening the shallow clone from {remote}",
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-write-fetch-head",
-            "--no-recurse-submodules",
+            *QUIET_FETCH,
             deepen,
             remote,
             *refspecs,
@@ -745,6 +737,17 @@ def _publish_one(
             pending_commits = _commits(git, [bot_sha, "--not", base_sha])
             foreign = [c for c in pending_commits if not c.made_by(identity)]
         superseded: list[str] = []
+        # What every result of this attempt says, whatever its outcome.
+        finish = partial(
+            _finish,
+            git,
+            change,
+            branch=branch,
+            base_branch=base_branch,
+            github=github,
+            base_sha=base_sha,
+            attempts=attempt,
+        )
         with _worktree(git, bot_sha or base_sha, f"pin-{branch.rsplit('/', 1)[-1]}") as tree:
             wt = git.with_cwd(tree)
             # With a foreign commit on the branch nothing is rebased or pushed; we only look whether
@@ -770,19 +773,7 @@ def _publish_one(
             new_blob = wt.blob(":0", path)  # the staged registry.yaml
             target_blob = wt.blob(bot_sha, path) if (pending and bot_sha) else wt.blob(base_sha, path)
             if new_blob == target_blob:
-                return _finish(
-                    git,
-                    change,
-                    branch=branch,
-                    base_branch=base_branch,
-                    github=github,
-                    base_sha=base_sha,
-                    tip_sha=bot_sha if pending else None,
-                    status="unchanged",
-                    attempts=attempt,
-                    made={},
-                    superseded=superseded,
-                )
+                return finish(tip_sha=bot_sha if pending else None, status="unchanged", made={}, superseded=superseded)
             if foreign:
                 c = foreign[0]
                 raise PushConflictError(
@@ -819,19 +810,7 @@ def _publish_one(
                     before_update=partial(before_push, ref, attempt) if before_push is not None else None,
                 )
                 if published is not None:
-                    return _finish(
-                        git,
-                        change,
-                        branch=branch,
-                        base_branch=base_branch,
-                        github=github,
-                        base_sha=base_sha,
-                        tip_sha=published,
-                        status="pushed",
-                        attempts=attempt,
-                        made=made,
-                        superseded=superseded,
-                    )
+                    return finish(tip_sha=published, status="pushed", made=made, superseded=superseded)
                 last_seen = bot_sha
                 continue
             if before_push is not None:
@@ -849,19 +828,7 @@ def _publish_one(
                 network=True,
             )
         if pushed.returncode == 0:
-            return _finish(
-                git,
-                change,
-                branch=branch,
-                base_branch=base_branch,
-                github=github,
-                base_sha=base_sha,
-                tip_sha=new_sha,
-                status="pushed",
-                attempts=attempt,
-                made=made,
-                superseded=superseded,
-            )
+            return finish(tip_sha=new_sha, status="pushed", made=made, superseded=superseded)
         output = f"{pushed.stdout}\n{pushed.stderr}"
         if not any(marker in output for marker in _LEASE_REJECTED):
             raise _remote_failure(

@@ -42,6 +42,8 @@ from . import secret_values as _secrets
 from .errors import GitError, TheoryDeployError
 
 LOCAL_TIMEOUT_S = 120
+# A fetch that brings only the refs it names: no tags, no FETCH_HEAD left behind, no submodules.
+QUIET_FETCH = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules")
 NETWORK_TIMEOUT_S = 300
 
 # Variables that would point git at another repository, index or object store than the one we name.
